@@ -1,0 +1,5 @@
+"""runnerd: a self-hosted automation and monitoring daemon (Mechanic's model, on SQLite)."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

@@ -1,0 +1,100 @@
+"""What every action executor offers, and the registry keyed by action type.
+
+An executor is built once by the daemon with its own dependencies (settings section, the shared
+HTTP session, ...). For each action object a task renders, `validate(options)` runs when the task
+run finishes (an invalid action fails the *task run*, so a task never half-performs); later, the
+action run calls `perform(options, ctx)`:
+
+- it returns the run's result (any JSON value), or
+- a `Deferred`, whose `apply(tx)` runs inside the transaction that finishes the run (database
+  effects such as the cache and the Event action are then exactly-once with the run's success),
+- or it raises `errors.ActionFailed(message, retryable=...)`: `retryable=True` for transient
+  failures (connection refused/reset, timeout, SMTP 4xx, HTTP 5xx with error_on_5xx), which the
+  worker retries 4 times; `retryable=False` fails the run at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
+
+from runnerd import models
+
+if TYPE_CHECKING:
+    from runnerd import db
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Context:
+    """What an action run knows when it is performed."""
+
+    run: models.Run
+    event: models.Event
+    task_id: str | None
+    now: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Deferred:
+    """A write applied in the transaction that finishes the run; `apply` returns the result.
+
+    `apply` may raise `errors.InvalidAction` or `errors.ActionFailed`: its writes are then rolled
+    back and the run fails (never retried: the database said no).
+    """
+
+    apply: Callable[[db.Tx], Any]
+
+
+class Executor(Protocol):
+    """One action type."""
+
+    type: str
+    #: False for echo: its runs never emit mechanic/actions/perform.
+    perform_event: bool
+
+    def validate(self, options: Any) -> None:
+        """Raise errors.InvalidAction naming what is wrong with `options`."""
+
+    async def perform(self, options: Any, ctx: Context) -> Any:
+        """Perform the action: a JSON result or a Deferred; ActionFailed on failure."""
+
+    def redact(self, options: Any) -> Any:
+        """`options` as shown to people and error events (secrets replaced)."""
+
+    async def close(self) -> None:
+        """Release what the executor holds (connections)."""
+
+
+class Registry(dict[str, Executor]):
+    """Executors by action type."""
+
+    def __init__(self, executors: Mapping[str, Executor] | None = None) -> None:
+        super().__init__(executors or {})
+
+    def add(self, executor: Executor) -> None:
+        """Register `executor` under its type."""
+        self[executor.type] = executor
+
+    def redact(self, action_type: str | None, options: Any) -> Any:
+        """Options of an action run as they may be shown."""
+        executor = self.get(action_type or "")
+        return options if executor is None else executor.redact(options)
+
+    async def close(self) -> None:
+        """Close every executor."""
+        for executor in self.values():
+            await executor.close()
+
+
+class Simple:
+    """Defaults for executors that hold nothing and have no secrets."""
+
+    perform_event = True
+
+    def redact(self, options: Any) -> Any:
+        """Nothing to hide."""
+        return options
+
+    async def close(self) -> None:
+        """Nothing to release."""

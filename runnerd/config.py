@@ -1,0 +1,566 @@
+"""The YAML configuration: one frozen dataclass per section, validated at load.
+
+`load(path, environ)` reads the file, substitutes `${VAR}` from `environ`, checks every key and
+raises one `ConfigError` listing every problem, each naming its key path. Liquid is compiled
+elsewhere (`registry`), so this module stays free of the template engine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import uuid
+import zoneinfo
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from runnerd import durations, errors
+
+#: task.id is uuid5(TASK_NAMESPACE, name): stable across restarts and machines.
+TASK_NAMESPACE = uuid.UUID("6f1d3c52-6d0a-4f6e-9a53-2b7c5e4a9d10")
+
+USER_TOPIC = re.compile(r"^user/[a-z0-9_\-.]+/[a-z0-9_\-.]+$")
+TOPIC = re.compile(r"^[a-z0-9_\-.]+/[a-z0-9_\-.]+/[a-z0-9_\-.]+$")
+NAME = re.compile(r"^[A-Za-z0-9_\-.]+$")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Listen:
+    """`listen:` where the HTTP listener binds."""
+
+    host: str = "127.0.0.1"
+    port: int = 8787
+    max_body_bytes: int = 1_048_576
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Smtp:
+    """`email.smtp:` the mail relay."""
+
+    host: str = "localhost"
+    port: int = 25
+    username: str | None = None
+    password: str | None = dataclasses.field(default=None, repr=False)
+    starttls: str = "auto"  # auto | always | never
+    tls: bool = False  # implicit TLS (port 465)
+    verify: bool = True  # verify the server's certificate
+    timeout: float = 30.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Email:
+    """`email:` how the email action delivers."""
+
+    transport: str = "smtp"  # smtp | outbox
+    sender: str = "runnerd@localhost"  # the `from` key
+    smtp: Smtp = Smtp()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Http:
+    """`http:` defaults of the http action."""
+
+    timeout: float = 30.0
+    max_response_bytes: int = 1_048_576
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Limits:
+    """`limits:` caps on one task render, so a bad task cannot take the daemon down."""
+
+    loop_iterations: int = 100_000
+    output_bytes: int = 1_048_576
+    render_seconds: float = 5.0
+    nesting: int = 30
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Monitoring:
+    """`monitoring:` where alerts go."""
+
+    mail_recipients: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Webhook:
+    """One entry of `webhooks:`: POST /webhooks/{name} creates an event on `topic`."""
+
+    name: str
+    topic: str
+    mode: str = "auto"  # auto | full
+    secret: str | None = dataclasses.field(default=None, repr=False)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Monitor:
+    """One entry of `monitors:`: a dead man's switch for pings (`name`) or a task (`task`)."""
+
+    name: str
+    grace: float
+    period: float | None = None
+    schedule: str | None = None
+    task: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Task:
+    """One task: Liquid code subscribed to topics (subscriptions are rendered by `registry`)."""
+
+    name: str
+    code: str
+    subscriptions: str = ""  # the template: one per line, optional +N.unit offsets
+    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    enabled: bool = True
+    preview_events: tuple[Mapping[str, Any], ...] = ()
+    source: str = ""  # where it was defined, for messages: "tasks[0]" or a file path
+
+    @property
+    def id(self) -> str:
+        """A stable UUID derived from the name."""
+        return str(uuid.uuid5(TASK_NAMESPACE, self.name))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Settings:
+    """The whole configuration file."""
+
+    path: Path
+    database: Path
+    timezone: str = "UTC"
+    listen: Listen = Listen()
+    admin_token: str | None = dataclasses.field(default=None, repr=False)
+    concurrency: int = 8
+    retention_days: float = 15
+    retention_days_failed: float = 90
+    shutdown_grace: float = 20.0
+    email: Email = Email()
+    http: Http = Http()
+    limits: Limits = Limits()
+    monitoring: Monitoring = Monitoring()
+    webhooks: tuple[Webhook, ...] = ()
+    monitors: tuple[Monitor, ...] = ()
+    tasks: tuple[Task, ...] = ()
+    tasks_dir: Path | None = None
+
+    @property
+    def tz(self) -> zoneinfo.ZoneInfo:
+        """The configured timezone."""
+        return zoneinfo.ZoneInfo(self.timezone)
+
+    def webhook(self, name: str) -> Webhook | None:
+        """The webhook called `name`, if configured."""
+        return next((w for w in self.webhooks if w.name == name), None)
+
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class _Reader:
+    """Collects every problem instead of stopping at the first."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def problem(self, path: str, message: str) -> None:
+        self.problems.append(f"{path}: {message}" if path else message)
+
+    def section(self, value: Any, path: str, allowed: set[str]) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.problem(path, f"expected a mapping, got {_kind(value)}")
+            return {}
+        for key in value:
+            if key not in allowed:
+                hint = ", ".join(sorted(allowed))
+                self.problem(_join(path, str(key)), f"unknown key (known: {hint})")
+        return value
+
+    def get(
+        self,
+        section: dict[str, Any],
+        path: str,
+        key: str,
+        kind: type | tuple[type, ...],
+        default: Any,
+        check: Callable[[Any], str | None] | None = None,
+    ) -> Any:
+        if key not in section or section[key] is None and default is None:
+            return default
+        value = section[key]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+        if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+            value, ok = float(value), True
+        if not ok:
+            expected = " or ".join(_TYPE_NAMES.get(k, k.__name__) for k in kinds)
+            self.problem(_join(path, key), f"expected {expected}, got {_kind(value)}")
+            return default
+        if check is not None and (message := check(value)) is not None:
+            self.problem(_join(path, key), message)
+            return default
+        return value
+
+    def duration(self, section: dict[str, Any], path: str, key: str, default: Any) -> Any:
+        if key not in section or section[key] is None:
+            return default
+        try:
+            return durations.parse_duration(section[key])
+        except ValueError as exc:
+            self.problem(_join(path, key), str(exc))
+            return default
+
+
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+               dict: "a mapping", list: "a list"}
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {bool: "a boolean", int: "an integer", float: "a number", str: f"{value!r}",
+            list: "a list", dict: "a mapping"}.get(type(value), type(value).__name__)
+
+
+def _join(path: str, key: str | int) -> str:
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    return f"{path}.{key}" if path else key
+
+
+def _positive(value: Any) -> str | None:
+    return None if value > 0 else f"must be greater than 0, got {value!r}"
+
+
+def _one_of(*choices: str) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        return None if value in choices else f"expected one of {', '.join(choices)}, got {value!r}"
+
+    return check
+
+
+def _timezone(value: Any) -> str | None:
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return f"unknown timezone {value!r} (expected an IANA name such as UTC or Europe/Paris)"
+    return None
+
+
+def substitute(value: Any, path: str, environ: Mapping[str, str], reader: _Reader) -> Any:
+    """Replace `${VAR}` in every string of `value` from `environ`; a missing VAR is a problem."""
+    if isinstance(value, str):
+        def repl(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in environ:
+                reader.problem(path, f"environment variable {name} is not set")
+                return ""
+            return environ[name]
+
+        return _VAR.sub(repl, value)
+    if isinstance(value, dict):
+        return {k: substitute(v, _join(path, str(k)), environ, reader) for k, v in value.items()}
+    if isinstance(value, list):
+        return [substitute(v, _join(path, i), environ, reader) for i, v in enumerate(value)]
+    return value
+
+
+def load(path: str | os.PathLike[str], environ: Mapping[str, str]) -> Settings:
+    """Read and validate the configuration file; raise ConfigError listing every problem."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise errors.ConfigError(f"{path}: cannot read the configuration: {exc.strerror}") from exc
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise errors.ConfigError(f"{path}: not valid YAML{where}: {exc}") from exc
+    reader = _Reader()
+    raw = substitute(raw, "", environ, reader)
+    settings = _settings(raw, path.resolve(), reader)
+    if reader.problems:
+        raise errors.ConfigError(reader.problems)
+    return settings
+
+
+_TOP = {"database", "timezone", "listen", "admin_token", "concurrency", "retention_days",
+        "retention_days_failed", "shutdown_grace", "email", "http", "limits", "monitoring",
+        "webhooks", "monitors", "tasks", "tasks_dir"}
+
+
+def _settings(raw: Any, path: Path, r: _Reader) -> Settings:
+    top = r.section(raw, "", _TOP)
+    base = path.parent
+    database = r.get(top, "", "database", str, None)
+    if database is None:
+        r.problem("database", "required: the path of the SQLite file")
+    tasks_dir = r.get(top, "", "tasks_dir", str, None)
+    tasks = _tasks(top.get("tasks"), base, r)
+    if tasks_dir is not None:
+        tasks_dir_path = base / tasks_dir
+        if not tasks_dir_path.is_dir():
+            r.problem("tasks_dir", f"not a directory: {tasks_dir_path}")
+        else:
+            tasks += _exports(tasks_dir_path, r)
+    _unique([t.name for t in tasks], "tasks", "task name", r)
+    settings = Settings(
+        path=path,
+        database=base / (database or "runnerd.db"),
+        timezone=r.get(top, "", "timezone", str, "UTC", _timezone),
+        listen=_listen(top.get("listen"), r),
+        admin_token=r.get(top, "", "admin_token", str, None) or None,
+        concurrency=r.get(top, "", "concurrency", int, 8, _positive),
+        retention_days=r.get(top, "", "retention_days", float, 15.0, _positive),
+        retention_days_failed=r.get(top, "", "retention_days_failed", float, 90.0, _positive),
+        shutdown_grace=r.duration(top, "", "shutdown_grace", 20.0),
+        email=_email(top.get("email"), r),
+        http=_http(top.get("http"), r),
+        limits=_limits(top.get("limits"), r),
+        monitoring=_monitoring(top.get("monitoring"), r),
+        webhooks=_webhooks(top.get("webhooks"), r),
+        monitors=_monitors(top.get("monitors"), {t.name for t in tasks}, r),
+        tasks=tuple(tasks),
+        tasks_dir=base / tasks_dir if tasks_dir else None,
+    )
+    return settings
+
+
+def _listen(raw: Any, r: _Reader) -> Listen:
+    s = r.section(raw, "listen", {"host", "port", "max_body_bytes"})
+    port_ok = _positive_port
+    return Listen(
+        host=r.get(s, "listen", "host", str, "127.0.0.1"),
+        port=r.get(s, "listen", "port", int, 8787, port_ok),
+        max_body_bytes=r.get(s, "listen", "max_body_bytes", int, 1_048_576, _positive),
+    )
+
+
+def _positive_port(value: Any) -> str | None:
+    return None if 0 <= value <= 65535 else f"expected a port from 0 to 65535, got {value}"
+
+
+def _email(raw: Any, r: _Reader) -> Email:
+    s = r.section(raw, "email", {"transport", "from", "smtp"})
+    m = r.section(s.get("smtp"), "email.smtp", {"host", "port", "username", "password",
+                                                  "starttls", "tls", "verify", "timeout"})
+    p = "email.smtp"
+    smtp = Smtp(
+        host=r.get(m, p, "host", str, "localhost"),
+        port=r.get(m, p, "port", int, 25, _positive_port),
+        username=r.get(m, p, "username", str, None),
+        password=r.get(m, p, "password", str, None),
+        starttls=r.get(m, p, "starttls", str, "auto", _one_of("auto", "always", "never")),
+        tls=r.get(m, p, "tls", bool, False),
+        verify=r.get(m, p, "verify", bool, True),
+        timeout=r.duration(m, p, "timeout", 30.0),
+    )
+    return Email(
+        transport=r.get(s, "email", "transport", str, "smtp", _one_of("smtp", "outbox")),
+        sender=r.get(s, "email", "from", str, "runnerd@localhost"),
+        smtp=smtp,
+    )
+
+
+def _http(raw: Any, r: _Reader) -> Http:
+    s = r.section(raw, "http", {"timeout", "max_response_bytes"})
+    return Http(
+        timeout=r.duration(s, "http", "timeout", 30.0),
+        max_response_bytes=r.get(s, "http", "max_response_bytes", int, 1_048_576, _positive),
+    )
+
+
+def _limits(raw: Any, r: _Reader) -> Limits:
+    s = r.section(raw, "limits", {"loop_iterations", "output_bytes", "render_seconds", "nesting"})
+    return Limits(
+        loop_iterations=r.get(s, "limits", "loop_iterations", int, 100_000, _positive),
+        output_bytes=r.get(s, "limits", "output_bytes", int, 1_048_576, _positive),
+        render_seconds=r.duration(s, "limits", "render_seconds", 5.0),
+        nesting=r.get(s, "limits", "nesting", int, 30, _positive),
+    )
+
+
+def _monitoring(raw: Any, r: _Reader) -> Monitoring:
+    s = r.section(raw, "monitoring", {"mail_recipients"})
+    recipients = r.get(s, "monitoring", "mail_recipients", (list, str), [])
+    if isinstance(recipients, str):
+        recipients = [x.strip() for x in recipients.split(",") if x.strip()]
+    for i, item in enumerate(recipients):
+        if not isinstance(item, str) or "@" not in item:
+            r.problem(f"monitoring.mail_recipients[{i}]", f"expected an email address, got {item!r}")
+    return Monitoring(mail_recipients=tuple(str(x) for x in recipients))
+
+
+def _items(raw: Any, path: str, r: _Reader) -> list[tuple[str, dict[str, Any]]]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        r.problem(path, f"expected a list, got {_kind(raw)}")
+        return []
+    out = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict):
+            r.problem(f"{path}[{i}]", f"expected a mapping, got {_kind(item)}")
+            continue
+        out.append((f"{path}[{i}]", item))
+    return out
+
+
+def _unique(names: list[str], path: str, what: str, r: _Reader) -> None:
+    seen: set[str] = set()
+    for i, name in enumerate(names):
+        if name in seen:
+            r.problem(f"{path}[{i}].name", f"duplicate {what} {name!r}")
+        seen.add(name)
+
+
+def _webhooks(raw: Any, r: _Reader) -> tuple[Webhook, ...]:
+    out = []
+    for p, item in _items(raw, "webhooks", r):
+        s = r.section(item, p, {"name", "topic", "mode", "secret"})
+        name = r.get(s, p, "name", str, None, _name_check)
+        topic = r.get(s, p, "topic", str, None, _user_topic)
+        if name is None or topic is None:
+            if "name" not in s or "topic" not in s:
+                r.problem(p, "needs a name and a topic")
+            continue
+        out.append(Webhook(
+            name=name, topic=topic,
+            mode=r.get(s, p, "mode", str, "auto", _one_of("auto", "full")),
+            secret=r.get(s, p, "secret", str, None) or None,
+        ))
+    _unique([w.name for w in out], "webhooks", "webhook name", r)
+    return tuple(out)
+
+
+def _name_check(value: Any) -> str | None:
+    return None if NAME.match(value) else (
+        f"bad name {value!r}: use letters, digits, '_', '-' and '.'")
+
+
+def _user_topic(value: Any) -> str | None:
+    return None if USER_TOPIC.match(value) else (
+        f"bad topic {value!r}: expected user/<subject>/<verb> (lower case)")
+
+
+def _monitors(raw: Any, task_names: set[str], r: _Reader) -> tuple[Monitor, ...]:
+    out = []
+    for p, item in _items(raw, "monitors", r):
+        s = r.section(item, p, {"name", "task", "period", "schedule", "grace"})
+        task = r.get(s, p, "task", str, None)
+        name = r.get(s, p, "name", str, None, _name_check)
+        if task is not None and task not in task_names:
+            r.problem(f"{p}.task", f"no task named {task!r} in this configuration")
+        if (name is None) == (task is None):
+            r.problem(p, "needs exactly one of name (pinged by an external job) or task")
+            continue
+        period = r.duration(s, p, "period", None)
+        schedule = r.get(s, p, "schedule", str, None, _cron_check)
+        if (period is None) == (schedule is None):
+            r.problem(p, "needs exactly one of period or schedule")
+        out.append(Monitor(name=name or str(task), task=task, period=period, schedule=schedule,
+                           grace=r.duration(s, p, "grace", 3600.0)))
+    _unique([m.name for m in out], "monitors", "monitor name", r)
+    return tuple(out)
+
+
+def _cron_check(value: Any) -> str | None:
+    fields = value.split()
+    return None if len(fields) == 5 else (
+        f"bad schedule {value!r}: expected 5 cron fields (minute hour day month weekday)")
+
+
+_TASK_KEYS = {"name", "enabled", "subscriptions", "options", "code", "code_file",
+              "preview_events"}
+
+
+def _tasks(raw: Any, base: Path, r: _Reader) -> list[Task]:
+    out = []
+    for p, item in _items(raw, "tasks", r):
+        s = r.section(item, p, _TASK_KEYS)
+        name = r.get(s, p, "name", str, None)
+        if not name:
+            r.problem(f"{p}.name", "required")
+            continue
+        code = r.get(s, p, "code", str, None)
+        code_file = r.get(s, p, "code_file", str, None)
+        if (code is None) == (code_file is None):
+            r.problem(p, f"task {name!r} needs exactly one of code or code_file")
+            continue
+        source = p
+        if code_file is not None:
+            file = base / code_file
+            try:
+                code = file.read_text(encoding="utf-8")
+                source = str(file)
+            except OSError as exc:
+                r.problem(f"{p}.code_file", f"cannot read {file}: {exc.strerror}")
+                continue
+        subs = r.get(s, p, "subscriptions", (str, list), "")
+        if isinstance(subs, list):
+            subs = "\n".join(str(x) for x in subs)
+        options = r.get(s, p, "options", dict, {})
+        previews = r.get(s, p, "preview_events", list, [])
+        out.append(Task(
+            name=name, code=str(code), subscriptions=subs, options=options,
+            enabled=r.get(s, p, "enabled", bool, True),
+            preview_events=tuple(x for x in previews if isinstance(x, dict)),
+            source=source,
+        ))
+    return out
+
+
+def _exports(directory: Path, r: _Reader) -> list[Task]:
+    """Every `*.json` in tasks_dir is a Mechanic task export."""
+    out = []
+    for file in sorted(directory.glob("*.json")):
+        try:
+            data = json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            r.problem(f"tasks_dir: {file.name}", f"not a readable JSON task export: {exc}")
+            continue
+        try:
+            out.append(task_from_export(data, source=str(file)))
+        except ValueError as exc:
+            r.problem(f"tasks_dir: {file.name}", str(exc))
+    return out
+
+
+#: Export keys that only make sense on Shopify: loading such a task is refused, not half-done.
+SHOPIFY_ONLY = ("online_store_javascript", "order_status_javascript")
+
+
+def task_from_export(data: Any, *, source: str) -> Task:
+    """A Mechanic task export (`name`, `script`, `subscriptions[_template]`, `options`) → Task."""
+    if not isinstance(data, dict):
+        raise ValueError("a task export is a JSON object")
+    for key in ("name", "script"):
+        if not isinstance(data.get(key), str) or not data[key]:
+            raise ValueError(f"missing {key!r} (a string)")
+    for key in SHOPIFY_ONLY:
+        if data.get(key):
+            raise ValueError(f"not supported: {key} (Shopify storefront JavaScript)")
+    subs = data.get("subscriptions_template")
+    if not isinstance(subs, str):
+        listed = data.get("subscriptions") or []
+        if not isinstance(listed, list):
+            raise ValueError("'subscriptions' must be a list of strings")
+        subs = "\n".join(str(x) for x in listed)
+    options = data.get("options") or {}
+    if not isinstance(options, dict):
+        raise ValueError("'options' must be an object")
+    previews = data.get("preview_event_definitions") or []
+    events = tuple(
+        {"topic": d.get("event_attributes", d).get("topic"),
+         "data": d.get("event_attributes", d).get("data")}
+        for d in previews if isinstance(d, dict)
+    )
+    return Task(name=data["name"], code=data["script"], subscriptions=subs, options=options,
+                enabled=bool(data.get("enabled", True)), preview_events=events, source=source)

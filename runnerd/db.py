@@ -1,0 +1,189 @@
+"""The SQLite file: pragmas, migrations, the one write path, reads, and the daemon's lock file.
+
+A transaction is a plain function `fn(tx)` run whole on the connection's own thread, between
+`BEGIN IMMEDIATE` and `COMMIT`: one thread hop per transaction instead of one per statement, so a
+batch of a hundred runs costs one await. Every write goes through `Database.write`, whose
+connection thread runs one function at a time: transactions can never interleave (with aiosqlite,
+another coroutine's statement issued inside an open transaction would silently join it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiosqlite
+
+from runnerd import errors, sql
+
+T = TypeVar("T")
+Params = Mapping[str, Any] | None
+
+
+class Tx:
+    """Named queries on one connection, inside one transaction (runs on the db thread)."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def execute(self, name: str, params: Params = None) -> sqlite3.Cursor:
+        """Run the named query."""
+        return self.conn.execute(sql.queries[name], params or {})
+
+    def executemany(self, name: str, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Run the named query once per parameter mapping."""
+        self.conn.executemany(sql.queries[name], rows)
+
+    def all(self, name: str, params: Params = None) -> list[sqlite3.Row]:
+        """All rows of the named query."""
+        return self.execute(name, params).fetchall()
+
+    def one(self, name: str, params: Params = None) -> sqlite3.Row | None:
+        """The first row of the named query, or None."""
+        return self.execute(name, params).fetchone()
+
+
+def _pragmas(conn: sqlite3.Connection, *, readonly: bool = False) -> None:
+    conn.row_factory = sqlite3.Row
+    # WAL lets sqlite3 users and CLI commands read while the daemon writes; FULL makes a
+    # committed event survive a power cut (the promise behind every 204).
+    if not readonly:
+        conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute("PRAGMA busy_timeout = 5000")
+    conn.execute("PRAGMA foreign_keys = ON")
+    if readonly:
+        conn.execute("PRAGMA query_only = 1")
+
+
+def _wrap(exc: sqlite3.Error) -> errors.DatabaseError:
+    return errors.DatabaseError(f"database error: {exc}")
+
+
+def _transaction(conn: sqlite3.Connection, fn: Callable[[Tx], T], mode: str) -> T:
+    conn.execute(f"BEGIN {mode}")
+    try:
+        result = fn(Tx(conn))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return result
+
+
+class Database:
+    """One writer connection and one reader connection on the same file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+
+    async def open(self) -> Database:
+        """Open both connections (creating the file) and set the pragmas."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._writer = await aiosqlite.connect(self.path, isolation_level=None)
+            await self._writer._execute(_pragmas, self._writer._conn)
+            self._reader = await aiosqlite.connect(self.path, isolation_level=None)
+            await self._reader._execute(_pragmas, self._reader._conn, readonly=True)
+        except sqlite3.Error as exc:
+            await self.close()
+            raise errors.DatabaseError(f"cannot open database {self.path}: {exc}") from exc
+        except OSError as exc:
+            await self.close()
+            raise errors.DatabaseError(f"cannot open database {self.path}: {exc}") from exc
+        return self
+
+    async def close(self) -> None:
+        """Close both connections."""
+        for conn in (self._reader, self._writer):
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await conn.close()
+        self._writer = self._reader = None
+
+    async def write(self, fn: Callable[[Tx], T]) -> T:
+        """Run `fn(tx)` in one `BEGIN IMMEDIATE` transaction; DatabaseError if SQLite fails."""
+        if self._writer is None:
+            raise errors.DatabaseError("database is closed")
+        try:
+            # aiosqlite's _execute runs a callable on the connection's thread: the whole
+            # transaction is one hop (pinned to aiosqlite 0.22 in pyproject.toml).
+            return await self._writer._execute(_transaction, self._writer._conn, fn, "IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise _wrap(exc) from exc
+
+    async def read(self, fn: Callable[[Tx], T]) -> T:
+        """Run `fn(tx)` on the read-only connection, in one snapshot."""
+        if self._reader is None:
+            raise errors.DatabaseError("database is closed")
+        try:
+            return await self._reader._execute(_transaction, self._reader._conn, fn, "DEFERRED")
+        except sqlite3.OperationalError as exc:
+            raise _wrap(exc) from exc
+
+    async def migrate(self) -> int:
+        """Apply the pending numbered migrations; return the schema version."""
+        if self._writer is None:
+            raise errors.DatabaseError("database is closed")
+        try:
+            return await self._writer._execute(migrate_sync, self._writer._conn)
+        except sqlite3.DatabaseError as exc:
+            raise errors.DatabaseError(f"cannot migrate database {self.path}: {exc}") from exc
+
+    def sync_reader(self) -> sqlite3.Connection:
+        """A plain read-only connection for the event loop's thread (cache reads while rendering)."""
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        _pragmas(conn, readonly=True)
+        return conn
+
+
+def migrate_sync(conn: sqlite3.Connection) -> int:
+    """Apply migrations on a plain connection; each one commits together with its version."""
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    for number, name, script in sql.migrations():
+        if number <= version:
+            continue
+        try:
+            conn.executescript(
+                f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;"
+            )
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise sqlite3.DatabaseError(f"migration {name} failed: {exc}") from exc
+        version = number
+    return version
+
+
+@contextlib.contextmanager
+def lock(db_path: Path) -> Iterator[None]:
+    """Hold `<db>.lock` for the daemon's lifetime; AlreadyRunning if another process holds it."""
+    lock_path = db_path.with_name(db_path.name + ".lock")
+    try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise errors.DatabaseError(f"cannot create lock file {lock_path}: {exc.strerror}") from exc
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise errors.AlreadyRunning(
+                f"another runnerd (pid {holder}) is already running on {db_path}"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)

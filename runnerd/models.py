@@ -1,0 +1,184 @@
+"""The vocabulary shared by every part: run kinds and states, events, runs, action specs."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import sqlite3
+from enum import StrEnum
+from typing import Any
+
+
+class RunKind(StrEnum):
+    """What a run does."""
+
+    EVENT = "event"  #: finds subscribed tasks and creates their task runs
+    TASK = "task"  #: renders a task's Liquid and creates its action runs
+    ACTION = "action"  #: performs one action
+
+
+class RunState(StrEnum):
+    """The six states of a run (Mechanic's)."""
+
+    UNSCHEDULED = "unscheduled"  #: created without a time; runnerd itself never writes it today
+    SCHEDULED = "scheduled"  #: waiting for run_at (a delay, an offset or a retry)
+    DUE = "due"  #: waiting for a worker
+    STARTED = "started"  #: being performed
+    FAILED = "failed"  #: performed and failed for good (or cancelled)
+    SUCCEEDED = "succeeded"  #: performed
+
+
+#: Among due runs: action runs first, then task runs, then event runs.
+PRIORITY = {RunKind.ACTION: 3, RunKind.TASK: 2, RunKind.EVENT: 1}
+
+FINAL_STATES = frozenset({RunState.FAILED, RunState.SUCCEEDED})
+QUEUED_STATES = frozenset({RunState.UNSCHEDULED, RunState.SCHEDULED, RunState.DUE})
+
+ERROR_TOPICS = frozenset({"mechanic/errors/task", "mechanic/errors/action"})
+PERFORM_TOPIC = "mechanic/actions/perform"
+
+
+def loads(text: str | bytes | None) -> Any:
+    """Decode a JSON column (None stays None)."""
+    return None if text is None else json.loads(text)
+
+
+def dumps(value: Any) -> str:
+    """Encode a value for a JSON column: compact, UTF-8, stable."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def iso(ts: float | None) -> str | None:
+    """Unix seconds as ISO 8601 UTC text (the form shown to users and to Liquid)."""
+    if ts is None:
+        return None
+    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z"
+    )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Event:
+    """One event: a topic and its data."""
+
+    id: str
+    topic: str
+    data: Any
+    source: str
+    created_at: float
+    parent_id: str | None = None
+    webhook_request_id: str | None = None
+    task_ids: tuple[str, ...] | None = None  #: only these tasks may respond (None: any)
+    run_at: float | None = None  #: when its event run is due (None: now)
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> Event:
+        """Build from an `events` row."""
+        task_ids = loads(row["task_ids"])
+        return cls(
+            id=row["id"],
+            topic=row["topic"],
+            data=loads(row["data"]),
+            source=row["source"],
+            created_at=row["created_at"],
+            parent_id=row["parent_id"],
+            webhook_request_id=row["webhook_request_id"],
+            task_ids=tuple(task_ids) if task_ids is not None else None,
+        )
+
+    def to_liquid(self, parent: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The `event` object of Liquid (without `preview`, as in Mechanic's live events)."""
+        return {
+            "id": self.id,
+            "topic": self.topic,
+            "data": self.data,
+            "source": self.source,
+            "created_at": iso(self.created_at),
+            "parent": parent,
+            "webhook_request_id": self.webhook_request_id,
+        }
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Run:
+    """One row of `runs`."""
+
+    id: int
+    kind: RunKind
+    state: RunState
+    priority: int
+    run_at: float
+    event_id: str
+    task_name: str | None
+    action_type: str | None
+    options: Any
+    meta: Any
+    perform_event: bool
+    result: Any
+    error: str | None
+    attempts: int
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    task_run_id: int | None = None  #: an action run's task run
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> Run:
+        """Build from a `runs` row."""
+        return cls(
+            id=row["id"],
+            kind=RunKind(row["kind"]),
+            state=RunState(row["state"]),
+            priority=row["priority"],
+            run_at=row["run_at"],
+            event_id=row["event_id"],
+            task_name=row["task_name"],
+            action_type=row["action_type"],
+            options=loads(row["options"]),
+            meta=loads(row["meta"]),
+            perform_event=bool(row["perform_event"]),
+            result=loads(row["result"]),
+            error=row["error"],
+            attempts=row["attempts"],
+            created_at=row["created_at"],
+            started_at=row["started_at"],
+            finished_at=row["finished_at"],
+            task_run_id=row["task_run_id"],
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The run as the CLI and the API show it (JSON columns decoded)."""
+        return {
+            "id": self.id,
+            "kind": str(self.kind),
+            "state": str(self.state),
+            "priority": self.priority,
+            "run_at": iso(self.run_at),
+            "event_id": self.event_id,
+            "task_name": self.task_name,
+            "action_type": self.action_type,
+            "options": self.options,
+            "meta": self.meta,
+            "result": self.result,
+            "error": self.error,
+            "attempts": self.attempts,
+            "created_at": iso(self.created_at),
+            "started_at": iso(self.started_at),
+            "finished_at": iso(self.finished_at),
+            "task_run_id": self.task_run_id,
+        }
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ActionSpec:
+    """One action object rendered by a task: `{"action": {"type", "options", "meta"}}`."""
+
+    type: str
+    options: Any
+    meta: Any = None
+    perform_event: bool = True  #: False when the task said `"__perform_event": false`
+
+    def to_json(self) -> dict[str, Any]:
+        """As previews print it."""
+        return {"type": self.type, "options": self.options, "meta": self.meta}

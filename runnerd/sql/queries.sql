@@ -1,0 +1,162 @@
+-- Every statement runnerd runs. Parameters are :named; times are Unix seconds.
+
+-- name: insert_event
+INSERT INTO events (id, topic, data, source, parent_id, webhook_request_id, task_ids, created_at)
+VALUES (:id, :topic, :data, :source, :parent_id, :webhook_request_id, :task_ids, :created_at);
+
+-- name: insert_run
+INSERT INTO runs (kind, state, priority, run_at, event_id, task_name, action_type, options, meta,
+                  perform_event, task_run_id, created_at)
+VALUES (:kind, :state, :priority, :run_at, :event_id, :task_name, :action_type, :options, :meta,
+        :perform_event, :task_run_id, :created_at);
+
+-- name: promote_scheduled
+UPDATE runs SET state = 'due' WHERE state = 'scheduled' AND run_at <= :now;
+
+-- name: next_scheduled_at
+SELECT MIN(run_at) AS run_at FROM runs WHERE state = 'scheduled';
+
+-- name: claim_runs
+UPDATE runs SET state = 'started', started_at = :now, attempts = attempts + 1
+WHERE id IN (SELECT id FROM runs WHERE state = 'due'
+             ORDER BY priority DESC, run_at, id LIMIT :limit)
+RETURNING *;
+
+-- name: event_by_id
+SELECT * FROM events WHERE id = :id;
+
+-- name: event_chain
+-- The event and its ancestors, nearest first, at most 5 generations up.
+WITH RECURSIVE chain (id, depth) AS (
+    SELECT :id, 0
+    UNION ALL
+    SELECT e.parent_id, c.depth + 1 FROM events e JOIN chain c ON e.id = c.id
+    WHERE e.parent_id IS NOT NULL AND c.depth < 5
+)
+SELECT events.*, chain.depth FROM chain JOIN events ON events.id = chain.id ORDER BY depth;
+
+-- name: finish_run
+UPDATE runs SET state = :state, result = :result, error = :error, finished_at = :now
+WHERE id = :id AND state = 'started';
+
+-- name: retry_later
+UPDATE runs SET state = 'scheduled', run_at = :run_at, error = :error
+WHERE id = :id AND state = 'started';
+
+-- name: insert_attempt
+INSERT INTO run_attempts (run_id, attempt, started_at, finished_at, error)
+VALUES (:run_id, :attempt, :started_at, :finished_at, :error)
+ON CONFLICT (run_id, attempt) DO UPDATE SET error = excluded.error,
+    finished_at = excluded.finished_at;
+
+-- name: attempts_of_run
+SELECT attempt, started_at, finished_at, error FROM run_attempts WHERE run_id = :id
+ORDER BY attempt;
+
+-- name: requeue_started
+-- A run left started by a crash (or interrupted by a stop) goes back to due; its attempt counts.
+UPDATE runs SET state = 'due' WHERE state = 'started';
+
+-- name: requeue_run
+UPDATE runs SET state = 'due' WHERE id = :id AND state = 'started';
+
+-- name: run_by_id
+SELECT * FROM runs WHERE id = :id;
+
+-- name: list_runs
+SELECT * FROM runs
+WHERE (:state IS NULL OR state = :state)
+  AND (:kind IS NULL OR kind = :kind)
+  AND (:task IS NULL OR task_name = :task)
+ORDER BY id DESC LIMIT :limit;
+
+-- name: runs_of_event
+SELECT * FROM runs WHERE event_id = :event_id ORDER BY id;
+
+-- name: retry_failed_run
+UPDATE runs SET state = 'due', run_at = :now, error = NULL, result = NULL,
+    started_at = NULL, finished_at = NULL
+WHERE id = :id AND state = 'failed' AND kind IN ('task', 'action');
+
+-- name: cancel_run
+UPDATE runs SET state = 'failed', error = 'cancelled', finished_at = :now
+WHERE id = :id AND state IN ('unscheduled', 'scheduled', 'due');
+
+-- name: cache_get
+SELECT value FROM cache WHERE key = :key AND expires_at > :now;
+
+-- name: cache_set
+INSERT INTO cache (key, value, expires_at) VALUES (:key, :value, :expires_at)
+ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at;
+
+-- name: cache_del
+DELETE FROM cache WHERE key = :key;
+
+-- name: cache_purge
+DELETE FROM cache WHERE expires_at <= :now;
+
+-- name: insert_slot
+INSERT INTO scheduler_slots (topic, slot_at, event_id, fired_at)
+VALUES (:topic, :slot_at, :event_id, :fired_at)
+ON CONFLICT (topic, slot_at) DO NOTHING;
+
+-- name: latest_slots
+SELECT topic, MAX(slot_at) AS slot_at FROM scheduler_slots GROUP BY topic;
+
+-- name: count_slots
+SELECT COUNT(*) AS n FROM scheduler_slots;
+
+-- name: prune_slots
+-- Keep a week of slots, and always each topic's latest (it is the "last fired" mark).
+DELETE FROM scheduler_slots
+WHERE slot_at < :before
+  AND slot_at < (SELECT MAX(s.slot_at) FROM scheduler_slots s
+                 WHERE s.topic = scheduler_slots.topic);
+
+-- name: insert_outbox
+INSERT INTO outbox (created_at, sender, recipients, subject, message, run_id)
+VALUES (:created_at, :sender, :recipients, :subject, :message, :run_id);
+
+-- name: queue_counts
+SELECT kind, 'due' AS state, COUNT(*) AS n FROM runs WHERE state = 'due' GROUP BY kind
+UNION ALL
+SELECT kind, 'scheduled', COUNT(*) FROM runs WHERE state = 'scheduled' GROUP BY kind
+UNION ALL
+SELECT kind, 'started', COUNT(*) FROM runs WHERE state = 'started' GROUP BY kind
+UNION ALL
+SELECT kind, 'unscheduled', COUNT(*) FROM runs WHERE state = 'unscheduled' GROUP BY kind;
+
+-- name: finished_counts_since
+SELECT kind, state, COUNT(*) AS n FROM runs
+WHERE state IN ('failed', 'succeeded') AND finished_at >= :since GROUP BY kind, state;
+
+-- name: oldest_due
+SELECT MIN(run_at) AS run_at FROM runs WHERE state = 'due';
+
+-- name: top_waiting_tasks
+SELECT task_name AS name, COUNT(*) AS n FROM runs
+WHERE state IN ('due', 'scheduled') AND kind = 'task' GROUP BY task_name ORDER BY n DESC LIMIT 10;
+
+-- name: top_waiting_actions
+SELECT action_type AS name, COUNT(*) AS n FROM runs
+WHERE state IN ('due', 'scheduled') AND kind = 'action' GROUP BY action_type
+ORDER BY n DESC LIMIT 10;
+
+-- name: top_waiting_topics
+SELECT e.topic AS name, COUNT(*) AS n FROM runs r JOIN events e ON e.id = r.event_id
+WHERE r.state IN ('due', 'scheduled') AND r.kind = 'event' GROUP BY e.topic
+ORDER BY n DESC LIMIT 10;
+
+-- name: prune_events
+-- An event goes once every run on it finished before the cut-off (the failed one for failed
+-- runs) and no child event is left; children therefore go first, and a tree goes bottom-up.
+DELETE FROM events WHERE id IN (
+    SELECT e.id FROM events e
+    WHERE e.created_at < :cutoff
+      AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.event_id = e.id
+                      AND (r.state NOT IN ('failed', 'succeeded')
+                           OR r.finished_at >= :cutoff
+                           OR (r.state = 'failed' AND r.finished_at >= :cutoff_failed)))
+      AND NOT EXISTS (SELECT 1 FROM events c WHERE c.parent_id = e.id)
+    LIMIT :batch
+);
