@@ -423,7 +423,9 @@ def _unique(names: list[str], path: str, what: str, r: _Reader) -> None:
 
 def _webhooks(raw: Any, r: _Reader) -> tuple[Webhook, ...]:
     out = []
-    for p, item in _items(raw, "webhooks", r):
+    items = _items(raw, "webhooks", r)
+    _unique([str(item.get("name")) for _, item in items], "webhooks", "webhook name", r)
+    for p, item in items:
         s = r.section(item, p, {"name", "topic", "mode", "secret"})
         name = r.get(s, p, "name", str, None, _name_check)
         topic = r.get(s, p, "topic", str, None, _user_topic)
@@ -436,7 +438,6 @@ def _webhooks(raw: Any, r: _Reader) -> tuple[Webhook, ...]:
             mode=r.get(s, p, "mode", str, "auto", _one_of("auto", "full")),
             secret=r.get(s, p, "secret", str, None) or None,
         ))
-    _unique([w.name for w in out], "webhooks", "webhook name", r)
     return tuple(out)
 
 

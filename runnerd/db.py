@@ -41,6 +41,18 @@ class Tx:
         """Run the named query once per parameter mapping."""
         self.conn.executemany(sql.queries[name], rows)
 
+    @contextlib.contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """A nested transaction: an exception inside undoes only its writes, then propagates."""
+        self.conn.execute("SAVEPOINT sp")
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK TO sp")
+            self.conn.execute("RELEASE sp")
+            raise
+        self.conn.execute("RELEASE sp")
+
     def all(self, name: str, params: Params = None) -> list[sqlite3.Row]:
         """All rows of the named query."""
         return self.execute(name, params).fetchall()
@@ -187,3 +199,26 @@ def lock(db_path: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def backup(source: Path, target: str | os.PathLike[str]) -> int:
+    """Copy the database with SQLite's online backup API (consistent while the daemon writes)."""
+    target = Path(target)
+    if target.exists():
+        raise errors.InvalidInput(f"{target} exists: give a new file name")
+    if not source.exists():
+        raise errors.DatabaseError(f"no database at {source}")
+    try:
+        src = sqlite3.connect(source)
+        try:
+            dst = sqlite3.connect(target)
+            try:
+                src.backup(dst, pages=1024)
+                pages = int(dst.execute("PRAGMA page_count").fetchone()[0])
+            finally:
+                dst.close()
+        finally:
+            src.close()
+    except sqlite3.Error as exc:
+        raise errors.DatabaseError(f"backup failed: {exc}") from exc
+    return pages

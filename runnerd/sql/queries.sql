@@ -85,6 +85,9 @@ WHERE id = :id AND state IN ('unscheduled', 'scheduled', 'due');
 -- name: cache_get
 SELECT value FROM cache WHERE key = :key AND expires_at > :now;
 
+-- name: cache_keys
+SELECT key FROM cache WHERE expires_at > :now ORDER BY key LIMIT 10000;
+
 -- name: cache_set
 INSERT INTO cache (key, value, expires_at) VALUES (:key, :value, :expires_at)
 ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at;

@@ -1,0 +1,107 @@
+"""The cache action: Mechanic's Redis-like commands, applied in the run's finishing transaction."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from runnerd import actions, cache, db, errors
+
+#: command -> names of its positional arguments after the command itself.
+COMMANDS: dict[str, tuple[str, ...]] = {
+    "set": ("key", "value"),
+    "setex": ("key", "ttl", "value"),
+    "del": ("key",),
+    "incr": ("key",),
+    "incrby": ("key", "increment"),
+    "decr": ("key",),
+    "decrby": ("key", "decrement"),
+}
+
+
+def parse(options: Any) -> tuple[str, dict[str, Any]]:
+    """Positional `["set", "k", "v"]` or verbose `{"set": {"key": "k", "value": "v"}}`."""
+    if isinstance(options, list) and options and isinstance(options[0], str):
+        command, args = options[0].lower(), options[1:]
+        if command not in COMMANDS:
+            raise errors.InvalidAction(f"cache: unknown command {options[0]!r}")
+        names = COMMANDS[command]
+        extra = ("ttl",) if command != "setex" else ()
+        if not len(names) <= len(args) <= len(names) + len(extra):
+            raise errors.InvalidAction(
+                f"cache: {command} takes {', '.join(names)}; got {len(args)} argument(s)"
+            )
+        return command, dict(zip(names + extra, args, strict=False))
+    if isinstance(options, dict) and len(options) == 1:
+        command, args = next(iter(options.items()))
+        command = str(command).lower()
+        if command not in COMMANDS:
+            raise errors.InvalidAction(f"cache: unknown command {command!r}")
+        if not isinstance(args, dict):
+            raise errors.InvalidAction(f"cache: {command} options must be an object")
+        allowed = set(COMMANDS[command]) | {"ttl"}
+        unknown = sorted(set(args) - allowed)
+        if unknown:
+            raise errors.InvalidAction(f"cache: {command} does not take {', '.join(unknown)}")
+        missing = [n for n in COMMANDS[command] if n not in args]
+        if missing:
+            raise errors.InvalidAction(f"cache: {command} needs {', '.join(missing)}")
+        return command, dict(args)
+    raise errors.InvalidAction(
+        'cache: expected ["command", args...] or {"command": {"key": ..., ...}}'
+    )
+
+
+def _integer(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise errors.InvalidAction(f"cache: {what} must be an integer, got {value!r}")
+    return value
+
+
+def check(options: Any) -> tuple[str, dict[str, Any]]:
+    """Parse and validate everything that does not depend on stored data."""
+    command, args = parse(options)
+    cache.check_key(args["key"])
+    args["ttl"] = cache.check_ttl(args.get("ttl"))
+    if "value" in args:
+        cache.encode_value(args["value"])
+    for name in ("increment", "decrement"):
+        if name in args:
+            _integer(args[name], name)
+    return command, args
+
+
+def apply(tx: db.Tx, command: str, args: dict[str, Any], now: float) -> Any:
+    """Run one command; the result is the key's new value (None after del)."""
+    key, ttl = args["key"], args["ttl"]
+    if command == "del":
+        cache.delete(tx, key)
+        return None
+    if command in ("set", "setex"):
+        value = args["value"]
+    else:
+        current = cache.get(tx, key, now)
+        if current is None:
+            current = 0
+        if isinstance(current, bool) or not isinstance(current, int):
+            raise errors.InvalidAction(f"cache: {command} on {key!r}, which is not an integer")
+        step = {"incr": 1, "decr": -1}.get(command)
+        if step is None:
+            step = args.get("increment", 0) - args.get("decrement", 0)
+        value = current + step
+    cache.put(tx, key, value, ttl, now)
+    return value
+
+
+class CacheExecutor(actions.Simple):
+    """`cache`: set, setex, del, incr, incrby, decr, decrby; every command resets the TTL."""
+
+    type = "cache"
+
+    def validate(self, options: Any) -> None:
+        """Raise InvalidAction for bad commands, keys, values or TTLs."""
+        check(options)
+
+    async def perform(self, options: Any, ctx: actions.Context) -> actions.Deferred:
+        """Apply the command in the transaction that finishes the run."""
+        command, args = check(options)
+        return actions.Deferred(lambda tx: apply(tx, command, args, ctx.now))

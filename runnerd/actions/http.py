@@ -1,0 +1,316 @@
+"""The http action: one request through the daemon's shared aiohttp session.
+
+Any HTTP response is a success (Mechanic's rule), except a 5xx with `error_on_5xx`. Failures are
+classified by exception type (`_failure`), never by message text:
+
+    transient (retryable)                         permanent
+    --------------------------------------------  -------------------------------------------
+    5xx with error_on_5xx                         invalid options (method, url, headers, body)
+    asyncio.TimeoutError / TimeoutError           ClientConnectorCertificateError,
+    ClientConnectorDNSError (DNS failure)           ssl.SSLCertVerificationError
+    ClientConnectorError (refused, unreachable)   TooManyRedirects
+    ServerDisconnectedError, other                InvalidURL, NonHttpUrlClientError (also as
+      ClientConnectionError (reset, ...)            a redirect target)
+    ClientPayloadError (body cut short), OSError  ClientResponseError (malformed response),
+                                                    ValueError
+
+Error messages name the method and the URL without its user info and query, and never a header
+value; the aiohttp exception is not chained (its text may carry the full URL).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import re
+import ssl
+import urllib.parse
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+import yarl
+
+from runnerd import actions, config, errors
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("options", "head", "get", "post", "put", "patch", "delete")
+OPTIONS = frozenset({"method", "url", "headers", "body", "follow_redirects", "verify",
+                     "error_on_5xx", "timeout"})
+#: Mechanic options runnerd does not offer.
+UNSUPPORTED = {"files": "file generators are not supported", "proxy": "proxies are not supported"}
+MAX_TIMEOUT = 300.0
+REDACTED = "[redacted]"
+SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "x-api-key"})
+SECRET_WORDS = ("token", "secret")
+#: Query parameters hidden by `redact` (besides names containing SECRET_WORDS).
+SECRET_PARAMS = frozenset({"key", "api_key", "apikey", "api-key", "password", "sig", "signature"})
+
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 field name
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*://)[^/?#]*@")
+
+
+def _invalid(message: str) -> errors.InvalidAction:
+    return errors.InvalidAction(f"http: {message}")
+
+
+def is_secret_header(name: str) -> bool:
+    """True for headers whose values `redact` hides."""
+    lower = name.lower()
+    return lower in SECRET_HEADERS or any(word in lower for word in SECRET_WORDS)
+
+
+def redact_url(url: str) -> str:
+    """`url` with its user info and secret-looking query values replaced."""
+    url = _USERINFO.sub(rf"\1{REDACTED}@", url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return url
+    if not parts.query:
+        return url
+    pairs = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    if not any(_secret_param(k) for k, _ in pairs):
+        return url
+    query = urllib.parse.urlencode([(k, REDACTED if _secret_param(k) else v) for k, v in pairs])
+    return urllib.parse.urlunsplit(parts._replace(query=query))
+
+
+def _secret_param(name: str) -> bool:
+    lower = name.lower()
+    return lower in SECRET_PARAMS or any(word in lower for word in SECRET_WORDS)
+
+
+def _safe_url(url: yarl.URL) -> str:
+    """For messages: no user info, no query."""
+    return str(url.with_user(None).with_query(None).with_fragment(None))
+
+
+def _flag(options: Mapping[str, Any], key: str, default: bool) -> bool:
+    value = options.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise _invalid(f"{key!r} must be true or false")
+    return value
+
+
+def _url(value: Any) -> yarl.URL:
+    if not isinstance(value, str) or not value:
+        raise _invalid("'url' is missing" if value is None else "'url' must be a string")
+    try:
+        url = yarl.URL(value)
+    except (ValueError, TypeError):
+        raise _invalid("'url' is not a valid URL") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise _invalid("'url' must start with http:// or https:// and name a host")
+    return url
+
+
+def _headers(value: Any) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise _invalid("'headers' must be an object of name: value")
+    out = {}
+    for name, item in value.items():
+        if not isinstance(name, str) or not _TOKEN.match(name):
+            raise _invalid(f"'headers' has an invalid header name {str(name)[:64]!r}")
+        if isinstance(item, bool) or not isinstance(item, str | int | float):
+            raise _invalid(f"'headers': the value of {name!r} must be a string")
+        text = str(item)
+        if any(c in text for c in "\r\n\0"):
+            raise _invalid(f"'headers': the value of {name!r} contains a line break")
+        out[name] = text
+    return out
+
+
+def _form(body: Any) -> bytes:
+    if not isinstance(body, Mapping):
+        raise _invalid("a form-encoded 'body' must be an object")
+    pairs = []
+    for key, value in body.items():
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, Mapping | list):
+                raise _invalid(f"form field {key!r}: values must be scalars or lists of scalars")
+            text = "" if item is None else json.dumps(item) if isinstance(item, bool) else str(item)
+            pairs.append((str(key), text))
+    return urllib.parse.urlencode(pairs).encode()
+
+
+def _body(body: Any, headers: dict[str, str]) -> bytes | None:
+    """Encode `body` by the request's Content-Type (setting it when unset)."""
+    if body is None:
+        return None
+    name = next((k for k in headers if k.lower() == "content-type"), None)
+    media = headers[name].split(";")[0].strip().lower() if name else None
+    if isinstance(body, str):
+        if name is None:
+            headers["Content-Type"] = "text/plain; charset=utf-8"
+        return body.encode()
+    if media is None or media == "application/json" or media.endswith("+json"):
+        if name is None:
+            headers["Content-Type"] = "application/json"
+        return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    if media == "application/x-www-form-urlencoded":
+        return _form(body)
+    raise _invalid("'body' is not a string, and Content-Type is neither JSON nor "
+                   "application/x-www-form-urlencoded: send the body as a string")
+
+
+class Request:
+    """Validated http options."""
+
+    def __init__(self, options: Any, default_timeout: float) -> None:
+        if not isinstance(options, Mapping):
+            raise _invalid("options must be an object")
+        for key in sorted(k for k in options if not (isinstance(k, str) and k.startswith("__"))
+                          and k not in OPTIONS):
+            if key in UNSUPPORTED:
+                raise _invalid(f"option {key!r} is not supported ({UNSUPPORTED[key]})")
+            raise _invalid(f"unknown option {key!r} (allowed: {', '.join(sorted(OPTIONS))})")
+        method = options.get("method")
+        if not isinstance(method, str) or method.lower() not in METHODS:
+            shown = "missing" if method is None else f"invalid: {str(method)[:20]!r}"
+            raise _invalid(f"'method' is {shown} (expected one of {', '.join(METHODS)})")
+        self.method = method.upper()
+        self.url = _url(options.get("url"))
+        self.headers = _headers(options.get("headers"))
+        self.data = _body(options.get("body"), self.headers)
+        self.follow_redirects = _flag(options, "follow_redirects", True)
+        self.verify = _flag(options, "verify", True)
+        self.error_on_5xx = _flag(options, "error_on_5xx", False)
+        timeout = options.get("timeout", default_timeout)
+        if timeout is None:
+            timeout = default_timeout
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+            raise _invalid("'timeout' must be a number of seconds greater than 0")
+        self.timeout = min(float(timeout), MAX_TIMEOUT)
+
+
+def _failure(exc: BaseException, request: Request) -> errors.ActionFailed:
+    """Classify a request exception by its type."""
+    where = f"http: {request.method} {_safe_url(request.url)}"
+    permanent: str | None = None
+    transient: str | None = None
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        reason = getattr(exc.certificate_error, "verify_message", None) or "not trusted"
+        permanent = f"TLS certificate verification failed ({reason})"
+    elif isinstance(exc, ssl.SSLCertVerificationError):
+        permanent = f"TLS certificate verification failed ({exc.verify_message or 'not trusted'})"
+    elif isinstance(exc, TimeoutError):  # asyncio.TimeoutError and aiohttp's timeouts
+        transient = f"timed out after {request.timeout:g} s"
+    elif isinstance(exc, aiohttp.TooManyRedirects):
+        permanent = "too many redirects"
+    elif isinstance(exc, aiohttp.InvalidURL | aiohttp.NonHttpUrlClientError):
+        permanent = "an invalid or non-HTTP URL (redirect target)"
+    elif isinstance(exc, aiohttp.ClientConnectorDNSError):
+        transient = f"cannot resolve host {exc.host}"
+    elif isinstance(exc, aiohttp.ClientConnectorError):
+        reason = exc.os_error.strerror or type(exc.os_error).__name__
+        transient = f"cannot connect to {exc.host}:{exc.port} ({reason})"
+    elif isinstance(exc, aiohttp.ServerDisconnectedError):
+        transient = "the server closed the connection"
+    elif isinstance(exc, aiohttp.ClientResponseError):
+        permanent = f"invalid response ({exc.status} {exc.message})"
+    elif isinstance(exc, aiohttp.ClientError | OSError):
+        transient = f"{type(exc).__name__}: {exc}"
+    else:
+        permanent = type(exc).__name__
+    if permanent is not None:
+        return errors.ActionFailed(f"{where} failed: {permanent}")
+    return errors.ActionFailed(f"{where} failed: {transient}", retryable=True)
+
+
+async def _read(response: aiohttp.ClientResponse, cap: int) -> tuple[bytes, bool]:
+    """At most `cap` bytes of the body (reading cap + 1 at most), and whether it was cut."""
+    buffer = bytearray()
+    while len(buffer) <= cap:
+        chunk = await response.content.read(cap + 1 - len(buffer))
+        if not chunk:
+            break
+        buffer += chunk
+    if len(buffer) > cap:
+        response.close()  # drop the connection instead of draining a huge body
+        return bytes(buffer[:cap]), True
+    return bytes(buffer), False
+
+
+def _decode(raw: bytes, response: aiohttp.ClientResponse, truncated: bool) -> Any:
+    try:
+        text = raw.decode(response.charset or "utf-8", errors="replace")
+    except LookupError:
+        text = raw.decode("utf-8", errors="replace")
+    media = response.content_type
+    if not truncated and (media == "application/json" or media.endswith("+json")):
+        try:
+            return json.loads(text)
+        except ValueError:
+            pass
+    return text
+
+
+class HttpExecutor:
+    """Performs http actions on the daemon's shared aiohttp session."""
+
+    type = "http"
+    perform_event = True
+
+    def __init__(self, session: aiohttp.ClientSession, settings: config.Http) -> None:
+        self.session = session
+        self.settings = settings
+
+    def validate(self, options: Any) -> None:
+        """Raise errors.InvalidAction naming what is wrong with `options`."""
+        Request(options, self.settings.timeout)
+
+    def redact(self, options: Any) -> Any:
+        """A copy of `options` with secret headers and URL credentials replaced."""
+        if not isinstance(options, Mapping):
+            return options
+        out = dict(options)
+        headers = out.get("headers")
+        if isinstance(headers, Mapping):
+            out["headers"] = {k: REDACTED if is_secret_header(str(k)) else v
+                              for k, v in headers.items()}
+        if isinstance(out.get("url"), str):
+            out["url"] = redact_url(out["url"])
+        return out
+
+    async def perform(self, options: Any, ctx: actions.Context) -> Any:
+        """Send the request; the response as Mechanic's result, or ActionFailed."""
+        try:
+            request = Request(options, self.settings.timeout)
+        except errors.InvalidAction as exc:
+            raise errors.ActionFailed(exc.message) from None
+        cap = self.settings.max_response_bytes
+        try:
+            async with self.session.request(
+                request.method, request.url, headers=request.headers, data=request.data,
+                allow_redirects=request.follow_redirects, ssl=request.verify,
+                timeout=aiohttp.ClientTimeout(total=request.timeout),
+            ) as response:
+                raw, truncated = await _read(response, cap)
+                body = _decode(raw, response, truncated)
+                status = response.status
+                headers: dict[str, list[str]] = {}
+                for name, value in response.headers.items():
+                    headers.setdefault(name.lower(), []).append(value)
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+            failure = _failure(exc, request)
+            logger.info("%s", failure.message, extra={"action": "http_failed", "run_id": ctx.run.id})
+            raise failure from None  # the aiohttp text may hold the URL's credentials
+        if status >= 500 and request.error_on_5xx:
+            raise errors.ActionFailed(
+                f"http: {request.method} {_safe_url(request.url)} answered {status}",
+                retryable=True)
+        result: dict[str, Any] = {"status": status, "headers": headers, "body": body,
+                                  "body_base64": base64.b64encode(raw).decode("ascii")}
+        if truncated:
+            result["truncated"] = True
+        return result
+
+    async def close(self) -> None:
+        """Nothing to release: the daemon owns the session."""

@@ -1,0 +1,205 @@
+"""The composition root: lock, migrate, requeue orphans, build the parts, supervise, stop in order.
+
+Shutdown order on SIGTERM/SIGINT: the HTTP listener stops accepting and drains its requests, then
+the ingest queue commits what it holds, the scheduler stops, the worker stops claiming and gives
+started runs `shutdown_grace` seconds, requeues what is left, and the database closes. A second
+signal gets the default action (an operator can always force an exit). Any part that dies takes
+the whole process down with a non-zero exit, so systemd restarts it: never a half-alive daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from runnerd import (
+    actions,
+    config,
+    db,
+    errors,
+    handlers,
+    ingest,
+    notify,
+    registry,
+    render,
+    runs,
+    scheduler,
+    state,
+    webhook,
+    worker,
+)
+from runnerd.actions import cache as cache_action
+from runnerd.actions import echo, email, event, http
+
+logger = logging.getLogger(__name__)
+
+
+class ComponentDied(errors.RunnerdError):
+    """A part of the daemon stopped unexpectedly."""
+
+
+def load(path: str, environ: Mapping[str, str]) -> registry.Registry:
+    """Load, validate and compile a configuration (ConfigError listing every problem)."""
+    settings = config.load(path, environ)
+    renderer = render.Renderer(timezone=settings.timezone, limits=settings.limits)
+    return registry.Registry(settings, renderer)
+
+
+def build_executors(settings: config.Settings, session: aiohttp.ClientSession) -> actions.Registry:
+    """One executor per action type."""
+    reg = actions.Registry()
+    for executor in (cache_action.CacheExecutor(), echo.EchoExecutor(), event.EventExecutor(),
+                     email.EmailExecutor(settings.email), http.HttpExecutor(session, settings.http)):
+        reg.add(executor)
+    return reg
+
+
+async def _supervise(name: str, coro: Awaitable[None], halt: asyncio.Event) -> None:
+    await coro
+    if not halt.is_set():
+        raise ComponentDied(f"{name} stopped unexpectedly")
+
+
+class Daemon:
+    """One running runnerd."""
+
+    def __init__(self, path: str, environ: Mapping[str, str], *,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.path = path
+        self.environ = environ
+        self.clock = clock
+        self.stop = asyncio.Event()
+        self.notifier = notify.Notifier(environ.get("NOTIFY_SOCKET"))
+        self.state: state.State | None = None
+
+    async def run(self) -> int:
+        """Run until a signal; return the exit code."""
+        reg = load(self.path, self.environ)
+        settings = reg.settings
+        with db.lock(settings.database):
+            database = await db.Database(settings.database).open()
+            cache_conn: sqlite3.Connection | None = None
+            try:
+                await database.migrate()
+                requeued = await database.write(runs.requeue_started)
+                if requeued:
+                    logger.warning("requeued %d run(s) left started by a crash", requeued,
+                                   extra={"action": "orphans_requeued"})
+                cache_conn = database.sync_reader()
+                timeout = aiohttp.ClientTimeout(total=settings.http.timeout)
+                async with aiohttp.ClientSession(timeout=timeout) as session:
+                    executors = build_executors(settings, session)
+                    try:
+                        await self._serve(reg, database, executors, cache_conn)
+                    finally:
+                        await executors.close()
+            finally:
+                if cache_conn is not None:
+                    cache_conn.close()
+                await database.close()
+        return 0
+
+    async def _serve(self, reg: registry.Registry, database: db.Database,
+                     executors: actions.Registry, cache_conn: sqlite3.Connection) -> None:
+        settings = reg.settings
+        halt = asyncio.Event()
+        wakeups: list[Callable[[], None]] = []
+
+        def wake(*_: Any) -> None:
+            for fn in wakeups:
+                fn()
+
+        st = state.State(db=database, registry=reg, executors=executors,
+                         ingest=ingest.Ingest(database, on_commit=wake, clock=self.clock),
+                         clock=self.clock)
+        self.state = st
+        hs = handlers.Handlers(st.get_registry, executors, cache_conn=cache_conn,
+                               clock=self.clock)
+        st.worker = worker.Worker(database, hs.for_kind(), concurrency=settings.concurrency,
+                                  clock=self.clock)
+        wakeups.append(st.worker.wakeup.set)
+        st.scheduler = scheduler.Scheduler(database, st.get_registry, on_fire=wake,
+                                           clock=self.clock)
+        runner = web.AppRunner(webhook.make_app(st), handle_signals=False, access_log=None,
+                               shutdown_timeout=5.0)
+        loop = asyncio.get_running_loop()
+        self._install_signals(loop)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(_supervise("ingest", st.ingest.run(halt), halt), name="ingest")
+                tg.create_task(_supervise("worker", st.worker.run(
+                    halt, grace=settings.shutdown_grace), halt), name="worker")
+                tg.create_task(_supervise("scheduler", st.scheduler.run(halt), halt),
+                               name="scheduler")
+                await runner.setup()
+                site = web.TCPSite(runner, settings.listen.host, settings.listen.port)
+                try:
+                    await site.start()
+                except OSError as exc:
+                    raise errors.RunnerdError(
+                        f"cannot listen on {settings.listen.host}:{settings.listen.port}: "
+                        f"{exc.strerror}") from exc
+                logger.info("runnerd listening on http://%s:%d/ with %d task(s)",
+                            settings.listen.host, settings.listen.port, len(reg.tasks),
+                            extra={"action": "ready"})
+                self.notifier.send("READY=1")
+                await self.stop.wait()
+                self.notifier.send("STOPPING=1")
+                logger.info("stopping", extra={"action": "stopping"})
+                await runner.cleanup()
+                halt.set()
+        finally:
+            self._remove_signals(loop)
+            await runner.cleanup()
+
+    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_stop_signal, loop, sig)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+
+    def _remove_signals(self, loop: asyncio.AbstractEventLoop) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+
+    def _on_stop_signal(self, loop: asyncio.AbstractEventLoop, sig: signal.Signals) -> None:
+        # Only a flag; the second signal gets the default action (forced exit).
+        loop.remove_signal_handler(sig)
+        self.stop.set()
+
+    def reload(self) -> bool:
+        """Re-read the configuration; keep the old one if the new file is invalid."""
+        st = self.state
+        if st is None:
+            return False
+        self.notifier.send("RELOADING=1")
+        try:
+            new = load(self.path, self.environ)
+        except errors.ConfigError as exc:
+            for problem in exc.problems:
+                logger.error("reload rejected: %s", problem, extra={"action": "reload_rejected"})
+            self.notifier.send("READY=1")
+            return False
+        old = st.settings
+        if new.settings.database != old.database or new.settings.listen != old.listen:
+            logger.warning("database and listen changes need a restart; the rest is reloaded",
+                           extra={"action": "reload_partial"})
+        st.swap(new)
+        logger.info("configuration reloaded: %d task(s)", len(new.tasks),
+                    extra={"action": "reloaded"})
+        self.notifier.send("READY=1")
+        if st.worker is not None:
+            st.worker.wakeup.set()
+        return True
+
+
+def run(path: str, environ: Mapping[str, str]) -> int:
+    """Run the daemon to completion; return the exit code."""
+    return asyncio.run(Daemon(path, environ).run())

@@ -1,0 +1,211 @@
+"""What each kind of run does: event → task runs; task → render → action runs; action → executor.
+
+A handler never writes: it returns a `runs.Outcome` that the worker records in its next batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Callable
+from typing import Any
+
+from runnerd import actions, cache, errors, models, registry, render, runs
+from runnerd.models import RunKind
+
+logger = logging.getLogger(__name__)
+
+
+class Handlers:
+    """The three handlers, sharing the current registry, the executors and the clock."""
+
+    def __init__(
+        self,
+        get_registry: Callable[[], registry.Registry],
+        executors: actions.Registry,
+        *,
+        cache_conn: sqlite3.Connection | None,
+        clock: Callable[[], float],
+    ) -> None:
+        self.get_registry = get_registry
+        self.executors = executors
+        self.cache_conn = cache_conn
+        self.clock = clock
+
+    def for_kind(self) -> dict[RunKind, Callable[[runs.Job], Any]]:
+        """The mapping the worker dispatches on."""
+        return {RunKind.EVENT: self.event_run, RunKind.TASK: self.task_run,
+                RunKind.ACTION: self.action_run}
+
+    async def event_run(self, job: runs.Job) -> runs.Outcome:
+        """Create one task run per enabled subscribed task (delayed by its offset)."""
+        now = self.clock()
+        reg = self.get_registry()
+        tz = reg.settings.tz
+        children, names = [], []
+        for compiled, sub in reg.subscribers(job.event):
+            run_at = sub.offset.apply(now, tz) if sub.offset else None
+            children.append(runs.run_row(RunKind.TASK, job.event.id, now, run_at=run_at,
+                                         task_name=compiled.name))
+            names.append(compiled.name)
+        return runs.Outcome(job.run, ok=True, result={"tasks": names}, children=children,
+                            finished_at=now)
+
+    def variables(self, compiled: registry.Compiled, event: models.Event,
+                  parent: dict[str, Any] | None, now: float,
+                  *, preview: bool = False) -> dict[str, Any]:
+        """The Liquid environment of a task run (Mechanic's)."""
+        event_obj = event.to_liquid(parent)
+        if preview:
+            event_obj["preview"] = True
+        variables: dict[str, Any] = {
+            "event": event_obj,
+            "task": compiled.liquid(),
+            "options": dict(compiled.task.options),
+            "cache": cache.View(None if preview else self.cache_conn, now),
+        }
+        if event.topic == models.PERFORM_TOPIC:
+            variables["action"] = event.data
+        elif event.topic in models.ERROR_TOPICS:
+            variables["error"] = event.data
+        return variables
+
+    async def task_run(self, job: runs.Job) -> runs.Outcome:
+        """Render the task; only a render with no error creates its action runs."""
+        run, now = job.run, self.clock()
+        reg = self.get_registry()
+        compiled = reg.tasks.get(run.task_name or "")
+        follow_up = self._task_error(job, compiled)
+        if compiled is None or not compiled.task.enabled:
+            why = "was removed from the configuration" if compiled is None else "is disabled"
+            return runs.Outcome(run, ok=False, error=f"task {run.task_name!r} {why}",
+                                follow_up=follow_up, finished_at=now)
+        try:
+            result = reg.renderer.render(compiled.template,
+                                         self.variables(compiled, job.event, job.parent, now))
+            if not result.errors:
+                for spec in result.actions:
+                    self._validate(spec)
+        except (errors.RenderError, errors.InvalidAction) as exc:
+            return runs.Outcome(run, ok=False, error=exc.message, follow_up=follow_up,
+                                finished_at=self.clock())
+        summary = {"logs": result.logs, "errors": result.errors,
+                   "actions": len(result.actions)}
+        if result.errors:
+            message = "; ".join(e if isinstance(e, str) else models.dumps(e)
+                                for e in result.errors)
+            return runs.Outcome(run, ok=False, result=summary, error=message,
+                                follow_up=follow_up, finished_at=self.clock())
+        finished = self.clock()
+        children = [
+            runs.run_row(RunKind.ACTION, job.event.id, finished, task_name=compiled.name,
+                         action_type=spec.type, options=spec.options, meta=spec.meta,
+                         perform_event=spec.perform_event, task_run_id=run.id)
+            for spec in result.actions
+        ]
+        return runs.Outcome(run, ok=True, result=summary, children=children,
+                            follow_up=follow_up, finished_at=finished)
+
+    def _validate(self, spec: models.ActionSpec) -> None:
+        executor = self.executors.get(spec.type)
+        if executor is None:
+            known = ", ".join(sorted(self.executors))
+            raise errors.InvalidAction(f"unknown action type {spec.type!r} (known: {known})")
+        executor.validate(spec.options)
+
+    async def action_run(self, job: runs.Job) -> runs.Outcome:
+        """Perform the action with its original options."""
+        run = job.run
+        reg = self.get_registry()
+        compiled = reg.tasks.get(run.task_name or "")
+        executor = self.executors.get(run.action_type or "")
+        follow_up = self._action_follow_up(job, compiled, executor)
+        now = self.clock()
+        if compiled is None or not compiled.task.enabled:
+            why = "was removed from the configuration" if compiled is None else "is disabled"
+            return runs.Outcome(run, ok=False, error=f"task {run.task_name!r} {why}",
+                                follow_up=follow_up, finished_at=now)
+        if executor is None:
+            return runs.Outcome(run, ok=False, error=f"unknown action type {run.action_type!r}",
+                                follow_up=follow_up, finished_at=now)
+        ctx = actions.Context(run=run, event=job.event, task_id=compiled.id, now=now)
+        try:
+            result = await executor.perform(run.options, ctx)
+        except errors.ActionFailed as exc:
+            return runs.Outcome(run, ok=False, error=exc.message, retryable=exc.retryable,
+                                follow_up=follow_up, finished_at=self.clock())
+        except errors.InvalidAction as exc:
+            return runs.Outcome(run, ok=False, error=exc.message, follow_up=follow_up,
+                                finished_at=self.clock())
+        if isinstance(result, actions.Deferred):
+            return runs.Outcome(run, ok=True, deferred=result.apply, follow_up=follow_up,
+                                finished_at=self.clock())
+        return runs.Outcome(run, ok=True, result=result, follow_up=follow_up,
+                            finished_at=self.clock())
+
+    def _task_error(self, job: runs.Job,
+                    compiled: registry.Compiled | None) -> Callable[[models.Run], list[models.Event]]:
+        """mechanic/errors/task when the task run fails (never for an error-handling task)."""
+
+        def follow_up(final: models.Run) -> list[models.Event]:
+            if final.state is not models.RunState.FAILED or job.event.topic in models.ERROR_TOPICS:
+                return []
+            data = {"message": final.error, "event": _event_summary(job.event),
+                    "task": _task_summary(job.run.task_name, compiled, final)}
+            return [runs.new_event("mechanic/errors/task", data, "runnerd", self.clock(),
+                                   parent_id=job.event.id)]
+
+        return follow_up
+
+    def _action_follow_up(
+        self, job: runs.Job, compiled: registry.Compiled | None,
+        executor: actions.Executor | None,
+    ) -> Callable[[models.Run], list[models.Event]]:
+        """mechanic/actions/perform to the task (if it subscribes); mechanic/errors/action."""
+
+        def follow_up(final: models.Run) -> list[models.Event]:
+            now, events = self.clock(), []
+            options = self.executors.redact(final.action_type, final.options)
+            action = {"type": final.action_type, "options": options, "meta": final.meta,
+                      "run": _run_summary(final)}
+            wants_perform = (
+                compiled is not None and models.PERFORM_TOPIC in compiled.topics
+                and final.perform_event and (executor is None or executor.perform_event)
+            )
+            if wants_perform and compiled is not None:
+                events.append(runs.new_event(models.PERFORM_TOPIC, action, "runnerd", now,
+                                             parent_id=job.event.id, task_ids=[compiled.id]))
+            failed = final.state is models.RunState.FAILED
+            if failed and job.event.topic not in models.ERROR_TOPICS:
+                data = {"message": final.error, "event": _event_summary(job.event),
+                        "task": _task_summary(final.task_name, compiled, None),
+                        "action": action}
+                events.append(runs.new_event("mechanic/errors/action", data, "runnerd", now,
+                                             parent_id=job.event.id))
+            return events
+
+        return follow_up
+
+
+def _run_summary(run: models.Run) -> dict[str, Any]:
+    return {"id": run.id, "ok": run.state is models.RunState.SUCCEEDED, "error": run.error,
+            "result": run.result, "attempts": run.attempts,
+            "started_at": models.iso(run.started_at), "finished_at": models.iso(run.finished_at)}
+
+
+def _event_summary(event: models.Event) -> dict[str, Any]:
+    return {"id": event.id, "topic": event.topic, "source": event.source,
+            "created_at": models.iso(event.created_at),
+            "webhook_request_id": event.webhook_request_id}
+
+
+def _task_summary(name: str | None, compiled: registry.Compiled | None,
+                  run: models.Run | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": name}
+    if compiled is not None:
+        out.update(id=compiled.id, enabled=compiled.task.enabled,
+                   subscriptions=[s.topic + (str(s.offset) if s.offset else "")
+                                  for s in compiled.subscriptions])
+    if run is not None:
+        out["run"] = _run_summary(run)
+    return out

@@ -1,0 +1,82 @@
+"""Operator actions shared by the command line and the admin API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from runnerd import config, db, errors, models, registry, runs
+
+
+def check_topic(topic: Any) -> str:
+    """Any well-formed topic (the operator may send mechanic/scheduler/10min to test a task)."""
+    if not isinstance(topic, str) or not config.TOPIC.match(topic):
+        raise errors.InvalidInput(f"bad topic {topic!r}: expected domain/subject/verb "
+                                  "(lower-case letters, digits, _ - .)")
+    return topic
+
+
+async def send(database: db.Database, topic: Any, data: Any, *, source: str,
+               now: float) -> str:
+    """Store an event (and its event run); return its id."""
+    event = runs.new_event(check_topic(topic), data, source, now)
+    await database.write(lambda tx: runs.insert_events(tx, [event], now))
+    return event.id
+
+
+async def trigger(database: db.Database, reg: registry.Registry, name: str, *,
+                  text: str | None, source: str, now: float) -> str:
+    """mechanic/user/trigger (or mechanic/user/text with `text`) to one task; return the event id."""
+    compiled = reg.tasks.get(name)
+    if compiled is None:
+        raise errors.NotFound(f"no task named {name!r}")
+    topic = "mechanic/user/trigger" if text is None else "mechanic/user/text"
+    if topic not in compiled.topics:
+        raise errors.InvalidInput(f"task {name!r} does not subscribe to {topic}")
+    if not compiled.task.enabled:
+        raise errors.InvalidInput(f"task {name!r} is disabled")
+    event = runs.new_event(topic, text, source, now, task_ids=[compiled.id])
+    await database.write(lambda tx: runs.insert_events(tx, [event], now))
+    return event.id
+
+
+def parse_run_id(value: Any) -> int:
+    """A run id from user input; NotFound when it cannot be one."""
+    try:
+        run_id = int(str(value))
+    except ValueError:
+        raise errors.NotFound(f"no run with id {value!r}") from None
+    if run_id <= 0:
+        raise errors.NotFound(f"no run with id {value!r}")
+    return run_id
+
+
+def check_filters(state: str | None, kind: str | None, limit: Any) -> int:
+    """Validate run-list filters; return the limit."""
+    if state is not None and state not in set(models.RunState):
+        raise errors.InvalidInput(f"bad state {state!r}: one of "
+                                  f"{', '.join(s.value for s in models.RunState)}")
+    if kind is not None and kind not in set(models.RunKind):
+        raise errors.InvalidInput(f"bad kind {kind!r}: one of event, task, action")
+    try:
+        number = int(limit)
+    except (TypeError, ValueError):
+        raise errors.InvalidInput(f"bad limit {limit!r}: expected a whole number") from None
+    if not 1 <= number <= 10_000:
+        raise errors.InvalidInput(f"bad limit {limit!r}: 1 to 10000")
+    return number
+
+
+def run_json(tx: db.Tx, run: models.Run, redact: Any, *, detail: bool = False) -> dict[str, Any]:
+    """A run for people and scripts; action options pass through the executor's redaction."""
+    out = run.to_json()
+    if run.kind is models.RunKind.ACTION:
+        out["options"] = redact(run.action_type, run.options)
+    if detail:
+        event = tx.one("event_by_id", {"id": run.event_id})
+        out["event"] = None if event is None else {
+            "id": event["id"], "topic": event["topic"], "source": event["source"],
+            "data": models.loads(event["data"]), "created_at": models.iso(event["created_at"]),
+            "parent_id": event["parent_id"], "webhook_request_id": event["webhook_request_id"],
+        }
+        out["failed_attempts"] = runs.attempts(tx, run.id)
+    return out

@@ -1,0 +1,285 @@
+"""The run queue: the only writer of `runs.state`.
+
+Every function takes a `db.Tx` and runs inside one transaction on the database thread, so the
+worker can finish a batch of runs and claim the next batch in a single commit.
+
+    scheduled --(run_at comes)--> due --(claim)--> started --> succeeded
+                                   ^                  |  \\--> failed --(manual retry)--> due
+                                   |                  \\--> scheduled (automatic retry, backoff)
+                                   \\--(crash or stop: requeue, the attempt counts)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from runnerd import db, errors, models
+from runnerd.models import RunKind, RunState
+
+logger = logging.getLogger(__name__)
+
+#: 4 automatic retries after the first attempt, at about 30 s, 76 s, 152 s and 308 s.
+BACKOFF = (30.0, 76.0, 152.0, 308.0)
+MAX_ATTEMPTS = len(BACKOFF) + 1
+JITTER = 0.1  # +/- 10 %
+
+
+def backoff(attempt: int, rand: Callable[[], float] = random.random) -> float:
+    """Seconds to wait after failed attempt number `attempt` (1-based), with jitter."""
+    base = BACKOFF[min(attempt, len(BACKOFF)) - 1]
+    return base * (1 + JITTER * (2 * rand() - 1))
+
+
+def new_event(
+    topic: str,
+    data: Any,
+    source: str,
+    now: float,
+    *,
+    parent_id: str | None = None,
+    webhook_request_id: str | None = None,
+    task_ids: Sequence[str] | None = None,
+    run_at: float | None = None,
+) -> models.Event:
+    """A new event (not stored yet)."""
+    return models.Event(
+        id=str(uuid.uuid4()), topic=topic, data=data, source=source, created_at=now,
+        parent_id=parent_id, webhook_request_id=webhook_request_id,
+        task_ids=tuple(task_ids) if task_ids is not None else None, run_at=run_at,
+    )
+
+
+def run_row(
+    kind: RunKind,
+    event_id: str,
+    now: float,
+    *,
+    run_at: float | None = None,
+    task_name: str | None = None,
+    action_type: str | None = None,
+    options: Any = None,
+    meta: Any = None,
+    perform_event: bool = True,
+    task_run_id: int | None = None,
+) -> dict[str, Any]:
+    """Parameters of `insert_run`: due now, or scheduled when `run_at` is in the future."""
+    at = now if run_at is None or run_at < now else run_at
+    return {
+        "kind": str(kind),
+        "state": str(RunState.SCHEDULED if at > now else RunState.DUE),
+        "priority": models.PRIORITY[kind],
+        "run_at": at,
+        "event_id": event_id,
+        "task_name": task_name,
+        "action_type": action_type,
+        "options": None if kind is not RunKind.ACTION else models.dumps(options),
+        "meta": None if meta is None else models.dumps(meta),
+        "perform_event": int(perform_event),
+        "task_run_id": task_run_id,
+        "created_at": now,
+    }
+
+
+def insert_events(tx: db.Tx, events: Iterable[models.Event], now: float) -> None:
+    """Store events, each with its event run (due now or at the event's `run_at`)."""
+    events = list(events)
+    if not events:
+        return
+    tx.executemany("insert_event", [
+        {"id": e.id, "topic": e.topic, "data": models.dumps(e.data), "source": e.source,
+         "parent_id": e.parent_id, "webhook_request_id": e.webhook_request_id,
+         "task_ids": None if e.task_ids is None else models.dumps(list(e.task_ids)),
+         "created_at": e.created_at}
+        for e in events
+    ])
+    tx.executemany("insert_run", [run_row(RunKind.EVENT, e.id, now, run_at=e.run_at)
+                                  for e in events])
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Job:
+    """A claimed run with what performing it needs."""
+
+    run: models.Run
+    event: models.Event
+    parent: dict[str, Any] | None = None  #: `event.parent` for Liquid (task runs only)
+
+
+def claim(tx: db.Tx, limit: int, now: float) -> list[Job]:
+    """Promote scheduled runs whose time came, then start up to `limit` due runs."""
+    tx.execute("promote_scheduled", {"now": now})
+    if limit <= 0:
+        return []
+    rows = tx.all("claim_runs", {"now": now, "limit": limit})
+    # RETURNING has no order: restore the queue's.
+    claimed = sorted((models.Run.from_row(r) for r in rows),
+                     key=lambda r: (-r.priority, r.run_at, r.id))
+    jobs = []
+    for run in claimed:
+        if run.kind is RunKind.TASK:
+            chain = tx.all("event_chain", {"id": run.event_id})
+            event = models.Event.from_row(chain[0])
+            parent = None
+            for row in reversed(chain[1:]):
+                parent = models.Event.from_row(row).to_liquid(parent)
+            jobs.append(Job(run, event, parent))
+        else:
+            row = tx.one("event_by_id", {"id": run.event_id})
+            assert row is not None, "runs.event_id references events"
+            jobs.append(Job(run, models.Event.from_row(row)))
+    return jobs
+
+
+@dataclasses.dataclass(slots=True)
+class Outcome:
+    """How performing a run went, and what to write when it is finished."""
+
+    run: models.Run
+    ok: bool
+    result: Any = None
+    error: str | None = None
+    retryable: bool = False
+    #: computes the result inside the finishing transaction (cache, event, outbox actions)
+    deferred: Callable[[db.Tx], Any] | None = None
+    #: runs to create when the run succeeds (task runs of an event run, action runs of a task run)
+    children: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    #: events to create once the run is final (error events, mechanic/actions/perform)
+    follow_up: Callable[[models.Run], list[models.Event]] | None = None
+    finished_at: float = 0.0
+
+
+def finish(tx: db.Tx, outcome: Outcome, now: float,
+           rand: Callable[[], float] = random.random) -> models.Run | None:
+    """Record an outcome: succeeded, failed, or scheduled for an automatic retry.
+
+    Returns the run as recorded, or None when it was no longer `started` (lost race).
+    """
+    run, ok, result, error = outcome.run, outcome.ok, outcome.result, outcome.error
+    retryable = outcome.retryable
+    finished_at = outcome.finished_at or now
+    if ok and outcome.deferred is not None:
+        try:
+            with tx.savepoint():
+                result = outcome.deferred(tx)
+        except errors.RunnerdError as exc:
+            ok, error, retryable = False, exc.message, False
+    if not ok and retryable and run.attempts < MAX_ATTEMPTS:
+        retry_at = finished_at + backoff(run.attempts, rand)
+        moved = tx.execute("retry_later", {"id": run.id, "run_at": retry_at, "error": error})
+        if moved.rowcount == 0:
+            return None
+        tx.execute("insert_attempt", {"run_id": run.id, "attempt": run.attempts,
+                                      "started_at": run.started_at, "finished_at": finished_at,
+                                      "error": error})
+        return dataclasses.replace(run, state=RunState.SCHEDULED, run_at=retry_at, error=error)
+    state = RunState.SUCCEEDED if ok else RunState.FAILED
+    done = tx.execute("finish_run", {"id": run.id, "state": str(state), "error": error,
+                                     "result": models.dumps(result), "now": finished_at})
+    if done.rowcount == 0:
+        logger.warning("run %s was not started when it finished", run.id,
+                       extra={"action": "stale_finish", "run_id": run.id})
+        return None
+    final = dataclasses.replace(run, state=state, result=result, error=error,
+                                finished_at=finished_at)
+    if ok and outcome.children:
+        tx.executemany("insert_run", outcome.children)
+    if outcome.follow_up is not None:
+        insert_events(tx, outcome.follow_up(final), now)
+    return final
+
+
+def finish_and_claim(tx: db.Tx, outcomes: Sequence[Outcome], limit: int,
+                     now: float) -> list[Job]:
+    """The worker's one transaction per turn: record what finished, claim what is next."""
+    for outcome in outcomes:
+        finish(tx, outcome, now)
+    return claim(tx, limit, now)
+
+
+def requeue_started(tx: db.Tx) -> int:
+    """Every `started` run back to `due` (start-up after a crash); return how many."""
+    return tx.execute("requeue_started").rowcount
+
+
+def requeue(tx: db.Tx, run_ids: Iterable[int]) -> None:
+    """These `started` runs back to `due` (interrupted by a stop)."""
+    tx.executemany("requeue_run", [{"id": i} for i in run_ids])
+
+
+def get(tx: db.Tx, run_id: int) -> models.Run:
+    """The run, or NotFound."""
+    row = tx.one("run_by_id", {"id": run_id})
+    if row is None:
+        raise errors.NotFound(f"no run with id {run_id}")
+    return models.Run.from_row(row)
+
+
+def attempts(tx: db.Tx, run_id: int) -> list[dict[str, Any]]:
+    """The failed attempts recorded for a run."""
+    return [{"attempt": r["attempt"], "started_at": models.iso(r["started_at"]),
+             "finished_at": models.iso(r["finished_at"]), "error": r["error"]}
+            for r in tx.all("attempts_of_run", {"id": run_id})]
+
+
+def select(tx: db.Tx, *, state: str | None = None, kind: str | None = None,
+           task: str | None = None, limit: int = 50) -> list[models.Run]:
+    """Runs, newest first, filtered."""
+    rows = tx.all("list_runs", {"state": state, "kind": kind, "task": task, "limit": limit})
+    return [models.Run.from_row(r) for r in rows]
+
+
+def retry(tx: db.Tx, run_id: int, now: float) -> models.Run:
+    """Put a failed task or action run back to `due` (task runs re-render the current code)."""
+    run = get(tx, run_id)
+    if tx.execute("retry_failed_run", {"id": run_id, "now": now}).rowcount == 0:
+        if run.kind is RunKind.EVENT:
+            raise errors.InvalidInput(f"run {run_id} is an event run: only task and action "
+                                      "runs can be retried")
+        raise errors.InvalidInput(f"run {run_id} is {run.state}: only failed runs can be retried")
+    return get(tx, run_id)
+
+
+def cancel(tx: db.Tx, run_id: int, now: float) -> models.Run:
+    """Fail a run that has not started yet, with the error `cancelled`."""
+    run = get(tx, run_id)
+    if tx.execute("cancel_run", {"id": run_id, "now": now}).rowcount == 0:
+        raise errors.InvalidInput(f"run {run_id} is {run.state}: only queued runs "
+                                  "(unscheduled, scheduled, due) can be cancelled")
+    return get(tx, run_id)
+
+
+def prune(tx: db.Tx, now: float, *, days: float, days_failed: float,
+          batch: int = 5000) -> int:
+    """Delete up to `batch` completed events (with their runs) past retention; return how many."""
+    return tx.execute("prune_events", {"cutoff": now - days * 86400,
+                                       "cutoff_failed": now - days_failed * 86400,
+                                       "batch": batch}).rowcount
+
+
+def stats(tx: db.Tx, now: float) -> dict[str, Any]:
+    """Queue depth by kind and state, lag, what waits most, and the last day's outcomes."""
+    counts: dict[str, dict[str, int]] = {k.value: {} for k in RunKind}
+    for row in tx.all("queue_counts"):
+        counts[row["kind"]][row["state"]] = row["n"]
+    finished: dict[str, dict[str, int]] = {k.value: {} for k in RunKind}
+    for row in tx.all("finished_counts_since", {"since": now - 86400}):
+        finished[row["kind"]][row["state"]] = row["n"]
+    oldest = tx.one("oldest_due")
+    lag = 0.0 if oldest is None or oldest["run_at"] is None else max(0.0, now - oldest["run_at"])
+
+    def top(name: str) -> list[dict[str, Any]]:
+        return [{"name": r["name"], "runs": r["n"]} for r in tx.all(name)]
+
+    return {
+        "queue": counts,
+        "lag_seconds": round(lag, 3),
+        "last_24h": finished,
+        "top_waiting_tasks": top("top_waiting_tasks"),
+        "top_waiting_actions": top("top_waiting_actions"),
+        "top_waiting_topics": top("top_waiting_topics"),
+    }

@@ -1,0 +1,40 @@
+"""What the running daemon's parts share: the database, the current registry, the ingest queue."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from runnerd import actions, config, db, registry
+
+if TYPE_CHECKING:
+    from runnerd import ingest, scheduler, worker
+
+
+@dataclasses.dataclass(slots=True)
+class State:
+    """Mutable only through `swap` (a reload)."""
+
+    db: db.Database
+    registry: registry.Registry
+    ingest: ingest.Ingest
+    executors: actions.Registry
+    worker: worker.Worker | None = None
+    scheduler: scheduler.Scheduler | None = None
+    clock: Callable[[], float] = time.time
+    started_at: float = dataclasses.field(default_factory=time.time)
+
+    @property
+    def settings(self) -> config.Settings:
+        """The configuration in force."""
+        return self.registry.settings
+
+    def get_registry(self) -> registry.Registry:
+        """The registry in force (handlers call this per run, so a reload applies at once)."""
+        return self.registry
+
+    def swap(self, new: registry.Registry) -> None:
+        """Put a new configuration in force."""
+        self.registry = new

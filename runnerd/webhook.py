@@ -1,0 +1,137 @@
+"""The HTTP listener: webhooks (verify, parse, group-commit, 204) and the app that holds the routes.
+
+The listener is one part of the daemon's loop (`AppRunner(handle_signals=False)` + `TCPSite`),
+never `run_app`. Handlers validate, hand the event to the ingest queue and answer once it is
+committed; nothing is stored for a request that gets an error.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from runnerd import errors, runs, state
+
+logger = logging.getLogger(__name__)
+
+STATE = web.AppKey("state", state.State)
+#: Called with the status code of every webhook request (metrics).
+ON_WEBHOOK = web.AppKey("on_webhook", Callable[[int], None])  # type: ignore[type-abstract]
+SIGNATURE_HEADER = "X-Runnerd-Signature"
+
+
+def make_app(st: state.State, *, on_webhook: Callable[[int], None] | None = None) -> web.Application:
+    """The aiohttp application with every route of runnerd."""
+    from runnerd import api  # the admin API lives beside; imported here to keep one entry point
+
+    app = web.Application(client_max_size=st.settings.listen.max_body_bytes)
+    app[STATE] = st
+    app[ON_WEBHOOK] = on_webhook or (lambda code: None)
+    app.router.add_route("*", "/webhooks/{name}", handle_webhook)
+    api.add_routes(app)
+    return app
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+def verify_signature(secret: str, body: bytes, header: str | None) -> bool:
+    """`X-Runnerd-Signature: sha256=<hex HMAC-SHA256 of the raw body>`, compared in constant time."""
+    if not header or not header.startswith("sha256="):
+        return False
+    expected = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, header[len("sha256="):].strip().lower())
+
+
+def _json_or_none(body: bytes) -> tuple[bool, Any]:
+    try:
+        return True, json.loads(body)
+    except (ValueError, RecursionError):
+        return False, None
+
+
+def auto_data(body: bytes, content_type: str, query: dict[str, str]) -> Any:
+    """`auto` mode: the JSON body; else form fields merged with the query; else the raw text."""
+    if body.strip():
+        parsed, data = _json_or_none(body)
+        if parsed:
+            return data
+        if content_type == "application/x-www-form-urlencoded":
+            from urllib.parse import parse_qsl
+
+            try:
+                fields = dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True,
+                                        errors="strict", max_num_fields=10_000))
+            except (UnicodeDecodeError, ValueError):
+                return body.decode("utf-8", errors="replace")
+            return {**fields, **query} if fields else body.decode("utf-8", errors="replace")
+        return body.decode("utf-8", errors="replace")
+    return dict(query) if query else None
+
+
+def full_data(request: web.Request, body: bytes, request_id: str, webhook: str) -> dict[str, Any]:
+    """`full` mode: the whole request."""
+    headers: dict[str, list[str]] = {}
+    for name, value in request.headers.items():
+        headers.setdefault(name.lower(), []).append(value)
+    parsed, data = _json_or_none(body) if body.strip() else (False, None)
+    return {
+        "body": data if parsed else None,
+        "body_base64": base64.b64encode(body).decode(),
+        "headers": headers,
+        "query": {k: v for k, v in request.query.items()},
+        "query_string": request.query_string,
+        "mime_type": request.content_type,
+        "client_ip": request.remote,
+        "request_id": request_id,
+        "webhook_id": webhook,
+    }
+
+
+async def handle_webhook(request: web.Request) -> web.StreamResponse:
+    """POST /webhooks/{name} → 204 + X-Request-Id once the event is committed."""
+    response = await _webhook(request)
+    request.app[ON_WEBHOOK](response.status)
+    return response
+
+
+async def _webhook(request: web.Request) -> web.StreamResponse:
+    st = request.app[STATE]
+    name = request.match_info["name"]
+    hook = st.settings.webhook(name)
+    if hook is None:
+        return _error(404, f"no webhook named {name!r}")
+    if request.method != "POST":
+        return web.json_response({"error": "only POST is allowed"}, status=405,
+                                 headers={"Allow": "POST"})
+    limit = st.settings.listen.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        return _error(413, f"body over {limit} bytes")
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return _error(413, f"body over {limit} bytes")
+    if hook.secret is not None and not verify_signature(
+            hook.secret, body, request.headers.get(SIGNATURE_HEADER)):
+        return _error(401, f"missing or wrong {SIGNATURE_HEADER}")
+    request_id = str(uuid.uuid4())
+    if hook.mode == "full":
+        data = full_data(request, body, request_id, hook.name)
+    else:
+        data = auto_data(body, request.content_type, {k: v for k, v in request.query.items()})
+    event = runs.new_event(hook.topic, data, "webhook", st.clock(),
+                           webhook_request_id=request_id)
+    try:
+        await st.ingest.submit(event)
+    except errors.DatabaseError as exc:
+        return _error(503, f"event not stored: {exc.message}")
+    return web.Response(status=204, headers={"X-Request-Id": request_id})

@@ -1,0 +1,150 @@
+"""The claim loop: one transaction per turn records what finished and claims what is next.
+
+Runs are performed as asyncio tasks, at most `concurrency` at once. The worker knows nothing of
+Liquid or SMTP: it gets a handler per run kind. It wakes when the webhook, the scheduler or a
+finished run says there is work, and polls so that scheduled runs and retries come due.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+
+from runnerd import db, errors, models, runs
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[runs.Job], Awaitable[runs.Outcome]]
+
+#: How often the worker looks for scheduled runs that came due, at the latest.
+POLL_SECONDS = 0.25
+#: A handler that does not finish in this time fails (each action has its own, shorter timeout).
+RUN_TIMEOUT = 900.0
+
+
+class Worker:
+    """Claims, performs and finishes runs."""
+
+    def __init__(
+        self,
+        database: db.Database,
+        handlers: Mapping[models.RunKind, Handler],
+        *,
+        concurrency: int,
+        clock: Callable[[], float] = time.time,
+        poll: float = POLL_SECONDS,
+        on_finished: Callable[[list[runs.Outcome]], None] | None = None,
+    ) -> None:
+        self.db = database
+        self.handlers = handlers
+        self.concurrency = concurrency
+        self.clock = clock
+        self.poll = poll
+        self.on_finished = on_finished
+        self.wakeup = asyncio.Event()
+        self._done: list[runs.Outcome] = []
+        self._active: dict[int, asyncio.Task[None]] = {}
+        self.healthy = True  #: False while the database refuses writes
+
+    @property
+    def active(self) -> int:
+        """Runs being performed now."""
+        return len(self._active)
+
+    async def run(self, stop: asyncio.Event, *, grace: float = 20.0) -> None:
+        """Work until `stop` is set, then finish started runs within `grace` and requeue the rest."""
+        while not stop.is_set():
+            limit = self._free()
+            claimed = await self._turn(claim=True)
+            if stop.is_set():
+                break
+            # A full batch may have left more due runs behind: go again while slots are free.
+            if not (claimed and claimed == limit and self._free()):
+                await self._idle(stop)
+        await self._drain(grace)
+
+    def _free(self) -> int:
+        return max(0, self.concurrency - len(self._active))
+
+    async def _turn(self, *, claim: bool) -> int:
+        """One transaction: finish what is done, claim up to the free slots. Returns claimed."""
+        done, self._done = self._done, []
+        limit = self._free() if claim else 0
+        if not done and limit == 0:
+            return 0
+        self.wakeup.clear()
+        now = self.clock()
+        try:
+            jobs = await self.db.write(lambda tx: runs.finish_and_claim(tx, done, limit, now))
+        except errors.DatabaseError as exc:
+            # Keep the outcomes: the runs stay `started` in the file, so nothing is lost even if
+            # we die now; they are written as soon as the database takes writes again.
+            self._done = done + self._done
+            if self.healthy:
+                logger.error("cannot record runs: %s", exc, extra={"action": "db_write_failed"})
+            self.healthy = False
+            await asyncio.sleep(1.0)
+            return 0
+        self.healthy = True
+        if done and self.on_finished is not None:
+            self.on_finished(done)
+        for job in jobs:
+            task = asyncio.create_task(self._perform(job), name=f"run-{job.run.id}")
+            self._active[job.run.id] = task
+        return len(jobs)
+
+    async def _perform(self, job: runs.Job) -> None:
+        run = job.run
+        try:
+            async with asyncio.timeout(RUN_TIMEOUT):
+                outcome = await self.handlers[run.kind](job)
+        except TimeoutError:
+            outcome = runs.Outcome(run, ok=False, error=f"run timed out after {RUN_TIMEOUT:.0f}s",
+                                   retryable=True, finished_at=self.clock())
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug in a handler must not kill the worker
+            logger.exception("run %s crashed", run.id, extra={"action": "run_crashed"})
+            outcome = runs.Outcome(run, ok=False, error=f"internal error: {exc!r}",
+                                   finished_at=self.clock())
+        finally:
+            self._active.pop(run.id, None)
+        self._done.append(outcome)
+        self.wakeup.set()
+
+    async def _idle(self, stop: asyncio.Event) -> None:
+        if self._done:
+            return
+        waiters = [asyncio.ensure_future(self.wakeup.wait()), asyncio.ensure_future(stop.wait())]
+        try:
+            await asyncio.wait(waiters, timeout=self.poll, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
+    async def _drain(self, grace: float) -> None:
+        """Stop claiming; let started runs finish within `grace`; requeue what is left."""
+        deadline = time.monotonic() + grace
+        while self._active and time.monotonic() < deadline:
+            await asyncio.wait(list(self._active.values()),
+                               timeout=max(0.0, deadline - time.monotonic()))
+            await self._turn(claim=False)
+        interrupted = list(self._active)
+        for task in list(self._active.values()):
+            task.cancel()
+        for task in list(self._active.values()):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for _ in range(3):
+            try:
+                await asyncio.shield(self._turn(claim=False))
+                if interrupted:
+                    await asyncio.shield(self.db.write(lambda tx: runs.requeue(tx, interrupted)))
+                    logger.info("requeued %d interrupted run(s)", len(interrupted),
+                                extra={"action": "runs_requeued"})
+                break
+            except errors.DatabaseError:
+                await asyncio.sleep(0.5)

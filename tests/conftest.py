@@ -1,0 +1,184 @@
+"""Shared fixtures: a migrated SQLite file, an injectable clock, and the real daemon as a process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runnerd import db
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Clock:
+    """A clock tests move by hand."""
+
+    def __init__(self, now: float = 1_750_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+async def database(tmp_path: Path) -> AsyncIterator[db.Database]:
+    database = await db.Database(tmp_path / "test.db").open()
+    await database.migrate()
+    try:
+        yield database
+    finally:
+        await database.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 15.0, interval: float = 0.02) -> Any:
+    """Poll `predicate` until it returns something truthy; fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)
+
+
+async def async_wait_until(predicate: Callable[[], Any], timeout: float = 15.0) -> Any:
+    async with asyncio.timeout(timeout):
+        while True:
+            value = await predicate()
+            if value:
+                return value
+            await asyncio.sleep(0.01)
+
+
+class Daemon:
+    """`python -m runnerd run` on a temp config, fed over HTTP on 127.0.0.1."""
+
+    def __init__(self, tmp: Path, body: str, *, env: dict[str, str] | None = None) -> None:
+        self.tmp = tmp
+        self.port = free_port()
+        self.db_path = tmp / "runnerd.db"
+        self.config = tmp / "runnerd.yaml"
+        self.write_config(body)
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = tmp / "daemon.log"
+
+    def write_config(self, body: str) -> None:
+        head = f"database: {self.db_path}\nlisten: {{host: 127.0.0.1, port: {self.port}}}\n"
+        self.config.write_text(head + textwrap.dedent(body))
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, *, wait: bool = True) -> Daemon:
+        out = open(self.log, "ab")  # noqa: SIM115 - kept open for the process
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "runnerd", "run", "-c", str(self.config)],
+            stdout=out, stderr=out, env=self.env, cwd=self.tmp)
+        out.close()
+        if wait:
+            wait_until(self._listening, timeout=20)
+        return self
+
+    def _listening(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"daemon exited {self.proc.returncode}:\n{self.logs()}")
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                return True
+        except OSError:
+            return False
+
+    def logs(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+
+    def request(self, method: str, path: str, body: bytes | str | None = None,
+                headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+        data = body.encode() if isinstance(body, str) else body
+        req = urllib.request.Request(self.url + path, data=data, method=method,
+                                     headers=headers or {})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return resp.status, dict(resp.headers), resp.read()
+        except urllib.error.HTTPError as err:
+            return err.code, dict(err.headers), err.read()
+
+    def post_json(self, path: str, value: Any, headers: dict[str, str] | None = None
+                  ) -> tuple[int, dict[str, str], bytes]:
+        return self.request("POST", path, json.dumps(value),
+                            {"Content-Type": "application/json", **(headers or {})})
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        conn = sqlite3.connect(self.db_path, timeout=10)
+        conn.row_factory = sqlite3.Row
+        try:
+            return conn.execute(sql, params).fetchall()
+        finally:
+            conn.close()
+
+    def cli(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "runnerd", *args, "-c", str(self.config)],
+                              capture_output=True, text=True, env=self.env, timeout=30,
+                              check=check, cwd=self.tmp)
+
+    def wait_runs(self, predicate_sql: str, count: int, timeout: float = 15.0) -> None:
+        wait_until(lambda: self.query(f"SELECT COUNT(*) AS n FROM runs WHERE {predicate_sql}")[0]
+                   ["n"] >= count, timeout=timeout)
+
+
+@pytest.fixture
+def make_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+    started: list[Daemon] = []
+
+    def make(body: str, **kwargs: Any) -> Daemon:
+        d = Daemon(tmp_path, body, **kwargs)
+        started.append(d)
+        return d
+
+    yield make
+    for d in started:
+        if d.proc is not None and d.proc.poll() is None:
+            d.proc.kill()
+            d.proc.wait(timeout=10)

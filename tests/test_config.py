@@ -1,0 +1,133 @@
+"""Configuration: every problem reported at once, each line naming its key path."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from runnerd import config, errors
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> config.Settings:
+    path = tmp_path / "c.yaml"
+    path.write_text(textwrap.dedent(text))
+    return config.load(path, env or {})
+
+
+def problems(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(errors.ConfigError) as info:
+        load(tmp_path, text, env)
+    return info.value.problems
+
+
+def test_example_config_loads() -> None:
+    settings = config.load(ROOT / "config.example.yaml", {})
+    assert settings.database == ROOT / "runnerd.db"
+    assert settings.email.transport == "outbox"
+    assert [t.name for t in settings.tasks] == ["Order counter", "Dead man's switch"]
+    assert settings.webhook("orders") is not None
+
+
+def test_defaults(tmp_path: Path) -> None:
+    s = load(tmp_path, "database: x.db\n")
+    assert s.database == tmp_path / "x.db"
+    assert (s.listen.host, s.listen.port, s.listen.max_body_bytes) == ("127.0.0.1", 8787, 1048576)
+    assert (s.concurrency, s.retention_days, s.retention_days_failed) == (8, 15, 90)
+    assert s.admin_token is None and s.timezone == "UTC"
+
+
+def test_every_problem_is_listed_with_its_key_path(tmp_path: Path) -> None:
+    found = problems(tmp_path, """
+        database: x.db
+        concurrency: "eight"
+        timezone: Mars/Olympus
+        listen: {host: 127.0.0.1, port: 99999, colour: blue}
+        email: {transport: pigeon, smtp: {starttls: sometimes}}
+        webhooks:
+          - {name: orders, topic: shopify/orders/create}
+          - {name: orders, topic: user/orders/paid, mode: half}
+        tasks:
+          - {name: A, code: "x"}
+          - {name: A, code: "y"}
+          - {name: B}
+        bogus: 1
+    """)
+    text = "\n".join(found)
+    for expected in [
+        "concurrency: expected an integer, got 'eight'",
+        "timezone: unknown timezone 'Mars/Olympus'",
+        "listen.port: expected a port from 0 to 65535, got 99999",
+        "listen.colour: unknown key",
+        "email.transport: expected one of smtp, outbox, got 'pigeon'",
+        "email.smtp.starttls: expected one of auto, always, never",
+        "webhooks[0].topic: bad topic 'shopify/orders/create'",
+        "webhooks[1].mode: expected one of auto, full",
+        "webhooks[1].name: duplicate webhook name 'orders'",
+        "tasks[1].name: duplicate task name 'A'",
+        "tasks[2]: task 'B' needs exactly one of code or code_file",
+        "bogus: unknown key",
+    ]:
+        assert expected in text, f"{expected!r} not in:\n{text}"
+
+
+def test_env_substitution(tmp_path: Path) -> None:
+    s = load(tmp_path, "database: x.db\nadmin_token: ${TOKEN}\n", {"TOKEN": "s3cret"})
+    assert s.admin_token == "s3cret"
+    assert problems(tmp_path, "database: x.db\nadmin_token: ${NOPE}\n") == [
+        "admin_token: environment variable NOPE is not set"]
+
+
+def test_code_file_relative_to_config(tmp_path: Path) -> None:
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "t.liquid").write_text("{% log 'hi' %}")
+    s = load(tmp_path, "database: x.db\ntasks: [{name: T, code_file: tasks/t.liquid}]\n")
+    assert s.tasks[0].code == "{% log 'hi' %}"
+    found = problems(tmp_path, "database: x.db\ntasks: [{name: T, code_file: nope.liquid}]\n")
+    assert found[0].startswith("tasks[0].code_file: cannot read")
+
+
+def test_monitors(tmp_path: Path) -> None:
+    s = load(tmp_path, """
+        database: x.db
+        tasks: [{name: T, code: ""}]
+        monitors:
+          - {name: backup, period: 1d, grace: 1h}
+          - {task: T, schedule: "0 3 * * *", grace: 5m}
+    """)
+    assert s.monitors[0].period == 86400 and s.monitors[0].grace == 3600
+    assert s.monitors[1].name == "T" and s.monitors[1].schedule == "0 3 * * *"
+    found = "\n".join(problems(tmp_path, """
+        database: x.db
+        monitors:
+          - {name: a, grace: 1h}
+          - {task: Nope, period: 10m}
+          - {name: b, period: soon}
+    """))
+    assert "monitors[0]: needs exactly one of period or schedule" in found
+    assert "monitors[1].task: no task named 'Nope'" in found
+    assert "monitors[2].period: expected a duration" in found
+
+
+def test_not_yaml(tmp_path: Path) -> None:
+    found = problems(tmp_path, "database: [x\n")
+    assert len(found) == 1 and "not valid YAML" in found[0]
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(errors.ConfigError, match="cannot read the configuration"):
+        config.load(tmp_path / "absent.yaml", {})
+
+
+def test_task_export(tmp_path: Path) -> None:
+    task = config.task_from_export({
+        "name": "Hello", "script": "{% log 'hi' %}",
+        "subscriptions": ["mechanic/user/trigger"], "options": {"a": 1},
+    }, source="x.json")
+    assert task.subscriptions == "mechanic/user/trigger" and task.options == {"a": 1}
+    with pytest.raises(ValueError, match="not supported: online_store_javascript"):
+        config.task_from_export({"name": "x", "script": "y",
+                                 "online_store_javascript": "alert(1)"}, source="x")

@@ -1,0 +1,233 @@
+"""The run queue on a real SQLite file: states, priorities, FIFO, retries and their timing."""
+
+from __future__ import annotations
+
+import pytest
+
+from runnerd import db, errors, models, runs, sql
+from runnerd.models import RunKind, RunState
+
+
+async def add_event(database: db.Database, now: float, **kw: object) -> models.Event:
+    event = runs.new_event("user/a/b", {"x": 1}, "cli", now, **kw)  # type: ignore[arg-type]
+    await database.write(lambda tx: runs.insert_events(tx, [event], now))
+    return event
+
+
+async def add_runs(database: db.Database, rows: list[dict[str, object]]) -> None:
+    await database.write(lambda tx: tx.executemany("insert_run", rows))
+
+
+def test_every_query_name_used_exists() -> None:
+    import pathlib
+    import re
+
+    names = set()
+    for file in pathlib.Path(runs.__file__).parent.rglob("*.py"):
+        text = file.read_text()
+        names |= set(re.findall(r'tx\.(?:execute|executemany|all|one)\(\s*"([a-z_0-9]+)"', text))
+        names |= set(re.findall(r'queries\["([a-z_0-9]+)"\]', text))
+    assert names, "found no query names"
+    assert names <= set(sql.queries), names - set(sql.queries)
+
+
+async def test_event_gets_a_due_event_run(database: db.Database, clock) -> None:
+    event = await add_event(database, clock())
+    jobs = await database.write(lambda tx: runs.claim(tx, 10, clock()))
+    assert [(j.run.kind, j.run.state, j.run.attempts) for j in jobs] == [
+        (RunKind.EVENT, RunState.STARTED, 1)]
+    assert jobs[0].event == event
+
+
+async def test_claim_order_is_action_task_event_then_fifo(database: db.Database, clock) -> None:
+    now = clock()
+    event = await add_event(database, now)
+    rows = [runs.run_row(RunKind.TASK, event.id, now + i, task_name=f"t{i}") for i in range(2)]
+    rows += [runs.run_row(RunKind.ACTION, event.id, now + i, task_name="t", action_type="echo",
+                          options={"n": i}) for i in range(2)]
+    await add_runs(database, rows)
+    clock.advance(10)
+    jobs = await database.write(lambda tx: runs.claim(tx, 10, clock()))
+    order = [(j.run.kind.value, j.run.task_name, j.run.options) for j in jobs]
+    assert order == [("action", "t", {"n": 0}), ("action", "t", {"n": 1}),
+                     ("task", "t0", None), ("task", "t1", None), ("event", None, None)]
+
+
+async def test_claim_respects_limit(database: db.Database, clock) -> None:
+    for _ in range(5):
+        await add_event(database, clock())
+    first = await database.write(lambda tx: runs.claim(tx, 2, clock()))
+    second = await database.write(lambda tx: runs.claim(tx, 10, clock()))
+    assert len(first) == 2 and len(second) == 3
+    assert {j.run.id for j in first}.isdisjoint({j.run.id for j in second})
+
+
+async def test_scheduled_run_becomes_due_at_run_at(database: db.Database, clock) -> None:
+    now = clock()
+    await add_event(database, now, run_at=now + 60)
+    assert await database.write(lambda tx: runs.claim(tx, 10, now)) == []
+    row = await database.read(lambda tx: tx.all("list_runs", {
+        "state": None, "kind": None, "task": None, "limit": 5}))
+    assert row[0]["state"] == "scheduled"
+    jobs = await database.write(lambda tx: runs.claim(tx, 10, now + 60))
+    assert len(jobs) == 1
+
+
+async def test_task_job_carries_parent_chain(database: db.Database, clock) -> None:
+    now = clock()
+    e1 = await add_event(database, now)
+    e2 = await add_event(database, now, parent_id=e1.id)
+    await add_runs(database, [runs.run_row(RunKind.TASK, e2.id, now, task_name="t")])
+    jobs = await database.write(lambda tx: runs.claim(tx, 10, now))
+    task_job = next(j for j in jobs if j.run.kind is RunKind.TASK)
+    assert task_job.parent is not None and task_job.parent["id"] == e1.id
+    assert task_job.parent["parent"] is None
+
+
+def _outcome(run: models.Run, **kw: object) -> runs.Outcome:
+    return runs.Outcome(run, **kw)  # type: ignore[arg-type]
+
+
+async def test_transient_failures_retry_four_times_at_documented_delays(
+        database: db.Database, clock) -> None:
+    await add_event(database, clock())
+    expected = [30, 76, 152, 308]
+    for attempt in range(1, 6):
+        jobs = await database.write(lambda tx: runs.claim(tx, 1, clock()))
+        assert len(jobs) == 1 and jobs[0].run.attempts == attempt
+        run = jobs[0].run
+        final = await database.write(lambda tx: runs.finish(
+            tx, _outcome(run, ok=False, error="boom", retryable=True, finished_at=clock()),
+            clock(), rand=lambda: 0.5))
+        assert final is not None
+        if attempt <= 4:
+            assert final.state is RunState.SCHEDULED
+            assert final.run_at == pytest.approx(clock() + expected[attempt - 1])
+            # not due a second early, due exactly at run_at
+            assert await database.write(lambda tx: runs.claim(
+                tx, 1, final.run_at - 1)) == []
+            clock.now = final.run_at
+        else:
+            assert final.state is RunState.FAILED
+    attempts = await database.read(lambda tx: runs.attempts(tx, run.id))
+    assert [a["attempt"] for a in attempts] == [1, 2, 3, 4]
+
+
+def test_backoff_jitter_stays_within_ten_percent() -> None:
+    assert runs.backoff(1, lambda: 0.0) == pytest.approx(27.0)
+    assert runs.backoff(1, lambda: 1.0) == pytest.approx(33.0)
+    assert runs.backoff(4, lambda: 0.5) == pytest.approx(308.0)
+
+
+async def test_permanent_failure_fails_at_once(database: db.Database, clock) -> None:
+    await add_event(database, clock())
+    jobs = await database.write(lambda tx: runs.claim(tx, 1, clock()))
+    final = await database.write(lambda tx: runs.finish(
+        tx, _outcome(jobs[0].run, ok=False, error="bad", retryable=False), clock()))
+    assert final is not None and final.state is RunState.FAILED and final.attempts == 1
+
+
+async def test_deferred_failure_rolls_back_its_writes(database: db.Database, clock) -> None:
+    await add_event(database, clock())
+    jobs = await database.write(lambda tx: runs.claim(tx, 1, clock()))
+
+    def deferred(tx: db.Tx) -> None:
+        tx.execute("cache_set", {"key": "k", "value": "1", "expires_at": clock() + 60})
+        raise errors.InvalidAction("nope")
+
+    final = await database.write(lambda tx: runs.finish(
+        tx, _outcome(jobs[0].run, ok=True, deferred=deferred), clock()))
+    assert final is not None and final.state is RunState.FAILED and final.error == "nope"
+    assert await database.read(lambda tx: tx.one("cache_get", {"key": "k", "now": 0})) is None
+
+
+async def test_manual_retry_and_cancel(database: db.Database, clock) -> None:
+    now = clock()
+    event = await add_event(database, now)
+    await add_runs(database, [runs.run_row(RunKind.TASK, event.id, now, task_name="t"),
+                              runs.run_row(RunKind.TASK, event.id, now + 100, task_name="u")])
+    jobs = await database.write(lambda tx: runs.claim(tx, 1, now))
+    task = jobs[0].run
+    with pytest.raises(errors.InvalidInput, match="only failed runs"):
+        await database.write(lambda tx: runs.retry(tx, task.id, now))
+    await database.write(lambda tx: runs.finish(tx, _outcome(task, ok=False, error="x"), now))
+    again = await database.write(lambda tx: runs.retry(tx, task.id, now + 1))
+    assert again.state is RunState.DUE and again.error is None
+    scheduled = (await database.read(lambda tx: runs.select(tx, task="u")))[0]
+    cancelled = await database.write(lambda tx: runs.cancel(tx, scheduled.id, now))
+    assert cancelled.state is RunState.FAILED and cancelled.error == "cancelled"
+    with pytest.raises(errors.InvalidInput, match="can be cancelled"):
+        await database.write(lambda tx: runs.cancel(tx, scheduled.id, now))
+    with pytest.raises(errors.NotFound):
+        await database.write(lambda tx: runs.retry(tx, 999_999, now))
+
+
+async def test_requeue_started_counts_the_attempt(database: db.Database, clock) -> None:
+    await add_event(database, clock())
+    await database.write(lambda tx: runs.claim(tx, 1, clock()))
+    assert await database.write(runs.requeue_started) == 1
+    jobs = await database.write(lambda tx: runs.claim(tx, 1, clock()))
+    assert jobs[0].run.attempts == 2
+
+
+async def test_finish_of_a_run_no_longer_started_is_ignored(database: db.Database, clock) -> None:
+    await add_event(database, clock())
+    jobs = await database.write(lambda tx: runs.claim(tx, 1, clock()))
+    await database.write(runs.requeue_started)
+    assert await database.write(lambda tx: runs.finish(
+        tx, _outcome(jobs[0].run, ok=True), clock())) is None
+
+
+async def test_prune_keeps_recent_and_failed_longer(database: db.Database, clock) -> None:
+    now = clock()
+    ok_event = await add_event(database, now)
+    bad_event = await add_event(database, now)
+    jobs = await database.write(lambda tx: runs.claim(tx, 10, now))
+    for job in jobs:
+        ok = job.event.id == ok_event.id
+        await database.write(lambda tx, j=job, ok=ok: runs.finish(
+            tx, _outcome(j.run, ok=ok, error=None if ok else "x"), now))
+    assert await database.write(lambda tx: runs.prune(tx, now + 14 * 86400, days=15,
+                                                      days_failed=90)) == 0
+    assert await database.write(lambda tx: runs.prune(tx, now + 16 * 86400, days=15,
+                                                      days_failed=90)) == 1
+    left = await database.read(lambda tx: tx.one("event_by_id", {"id": bad_event.id}))
+    assert left is not None
+    assert await database.write(lambda tx: runs.prune(tx, now + 91 * 86400, days=15,
+                                                      days_failed=90)) == 1
+
+
+async def test_stats(database: db.Database, clock) -> None:
+    await add_event(database, clock())
+    clock.advance(5)
+    out = await database.read(lambda tx: runs.stats(tx, clock()))
+    assert out["queue"]["event"] == {"due": 1}
+    assert out["lag_seconds"] == pytest.approx(5.0)
+    assert out["top_waiting_topics"] == [{"name": "user/a/b", "runs": 1}]
+
+
+async def test_schema_has_the_spec_columns(database: db.Database) -> None:
+    def columns(tx: db.Tx, table: str) -> set[str]:
+        return {r[1] for r in tx.conn.execute(f"PRAGMA table_info({table})")}
+
+    spec = {
+        "events": {"id", "topic", "data", "source", "parent_id", "webhook_request_id",
+                   "created_at"},
+        "runs": {"id", "kind", "state", "priority", "run_at", "event_id", "task_name",
+                 "action_type", "options", "result", "error", "attempts", "created_at",
+                 "started_at", "finished_at"},
+        "cache": {"key", "value", "expires_at"},
+        "outbox": {"id", "created_at", "sender", "recipients", "subject", "message"},
+    }
+    for table, cols in spec.items():
+        assert cols <= await database.read(lambda tx, t=table: columns(tx, t)), table
+    views = await database.read(lambda tx: {r[0] for r in tx.conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'view'")})
+    assert {"pending_runs", "active_runs", "failed_runs", "queue_stats"} <= views
+    mode = await database.read(lambda tx: tx.conn.execute("PRAGMA journal_mode").fetchone()[0])
+    assert mode == "wal"
+
+
+async def test_migrations_are_idempotent(database: db.Database) -> None:
+    version = await database.migrate()
+    assert version == max(n for n, _, _ in sql.migrations())
