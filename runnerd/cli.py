@@ -157,18 +157,16 @@ def cmd_trigger(args: argparse.Namespace, path: str, environ: dict[str, str]) ->
     return 0
 
 
-def _redactor(settings: config.Settings) -> Callable[[str | None, Any], Any]:
+def _redact(action_type: str | None, options: Any) -> Any:
+    """Action options as people may see them (no secrets), without building executors."""
     from runnerd.actions import http
 
-    def redact(action_type: str | None, options: Any) -> Any:
-        return http.redact(options) if action_type == "http" else options
-
-    return redact
+    return http.redact(options) if action_type == "http" else options
 
 
 def cmd_runs(args: argparse.Namespace, path: str, environ: dict[str, str]) -> int:
     settings = config.load(path, environ)
-    redact = _redactor(settings)
+    redact = _redact
     if args.action is None:
         if args.id is not None:
             raise errors.InvalidInput(f"unexpected argument {args.id!r}: use runs show ID")

@@ -272,6 +272,17 @@ def substitute(value: Any, path: str, environ: Mapping[str, str], reader: _Reade
 
 def load(path: str | os.PathLike[str], environ: Mapping[str, str]) -> Settings:
     """Read and validate the configuration file; raise ConfigError listing every problem."""
+    settings, problems = parse(path, environ)
+    if problems:
+        raise errors.ConfigError(problems)
+    return settings
+
+
+def parse(path: str | os.PathLike[str], environ: Mapping[str, str]) -> tuple[Settings, list[str]]:
+    """Read the file; return the settings (defaults where a key was bad) and every problem.
+
+    ConfigError only when the file cannot be read or is not YAML at all.
+    """
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -285,10 +296,7 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str]) -> Settings:
         raise errors.ConfigError(f"{path}: not valid YAML{where}: {exc}") from exc
     reader = _Reader()
     raw = substitute(raw, "", environ, reader)
-    settings = _settings(raw, path.resolve(), reader)
-    if reader.problems:
-        raise errors.ConfigError(reader.problems)
-    return settings
+    return _settings(raw, path.resolve(), reader), reader.problems
 
 
 _TOP = {"database", "timezone", "listen", "admin_token", "concurrency", "retention_days",

@@ -48,9 +48,15 @@ class ComponentDied(errors.RunnerdError):
 
 def load(path: str, environ: Mapping[str, str]) -> registry.Registry:
     """Load, validate and compile a configuration (ConfigError listing every problem)."""
-    settings = config.load(path, environ)
+    settings, problems = config.parse(path, environ)
     renderer = render.Renderer(timezone=settings.timezone, limits=settings.limits)
-    return registry.Registry(settings, renderer)
+    try:
+        reg = registry.Registry(settings, renderer)
+    except errors.ConfigError as exc:
+        problems = problems + exc.problems
+    if problems:
+        raise errors.ConfigError(problems)
+    return reg
 
 
 def build_executors(settings: config.Settings, session: aiohttp.ClientSession) -> actions.Registry:

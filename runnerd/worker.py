@@ -66,6 +66,18 @@ class Worker:
                 await self._idle(stop)
         await self._drain(grace)
 
+    async def run_until_idle(self) -> int:
+        """Perform due runs until none is left; return how many were claimed (burst mode)."""
+        total = 0
+        while True:
+            claimed = await self._turn(claim=True)
+            total += claimed
+            if self._active:
+                await asyncio.wait(list(self._active.values()))
+                continue
+            if claimed == 0 and not self._done:
+                return total
+
     def _free(self) -> int:
         return max(0, self.concurrency - len(self._active))
 

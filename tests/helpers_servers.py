@@ -107,7 +107,7 @@ def authenticator(username: str, password: str) -> Any:
         ok = (isinstance(auth_data, aiosmtpd.smtp.LoginPassword)
               and auth_data.login == username.encode()
               and auth_data.password == password.encode())
-        return aiosmtpd.smtp.AuthResult(success=ok)
+        return aiosmtpd.smtp.AuthResult(success=ok, handled=False)  # False: send the 535
 
     return check
 

@@ -54,6 +54,7 @@ IDLE_SECONDS = 30.0
 
 _HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # printable ASCII except ':' (RFC 5322 ftext)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_COMMA = re.compile(r',(?=(?:[^"]*"[^"]*")*[^"]*$)')  # a comma followed by balanced quotes
 _Address = email.headerregistry.Address
 
 
@@ -62,25 +63,11 @@ def _invalid(message: str) -> errors.InvalidAction:
 
 
 def _split(value: str) -> list[str]:
-    """Split a comma string on commas outside quotes and angle brackets."""
-    parts, current, quoted, angle = [], [], False, False
-    for char in value:
-        if char == '"':
-            quoted = not quoted
-        elif char == "<" and not quoted:
-            angle = True
-        elif char == ">" and not quoted:
-            angle = False
-        elif char == "," and not quoted and not angle:
-            parts.append("".join(current))
-            current = []
-            continue
-        current.append(char)
-    parts.append("".join(current))
-    return [p.strip() for p in parts if p.strip()]
+    """Split a comma string on the commas outside double quotes; drop empty items."""
+    return [p.strip() for p in _COMMA.split(value) if p.strip()]
 
 
-def parse_address(text: str, key: str) -> email.headerregistry.Address:
+def parse_address(text: str, key: str) -> _Address:
     """`addr@host` or `Name <addr@host>` → Address; InvalidAction naming `key` otherwise."""
     match = re.fullmatch(r'(?:"?(?P<name>[^"<>]*?)"?\s*<(?P<angle>[^<>]*)>|(?P<bare>[^<>\s]+))',
                          text.strip())
@@ -96,7 +83,7 @@ def parse_address(text: str, key: str) -> email.headerregistry.Address:
     return address
 
 
-def _addresses(options: Mapping[str, Any], key: str) -> list[email.headerregistry.Address]:
+def _addresses(options: Mapping[str, Any], key: str) -> list[_Address]:
     value = options.get(key)
     if value is None or value == "":
         return []
@@ -199,7 +186,7 @@ class Mail:
             seen.setdefault(address.addr_spec.lower(), address.addr_spec)
         return list(seen.values())
 
-    def message(self, sender: email.headerregistry.Address, now: float) -> email.message.EmailMessage:
+    def message(self, sender: _Address, now: float) -> email.message.EmailMessage:
         """The MIME message (no Bcc header)."""
         msg = email.message.EmailMessage(policy=email.policy.default)
         name = self.display_name if self.display_name is not None else sender.display_name
@@ -217,57 +204,53 @@ class Mail:
         msg.set_content(html_to_text(self.body))
         msg.add_alternative(self.body, subtype="html")
         for filename, content in self.attachments:
-            guessed = mimetypes.guess_type(filename)[0]
-            if isinstance(content, str) and (guessed is None or guessed.startswith("text/")):
-                msg.add_attachment(content, subtype=(guessed or "text/plain")[5:],
-                                   filename=filename)
-            else:
-                data = content.encode() if isinstance(content, str) else content
-                maintype, _, subtype = (guessed or "application/octet-stream").partition("/")
-                msg.add_attachment(data, maintype=maintype, subtype=subtype, filename=filename)
+            # Sent as bytes either way: set_content(str) would append a newline to the file.
+            default = "text/plain" if isinstance(content, str) else "application/octet-stream"
+            maintype, _, subtype = (mimetypes.guess_type(filename)[0] or default).partition("/")
+            data = content.encode() if isinstance(content, str) else content
+            params = {"charset": "utf-8"} if isinstance(content, str) and maintype == "text" else {}
+            msg.add_attachment(data, maintype=maintype, subtype=subtype, filename=filename,
+                               params=params)
         return msg
+
+
+#: Tag -> (text at its start, text at its end) in the text/plain part.
+_BREAKS = {
+    **dict.fromkeys(("p", "h1", "h2", "h3", "h4", "h5", "h6", "blockquote", "pre", "table", "ul",
+                     "ol", "dl"), ("\n\n", "\n\n")),
+    **dict.fromkeys(("div", "tr", "hr", "dt", "dd", "section", "article", "header", "footer"),
+                    ("\n", "\n")),
+    "br": ("\n", ""), "li": ("\n- ", ""),
+}
+_HIDDEN = frozenset({"style", "script", "head", "title"})
 
 
 class _TextParser(html.parser.HTMLParser):
     """HTML → readable text: blocks become line breaks, links keep their target."""
 
-    PARAGRAPH = frozenset({"p", "h1", "h2", "h3", "h4", "h5", "h6", "blockquote", "pre", "table",
-                           "ul", "ol", "dl"})
-    LINE = frozenset({"br", "div", "li", "tr", "hr", "dt", "dd", "section", "article", "header",
-                      "footer"})
-    SKIP = frozenset({"style", "script", "head", "title"})
-
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
         self.parts: list[str] = []
-        self.skip = 0
+        self.hidden = 0
         self.links: list[tuple[str | None, int]] = []
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in self.SKIP:
-            self.skip += 1
-        elif tag in self.PARAGRAPH:
-            self.parts.append("\n\n")
-        elif tag in self.LINE:
-            self.parts.append("\n- " if tag == "li" else "\n")
-        elif tag == "a":
+        self.hidden += tag in _HIDDEN
+        self.parts.append(_BREAKS.get(tag, ("", ""))[0])
+        if tag == "a":
             self.links.append((dict(attrs).get("href"), len(self.parts)))
 
     def handle_endtag(self, tag: str) -> None:
-        if tag in self.SKIP:
-            self.skip = max(0, self.skip - 1)
-        elif tag in self.PARAGRAPH:
-            self.parts.append("\n\n")
-        elif tag in self.LINE and tag != "br":
-            self.parts.append("\n")
-        elif tag == "a" and self.links:
+        self.hidden = max(0, self.hidden - (tag in _HIDDEN))
+        self.parts.append(_BREAKS.get(tag, ("", ""))[1])
+        if tag == "a" and self.links:
             href, start = self.links.pop()
             label = "".join(self.parts[start:]).strip()
             if href and not href.startswith("#") and label and label != href:
                 self.parts.append(f" ({href})")
 
     def handle_data(self, data: str) -> None:
-        if not self.skip:
+        if not self.hidden:
             self.parts.append(data)
 
 
@@ -291,8 +274,14 @@ def _cert_error(exc: BaseException) -> ssl.SSLCertVerificationError | None:
     return None
 
 
+class _NoStartTLS(aiosmtplib.SMTPException):
+    """STARTTLS is required by the configuration but the server does not offer it."""
+
+
 def _failure(exc: BaseException, where: str) -> errors.ActionFailed:
     """Classify an SMTP-side exception by its type."""
+    if isinstance(exc, _NoStartTLS):
+        return errors.ActionFailed(f"email: {exc.message}")
     if (cert := _cert_error(exc)) is not None:
         reason = cert.verify_message or "certificate verification failed"
         return errors.ActionFailed(f"email: TLS certificate of {where} rejected: {reason}")
@@ -335,20 +324,13 @@ class EmailExecutor:
         """Email options hold no secrets."""
         return options
 
-    def sender(self) -> email.headerregistry.Address:
-        """The configured From address."""
-        try:
-            return parse_address(self.settings.sender, "email.from")
-        except errors.InvalidAction as exc:
-            raise errors.ActionFailed(f"email: the configured sender is invalid ({exc})") from None
-
     async def perform(self, options: Any, ctx: actions.Context) -> Any:
         """Build the message, then send it (smtp) or return a Deferred outbox write."""
         try:
             mail = Mail(options)
+            sender = parse_address(self.settings.sender, "email.from")
         except errors.InvalidAction as exc:
             raise errors.ActionFailed(exc.message) from None
-        sender = self.sender()
         msg = mail.message(sender, ctx.now)
         message_id = str(msg["Message-ID"])
         if self.settings.transport == "outbox":
@@ -363,7 +345,7 @@ class EmailExecutor:
         return result
 
     def _outbox(self, mail: Mail, msg: email.message.EmailMessage,
-                sender: email.headerregistry.Address, ctx: actions.Context) -> actions.Deferred:
+                sender: _Address, ctx: actions.Context) -> actions.Deferred:
         result = {"message_id": str(msg["Message-ID"]), "recipients": mail.recipients}
         row = {"created_at": ctx.now, "sender": sender.addr_spec,
                "recipients": models.dumps(mail.recipients), "subject": mail.subject,
@@ -378,41 +360,16 @@ class EmailExecutor:
     async def _send(self, msg: email.message.EmailMessage, sender: str,
                     recipients: list[str]) -> dict[str, str]:
         """Send on the shared connection; {refused address: "code message"}."""
-        smtp = self.settings.smtp
-        where = f"SMTP server {smtp.host}:{smtp.port}"
         async with self._lock:
             self._cancel_idle()
             try:
-                for attempt in range(2):
-                    client = self._client
-                    reused = client is not None and client.is_connected
-                    if client is None or not reused:
-                        self._drop()
-                        client = await self._connect()
-                    try:
-                        refused, _ = await client.send_message(msg, sender=sender,
-                                                               recipients=recipients)
-                        break
-                    except aiosmtplib.SMTPServerDisconnected:
-                        # The server may drop an idle connection before we notice: one retry
-                        # on a fresh connection, never more.
-                        self._drop()
-                        if not reused or attempt:
-                            raise
-            except errors.ActionFailed:
+                refused = await self._deliver(msg, sender, recipients)
+            except (aiosmtplib.SMTPResponseException, aiosmtplib.SMTPRecipientsRefused) as exc:
+                # The session stays usable: aiosmtplib sent RSET (and closes it itself on 421).
+                raise self._failure(exc) from exc
+            except (aiosmtplib.SMTPException, OSError, TimeoutError, ValueError) as exc:
                 self._drop()
-                raise
-            except Exception as exc:
-                if not isinstance(exc, aiosmtplib.SMTPResponseException
-                                  | aiosmtplib.SMTPRecipientsRefused):
-                    self._drop()  # a response error leaves the session usable (after RSET)
-                failure = _failure(exc, where)
-                if smtp.password and len(smtp.password) >= 4:  # never echo the password back
-                    failure = errors.ActionFailed(
-                        failure.message.replace(smtp.password, "[redacted]"),
-                        retryable=failure.retryable)
-                logger.warning("%s", failure.message, extra={"action": "email_failed"})
-                raise failure from exc
+                raise self._failure(exc) from exc
             except BaseException:
                 self._drop()
                 raise
@@ -420,10 +377,35 @@ class EmailExecutor:
                 self._arm_idle()
         return {addr: f"{resp.code} {resp.message}" for addr, resp in refused.items()}
 
+    async def _deliver(self, msg: email.message.EmailMessage, sender: str,
+                       recipients: list[str]) -> dict[str, aiosmtplib.SMTPResponse]:
+        client = self._client
+        if client is not None and client.is_connected:
+            try:
+                refused, _ = await client.send_message(msg, sender=sender, recipients=recipients)
+                return refused
+            except aiosmtplib.SMTPServerDisconnected:
+                # The server dropped the idle connection before we noticed: one more try, on a
+                # fresh connection (at-least-once delivery allows it).
+                self._drop()
+        client = await self._connect()
+        refused, _ = await client.send_message(msg, sender=sender, recipients=recipients)
+        return refused
+
+    def _failure(self, exc: BaseException) -> errors.ActionFailed:
+        smtp = self.settings.smtp
+        failure = _failure(exc, f"SMTP server {smtp.host}:{smtp.port}")
+        if smtp.password and len(smtp.password) >= 4:  # never echo the password back
+            failure = errors.ActionFailed(failure.message.replace(smtp.password, "[redacted]"),
+                                          retryable=failure.retryable)
+        logger.warning("%s", failure.message, extra={"action": "email_failed"})
+        return failure
+
     async def _connect(self) -> aiosmtplib.SMTP:
         smtp = self.settings.smtp
         client = aiosmtplib.SMTP(hostname=smtp.host, port=smtp.port, timeout=smtp.timeout,
                                  use_tls=smtp.tls, start_tls=False, validate_certs=smtp.verify)
+        self._drop()
         try:
             await client.connect()
             if not smtp.tls and smtp.starttls != "never":
@@ -431,9 +413,8 @@ class EmailExecutor:
                 if client.supports_extension("starttls"):
                     await client.starttls()
                 elif smtp.starttls == "always":
-                    raise errors.ActionFailed(
-                        f"email: SMTP server {smtp.host}:{smtp.port} does not offer STARTTLS "
-                        "(email.smtp.starttls is 'always')")
+                    raise _NoStartTLS(f"SMTP server {smtp.host}:{smtp.port} does not offer "
+                                      "STARTTLS (email.smtp.starttls is 'always')")
             if smtp.username:
                 await client.login(smtp.username, smtp.password or "")
         except BaseException:

@@ -64,18 +64,16 @@ def is_secret_header(name: str) -> bool:
 
 def redact_url(url: str) -> str:
     """`url` with its user info and secret-looking query values replaced."""
-    url = _USERINFO.sub(rf"\1{REDACTED}@", url)
     try:
         parts = urllib.parse.urlsplit(url)
+        pairs = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
     except ValueError:
-        return url
-    if not parts.query:
-        return url
-    pairs = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-    if not any(_secret_param(k) for k, _ in pairs):
-        return url
-    query = urllib.parse.urlencode([(k, REDACTED if _secret_param(k) else v) for k, v in pairs])
-    return urllib.parse.urlunsplit(parts._replace(query=query))
+        pairs = []
+    if any(_secret_param(k) for k, _ in pairs):
+        query = urllib.parse.urlencode(
+            [(k, REDACTED if _secret_param(k) else v) for k, v in pairs], safe="[]")
+        url = urllib.parse.urlunsplit(parts._replace(query=query))
+    return _USERINFO.sub(rf"\1{REDACTED}@", url)
 
 
 def _secret_param(name: str) -> bool:
@@ -178,6 +176,9 @@ class Request:
         self.method = method.upper()
         self.url = _url(options.get("url"))
         self.headers = _headers(options.get("headers"))
+        if (self.url.user or self.url.password) and any(
+                k.lower() == "authorization" for k in self.headers):
+            raise _invalid("'url' has credentials and 'headers' has Authorization: use one")
         self.data = _body(options.get("body"), self.headers)
         self.follow_redirects = _flag(options, "follow_redirects", True)
         self.verify = _flag(options, "verify", True)
@@ -185,7 +186,7 @@ class Request:
         timeout = options.get("timeout", default_timeout)
         if timeout is None:
             timeout = default_timeout
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
             raise _invalid("'timeout' must be a number of seconds greater than 0")
         self.timeout = min(float(timeout), MAX_TIMEOUT)
 
@@ -252,6 +253,20 @@ def _decode(raw: bytes, response: aiohttp.ClientResponse, truncated: bool) -> An
     return text
 
 
+def redact(options: Any) -> Any:
+    """A copy of http `options` with secret headers and URL credentials replaced."""
+    if not isinstance(options, Mapping):
+        return options
+    out = dict(options)
+    headers = out.get("headers")
+    if isinstance(headers, Mapping):
+        out["headers"] = {k: REDACTED if is_secret_header(str(k)) else v
+                          for k, v in headers.items()}
+    if isinstance(out.get("url"), str):
+        out["url"] = redact_url(out["url"])
+    return out
+
+
 class HttpExecutor:
     """Performs http actions on the daemon's shared aiohttp session."""
 
@@ -268,16 +283,7 @@ class HttpExecutor:
 
     def redact(self, options: Any) -> Any:
         """A copy of `options` with secret headers and URL credentials replaced."""
-        if not isinstance(options, Mapping):
-            return options
-        out = dict(options)
-        headers = out.get("headers")
-        if isinstance(headers, Mapping):
-            out["headers"] = {k: REDACTED if is_secret_header(str(k)) else v
-                              for k, v in headers.items()}
-        if isinstance(out.get("url"), str):
-            out["url"] = redact_url(out["url"])
-        return out
+        return redact(options)
 
     async def perform(self, options: Any, ctx: actions.Context) -> Any:
         """Send the request; the response as Mechanic's result, or ActionFailed."""
@@ -300,7 +306,8 @@ class HttpExecutor:
                     headers.setdefault(name.lower(), []).append(value)
         except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
             failure = _failure(exc, request)
-            logger.info("%s", failure.message, extra={"action": "http_failed", "run_id": ctx.run.id})
+            logger.info("%s", failure.message,
+                        extra={"action": "http_failed", "run_id": ctx.run.id})
             raise failure from None  # the aiohttp text may hold the URL's credentials
         if status >= 500 and request.error_on_5xx:
             raise errors.ActionFailed(

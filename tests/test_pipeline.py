@@ -1,0 +1,307 @@
+"""The pipeline in one process with an injected clock: event run → task runs → action runs.
+
+Everything is real (SQLite file, Liquid, executors); only time is moved by hand.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from runnerd import actions, daemon, db, handlers, models, runs, worker
+from runnerd.actions import cache as cache_action
+from runnerd.actions import echo, event, http
+
+from .conftest import Clock, free_port
+
+
+class Pipeline:
+    def __init__(self, tmp_path: Path, clock: Clock, body: str) -> None:
+        self.path = tmp_path / "c.yaml"
+        self.path.write_text(f"database: {tmp_path / 'p.db'}\n" + textwrap.dedent(body))
+        self.reg = daemon.load(str(self.path), {})
+        self.clock = clock
+
+    async def open(self) -> Pipeline:
+        self.db = await db.Database(self.reg.settings.database).open()
+        await self.db.migrate()
+        self.cache_conn = self.db.sync_reader()
+        self.session = aiohttp.ClientSession()
+        self.executors = actions.Registry()
+        for ex in (cache_action.CacheExecutor(), echo.EchoExecutor(), event.EventExecutor(),
+                   http.HttpExecutor(self.session, self.reg.settings.http)):
+            self.executors.add(ex)
+        self.handlers = handlers.Handlers(lambda: self.reg, self.executors,
+                                          cache_conn=self.cache_conn, clock=self.clock)
+        self.worker = worker.Worker(self.db, self.handlers.for_kind(), concurrency=4,
+                                    clock=self.clock)
+        return self
+
+    async def close(self) -> None:
+        await self.session.close()
+        self.cache_conn.close()
+        await self.db.close()
+
+    async def send(self, topic: str, data: Any = None, **kw: Any) -> models.Event:
+        e = runs.new_event(topic, data, "cli", self.clock(), **kw)
+        await self.db.write(lambda tx: runs.insert_events(tx, [e], self.clock()))
+        return e
+
+    async def drain(self) -> int:
+        return await self.worker.run_until_idle()
+
+    async def runs(self, **kw: Any) -> list[models.Run]:
+        return list(reversed(await self.db.read(lambda tx: runs.select(tx, limit=1000, **kw))))
+
+    async def events(self, topic: str | None = None) -> list[models.Event]:
+        rows = await self.db.read(lambda tx: tx.conn.execute(
+            "SELECT * FROM events ORDER BY rowid").fetchall())
+        found = [models.Event.from_row(r) for r in rows]
+        return [e for e in found if topic is None or e.topic == topic]
+
+    async def cache(self, key: str) -> Any:
+        from runnerd import cache
+
+        return await self.db.read(lambda tx: cache.get(tx, key, self.clock()))
+
+
+@pytest.fixture
+async def pipeline(tmp_path: Path, clock: Clock) -> AsyncIterator[Callable[[str], Any]]:
+    made: list[Pipeline] = []
+
+    async def make(body: str) -> Pipeline:
+        p = await Pipeline(tmp_path, clock, body).open()
+        made.append(p)
+        return p
+
+    yield make
+    for p in made:
+        await p.close()
+
+
+async def test_event_to_task_to_cache_action(pipeline) -> None:
+    p = await pipeline("""
+        tasks:
+          - name: Counter
+            subscriptions: user/orders/ready
+            code: |
+              {% action "cache", "incrby", "orders", event.data.n %}
+              {% log "counted", event.data.n %}
+    """)
+    await p.send("user/orders/ready", {"n": 3})
+    await p.send("user/orders/ready", {"n": 4})
+    assert await p.drain() == 6
+    assert await p.cache("orders") == 7
+    all_runs = await p.runs()
+    assert {(r.kind.value, r.state.value) for r in all_runs} == {
+        ("event", "succeeded"), ("task", "succeeded"), ("action", "succeeded")}
+    action = next(r for r in all_runs if r.kind is models.RunKind.ACTION)
+    assert action.options == ["incrby", "orders", 3] and action.task_name == "Counter"
+    assert action.attempts == 1
+
+
+async def test_error_tag_fails_the_task_run_and_cancels_every_action(pipeline) -> None:
+    p = await pipeline("""
+        tasks:
+          - name: Fails
+            subscriptions: user/a/b
+            code: |
+              {% action "cache", "set", "k", 1 %}
+              {% error "no good" %}
+              {% action "echo", "after" %}
+    """)
+    await p.send("user/a/b")
+    await p.drain()
+    task = (await p.runs(kind="task"))[0]
+    assert task.state is models.RunState.FAILED and task.error == "no good"
+    assert await p.runs(kind="action") == []
+    assert await p.cache("k") is None
+    errors_ = await p.events("mechanic/errors/task")
+    assert len(errors_) == 1 and errors_[0].data["message"] == "no good"
+
+
+async def test_invalid_action_fails_the_task_run(pipeline) -> None:
+    p = await pipeline("""
+        tasks:
+          - name: Bad
+            subscriptions: user/a/b
+            code: |
+              {% action "cache", "set", "ok", 1 %}
+              {% action "cache", "set", "bad key!", 1 %}
+    """)
+    await p.send("user/a/b")
+    await p.drain()
+    task = (await p.runs(kind="task"))[0]
+    assert task.state is models.RunState.FAILED and "bad key" in (task.error or "")
+    assert await p.runs(kind="action") == []
+
+
+async def test_offsets_delay_the_task_run(pipeline, clock: Clock) -> None:
+    p = await pipeline("""
+        tasks:
+          - name: Later
+            subscriptions: user/a/b+2.hours
+            code: '{% action "echo", "late" %}'
+    """)
+    start = clock()
+    await p.send("user/a/b")
+    await p.drain()
+    task = (await p.runs(kind="task"))[0]
+    assert task.state is models.RunState.SCHEDULED and task.run_at == start + 7200
+    clock.advance(7199)
+    await p.drain()
+    assert (await p.runs(kind="task"))[0].state is models.RunState.SCHEDULED
+    clock.advance(1)
+    await p.drain()
+    assert [r.state.value for r in await p.runs()] == ["succeeded"] * 3
+
+
+async def test_transient_failure_is_retried_with_backoff(pipeline, clock: Clock) -> None:
+    port = free_port()  # nothing listens: connection refused, a transient failure
+    p = await pipeline(f"""
+        tasks:
+          - name: Caller
+            subscriptions: user/a/b
+            code: |
+              {{% action "http", method: "get", url: "http://127.0.0.1:{port}/" %}}
+    """)
+    await p.send("user/a/b")
+    await p.drain()
+    waits = []
+    for _ in range(4):
+        action = (await p.runs(kind="action"))[0]
+        assert action.state is models.RunState.SCHEDULED
+        waits.append(action.run_at - clock())
+        clock.now = action.run_at
+        await p.drain()
+    action = (await p.runs(kind="action"))[0]
+    assert action.state is models.RunState.FAILED and action.attempts == 5
+    for got, base in zip(waits, runs.BACKOFF, strict=True):
+        assert base * 0.9 <= got <= base * 1.1
+    assert len(await p.events("mechanic/errors/action")) == 1
+
+
+async def test_error_routing(pipeline) -> None:
+    p = await pipeline("""
+        tasks:
+          - name: Broken
+            subscriptions: user/a/b
+            code: '{% error "broken" %}'
+          - name: Also broken
+            subscriptions: |
+              user/c/d
+              mechanic/errors/task
+            code: |
+              {% if event.topic == "mechanic/errors/task" %}
+                {% action "cache", "set", "own_error", error.task.name %}
+              {% else %}
+                {% error "also broken" %}
+              {% endif %}
+          - name: Reporter
+            subscriptions: mechanic/errors/task
+            code: |
+              {% action "cache", "incr", "reported" %}
+              {% error "the reporter fails too" %}
+    """)
+    await p.send("user/a/b")
+    await p.send("user/c/d")
+    await p.drain()
+    # the reporter saw both errors; "Also broken" only its own; the reporter's own failures
+    # raised no further error event
+    reporter = [r for r in await p.runs(kind="task") if r.task_name == "Reporter"]
+    assert len(reporter) == 2
+    assert await p.cache("own_error") == "Also broken"
+    assert len(await p.events("mechanic/errors/task")) == 2
+
+
+async def test_actions_perform_goes_to_the_originating_task_only(pipeline) -> None:
+    p = await pipeline("""
+        tasks:
+          - name: Doer
+            subscriptions: |
+              user/a/b
+              mechanic/actions/perform
+            code: |
+              {% if event.topic == "mechanic/actions/perform" %}
+                {% action "cache", "set", "seen", action, __perform_event: false %}
+              {% else %}
+                {% action "cache", "set", "first", 1, __meta: "m" %}
+                {% action "cache", "set", "quiet", 1, __perform_event: false %}
+                {% action "echo", "never performs" %}
+              {% endif %}
+          - name: Bystander
+            subscriptions: mechanic/actions/perform
+            code: '{% action "cache", "set", "bystander", 1 %}'
+    """)
+    await p.send("user/a/b")
+    await p.drain()
+    performs = await p.events("mechanic/actions/perform")
+    assert len(performs) == 1  # not for "quiet", not for echo, not for the follow-up's action
+    assert (await p.cache("seen"))["options"] == ["set", "first", 1]
+    assert performs[0].data["type"] == "cache" and performs[0].data["meta"] == "m"
+    assert performs[0].data["run"]["ok"] is True and performs[0].data["run"]["result"] == 1
+    assert await p.cache("bystander") is None
+
+
+async def test_event_action_creates_a_child_event_at_run_at(pipeline, clock: Clock) -> None:
+    p = await pipeline("""
+        tasks:
+          - name: Chain
+            subscriptions: |
+              user/step/one
+              user/step/two
+            code: |
+              {% if event.topic == "user/step/one" %}
+                {% action "event", topic: "user/step/two", data: 2, run_at: event.data %}
+              {% else %}
+                {% action "cache", "set", "parent_topic", event.parent.topic %}
+              {% endif %}
+    """)
+    await p.send("user/step/one", clock() + 60)
+    await p.drain()
+    two = await p.events("user/step/two")
+    assert len(two) == 1 and two[0].parent_id is not None
+    assert await p.cache("parent_topic") is None
+    clock.advance(60)
+    await p.drain()
+    assert await p.cache("parent_topic") == "user/step/one"
+
+
+async def test_disabled_and_removed_tasks_fail_their_runs(pipeline, tmp_path: Path) -> None:
+    p = await pipeline("""
+        tasks:
+          - name: T
+            subscriptions: user/a/b+1.minute
+            code: '{% action "echo", 1 %}'
+    """)
+    await p.send("user/a/b")
+    await p.drain()
+    p.path.write_text(p.path.read_text().replace("- name: T", "- name: T\n    enabled: false"))
+    p.reg = daemon.load(str(p.path), {})
+    p.clock.advance(60)
+    await p.drain()
+    task = (await p.runs(kind="task"))[0]
+    assert task.state is models.RunState.FAILED and task.error == "task 'T' is disabled"
+
+
+async def test_task_and_trigger_variables(pipeline) -> None:
+    p = await pipeline("""
+        tasks:
+          - name: Vars
+            subscriptions: mechanic/user/text
+            options: {greeting: hello}
+            code: |
+              {% assign lines = event.data | split: newline %}
+              {% action "cache", "set", "out", options.greeting | append: " " | append: lines[1] %}
+              {% action "cache", "set", "task", task.name %}
+    """)
+    task_id = p.reg.tasks["Vars"].id
+    await p.send("mechanic/user/text", "a\nb", task_ids=[task_id])
+    await p.drain()
+    assert await p.cache("out") == "hello b"
+    assert await p.cache("task") == "Vars"
