@@ -66,6 +66,15 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("key")
     s.add_argument("value", nargs="?")
     s.add_argument("--ttl", type=int, default=None, help="seconds (default and max: 5184000)")
+    s = add("preview", "render a task against a synthetic event; perform nothing", jsonable)
+    s.add_argument("task")
+    s.add_argument("--topic", help="the event's topic (default: the task's first preview event "
+                                   "or subscription)")
+    data = s.add_mutually_exclusive_group()
+    data.add_argument("--data", help="the event's data as JSON")
+    data.add_argument("--data-file", help="read the event's data (JSON) from this file")
+    s = add("import", "print a Mechanic task export (JSON) as a runnerd task (YAML)")
+    s.add_argument("file")
     s = add("prune", "delete events and runs past retention now, and expired cache keys", jsonable)
     s = add("backup", "write a consistent copy of the database (safe while the daemon runs)")
     s.add_argument("path")
@@ -284,6 +293,46 @@ def cmd_cache(args: argparse.Namespace, path: str, environ: dict[str, str]) -> i
     return 0
 
 
+def cmd_preview(args: argparse.Namespace, path: str, environ: dict[str, str]) -> int:
+    from runnerd import daemon, preview
+
+    reg = daemon.load(path, environ)
+    has_data = args.data is not None or args.data_file is not None
+    if args.data_file is not None:
+        try:
+            text = open(args.data_file, encoding="utf-8").read()  # noqa: SIM115
+        except OSError as exc:
+            raise errors.InvalidInput(f"--data-file: cannot read {args.data_file}: "
+                                      f"{exc.strerror}") from None
+        data = _parse_json_arg(text, "--data-file")
+    else:
+        data = _parse_json_arg(args.data, "--data")
+    topic = ops.check_topic(args.topic) if args.topic is not None else None
+    out = preview.preview(reg, preview.offline_executors(reg.settings), args.task, topic=topic,
+                          data=data, has_data=has_data, now=time.time())
+    if args.json:
+        _print_json({k: out[k] for k in ("actions", "logs", "errors")})
+    else:
+        print(f"event: {out['event']['topic']} data={json.dumps(out['event']['data'])}")
+        for action in out["actions"]:
+            print(f"action {action['type']}: {json.dumps(action['options'], ensure_ascii=False)}"
+                  + (f" meta={json.dumps(action['meta'])}" if action["meta"] is not None else ""))
+        for entry in out["logs"]:
+            print(f"log: {json.dumps(entry, ensure_ascii=False)}")
+        for entry in out["errors"]:
+            print(f"error: {entry if isinstance(entry, str) else json.dumps(entry)}")
+        if not (out["actions"] or out["logs"] or out["errors"]):
+            print("(no actions, logs or errors)")
+    return EXIT_FAIL if out["errors"] else 0
+
+
+def cmd_import(args: argparse.Namespace, path: str, environ: dict[str, str]) -> int:
+    from runnerd import imports
+
+    print(imports.export_to_yaml(args.file), end="")
+    return 0
+
+
 def cmd_prune(args: argparse.Namespace, path: str, environ: dict[str, str]) -> int:
     from runnerd import cache
 
@@ -315,5 +364,5 @@ def cmd_backup(args: argparse.Namespace, path: str, environ: dict[str, str]) -> 
 COMMANDS: dict[str, Callable[[argparse.Namespace, str, dict[str, str]], int]] = {
     "run": cmd_run, "check": cmd_check, "send": cmd_send, "trigger": cmd_trigger,
     "runs": cmd_runs, "queue": cmd_queue, "cache": cmd_cache, "prune": cmd_prune,
-    "backup": cmd_backup,
+    "backup": cmd_backup, "preview": cmd_preview, "import": cmd_import,
 }

@@ -55,20 +55,9 @@ class Handlers:
                   parent: dict[str, Any] | None, now: float,
                   *, preview: bool = False) -> dict[str, Any]:
         """The Liquid environment of a task run (Mechanic's)."""
-        event_obj = event.to_liquid(parent)
-        if preview:
-            event_obj["preview"] = True
-        variables: dict[str, Any] = {
-            "event": event_obj,
-            "task": compiled.liquid(),
-            "options": dict(compiled.task.options),
-            "cache": cache.View(None if preview else self.cache_conn, now),
-        }
-        if event.topic == models.PERFORM_TOPIC:
-            variables["action"] = event.data
-        elif event.topic in models.ERROR_TOPICS:
-            variables["error"] = event.data
-        return variables
+        return task_variables(self.get_registry().renderer, compiled, event, parent,
+                              cache.View(None if preview else self.cache_conn, now),
+                              preview=preview)
 
     async def task_run(self, job: runs.Job) -> runs.Outcome:
         """Render the task; only a render with no error creates its action runs."""
@@ -185,6 +174,30 @@ class Handlers:
             return events
 
         return follow_up
+
+
+def task_variables(renderer: render.Renderer, compiled: registry.Compiled, event: models.Event,
+                   parent: dict[str, Any] | None, cache_view: cache.View,
+                   *, preview: bool = False) -> dict[str, Any]:
+    """`event`, `task`, `options`, `cache` and the subject variable, as Mechanic gives them.
+
+    Option values that hold Liquid are rendered first, with everything but `options`.
+    """
+    event_obj = event.to_liquid(parent)
+    if preview:
+        event_obj["preview"] = True
+    variables: dict[str, Any] = {"event": event_obj, "task": compiled.liquid(),
+                                 "cache": cache_view}
+    if event.topic == models.PERFORM_TOPIC:
+        variables["action"] = event.data
+    elif event.topic in models.ERROR_TOPICS:
+        variables["error"] = event.data
+    opts = dict(compiled.task.options)
+    for key in compiled.liquid_options:
+        opts[key] = renderer.render_text(opts[key], variables,
+                                         name=f"{compiled.name} (option {key})")
+    variables["options"] = opts
+    return variables
 
 
 def _run_summary(run: models.Run) -> dict[str, Any]:

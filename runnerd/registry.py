@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from runnerd import config, durations, errors, models
+from runnerd import config, durations, errors, models, options
 
 if TYPE_CHECKING:
     from runnerd import render
@@ -24,6 +24,17 @@ SYSTEM_TOPICS = frozenset({
     "runnerd/monitors/down", "runnerd/monitors/up",
 })
 _NMIN = re.compile(r"^(\d+)min$")
+#: `options.key` or `options["key"]` in a task's code: Mechanic creates options by reference.
+_OPTION_REF = re.compile(r"""options(?:\.([a-z0-9_]+)|\[\s*["']([a-z0-9_]+)["']\s*\])""")
+
+
+def referenced_options(*sources: str) -> list[str]:
+    """Option keys a task's code and subscriptions refer to, in order of first reference."""
+    seen: dict[str, None] = {}
+    for source in sources:
+        for match in _OPTION_REF.finditer(source):
+            seen.setdefault(match.group(1) or match.group(2), None)
+    return list(seen)
 
 
 def scheduler_topic_ok(name: str) -> bool:
@@ -86,6 +97,8 @@ class Compiled:
     task: config.Task
     template: Any
     subscriptions: tuple[Subscription, ...]
+    #: option keys whose values hold Liquid, rendered per event before the code
+    liquid_options: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -144,7 +157,17 @@ class Registry:
         subs, sub_problems = parse_subscriptions(text)
         problems.extend(f"{where}: subscriptions: {p}" for p in sub_problems)
         template = self.renderer.compile(task.code, name=task.name)
-        return Compiled(task=task, template=template, subscriptions=tuple(subs))
+        values = dict(task.options)
+        for key in referenced_options(task.code, task.subscriptions):
+            if key not in values and options.parse_key(key).required:
+                values[key] = None  # validate() reports it as required
+        problems.extend(f"{task.source}: {p}" for p in options.validate(values, task=task.name))
+        liquid_options = tuple(k for k in options.text_keys(task.options)
+                               if "{{" in task.options[k] or "{%" in task.options[k])
+        for key in liquid_options:
+            self.renderer.compile(task.options[key], name=f"{task.name} (option {key})")
+        return Compiled(task=task, template=template, subscriptions=tuple(subs),
+                        liquid_options=liquid_options)
 
     @property
     def scheduler_topics(self) -> frozenset[str]:

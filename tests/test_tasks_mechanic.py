@@ -1,0 +1,239 @@
+"""Mechanic compatibility at the task level: options, previews, imports, Mechanic-style tasks,
+and reloading the configuration under load."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+
+from runnerd import daemon, errors
+
+from .conftest import ROOT, Daemon, wait_until
+from .test_pipeline import pipeline  # noqa: F401 - the fixture
+
+EXPORTS = ROOT / "tests" / "exports"
+
+
+def write(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "c.yaml"
+    path.write_text(f"database: {tmp_path / 'x.db'}\n" + textwrap.dedent(body))
+    return path
+
+
+def test_required_option_referenced_in_code_must_be_set(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+        tasks:
+          - name: Mailer
+            subscriptions: mechanic/user/trigger
+            options: {count__number: "many"}
+            code: '{% action "echo", options.recipient__email_required, options.count__number %}'
+    """)
+    with pytest.raises(errors.ConfigError) as info:
+        daemon.load(str(path), {})
+    text = "\n".join(info.value.problems)
+    assert "task 'Mailer': option 'recipient__email_required' is required" in text
+    assert "option 'count__number' must be a number" in text
+
+
+def test_liquid_in_subscriptions_and_options(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+        tasks:
+          - name: Delayed
+            options: {wait__boolean: true, days__number: 3, note: "{{ event.topic }}!"}
+            subscriptions: |
+              user/orders/paid{% if options.wait__boolean %}+{{ options.days__number }}.days{% endif %}
+            code: '{% log options.note %}'
+    """)
+    reg = daemon.load(str(path), {})
+    sub = reg.tasks["Delayed"].subscriptions[0]
+    assert (sub.topic, str(sub.offset)) == ("user/orders/paid", "+3.days")
+    assert reg.tasks["Delayed"].liquid_options == ("note",)
+
+
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "runnerd", *args], capture_output=True,
+                          text=True, timeout=30, cwd=cwd)
+
+
+def test_preview_json(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+        tasks:
+          - name: Greeter
+            subscriptions: user/people/arrived
+            preview_events:
+              - {topic: user/people/arrived, data: {name: Ada}}
+            code: |
+              {% if event.preview %}{% log "previewing" %}{% endif %}
+              {% log cached: cache["anything"] %}
+              {% action "echo", hello: event.data.name, __meta: "m1" %}
+    """)
+    out = cli("preview", "Greeter", "--json", "-c", str(path))
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {
+        "actions": [{"type": "echo", "options": {"hello": "Ada"}, "meta": "m1"}],
+        "logs": ["previewing", {"cached": None}], "errors": []}
+    other = cli("preview", "Greeter", "--json", "--data", '{"name": "Grace"}', "-c", str(path))
+    assert json.loads(other.stdout)["actions"][0]["options"] == {"hello": "Grace"}
+    data_file = tmp_path / "d.json"
+    data_file.write_text('{"name": "Linus"}')
+    third = cli("preview", "Greeter", "--json", "--data-file", str(data_file), "-c", str(path))
+    assert json.loads(third.stdout)["actions"][0]["options"] == {"hello": "Linus"}
+    assert not (tmp_path / "x.db").exists()  # previews touch no database
+
+
+def test_preview_reports_errors_and_invalid_actions(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+        tasks:
+          - name: Broken
+            subscriptions: user/a/b
+            code: |
+              {% action "cache", "set", "bad key!", 1 %}
+              {% error "nope" %}
+              {{ "x" | parse_json }}
+    """)
+    out = cli("preview", "Broken", "--json", "-c", str(path))
+    assert out.returncode == 1
+    errs = json.loads(out.stdout)["errors"]
+    assert any("parse_json" in e for e in errs)
+    assert cli("preview", "Nope", "-c", str(path)).stderr.strip() == "runnerd: no task named 'Nope'"
+
+
+def test_import_of_a_mechanic_export(tmp_path: Path) -> None:
+    out = cli("import", str(EXPORTS / "error-reporter.json"))
+    assert out.returncode == 0, out.stderr
+    converted = tmp_path / "tasks.yaml"
+    converted.write_text(f"database: {tmp_path / 'x.db'}\n" + out.stdout)
+    reg = daemon.load(str(converted), {})
+    assert list(reg.tasks) == ["Error reporter"]
+    assert reg.tasks["Error reporter"].topics == {"mechanic/errors/task",
+                                                   "mechanic/errors/action"}
+
+
+def test_import_refuses_shopify_only_tasks() -> None:
+    out = cli("import", str(EXPORTS / "shopify-tagger.json"))
+    assert out.returncode == 1
+    assert "not supported: 'shopify/orders/create'" in out.stderr
+    assert out.stderr.count("\n") == 1
+
+
+def test_tasks_dir_loads_exports(tmp_path: Path) -> None:
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "reporter.json").write_text((EXPORTS / "error-reporter.json").read_text())
+    path = write(tmp_path, "tasks_dir: ./tasks\n")
+    assert list(daemon.load(str(path), {}).tasks) == ["Error reporter"]
+
+
+async def test_error_reporter_with_fingerprints(pipeline) -> None:  # noqa: F811
+    body = json.loads((EXPORTS / "error-reporter.json").read_text())
+    p = await pipeline(f"""
+        tasks:
+          - name: Flaky
+            subscriptions: user/a/b
+            code: '{{% error "it broke" %}}'
+          - name: Error reporter
+            subscriptions: |
+              mechanic/errors/task
+              mechanic/errors/action
+            code: {json.dumps(body["script"])}
+    """)
+    for _ in range(3):  # one after the other: concurrent renders would all read the old count
+        await p.send("user/a/b")
+        await p.drain()
+    keys = await p.db.read(lambda tx: [r[0] for r in tx.conn.execute(
+        "SELECT value FROM cache WHERE key LIKE 'error:%'")])
+    assert keys == ["3"]  # one fingerprint, counted three times
+    notified = [r for r in await p.runs(kind="action") if r.action_type == "echo"]
+    assert len(notified) == 1  # thresholds 1, 10, 25…: only the first notifies
+
+
+async def test_debounce_with_the_cache(pipeline) -> None:  # noqa: F811
+    p = await pipeline("""
+        tasks:
+          - name: Debounced
+            subscriptions: user/items/changed
+            code: |
+              {% assign key = "debounce:" | append: event.data.id %}
+              {% if cache[key] %}{% log "skipped" %}{% break %}{% endif %}
+              {% action "cache", "setex", key, 60, true %}
+              {% action "echo", handled: event.data.id %}
+    """)
+    await p.send("user/items/changed", {"id": 1})
+    await p.drain()
+    await p.send("user/items/changed", {"id": 1})
+    await p.send("user/items/changed", {"id": 2})
+    await p.drain()
+    handled = [r.options["handled"] for r in await p.runs(kind="action")
+               if r.action_type == "echo"]
+    assert handled == [1, 2]
+    p.clock.advance(61)
+    await p.send("user/items/changed", {"id": 1})
+    await p.drain()
+    assert len([r for r in await p.runs(kind="action") if r.action_type == "echo"]) == 3
+
+
+async def test_option_values_rendered_per_event(pipeline) -> None:  # noqa: F811
+    p = await pipeline("""
+        tasks:
+          - name: Templated
+            subscriptions: user/a/b
+            options: {subject: "Order {{ event.data.id }}", plain: "just text"}
+            code: '{% action "cache", "set", "subject", options.subject %}'
+    """)
+    await p.send("user/a/b", {"id": 42})
+    await p.drain()
+    assert await p.cache("subject") == "Order 42"
+
+
+RELOAD = """
+webhooks:
+  - {{name: hook, topic: user/load/ping}}
+tasks:
+  - name: Counter
+    subscriptions: user/load/ping
+    code: '{{% action "cache", "incr", "{key}" %}}'
+"""
+
+
+def test_sighup_reload_under_load_loses_nothing(make_daemon) -> None:
+    d: Daemon = make_daemon(RELOAD.format(key="before")).start()
+    accepted = []
+    stop = threading.Event()
+
+    def load() -> None:
+        while not stop.is_set() and len(accepted) < 400:
+            status, headers, _ = d.post_json("/webhooks/hook", {"n": len(accepted)})
+            assert status == 204
+            accepted.append(headers["X-Request-Id"])
+
+    thread = threading.Thread(target=load)
+    thread.start()
+    try:
+        wait_until(lambda: len(accepted) >= 50)
+        d.write_config(RELOAD.format(key="after"))
+        assert d.proc is not None
+        d.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: "configuration reloaded" in d.logs())
+        wait_until(lambda: len(accepted) >= 150)
+        d.write_config("tasks: [{name: x, code: '{% if %}'}]\n")  # invalid: rejected
+        d.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: "reload rejected" in d.logs())
+        wait_until(lambda: len(accepted) >= 250)
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    total = len(accepted)
+    d.wait_runs("kind = 'action' AND state = 'succeeded'", total, timeout=30)
+    before = int(d.cli("cache", "get", "before").stdout or 0)
+    after = int(d.cli("cache", "get", "after").stdout or 0)
+    assert before > 0 and after > 0
+    assert before + after == total  # every accepted event counted once, old or new code
+    assert d.query("SELECT COUNT(*) FROM runs WHERE state != 'succeeded'")[0][0] == 0
+    assert d.stop() == 0
