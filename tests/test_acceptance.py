@@ -11,7 +11,7 @@ import sys
 import urllib.parse
 from pathlib import Path
 
-from .conftest import ROOT, Daemon, wait_until
+from .conftest import ROOT, Daemon
 
 COUNTER = """
 webhooks:

@@ -8,6 +8,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from runnerd.filters import data
+
 #: `in_groups`/`in_groups_of`/`sample` refuse counts above this (they would allocate that much).
 MAX_GROUPS = 100_000
 
@@ -20,7 +22,7 @@ def _array(value: Any, name: str = "an array") -> Sequence[Any]:
         return []
     if isinstance(value, _ARRAY):
         return value
-    raise ValueError(f"expected {name}, got {_kind(value)}")
+    raise ValueError(f"expected {name}, got {data.kind(value)}")
 
 
 def _count(value: Any, what: str = "count") -> int:
@@ -48,7 +50,7 @@ def values(value: Any) -> list[Any]:
 def _hash(value: Any) -> Mapping[Any, Any]:
     if isinstance(value, Mapping):
         return value
-    raise ValueError(f"expected a hash, got {_kind(value)}")
+    raise ValueError(f"expected a hash, got {data.kind(value)}")
 
 
 def except_(value: Any, *removed: Any) -> Any:
@@ -116,7 +118,7 @@ def index_by(value: Any, key: Any) -> dict[Any, Any]:
     out: dict[Any, Any] = {}
     for item in _array(value):
         if not isinstance(item, Mapping):
-            raise ValueError(f"expected an array of hashes, found {_kind(item)}")
+            raise ValueError(f"expected an array of hashes, found {data.kind(item)}")
         index = item.get(key)
         out[index if isinstance(index, (str, int, float, bool)) or index is None
             else str(index)] = item
@@ -183,17 +185,3 @@ def sort_naturally(value: Any, key: Any = None) -> list[Any]:
         item.get(key) if isinstance(item, Mapping) else None))
 
 
-def _kind(value: Any) -> str:
-    if value is None:
-        return "nil"
-    if isinstance(value, Mapping):
-        return "a hash"
-    if isinstance(value, _ARRAY):
-        return "an array"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float, decimal.Decimal)):
-        return "a number"
-    return type(value).__name__

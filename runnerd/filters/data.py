@@ -71,7 +71,7 @@ def parse_json(value: Any, silent: Any = False) -> Any:
     """`parse_json`: JSON text to a value; invalid JSON raises unless `silent: true` (then nil)."""
     try:
         if not isinstance(value, str):
-            raise ValueError(f"expected JSON text, got {_kind(value)}")
+            raise ValueError(f"expected JSON text, got {kind(value)}")
         return jsonlib.loads(value)
     except ValueError as exc:
         if silent is True:
@@ -82,14 +82,14 @@ def parse_json(value: Any, silent: Any = False) -> Any:
 def jsonl(value: Any) -> str:
     """`jsonl`: an array as JSON lines (one compact JSON value per line)."""
     if not isinstance(value, (list, tuple, range)):
-        raise ValueError(f"expected an array, got {_kind(value)}")
+        raise ValueError(f"expected an array, got {kind(value)}")
     return "\n".join(dumps(item) for item in value)
 
 
 def parse_jsonl(value: Any) -> list[Any]:
     """`parse_jsonl`: JSON lines to an array (blank lines are skipped)."""
     if not isinstance(value, str):
-        raise ValueError(f"expected JSON lines text, got {_kind(value)}")
+        raise ValueError(f"expected JSON lines text, got {kind(value)}")
     out = []
     for number, line in enumerate(value.splitlines(), start=1):
         if line.strip():
@@ -103,12 +103,12 @@ def parse_jsonl(value: Any) -> list[Any]:
 def csv(value: Any, delimiter: Any = ",", include_bom: Any = False) -> str:
     """`csv`: an array of arrays as CSV text (Ruby's quoting; each row ends with a newline)."""
     if not isinstance(value, (list, tuple)):
-        raise ValueError(f"expected an array of arrays, got {_kind(value)}")
+        raise ValueError(f"expected an array of arrays, got {kind(value)}")
     sep = _delimiter(delimiter)
     lines = []
     for row in value:
         if not isinstance(row, (list, tuple)):
-            raise ValueError(f"expected an array of arrays, found a row that is {_kind(row)}")
+            raise ValueError(f"expected an array of arrays, found a row that is {kind(row)}")
         lines.append(sep.join(_csv_field(field, sep) for field in row) + "\n")
     return ("\ufeff" if include_bom is True else "") + "".join(lines)
 
@@ -130,7 +130,7 @@ def _csv_field(field: Any, sep: str) -> str:
 def parse_csv(value: Any, headers: Any = False, delimiter: Any = ",") -> list[Any]:
     """`parse_csv`: CSV text to an array of arrays, or of hashes with `headers: true`."""
     if not isinstance(value, str):
-        raise ValueError(f"expected CSV text, got {_kind(value)}")
+        raise ValueError(f"expected CSV text, got {kind(value)}")
     reader = csvlib.reader(io.StringIO(value.removeprefix("\ufeff"), newline=""),
                            delimiter=_delimiter(delimiter), strict=True)
     try:
@@ -160,7 +160,7 @@ def _text(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (dict, list)):
-        raise ValueError(f"expected text, got {_kind(value)}")
+        raise ValueError(f"expected text, got {kind(value)}")
     return str(value)
 
 
@@ -243,7 +243,8 @@ hmac_sha256 = _hmac("sha256")
 hmac_sha512 = _hmac("sha512")
 
 
-def _kind(value: Any) -> str:
+def kind(value: Any) -> str:
+    """How a value is named in filter error messages."""
     if value is None:
         return "nil"
     if isinstance(value, Mapping):
