@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from runnerd import __version__, config, db, errors, logs, models, ops, runs
+from runnerd import monitor_cli
 
 DEFAULT_CONFIG = "/etc/runnerd/runnerd.yaml"
 EXIT_FAIL = 1
@@ -78,6 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     s = add("prune", "delete events and runs past retention now, and expired cache keys", jsonable)
     s = add("backup", "write a consistent copy of the database (safe while the daemon runs)")
     s.add_argument("path")
+    monitor_cli.add_parsers(add, jsonable)  # monitor tasks, monitors, workers
     return p
 
 
@@ -365,4 +367,6 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, str, dict[str, str]], int]] = 
     "run": cmd_run, "check": cmd_check, "send": cmd_send, "trigger": cmd_trigger,
     "runs": cmd_runs, "queue": cmd_queue, "cache": cmd_cache, "prune": cmd_prune,
     "backup": cmd_backup, "preview": cmd_preview, "import": cmd_import,
+    "monitor": monitor_cli.cmd_monitor, "monitors": monitor_cli.cmd_monitors,
+    "workers": monitor_cli.cmd_workers,
 }

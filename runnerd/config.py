@@ -94,6 +94,8 @@ class Webhook:
     topic: str
     mode: str = "auto"  # auto | full
     secret: str | None = dataclasses.field(default=None, repr=False)
+    #: how far `X-Runnerd-Timestamp` may be from now (seconds), when a signed request sends it
+    tolerance: float = 300.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -118,11 +120,11 @@ class Task:
     enabled: bool = True
     preview_events: tuple[Mapping[str, Any], ...] = ()
     source: str = ""  # where it was defined, for messages: "tasks[0]" or a file path
+    #: a stable UUID derived from the name (computed once: it is read on every run)
+    id: str = dataclasses.field(init=False, default="")
 
-    @property
-    def id(self) -> str:
-        """A stable UUID derived from the name."""
-        return str(uuid.uuid5(TASK_NAMESPACE, self.name))
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "id", str(uuid.uuid5(TASK_NAMESPACE, self.name)))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -434,7 +436,7 @@ def _webhooks(raw: Any, r: _Reader) -> tuple[Webhook, ...]:
     items = _items(raw, "webhooks", r)
     _unique([str(item.get("name")) for _, item in items], "webhooks", "webhook name", r)
     for p, item in items:
-        s = r.section(item, p, {"name", "topic", "mode", "secret"})
+        s = r.section(item, p, {"name", "topic", "mode", "secret", "tolerance"})
         name = r.get(s, p, "name", str, None, _name_check)
         topic = r.get(s, p, "topic", str, None, _user_topic)
         if name is None or topic is None:
@@ -445,6 +447,7 @@ def _webhooks(raw: Any, r: _Reader) -> tuple[Webhook, ...]:
             name=name, topic=topic,
             mode=r.get(s, p, "mode", str, "auto", _one_of("auto", "full")),
             secret=r.get(s, p, "secret", str, None) or None,
+            tolerance=r.duration(s, p, "tolerance", 300.0),
         ))
     return tuple(out)
 

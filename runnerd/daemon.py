@@ -10,6 +10,7 @@ the whole process down with a non-zero exit, so systemd restarts it: never a hal
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sqlite3
@@ -23,10 +24,14 @@ from aiohttp import web
 from runnerd import (
     actions,
     config,
+    cron,
     db,
     errors,
     handlers,
+    heartbeat,
     ingest,
+    metrics,
+    monitors,
     notify,
     registry,
     render,
@@ -54,6 +59,12 @@ def load(path: str, environ: Mapping[str, str]) -> registry.Registry:
         reg = registry.Registry(settings, renderer)
     except errors.ConfigError as exc:
         problems = problems + exc.problems
+    for i, monitor in enumerate(settings.monitors):
+        if monitor.schedule is not None:
+            try:
+                cron.parse(monitor.schedule)
+            except ValueError as exc:
+                problems = [*problems, f"monitors[{i}].schedule: {exc}"]
     if problems:
         raise errors.ConfigError(problems)
     return reg
@@ -129,22 +140,40 @@ class Daemon:
         self.state = st
         hs = handlers.Handlers(st.get_registry, executors, cache_conn=cache_conn,
                                clock=self.clock)
-        st.worker = worker.Worker(database, hs.for_kind(), concurrency=settings.concurrency,
-                                  clock=self.clock)
-        wakeups.append(st.worker.wakeup.set)
+        components: dict[str, asyncio.Task[None]] = {}
+        st.heartbeat = beat = heartbeat.Heartbeat(
+            database, notifier=self.notifier, clock=self.clock,
+            interval=heartbeat.watchdog_interval(self.environ),
+            active_runs=lambda: st.worker.active if st.worker is not None else 0,
+            db_writable=lambda: st.worker.healthy if st.worker is not None else True,
+            dead_components=lambda: [] if halt.is_set() else [
+                name for name, task in components.items() if task.done()])
         st.scheduler = scheduler.Scheduler(database, st.get_registry, on_fire=wake,
                                            clock=self.clock)
-        runner = web.AppRunner(webhook.make_app(st), handle_signals=False, access_log=None,
-                               shutdown_timeout=5.0)
+        st.metrics = metrics.Metrics(healthy=lambda: not beat.problems(self.clock()),
+                                     last_ticks=lambda: st.scheduler.last_tick
+                                     if st.scheduler is not None else {})
+        st.worker = worker.Worker(database, hs.for_kind(), concurrency=settings.concurrency,
+                                  clock=self.clock, on_finished=st.metrics.finished)
+        wakeups.append(st.worker.wakeup.set)
+        st.monitors = monitors.Monitors(database, lambda: st.settings, clock=self.clock,
+                                        on_event=wake)
+        runner = web.AppRunner(webhook.make_app(st, on_webhook=st.metrics.webhook),
+                               handle_signals=False, access_log=None, shutdown_timeout=5.0)
         loop = asyncio.get_running_loop()
         self._install_signals(loop)
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(_supervise("ingest", st.ingest.run(halt), halt), name="ingest")
-                tg.create_task(_supervise("worker", st.worker.run(
-                    halt, grace=settings.shutdown_grace), halt), name="worker")
-                tg.create_task(_supervise("scheduler", st.scheduler.run(halt), halt),
-                               name="scheduler")
+                for name, coro in (("ingest", st.ingest.run(halt)),
+                                   ("worker", st.worker.run(halt, grace=settings.shutdown_grace)),
+                                   ("scheduler", st.scheduler.run(halt)),
+                                   ("monitors", st.monitors.run(halt)),
+                                   ("alerts", st.monitors.run_alerts(halt)),
+                                   ("heartbeat", beat.run(halt))):
+                    components[name] = tg.create_task(_supervise(name, coro, halt), name=name)
+                # /health answers 200 from the first request on, and READY=1 implies it.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(beat.first_beat.wait(), timeout=5.0)
                 await runner.setup()
                 site = web.TCPSite(runner, settings.listen.host, settings.listen.port)
                 try:

@@ -75,8 +75,14 @@ def _pragmas(conn: sqlite3.Connection, *, readonly: bool = False) -> None:
         conn.execute("PRAGMA query_only = 1")
 
 
-def _wrap(exc: sqlite3.Error) -> errors.DatabaseError:
-    return errors.DatabaseError(f"database error: {exc}")
+def _wrap(exc: sqlite3.Error, path: Path) -> errors.DatabaseError:
+    return errors.DatabaseError(f"database error: {exc} ({path})")
+
+
+def _unavailable(exc: sqlite3.DatabaseError) -> bool:
+    """SQLite refused for a reason outside the program (full, locked, read-only, I/O, corrupt),
+    not a bug in a statement (IntegrityError, ProgrammingError…), which must stay loud."""
+    return isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError
 
 
 def _transaction(conn: sqlite3.Connection, fn: Callable[[Tx], T], mode: str) -> T:
@@ -131,8 +137,10 @@ class Database:
             # aiosqlite's _execute runs a callable on the connection's thread: the whole
             # transaction is one hop (pinned to aiosqlite 0.22 in pyproject.toml).
             return await self._writer._execute(_transaction, self._writer._conn, fn, "IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            raise _wrap(exc) from exc
+        except sqlite3.DatabaseError as exc:
+            if not _unavailable(exc):
+                raise
+            raise _wrap(exc, self.path) from exc
 
     async def read(self, fn: Callable[[Tx], T]) -> T:
         """Run `fn(tx)` on the read-only connection, in one snapshot."""
@@ -140,8 +148,10 @@ class Database:
             raise errors.DatabaseError("database is closed")
         try:
             return await self._reader._execute(_transaction, self._reader._conn, fn, "DEFERRED")
-        except sqlite3.OperationalError as exc:
-            raise _wrap(exc) from exc
+        except sqlite3.DatabaseError as exc:
+            if not _unavailable(exc):
+                raise
+            raise _wrap(exc, self.path) from exc
 
     async def migrate(self) -> int:
         """Apply the pending numbered migrations; return the schema version."""

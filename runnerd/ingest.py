@@ -28,6 +28,12 @@ class Ingest:
         self._pending: list[tuple[models.Event, asyncio.Future[None]]] = []
         self._ready = asyncio.Event()
         self._closed = False
+        self.healthy = True  #: False while the last batch could not be stored (for /health)
+
+    @property
+    def closed(self) -> bool:
+        """True once the ingest refuses new events (shutdown)."""
+        return self._closed
 
     async def submit(self, event: models.Event) -> None:
         """Store `event` durably; DatabaseError if it could not be stored."""
@@ -60,13 +66,22 @@ class Ingest:
         now = self.clock()
         try:
             await self.db.write(lambda tx: runs.insert_events(tx, events, now))
-        except errors.DatabaseError as exc:
-            logger.error("cannot store %d event(s): %s", len(events), exc,
-                         extra={"action": "ingest_failed"})
+        except Exception as exc:  # noqa: BLE001 - whatever failed, the ingest must live on
+            if not isinstance(exc, errors.DatabaseError):
+                # Not SQLite saying no (e.g. data it cannot encode): a bug, but one bad batch
+                # must not take the listener down; its senders get 503 and may retry.
+                logger.exception("cannot store %d event(s)", len(events),
+                                 extra={"action": "ingest_failed"})
+                exc = errors.DatabaseError(f"cannot store the event: {type(exc).__name__}")
+            else:
+                logger.error("cannot store %d event(s): %s", len(events), exc,
+                             extra={"action": "ingest_failed"})
+            self.healthy = False
             for _, future in batch:
                 if not future.done():
                     future.set_exception(exc)
             return
+        self.healthy = True
         for _, future in batch:
             if not future.done():
                 future.set_result(None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import math
 import sqlite3
 from enum import StrEnum
 from typing import Any
@@ -45,8 +46,34 @@ def loads(text: str | bytes | None) -> Any:
 
 
 def dumps(value: Any) -> str:
-    """Encode a value for a JSON column: compact, UTF-8, stable."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    """Encode a value for a JSON column: compact, UTF-8, stable, and always valid JSON.
+
+    NaN and ±Infinity (which `json.dumps` would write as invalid tokens) become null; text with
+    lone surrogates (from `"\\ud800"` escapes or undecodable headers), which SQLite cannot store
+    as UTF-8, is written with `\\u` escapes instead.
+    """
+    try:
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except ValueError:  # a non-finite float (or a cycle, which fails again below)
+        value = _finite(value)
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            text = json.dumps(value, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return text
+
+
+def _finite(value: Any) -> Any:
+    """`value` with every non-finite float replaced by None (JSON has no NaN or Infinity)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def iso(ts: float | None) -> str | None:

@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from runnerd import db, errors, models
+from runnerd import db, errors, models, taskstatus
 from runnerd.models import RunKind, RunState
 
 logger = logging.getLogger(__name__)
@@ -188,8 +188,12 @@ def finish(tx: db.Tx, outcome: Outcome, now: float,
                                 finished_at=finished_at)
     if ok and outcome.children:
         tx.executemany("insert_run", outcome.children)
-    if outcome.follow_up is not None:
-        insert_events(tx, outcome.follow_up(final), now)
+    events = outcome.follow_up(final) if outcome.follow_up is not None else []
+    if run.kind is RunKind.TASK and run.task_name is not None:
+        # task_status changes with the run's final state, in this same transaction (SPEC §8);
+        # a monitor flipping to or from down adds its runnerd/monitors/* event.
+        events = [*events, *taskstatus.record(tx, run.task_name, str(state), finished_at, error)]
+    insert_events(tx, events, now)
     return final
 
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from runnerd import actions, config, db, registry
 
 if TYPE_CHECKING:
-    from runnerd import ingest, scheduler, worker
+    from runnerd import heartbeat, ingest, metrics, monitors, scheduler, worker
 
 
 @dataclasses.dataclass(slots=True)
@@ -23,6 +23,9 @@ class State:
     executors: actions.Registry
     worker: worker.Worker | None = None
     scheduler: scheduler.Scheduler | None = None
+    monitors: monitors.Monitors | None = None
+    heartbeat: heartbeat.Heartbeat | None = None
+    metrics: metrics.Metrics | None = None
     clock: Callable[[], float] = time.time
     started_at: float = dataclasses.field(default_factory=time.time)
 

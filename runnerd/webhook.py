@@ -26,17 +26,21 @@ STATE = web.AppKey("state", state.State)
 #: Called with the status code of every webhook request (metrics).
 ON_WEBHOOK = web.AppKey("on_webhook", Callable[[int], None])  # type: ignore[type-abstract]
 SIGNATURE_HEADER = "X-Runnerd-Signature"
+#: Optional, with a signature: Unix seconds, signed as `<timestamp>.<body>` (replay protection).
+TIMESTAMP_HEADER = "X-Runnerd-Timestamp"
 
 
 def make_app(st: state.State, *, on_webhook: Callable[[int], None] | None = None) -> web.Application:
     """The aiohttp application with every route of runnerd."""
-    from runnerd import api  # the admin API lives beside; imported here to keep one entry point
+    # the admin API and the operations endpoints live beside; imported here: one entry point
+    from runnerd import api, endpoints
 
     app = web.Application(client_max_size=st.settings.listen.max_body_bytes)
     app[STATE] = st
     app[ON_WEBHOOK] = on_webhook or (lambda code: None)
     app.router.add_route("*", "/webhooks/{name}", handle_webhook)
     api.add_routes(app)
+    endpoints.add_routes(app)
     return app
 
 
@@ -44,17 +48,41 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
-def verify_signature(secret: str, body: bytes, header: str | None) -> bool:
-    """`X-Runnerd-Signature: sha256=<hex HMAC-SHA256 of the raw body>`, compared in constant time."""
+def verify_signature(secret: str, body: bytes, header: str | None,
+                     timestamp: str | None = None) -> bool:
+    """`X-Runnerd-Signature: sha256=<hex HMAC-SHA256>`, compared in constant time.
+
+    The HMAC is of the raw body, or of `<timestamp>.<body>` when the request sends
+    `X-Runnerd-Timestamp` (so a captured request cannot be replayed with a new timestamp).
+    """
     if not header or not header.startswith("sha256="):
         return False
-    expected = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected, header[len("sha256="):].strip().lower())
+    signed = body if timestamp is None else timestamp.encode("utf-8", "surrogateescape") + (
+        b"." + body)
+    expected = hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
+    given = header[len("sha256="):].strip().lower()
+    return hmac.compare_digest(expected.encode(), given.encode("utf-8", "surrogateescape"))
+
+
+def timestamp_error(timestamp: str, now: float, tolerance: float) -> str | None:
+    """Why `X-Runnerd-Timestamp` is refused (None: it is within `tolerance` of `now`)."""
+    try:
+        value = float(timestamp)
+    except ValueError:
+        return f"{TIMESTAMP_HEADER} must be Unix seconds"
+    if not abs(now - value) <= tolerance:  # also refuses NaN
+        return f"{TIMESTAMP_HEADER} is more than {tolerance:g} s away from now"
+    return None
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def _json_or_none(body: bytes) -> tuple[bool, Any]:
+    # NaN and Infinity are not JSON (RFC 8259): such a body is text, like any other non-JSON.
     try:
-        return True, json.loads(body)
+        return True, json.loads(body, parse_constant=_no_constants)
     except (ValueError, RecursionError):
         return False, None
 
@@ -120,9 +148,14 @@ async def _webhook(request: web.Request) -> web.StreamResponse:
         body = await request.read()
     except web.HTTPRequestEntityTooLarge:
         return _error(413, f"body over {limit} bytes")
-    if hook.secret is not None and not verify_signature(
-            hook.secret, body, request.headers.get(SIGNATURE_HEADER)):
-        return _error(401, f"missing or wrong {SIGNATURE_HEADER}")
+    if hook.secret is not None:
+        timestamp = request.headers.get(TIMESTAMP_HEADER)
+        if not verify_signature(hook.secret, body, request.headers.get(SIGNATURE_HEADER),
+                                timestamp):
+            return _error(401, f"missing or wrong {SIGNATURE_HEADER}")
+        if timestamp is not None and (
+                problem := timestamp_error(timestamp, st.clock(), hook.tolerance)) is not None:
+            return _error(401, problem)
     request_id = str(uuid.uuid4())
     if hook.mode == "full":
         data = full_data(request, body, request_id, hook.name)
@@ -133,5 +166,8 @@ async def _webhook(request: web.Request) -> web.StreamResponse:
     try:
         await st.ingest.submit(event)
     except errors.DatabaseError as exc:
-        return _error(503, f"event not stored: {exc.message}")
+        # The detail (SQLite's words, the file's path) is logged by the ingest, not shown.
+        reason = "runnerd is shutting down" if st.ingest.closed else "the database is unavailable"
+        logger.debug("webhook %s refused: %s", name, exc, extra={"action": "webhook_503"})
+        return _error(503, f"event not stored: {reason}")
     return web.Response(status=204, headers={"X-Request-Id": request_id})

@@ -3,6 +3,11 @@
 Runs are performed as asyncio tasks, at most `concurrency` at once. The worker knows nothing of
 Liquid or SMTP: it gets a handler per run kind. It wakes when the webhook, the scheduler or a
 finished run says there is work, and polls so that scheduled runs and retries come due.
+
+Lanes: a run may belong to a lane (an http action run: its target host). At most `lane_cap` runs
+of one lane are started at once; a claimed run over the cap is handed back, `scheduled` a moment
+later with its attempt uncounted, and the slot goes to the next run in the queue. So one slow or
+hanging HTTP target cannot hold every slot while echo, cache or email runs wait behind it.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import collections
 import time
 from collections.abc import Awaitable, Callable, Mapping
 
@@ -18,11 +24,28 @@ from runnerd import db, errors, models, runs
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[runs.Job], Awaitable[runs.Outcome]]
+Lane = Callable[[models.Run], "str | None"]
 
 #: How often the worker looks for scheduled runs that came due, at the latest.
 POLL_SECONDS = 0.25
 #: A handler that does not finish in this time fails (each action has its own, shorter timeout).
 RUN_TIMEOUT = 900.0
+#: A run handed back because its lane is full waits this long before it is due again.
+DEFER_SECONDS = 0.5
+#: Claims per turn that may be spent replacing handed-back runs (bounds one transaction).
+DEFER_ROUNDS = 8
+
+
+def http_lane(run: models.Run) -> str | None:
+    """The default lanes: an http action run's target host."""
+    from runnerd.actions import http  # only its URL parsing: the worker stays executor-agnostic
+
+    return http.lane(run.action_type, run.options)
+
+
+def default_lane_cap(concurrency: int) -> int:
+    """Half the slots (at least one) per lane: a slow target always leaves slots for the rest."""
+    return max(1, (concurrency + 1) // 2)
 
 
 class Worker:
@@ -37,6 +60,8 @@ class Worker:
         clock: Callable[[], float] = time.time,
         poll: float = POLL_SECONDS,
         on_finished: Callable[[list[runs.Outcome]], None] | None = None,
+        lane: Lane | None = http_lane,
+        lane_cap: int | None = None,
     ) -> None:
         self.db = database
         self.handlers = handlers
@@ -47,6 +72,10 @@ class Worker:
         self.wakeup = asyncio.Event()
         self._done: list[runs.Outcome] = []
         self._active: dict[int, asyncio.Task[None]] = {}
+        self.lane = lane
+        self.lane_cap = default_lane_cap(concurrency) if lane_cap is None else lane_cap
+        self._lanes: collections.Counter[str] = collections.Counter()  #: started runs per lane
+        self.deferred = 0  #: runs handed back because their lane was full (since start)
         self.healthy = True  #: False while the database refuses writes
 
     @property
@@ -89,8 +118,10 @@ class Worker:
             return 0
         self.wakeup.clear()
         now = self.clock()
+        busy = collections.Counter(self._lanes)  # a snapshot: the db thread must not see it move
         try:
-            jobs = await self.db.write(lambda tx: runs.finish_and_claim(tx, done, limit, now))
+            jobs = await self.db.write(lambda tx: self._finish_and_claim(tx, done, limit, now,
+                                                                       busy))
         except errors.DatabaseError as exc:
             # Keep the outcomes: the runs stay `started` in the file, so nothing is lost even if
             # we die now; they are written as soon as the database takes writes again.
@@ -104,11 +135,42 @@ class Worker:
         if done and self.on_finished is not None:
             self.on_finished(done)
         for job in jobs:
-            task = asyncio.create_task(self._perform(job), name=f"run-{job.run.id}")
+            lane = self.lane(job.run) if self.lane is not None else None
+            if lane is not None:
+                self._lanes[lane] += 1
+            task = asyncio.create_task(self._perform(job, lane), name=f"run-{job.run.id}")
             self._active[job.run.id] = task
         return len(jobs)
 
-    async def _perform(self, job: runs.Job) -> None:
+    def _finish_and_claim(self, tx: db.Tx, done: list[runs.Outcome], limit: int, now: float,
+                          busy: collections.Counter[str]) -> list[runs.Job]:
+        """On the db thread: finish, claim, and hand back claimed runs whose lane is full."""
+        jobs = runs.finish_and_claim(tx, done, limit, now)
+        if self.lane is None or not jobs:
+            return jobs
+        kept: list[runs.Job] = []
+        for rounds in range(DEFER_ROUNDS, -1, -1):
+            handed_back = []
+            for job in jobs:
+                lane = self.lane(job.run)
+                if lane is not None and busy[lane] >= self.lane_cap:
+                    handed_back.append(job.run.id)
+                    continue
+                if lane is not None:
+                    busy[lane] += 1
+                kept.append(job)
+            if not handed_back:
+                break
+            tx.executemany("defer_run", [{"id": i, "run_at": now + DEFER_SECONDS}
+                                         for i in handed_back])
+            self.deferred += len(handed_back)
+            if not rounds:
+                break
+            # Handed-back runs are scheduled in the future, so this claim takes the next ones.
+            jobs = runs.claim(tx, len(handed_back), now)
+        return kept
+
+    async def _perform(self, job: runs.Job, lane: str | None = None) -> None:
         run = job.run
         try:
             async with asyncio.timeout(RUN_TIMEOUT):
@@ -124,6 +186,10 @@ class Worker:
                                    finished_at=self.clock())
         finally:
             self._active.pop(run.id, None)
+            if lane is not None:
+                self._lanes[lane] -= 1
+                if self._lanes[lane] <= 0:
+                    del self._lanes[lane]
         self._done.append(outcome)
         self.wakeup.set()
 

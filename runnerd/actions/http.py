@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import re
 import ssl
 import urllib.parse
@@ -210,7 +211,10 @@ def _failure(exc: BaseException, request: Request) -> errors.ActionFailed:
     elif isinstance(exc, aiohttp.ClientConnectorDNSError):
         transient = f"cannot resolve host {exc.host}"
     elif isinstance(exc, aiohttp.ClientConnectorError):
-        reason = exc.os_error.strerror or type(exc.os_error).__name__
+        # asyncio's strerror is "Connect call failed ('host', port)": say why instead.
+        code = exc.os_error.errno
+        reason = (os.strerror(code) if code else exc.os_error.strerror) or type(
+            exc.os_error).__name__
         transient = f"cannot connect to {exc.host}:{exc.port} ({reason})"
     elif isinstance(exc, aiohttp.ServerDisconnectedError):
         transient = "the server closed the connection"
@@ -265,6 +269,24 @@ def redact(options: Any) -> Any:
     if isinstance(out.get("url"), str):
         out["url"] = redact_url(out["url"])
     return out
+
+
+def lane(action_type: str | None, options: Any) -> str | None:
+    """The target of an http action run, `scheme://host:port` (None for other runs).
+
+    The worker caps how many runs of one lane are started at once, so one slow target cannot
+    hold every slot while other runs wait.
+    """
+    if action_type != "http" or not isinstance(options, Mapping):
+        return None
+    url = options.get("url")
+    if not isinstance(url, str):
+        return None
+    try:
+        parsed = yarl.URL(url)
+        return f"{parsed.scheme}://{parsed.host}:{parsed.port}"
+    except (ValueError, TypeError):
+        return None
 
 
 class HttpExecutor:

@@ -163,3 +163,135 @@ DELETE FROM events WHERE id IN (
       AND NOT EXISTS (SELECT 1 FROM events c WHERE c.parent_id = e.id)
     LIMIT :batch
 );
+
+-- Monitoring (migration 0002): task_status, monitor flips, workers, counters, the status page.
+
+-- name: status_report
+-- A task run finished, or a job pinged: one upsert keeps the latest facts.
+INSERT INTO task_status (name, last_run_at, last_status, last_started_at, last_success_at,
+                         last_failure_at, last_error, created_at)
+VALUES (:name, :now, :status,
+        CASE WHEN :status = 'started' THEN :now END,
+        CASE WHEN :status = 'succeeded' THEN :now END,
+        CASE WHEN :status = 'failed' THEN :now END,
+        CASE WHEN :status = 'failed' THEN :error END,
+        :now)
+ON CONFLICT (name) DO UPDATE SET
+    last_run_at = excluded.last_run_at,
+    last_status = excluded.last_status,
+    last_started_at = COALESCE(excluded.last_started_at, task_status.last_started_at),
+    last_success_at = COALESCE(excluded.last_success_at, task_status.last_success_at),
+    last_failure_at = COALESCE(excluded.last_failure_at, task_status.last_failure_at),
+    last_error = CASE WHEN excluded.last_status = 'failed' THEN excluded.last_error
+                      ELSE task_status.last_error END;
+
+-- name: status_get
+SELECT * FROM task_status WHERE name = :name;
+
+-- name: status_all
+SELECT * FROM task_status ORDER BY name;
+
+-- name: status_monitored
+SELECT * FROM task_status WHERE monitor IS NOT NULL ORDER BY name;
+
+-- name: status_flip
+-- The one way a monitor's state changes: conditional on the state it was read in, so two
+-- evaluations (a tick and a ping, or two daemons' worth of restarts) can never both flip it.
+UPDATE task_status SET state = :new_state, state_changed_at = :now
+WHERE name = :name AND state = :old_state;
+
+-- name: status_set_monitor
+INSERT INTO task_status (name, monitor, state_changed_at, created_at)
+VALUES (:name, :monitor, :now, :now)
+ON CONFLICT (name) DO UPDATE SET monitor = excluded.monitor;
+
+-- name: status_unmonitor
+-- Monitors removed from the configuration: their rows stay (task facts), silenced.
+UPDATE task_status SET monitor = NULL, state = 'new', expect_from = NULL, state_changed_at = :now
+WHERE monitor IS NOT NULL AND name NOT IN (SELECT value FROM json_each(:names));
+
+-- name: status_pause
+UPDATE task_status SET state = 'paused', state_changed_at = :now
+WHERE name = :name AND monitor IS NOT NULL AND state != 'paused';
+
+-- name: status_resume
+UPDATE task_status SET state = 'new', expect_from = :now, state_changed_at = :now
+WHERE name = :name AND state = 'paused';
+
+-- name: flip_insert
+INSERT INTO monitor_flips (name, old_state, new_state, created_at, event_id, status,
+                           mail_next_at)
+VALUES (:name, :old_state, :new_state, :now, :event_id, :status, :now);
+
+-- name: flips_due
+SELECT * FROM monitor_flips WHERE mail_state = 'pending' AND mail_next_at <= :now
+ORDER BY id LIMIT :limit;
+
+-- name: flip_mail_done
+UPDATE monitor_flips SET mail_state = :mail_state, mail_attempts = mail_attempts + 1,
+    mail_error = :error, mail_sent_at = :sent_at
+WHERE id = :id AND mail_state = 'pending';
+
+-- name: flip_mail_retry
+UPDATE monitor_flips SET mail_attempts = mail_attempts + 1, mail_error = :error,
+    mail_next_at = :next_at
+WHERE id = :id AND mail_state = 'pending';
+
+-- name: flips_recent
+SELECT id, name, old_state, new_state, created_at, mail_state FROM monitor_flips
+WHERE created_at >= :since ORDER BY id DESC LIMIT 50;
+
+-- name: worker_beat
+INSERT INTO workers (id, pid, host, started_at, heartbeat_at, healthy, active_runs, problem,
+                     loop_lag)
+VALUES (:id, :pid, :host, :started_at, :now, :healthy, :active_runs, :problem, :loop_lag)
+ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at,
+    healthy = excluded.healthy, active_runs = excluded.active_runs,
+    problem = excluded.problem, loop_lag = excluded.loop_lag;
+
+-- name: worker_stopped
+UPDATE workers SET heartbeat_at = :now, stopped_at = :now, healthy = 0, active_runs = 0,
+    problem = 'stopped'
+WHERE id = :id;
+
+-- name: workers_retire
+-- At start-up: the lock file proves earlier processes on this database are gone.
+UPDATE workers SET healthy = 0, active_runs = 0, problem = COALESCE(problem, 'gone')
+WHERE id != :id AND stopped_at IS NULL AND healthy = 1;
+
+-- name: workers_prune
+DELETE FROM workers WHERE heartbeat_at < :before AND id != :id;
+
+-- name: workers_all
+SELECT * FROM workers ORDER BY started_at DESC;
+
+-- name: event_counts
+SELECT source, n FROM event_counts ORDER BY source;
+
+-- name: metrics_queue_counts
+-- Only the states with a partial index: cheap at every scrape, whatever the history.
+SELECT kind, 'due' AS state, COUNT(*) AS n FROM runs WHERE state = 'due' GROUP BY kind
+UNION ALL
+SELECT kind, 'scheduled', COUNT(*) FROM runs WHERE state = 'scheduled' GROUP BY kind
+UNION ALL
+SELECT kind, 'started', COUNT(*) FROM runs WHERE state = 'started' GROUP BY kind;
+
+-- name: recent_runs
+-- The status page's sample: the newest :limit runs (a rowid range, so history costs nothing)
+-- created since :since, with their event's creation time.
+SELECT r.id, r.kind, r.state, r.run_at, r.started_at, r.finished_at, r.event_id,
+       e.created_at AS event_created_at
+FROM runs r JOIN events e ON e.id = r.event_id
+WHERE r.id > (SELECT COALESCE(MAX(id), 0) FROM runs) - :limit AND r.created_at >= :since;
+
+-- name: failures_since
+SELECT kind, task_name, action_type, COUNT(*) AS n, MAX(finished_at) AS last_at,
+       MAX(id) AS last_id
+FROM runs WHERE state = 'failed' AND finished_at >= :since
+GROUP BY kind, task_name, action_type ORDER BY n DESC LIMIT 20;
+
+-- name: defer_run
+-- A claimed run handed back unperformed (its target already has its share of the slots): it
+-- waits until :run_at, and the claim's attempt does not count.
+UPDATE runs SET state = 'scheduled', run_at = :run_at, attempts = attempts - 1
+WHERE id = :id AND state = 'started';

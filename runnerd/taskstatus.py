@@ -1,0 +1,214 @@
+"""The `task_status` rows and monitor states: pure evaluation and the one conditional flip.
+
+One row per task and per monitor keeps the latest facts (FlexMeasures' `latest_task_runs`). A row
+with a `monitor` (its spec as JSON, copied from the configuration by `sync`) has a state,
+Healthchecks' way:
+
+    new --success--> up --period passes--> late --grace passes--> down
+     |                ^                                             |
+     |                \\--------------------success----------------/
+     \\--failure, or a /start older than grace, from any state--> down
+    paused: only `runnerd monitors pause|resume` enter and leave it (resume -> new)
+
+`evaluate(spec, row, now)` is pure. `flip` moves a row with `UPDATE … WHERE state = :old`, so a
+change to or from `down` happens once, whoever notices it first (the ticker, a ping, a finishing
+run), and in the same transaction writes its `runnerd/monitors/*` event and its `monitor_flips`
+row (the durable alert queue). This module sits below `runs`: it returns the events and the
+caller stores them with `runs.insert_events` in the same transaction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from runnerd import config, cron, db, errors, models
+
+DOWN_TOPIC = "runnerd/monitors/down"
+UP_TOPIC = "runnerd/monitors/up"
+STATES = ("new", "up", "late", "down", "paused")
+#: The most of a /fail body (or a run's error) kept as `last_error`.
+MAX_ERROR_BYTES = 10 * 1024
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Spec:
+    """A monitor's expectations, as stored in `task_status.monitor`."""
+
+    grace: float
+    period: float | None = None
+    schedule: str | None = None
+    timezone: str = "UTC"
+    task: bool = False  #: fed by a task's runs (else by pings)
+
+    @classmethod
+    def of(cls, monitor: config.Monitor, timezone: str) -> Spec:
+        """The spec of a configured monitor."""
+        return cls(grace=monitor.grace, period=monitor.period, schedule=monitor.schedule,
+                   timezone=timezone, task=monitor.task is not None)
+
+    def to_json(self) -> str:
+        """The `monitor` column."""
+        return models.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> Spec:
+        """Read the `monitor` column."""
+        return cls(**json.loads(text))
+
+    def next_expected(self, after: float) -> float:
+        """When a success is expected, the last one (or a resume) having been at `after`."""
+        if self.schedule is not None:
+            return cron.next_after(_cron(self.schedule), after, _zone(self.timezone))
+        return after + (self.period or 0.0)
+
+
+@functools.lru_cache(maxsize=256)
+def _cron(expr: str) -> cron.Cron:
+    return cron.parse(expr)
+
+
+@functools.lru_cache(maxsize=64)
+def _zone(name: str) -> ZoneInfo:
+    return ZoneInfo(name)
+
+
+def _latest(*times: float | None) -> float | None:
+    present = [t for t in times if t is not None]
+    return max(present) if present else None
+
+
+def evaluate(spec: Spec | None, row: Any, now: float) -> str:
+    """The state a row (sqlite3.Row or dict) should be in at `now` (pure; paused stays)."""
+    if row["state"] == "paused":
+        return "paused"
+    if spec is None:
+        return "new"
+    success, failure = row["last_success_at"], row["last_failure_at"]
+    started, expect_from = row["last_started_at"], row["expect_from"]
+    anchor = _latest(success, expect_from)
+    if failure is not None and (anchor is None or failure >= anchor):
+        return "down"  # the latest report is a failure
+    if anchor is None:
+        state = "new"
+    else:
+        due = spec.next_expected(anchor)
+        if now >= due + spec.grace:
+            return "down"
+        if now >= due:
+            state = "late"
+        else:
+            state = "up" if success is not None and success >= (expect_from or -math.inf) else "new"
+    latest = _latest(success, failure, expect_from)
+    if started is not None and (latest is None or started > latest) and now >= started + spec.grace:
+        return "down"  # started, and no success within grace
+    return state
+
+
+def row_json(row: Any) -> dict[str, Any]:
+    """A row for events, alerts, the CLI and the API (ISO 8601 times, the monitor decoded)."""
+    monitor = models.loads(row["monitor"]) if row["monitor"] else None
+    out = {
+        "name": row["name"],
+        "state": row["state"],
+        "last_run_at": models.iso(row["last_run_at"]),
+        "last_status": row["last_status"],
+        "last_started_at": models.iso(row["last_started_at"]),
+        "last_success_at": models.iso(row["last_success_at"]),
+        "last_failure_at": models.iso(row["last_failure_at"]),
+        "last_error": row["last_error"],
+        "state_changed_at": models.iso(row["state_changed_at"]),
+        "monitor": monitor,
+    }
+    if "previous_state" in row.keys():
+        out["previous_state"] = row["previous_state"]
+    return out
+
+
+def flip(tx: db.Tx, row: Any, now: float) -> list[models.Event]:
+    """Re-evaluate `row` (as read in this transaction); move it if its state changed.
+
+    A change to or from `down` (not through `paused`) also writes its event and its
+    `monitor_flips` row; the events are returned for `runs.insert_events`.
+    """
+    spec = Spec.from_json(row["monitor"]) if row["monitor"] else None
+    old, new = row["state"], evaluate(spec, row, now)
+    if new == old:
+        return []
+    moved = tx.execute("status_flip", {"name": row["name"], "old_state": old, "new_state": new,
+                                       "now": now}).rowcount
+    if not moved or spec is None or "paused" in (old, new) or "down" not in (old, new):
+        return []
+    data = row_json({**dict(row), "state": new, "state_changed_at": now,
+                     "previous_state": old})
+    event = models.Event(id=str(uuid.uuid4()), topic=DOWN_TOPIC if new == "down" else UP_TOPIC,
+                         data=data, source="runnerd", created_at=now)
+    tx.execute("flip_insert", {"name": row["name"], "old_state": old, "new_state": new,
+                               "now": now, "event_id": event.id, "status": models.dumps(data)})
+    return [event]
+
+
+def record(tx: db.Tx, name: str, status: str, now: float,
+           error: str | None = None) -> list[models.Event]:
+    """A report (`started`, `succeeded` or `failed`) for a task or a ping monitor."""
+    if error is not None and len(error.encode()) > MAX_ERROR_BYTES:
+        error = error.encode()[:MAX_ERROR_BYTES].decode(errors="ignore")
+    tx.execute("status_report", {"name": name, "status": status, "now": now, "error": error})
+    row = tx.one("status_get", {"name": name})
+    if row is None or (row["monitor"] is None and row["state"] == "new"):
+        return []  # not a monitor: nothing to evaluate
+    return flip(tx, row, now)
+
+
+def tick(tx: db.Tx, names: Iterable[str], now: float) -> list[models.Event]:
+    """Re-evaluate these monitors at `now` (the ticker's write)."""
+    events = []
+    for name in names:
+        row = tx.one("status_get", {"name": name})
+        if row is not None:
+            events += flip(tx, row, now)
+    return events
+
+
+def sync(tx: db.Tx, specs: Mapping[str, Spec], now: float) -> list[models.Event]:
+    """Make the rows' monitors those of the configuration; evaluate them at `now`."""
+    tx.execute("status_unmonitor", {"names": models.dumps(sorted(specs)), "now": now})
+    for name, spec in specs.items():
+        tx.execute("status_set_monitor", {"name": name, "monitor": spec.to_json(), "now": now})
+    return tick(tx, specs, now)
+
+
+def pause(tx: db.Tx, name: str, now: float) -> dict[str, Any]:
+    """Pause a monitor (no evaluation, no alert) until `resume`."""
+    row = _monitor(tx, name)
+    if row["state"] == "paused":
+        raise errors.InvalidInput(f"monitor {name!r} is already paused")
+    tx.execute("status_pause", {"name": name, "now": now})
+    return row_json(_monitor(tx, name))
+
+
+def resume(tx: db.Tx, name: str, now: float) -> dict[str, Any]:
+    """Resume a paused monitor: `new`, expecting a success within a period (+ grace) from now."""
+    row = _monitor(tx, name)
+    if row["state"] != "paused":
+        raise errors.InvalidInput(f"monitor {name!r} is not paused (it is {row['state']})")
+    tx.execute("status_resume", {"name": name, "now": now})
+    return row_json(_monitor(tx, name))
+
+
+def _monitor(tx: db.Tx, name: str) -> Any:
+    row = tx.one("status_get", {"name": name})
+    if row is None or row["monitor"] is None:
+        raise errors.NotFound(f"no monitor named {name!r}")
+    return row
+
+
+def rows(tx: db.Tx) -> list[dict[str, Any]]:
+    """Every row, by name."""
+    return [row_json(r) for r in tx.all("status_all")]
