@@ -1,0 +1,193 @@
+"""The database under stress: disk full and read-only file systems (a small tmpfs, root only),
+a locked or corrupt file at start. A second daemon is refused: see test_acceptance.py."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ..conftest import Daemon
+from .helpers import tmpfs, wait_for
+
+HOOKS = """
+concurrency: 2
+webhooks:
+  - {name: orders, topic: user/orders/ready}
+tasks:
+  - name: Counter
+    subscriptions: user/orders/ready
+    code: |
+      {% action "echo", n: event.data.n %}
+"""
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 6 MiB tmpfs, or a skip where mounting is not permitted (not root, no CAP_SYS_ADMIN)."""
+    try:
+        with tmpfs(tmp_path / "fs", "6m") as path:
+            yield path
+    except PermissionError as exc:
+        pytest.skip(f"cannot mount a tmpfs here: {exc}")
+
+
+def _fill(directory: Path) -> Path:
+    """Take every free byte of the file system with one file; return it."""
+    filler = directory / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        for size in (1 << 20, 65536, 4096, 1):  # big chunks, then the last bytes
+            for _ in range(10_000):  # bounded: the tmpfs is far smaller
+                try:
+                    os.write(fd, b"\0" * size)
+                except OSError as exc:
+                    assert exc.errno == errno.ENOSPC, exc
+                    break
+    finally:
+        os.close(fd)
+    return filler
+
+
+def _health(d: Daemon) -> int | None:
+    """/health's status, or None while another engineer has not added the endpoint."""
+    status = d.request("GET", "/health")[0]
+    return None if status == 404 else status
+
+
+def test_disk_full_answers_503_never_204_and_recovers(make_daemon, small_fs: Path) -> None:
+    d: Daemon = make_daemon(HOOKS)
+    d.db_path = small_fs / "runnerd.db"
+    d.write_config(HOOKS)
+    d.start()
+    accepted: list[str] = []
+
+    def post(n: int) -> int:
+        status, headers, _ = d.post_json("/webhooks/orders", {"n": n, "pad": "y" * 40_000})
+        if status == 204:
+            accepted.append(headers["X-Request-Id"])
+        return status
+
+    assert post(0) == 204
+    has_health = _health(d) is not None
+    filler = _fill(small_fs)
+    statuses = [post(n) for n in range(1, 200)]  # the WAL may still take a few
+    assert 503 in statuses, f"never refused on a full disk: {statuses}"
+    assert set(statuses) <= {204, 503}, statuses
+    first_503 = statuses.index(503)
+    full = statuses[first_503:]
+    if has_health:  # the heartbeat's next write (every 5 s) finds the database unwritable
+        wait_for(lambda: _health(d) == 503, timeout=15, interval=0.2,
+                 message="/health reporting the unwritable database")
+    filler.unlink()
+    wait_for(lambda: post(1000) == 204, timeout=15, message="webhooks accepted again")
+    if has_health:
+        wait_for(lambda: _health(d) == 200, timeout=15, interval=0.2,
+                 message="/health healthy again")
+    d.wait_runs("action_type = 'echo' AND state = 'succeeded'", len(accepted), timeout=30)
+    stored = {r[0] for r in d.query("SELECT webhook_request_id FROM events")}
+    print(f"disk full: {len(accepted)} accepted, {full.count(503)} refused with 503, "
+          f"{len(set(accepted) - stored)} lost")
+    assert set(accepted) <= stored, "an acknowledged event was lost"
+    assert d.stop() == 0
+    assert d.query("SELECT COUNT(*) FROM runs WHERE state = 'started'")[0][0] == 0
+    check = sqlite3.connect(d.db_path)
+    try:
+        assert check.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finally:
+        check.close()
+
+
+def test_read_only_database_is_one_clear_line(make_daemon, tmp_path: Path) -> None:
+    d: Daemon = make_daemon(HOOKS)
+    assert d.cli("send", "user/orders/ready").returncode == 0  # creates and migrates the file
+    # A read-only bind mount of the file itself: even root cannot write through it.
+    mount = subprocess.run(["mount", "--bind", "-o", "ro", str(d.db_path), str(d.db_path)],
+                           capture_output=True, text=True, timeout=10)
+    if mount.returncode != 0:
+        pytest.skip(f"cannot bind-mount here: {mount.stderr.strip()}")
+    try:
+        out = _run(d.config)
+    finally:
+        subprocess.run(["umount", str(d.db_path)], check=True, timeout=10)
+    _one_clear_line(out, "readonly database")
+    assert str(d.db_path) in out.stderr
+
+
+def test_read_only_file_system_at_start_is_one_clear_line(make_daemon,
+                                                          small_fs: Path) -> None:
+    d: Daemon = make_daemon(HOOKS)
+    d.db_path = small_fs / "runnerd.db"
+    d.write_config(HOOKS)
+    subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], check=True, timeout=10)
+    try:
+        out = _run(d.config)
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(small_fs)], check=True, timeout=10)
+    _one_clear_line(out, "Read-only file system")
+
+
+def _run(config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "runnerd", "run", "-c", str(config)],
+                          capture_output=True, text=True, timeout=60)
+
+
+def _one_clear_line(out: subprocess.CompletedProcess[str], words: str) -> None:
+    assert out.returncode != 0
+    assert "Traceback" not in out.stderr, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0], out.stderr
+
+
+def test_locked_database_at_start_is_one_clear_line(tmp_path: Path) -> None:
+    db_path = tmp_path / "locked.db"
+    config = tmp_path / "c.yaml"
+    config.write_text(f"database: {db_path}\n")
+    holder = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        holder.execute("CREATE TABLE t (x)")
+        holder.execute("BEGIN EXCLUSIVE")  # held for the daemon's whole busy timeout
+        out = _run(config)
+    finally:
+        holder.close()
+    _one_clear_line(out, "database is locked")
+
+
+@pytest.mark.parametrize("damage", ["garbage", "pages"])
+def test_corrupt_database_at_start_is_one_clear_line(make_daemon, damage: str) -> None:
+    d: Daemon = make_daemon(HOOKS)
+    if damage == "garbage":
+        d.db_path.write_bytes(os.urandom(16384))
+        words = "file is not a database"
+    else:  # runnerd's own tables, with every page after the first overwritten
+        for i in range(20):
+            d.cli("send", "user/orders/ready", "--data", json.dumps({"pad": "z" * 3000}),
+                  check=True)
+        with open(d.db_path, "r+b") as f:
+            size = f.seek(0, os.SEEK_END)
+            for offset in range(4096, size, 4096):
+                f.seek(offset)
+                f.write(os.urandom(4096))
+        words = "malformed"
+    out = _run(d.config)
+    _one_clear_line(out, words)
+    assert out.stderr.startswith("runnerd: ")
+
+
+@pytest.mark.xfail(strict=True, reason="daemon.py: an error inside the TaskGroup reaches the "
+                   "CLI as an ExceptionGroup traceback (fix: unwrap it, see the report)")
+def test_port_in_use_at_start_is_one_clear_line(make_daemon) -> None:
+    d: Daemon = make_daemon(HOOKS)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", d.port))
+        taken.listen()
+        out = _run(d.config)
+    _one_clear_line(out, "cannot listen")
