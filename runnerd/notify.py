@@ -12,7 +12,11 @@ class Notifier:
         self.address = address or None
 
     def send(self, message: str) -> bool:
-        """Send one datagram (e.g. "READY=1"); False when there is no socket or it failed."""
+        """Send one datagram (e.g. "READY=1"); False when there is no socket or it failed.
+
+        Never blocks: the heartbeat calls this on the event loop, and a reader that stopped
+        reading (a full socket queue) must cost a dropped WATCHDOG=1, not a frozen daemon.
+        """
         if not self.address:
             return False
         address = self.address
@@ -20,8 +24,9 @@ class Notifier:
             address = "\0" + address[1:]
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+                sock.setblocking(False)
                 sock.connect(address)
-                sock.sendall(message.encode())
+                sock.send(message.encode())
         except OSError:
             return False
         return True

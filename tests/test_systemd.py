@@ -85,3 +85,16 @@ def test_unit_verifies(tmp_path: Path) -> None:
                          text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stderr.strip() == "", out.stderr
+
+
+@pytest.mark.timeout(20)
+def test_notify_never_blocks_when_nobody_reads() -> None:
+    # The heartbeat sends WATCHDOG=1 from the event loop: a reader that stopped reading fills
+    # the socket's queue, and a blocking send would then freeze the whole daemon.
+    from runnerd.notify import Notifier
+
+    with notify_socket() as (path, _sock):
+        notifier = Notifier(path)
+        sent = [notifier.send("WATCHDOG=1") for _ in range(5000)]
+    assert sent[0] is True
+    assert sent[-1] is False  # dropped once the queue was full, instead of waiting
