@@ -155,6 +155,9 @@ class Daemon:
                                      if st.scheduler is not None else {})
         st.worker = worker.Worker(database, hs.for_kind(), concurrency=settings.concurrency,
                                   clock=self.clock, on_finished=st.metrics.finished)
+        # Events the daemon stores are routed in the storing transaction (runs.insert_events).
+        hs.on_routed = st.metrics.routed
+        database.router = hs
         wakeups.append(st.worker.wakeup.set)
         st.monitors = monitors.Monitors(database, lambda: st.settings, clock=self.clock,
                                         on_event=wake)

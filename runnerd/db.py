@@ -28,10 +28,14 @@ Params = Mapping[str, Any] | None
 class Tx:
     """Named queries on one connection, inside one transaction (runs on the db thread)."""
 
-    __slots__ = ("conn",)
+    __slots__ = ("conn", "router", "routed")
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, router: Any = None) -> None:
         self.conn = conn
+        #: the daemon's event router (`runs.Router`): events it stores are routed in the same
+        #: transaction; None in the CLI, whose events the daemon's worker routes
+        self.router = router
+        self.routed = 0  #: event runs performed in this transaction by `router`
 
     def execute(self, name: str, params: Params = None) -> sqlite3.Cursor:
         """Run the named query."""
@@ -85,15 +89,19 @@ def _unavailable(exc: sqlite3.DatabaseError) -> bool:
     return isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError
 
 
-def _transaction(conn: sqlite3.Connection, fn: Callable[[Tx], T], mode: str) -> T:
+def _transaction(conn: sqlite3.Connection, fn: Callable[[Tx], T], mode: str,
+                 router: Any = None) -> T:
     conn.execute(f"BEGIN {mode}")
+    tx = Tx(conn, router)
     try:
-        result = fn(Tx(conn))
+        result = fn(tx)
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+    if tx.routed:
+        router.committed(tx.routed)
     return result
 
 
@@ -104,6 +112,8 @@ class Database:
         self.path = path
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
+        #: set by the daemon: routes the events written through this database (`runs.Router`)
+        self.router: Any = None
 
     async def open(self) -> Database:
         """Open both connections (creating the file) and set the pragmas."""
@@ -136,7 +146,8 @@ class Database:
         try:
             # aiosqlite's _execute runs a callable on the connection's thread: the whole
             # transaction is one hop (pinned to aiosqlite 0.22 in pyproject.toml).
-            return await self._writer._execute(_transaction, self._writer._conn, fn, "IMMEDIATE")
+            return await self._writer._execute(_transaction, self._writer._conn, fn, "IMMEDIATE",
+                                               self.router)
         except sqlite3.DatabaseError as exc:
             if not _unavailable(exc):
                 raise

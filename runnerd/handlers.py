@@ -26,8 +26,10 @@ class Handlers:
         *,
         cache_conn: sqlite3.Connection | None,
         clock: Callable[[], float],
+        on_routed: Callable[[int], None] | None = None,
     ) -> None:
         self.get_registry = get_registry
+        self.on_routed = on_routed
         self.executors = executors
         self.cache_conn = cache_conn
         self.clock = clock
@@ -37,17 +39,31 @@ class Handlers:
         return {RunKind.EVENT: self.event_run, RunKind.TASK: self.task_run,
                 RunKind.ACTION: self.action_run}
 
-    async def event_run(self, job: runs.Job) -> runs.Outcome:
-        """Create one task run per enabled subscribed task (delayed by its offset)."""
-        now = self.clock()
+    def route(self, event: models.Event, now: float) -> tuple[list[str], list[dict[str, Any]]]:
+        """One task run per enabled subscribed task (delayed by its offset), and their names.
+
+        The daemon routes the events it stores in the storing transaction (`runs.Router`);
+        `event_run` does it for events stored elsewhere (the CLI) or scheduled for later.
+        """
         reg = self.get_registry()
         tz = reg.settings.tz
         children, names = [], []
-        for compiled, sub in reg.subscribers(job.event):
+        for compiled, sub in reg.subscribers(event):
             run_at = sub.offset.apply(now, tz) if sub.offset else None
-            children.append(runs.run_row(RunKind.TASK, job.event.id, now, run_at=run_at,
+            children.append(runs.run_row(RunKind.TASK, event.id, now, run_at=run_at,
                                          task_name=compiled.name))
             names.append(compiled.name)
+        return names, children
+
+    def committed(self, event_runs: int) -> None:
+        """Routed event runs were committed: count them like the worker's."""
+        if self.on_routed is not None:
+            self.on_routed(event_runs)
+
+    async def event_run(self, job: runs.Job) -> runs.Outcome:
+        """Create the task runs of the event (see `route`)."""
+        now = self.clock()
+        names, children = self.route(job.event, now)
         return runs.Outcome(job.run, ok=True, result={"tasks": names}, children=children,
                             finished_at=now)
 

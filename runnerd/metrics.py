@@ -110,6 +110,12 @@ class Metrics:
                 self.duration.labels(run.kind.value).observe(
                     max(0.0, outcome.finished_at - run.started_at))
 
+    def routed(self, event_runs: int) -> None:
+        """Event runs performed where their events were stored (see `runs.insert_events`)."""
+        self.runs.labels(models.RunKind.EVENT.value, "succeeded").inc(event_runs)
+        for _ in range(event_runs):
+            self.duration.labels(models.RunKind.EVENT.value).observe(0.0)
+
     def webhook(self, code: int) -> None:
         """The listener's hook: one webhook request answered with `code`."""
         self.webhooks.labels(str(code)).inc()

@@ -16,7 +16,7 @@ import logging
 import random
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from runnerd import db, errors, models, taskstatus
 from runnerd.models import RunKind, RunState
@@ -82,14 +82,42 @@ def run_row(
         "perform_event": int(perform_event),
         "task_run_id": task_run_id,
         "created_at": now,
+        "result": None,
+        "attempts": 0,
+        "started_at": None,
+        "finished_at": None,
     }
 
 
+class Router(Protocol):
+    """Performs event runs where events are stored (the daemon's `handlers.Handlers`)."""
+
+    def route(self, event: models.Event, now: float) -> tuple[list[str], list[dict[str, Any]]]:
+        """The names of the tasks that receive `event`, and their task runs (`run_row`s)."""
+
+    def committed(self, event_runs: int) -> None:
+        """`event_runs` event runs performed by `route` were committed (metrics)."""
+
+
+def performed_event_run(event: models.Event, names: list[str], now: float) -> dict[str, Any]:
+    """An event run already performed: its task runs are stored beside it."""
+    return {**run_row(RunKind.EVENT, event.id, now), "state": str(RunState.SUCCEEDED),
+            "result": models.dumps({"tasks": names}), "attempts": 1, "started_at": now,
+            "finished_at": now}
+
+
 def insert_events(tx: db.Tx, events: Iterable[models.Event], now: float) -> None:
-    """Store events, each with its event run (due now or at the event's `run_at`)."""
+    """Store events, each with its event run (due now or at the event's `run_at`).
+
+    In the daemon (`tx.router` set) an event due now is routed in this same transaction: its
+    event run is stored `succeeded` with its task runs, saving a claim and a finish per event.
+    Routing is pure CPU (the registry's subscription index), so the result is the same as
+    when the worker performs the event run a moment later.
+    """
     events = list(events)
     if not events:
         return
+    router: Router | None = tx.router
     tx.executemany("insert_event", [
         {"id": e.id, "topic": e.topic, "data": models.dumps(e.data), "source": e.source,
          "parent_id": e.parent_id, "webhook_request_id": e.webhook_request_id,
@@ -97,8 +125,20 @@ def insert_events(tx: db.Tx, events: Iterable[models.Event], now: float) -> None
          "created_at": e.created_at}
         for e in events
     ])
-    tx.executemany("insert_run", [run_row(RunKind.EVENT, e.id, now, run_at=e.run_at)
-                                  for e in events])
+    if router is None:
+        tx.executemany("insert_run", [run_row(RunKind.EVENT, e.id, now, run_at=e.run_at)
+                                      for e in events])
+        return
+    rows = []
+    for e in events:
+        if e.run_at is not None and e.run_at > now:
+            rows.append(run_row(RunKind.EVENT, e.id, now, run_at=e.run_at))
+            continue
+        names, task_runs = router.route(e, now)
+        rows.append(performed_event_run(e, names, now))
+        rows.extend(task_runs)
+        tx.routed += 1
+    tx.executemany("insert_run", rows)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -257,12 +297,69 @@ def cancel(tx: db.Tx, run_id: int, now: float) -> models.Run:
     return get(tx, run_id)
 
 
-def prune(tx: db.Tx, now: float, *, days: float, days_failed: float,
-          batch: int = 5000) -> int:
-    """Delete up to `batch` completed events (with their runs) past retention; return how many."""
-    return tx.execute("prune_events", {"cutoff": now - days * 86400,
-                                       "cutoff_failed": now - days_failed * 86400,
-                                       "batch": batch}).rowcount
+def prune(tx: db.Tx, now: float, *, days: float, days_failed: float, batch: int = 5000,
+          stats: dict[str, Any] | None = None) -> int:
+    """Delete up to `batch` event trees past retention, and old side-table rows; return how many
+    events were deleted.
+
+    A tree is a root event (no parent, or its parent is gone) and every event below it, deleted
+    whole with all its runs and their attempts. It goes once every run in it is final and the
+    latest one finished more than `days` ago, or `days_failed` when any run in it failed; a tree
+    with a run scheduled, due or started is never deleted, however old. The same call deletes
+    handled `monitor_flips` rows older than `days_failed`, `outbox` rows older than `days` and
+    `workers` rows silent for a week, at most `batch` of each.
+
+    `stats`, when given, gets the counts added to it (`events`, `runs`, `trees`,
+    `monitor_flips`, `outbox`, `workers`) and keeps the scan position under `after`, so calls
+    in a loop (`ops.prune`) do not rescan the trees they kept.
+    """
+    cutoff, cutoff_failed = now - days * 86400, now - days_failed * 86400
+    out: dict[str, Any] = {} if stats is None else stats
+    after_at, after_rid = out.get("after", (float("-inf"), 0))
+    page = 500
+
+    def expired(open_runs: int, failed: int, done_at: float) -> bool:
+        return not open_runs and done_at < (cutoff_failed if failed else cutoff)
+
+    doomed: list[dict[str, str]] = []
+    trees = runs_deleted = 0
+    while trees < batch:
+        rows = tx.all("prune_roots", {"before": max(cutoff, cutoff_failed), "after_at": after_at,
+                                      "after_rid": after_rid, "page": page})
+        for row in rows:
+            after_at, after_rid = row["created_at"], row["rid"]
+            # The root's own runs rule most trees out (or in) without walking the tree.
+            if row["open"] or row["done_at"] >= max(cutoff, cutoff_failed) or (
+                    row["failed"] and row["done_at"] >= cutoff_failed):
+                continue
+            ids, n = [row["id"]], row["runs"]
+            if row["has_children"]:
+                tree = tx.all("prune_tree", {"id": row["id"]})
+                done = [t["done_at"] for t in tree if t["done_at"] is not None]
+                if not expired(sum(t["open"] for t in tree), sum(t["failed"] for t in tree),
+                               max(done, default=row["done_at"])):
+                    continue
+                ids, n = [t["id"] for t in tree], sum(t["runs"] for t in tree)
+            doomed.extend({"id": i} for i in ids)
+            runs_deleted += n
+            trees += 1
+            if trees >= batch:
+                break
+        if len(rows) < page:
+            break
+    tx.executemany("prune_event", doomed)
+    out["after"] = (after_at, after_rid)
+    counts = {
+        "events": len(doomed), "runs": runs_deleted, "trees": trees,
+        "monitor_flips": tx.execute("prune_flips", {"before": cutoff_failed,
+                                                    "batch": batch}).rowcount,
+        "outbox": tx.execute("prune_outbox", {"before": cutoff, "batch": batch}).rowcount,
+        # The heartbeat prunes these at start-up too; a daemon that never restarts relies on this.
+        "workers": tx.execute("workers_prune", {"id": "", "before": now - 7 * 86400}).rowcount,
+    }
+    for key, value in counts.items():
+        out[key] = out.get(key, 0) + value
+    return len(doomed)
 
 
 def stats(tx: db.Tx, now: float) -> dict[str, Any]:

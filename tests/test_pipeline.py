@@ -305,3 +305,45 @@ async def test_task_and_trigger_variables(pipeline) -> None:
     await p.drain()
     assert await p.cache("out") == "hello b"
     assert await p.cache("task") == "Vars"
+
+
+async def test_the_daemon_routes_events_in_the_storing_transaction(pipeline, clock) -> None:
+    p = await pipeline("""
+        tasks:
+          - name: Now
+            subscriptions: user/orders/ready
+            code: '{% action "echo", n: event.data.n %}'
+          - name: Later
+            subscriptions: user/orders/ready+1.hour
+            code: '{% action "echo", later: true %}'
+    """)
+    committed: list[int] = []
+    p.handlers.on_routed = committed.append
+    p.db.router = p.handlers
+    e = await p.send("user/orders/ready", {"n": 1})
+    future = await p.send("user/orders/ready", {"n": 2}, run_at=clock() + 60)
+    # Routed at once: the event run is already succeeded, its task runs wait beside it.
+    stored = {(r.event_id, r.kind.value, r.task_name): r for r in await p.runs()}
+    event_run = stored[(e.id, "event", None)]
+    assert (event_run.state, event_run.result, event_run.attempts) == (
+        "succeeded", {"tasks": ["Now", "Later"]}, 1)
+    assert stored[(e.id, "task", "Now")].state == "due"
+    assert stored[(e.id, "task", "Later")].state == "scheduled"
+    # An event for later is routed by the worker when it comes due, with the registry of then.
+    assert stored[(future.id, "event", None)].state == "scheduled"
+    assert committed == [1]
+    # A transaction that fails stores nothing and counts nothing.
+    bad = runs.new_event("user/orders/ready", {"n": 3}, "cli", clock())
+
+    def fail(tx: db.Tx) -> None:
+        runs.insert_events(tx, [bad], clock())
+        raise RuntimeError("rolled back")
+
+    with pytest.raises(RuntimeError):
+        await p.db.write(fail)
+    assert committed == [1] and len(await p.runs()) == 4
+    assert await p.drain() == 2  # the Now task run and its echo action
+    clock.advance(3600)
+    # The first event's Later task and its echo; the second event's event run, its Now task
+    # and that echo (its own Later task is now an hour away).
+    assert await p.drain() == 5

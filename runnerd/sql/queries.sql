@@ -6,9 +6,11 @@ VALUES (:id, :topic, :data, :source, :parent_id, :webhook_request_id, :task_ids,
 
 -- name: insert_run
 INSERT INTO runs (kind, state, priority, run_at, event_id, task_name, action_type, options, meta,
-                  perform_event, task_run_id, created_at)
+                  perform_event, task_run_id, created_at, result, attempts, started_at,
+                  finished_at)
 VALUES (:kind, :state, :priority, :run_at, :event_id, :task_name, :action_type, :options, :meta,
-        :perform_event, :task_run_id, :created_at);
+        :perform_event, :task_run_id, :created_at, :result, :attempts, :started_at,
+        :finished_at);
 
 -- name: promote_scheduled
 UPDATE runs SET state = 'due' WHERE state = 'scheduled' AND run_at <= :now;
@@ -295,3 +297,59 @@ GROUP BY kind, task_name, action_type ORDER BY n DESC LIMIT 20;
 -- waits until :run_at, and the claim's attempt does not count.
 UPDATE runs SET state = 'scheduled', run_at = :run_at, attempts = attempts - 1
 WHERE id = :id AND state = 'started';
+
+-- ============================================================================================
+-- Retention (runs.prune, ops.prune; issue 6 part 7). Appended as one block: retention works on
+-- whole event trees (an event with no parent, and every event descending from it).
+-- ============================================================================================
+
+-- name: prune_roots
+-- A page of root events (no parent, or the parent is gone) created before :before, oldest first,
+-- after the keyset cursor (:after_at, :after_rid), each with what its own runs say; a root with
+-- children has its whole tree checked by prune_tree.
+SELECT e.rid, e.id, e.created_at, COUNT(r.id) AS runs,
+       COALESCE(SUM(r.state NOT IN ('failed', 'succeeded')), 0) AS open,
+       COALESCE(SUM(r.state = 'failed'), 0) AS failed,
+       COALESCE(MAX(r.finished_at), e.created_at) AS done_at,
+       EXISTS (SELECT 1 FROM events c WHERE c.parent_id = e.id) AS has_children
+FROM (SELECT rowid AS rid, id, created_at FROM events
+      WHERE created_at < :before
+        AND (created_at, rowid) > (:after_at, :after_rid)
+        AND (parent_id IS NULL
+             OR NOT EXISTS (SELECT 1 FROM events p WHERE p.id = events.parent_id))
+      ORDER BY created_at, rowid LIMIT :page) e
+LEFT JOIN runs r ON r.event_id = e.id
+GROUP BY e.rid ORDER BY e.created_at, e.rid;
+
+-- name: prune_tree
+-- Every event of the tree under :id (itself included), with what its runs say. UNION, not
+-- UNION ALL: a parent_id cycle written by hand cannot make it loop.
+WITH RECURSIVE tree (id) AS (
+    SELECT :id
+    UNION
+    SELECT c.id FROM events c JOIN tree ON c.parent_id = tree.id
+)
+SELECT tree.id, COUNT(r.id) AS runs,
+       COALESCE(SUM(r.state NOT IN ('failed', 'succeeded')), 0) AS open,
+       COALESCE(SUM(r.state = 'failed'), 0) AS failed, MAX(r.finished_at) AS done_at
+FROM tree LEFT JOIN runs r ON r.event_id = tree.id GROUP BY tree.id;
+
+-- name: prune_event
+-- Its runs and their attempts go with it (ON DELETE CASCADE).
+DELETE FROM events WHERE id = :id;
+
+-- name: prune_flips
+-- Alerts handled (not pending) created before :before. Ids grow with time, so the range stops at
+-- the first row to keep instead of scanning the table; at most :batch rows.
+DELETE FROM monitor_flips
+WHERE id < COALESCE((SELECT id FROM monitor_flips
+                     WHERE created_at >= :before OR mail_state = 'pending'
+                     ORDER BY id LIMIT 1), 9223372036854775807)
+  AND id < (SELECT MIN(id) FROM monitor_flips) + :batch;
+
+-- name: prune_outbox
+-- Stored messages created before :before (the same id range as prune_flips).
+DELETE FROM outbox
+WHERE id < COALESCE((SELECT id FROM outbox WHERE created_at >= :before ORDER BY id LIMIT 1),
+                    9223372036854775807)
+  AND id < (SELECT MIN(id) FROM outbox) + :batch;
