@@ -6,6 +6,7 @@ import dataclasses
 import datetime as dt
 import json
 import math
+import os
 import sqlite3
 from enum import StrEnum
 from typing import Any
@@ -43,6 +44,13 @@ PERFORM_TOPIC = "mechanic/actions/perform"
 def loads(text: str | bytes | None) -> Any:
     """Decode a JSON column (None stays None)."""
     return None if text is None else json.loads(text)
+
+
+def new_id() -> str:
+    """A random UUID (version 4) as text: `str(uuid.uuid4())` at a third of the cost, which
+    shows on the webhook path (two ids per request)."""
+    h = os.urandom(16).hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
 
 
 def dumps(value: Any) -> str:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
-import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
@@ -48,7 +47,7 @@ def new_event(
 ) -> models.Event:
     """A new event (not stored yet)."""
     return models.Event(
-        id=str(uuid.uuid4()), topic=topic, data=data, source=source, created_at=now,
+        id=models.new_id(), topic=topic, data=data, source=source, created_at=now,
         parent_id=parent_id, webhook_request_id=webhook_request_id,
         task_ids=tuple(task_ids) if task_ids is not None else None, run_at=run_at,
     )
@@ -150,6 +149,10 @@ class Job:
     parent: dict[str, Any] | None = None  #: `event.parent` for Liquid (task runs only)
 
 
+#: `event.parent` goes this many generations up (Mechanic's chains are short).
+PARENT_GENERATIONS = 5
+
+
 def claim(tx: db.Tx, limit: int, now: float) -> list[Job]:
     """Promote scheduled runs whose time came, then start up to `limit` due runs."""
     tx.execute("promote_scheduled", {"now": now})
@@ -159,20 +162,40 @@ def claim(tx: db.Tx, limit: int, now: float) -> list[Job]:
     # RETURNING has no order: restore the queue's.
     claimed = sorted((models.Run.from_row(r) for r in rows),
                      key=lambda r: (-r.priority, r.run_at, r.id))
+    events = _events(tx, {run.event_id for run in claimed})
+    # Task runs see `event.parent`: fetch the ancestors a generation at a time, batch-wide.
+    wanted = {events[run.event_id].parent_id for run in claimed if run.kind is RunKind.TASK}
+    for _ in range(PARENT_GENERATIONS):
+        wanted = {i for i in wanted if i is not None and i not in events}
+        if not wanted:
+            break
+        found = _events(tx, wanted)
+        events.update(found)
+        wanted = {e.parent_id for e in found.values()}
     jobs = []
     for run in claimed:
-        if run.kind is RunKind.TASK:
-            chain = tx.all("event_chain", {"id": run.event_id})
-            event = models.Event.from_row(chain[0])
-            parent = None
-            for row in reversed(chain[1:]):
-                parent = models.Event.from_row(row).to_liquid(parent)
-            jobs.append(Job(run, event, parent))
-        else:
-            row = tx.one("event_by_id", {"id": run.event_id})
-            assert row is not None, "runs.event_id references events"
-            jobs.append(Job(run, models.Event.from_row(row)))
+        event = events[run.event_id]
+        parent = _parent(event, events) if run.kind is RunKind.TASK else None
+        jobs.append(Job(run, event, parent))
     return jobs
+
+
+def _events(tx: db.Tx, ids: set[str]) -> dict[str, models.Event]:
+    rows = tx.all("events_by_ids", {"ids": models.dumps(sorted(ids))}) if ids else []
+    return {row["id"]: models.Event.from_row(row) for row in rows}
+
+
+def _parent(event: models.Event, events: dict[str, models.Event]) -> dict[str, Any] | None:
+    """`event.parent` for Liquid: the ancestors (at most PARENT_GENERATIONS), nested."""
+    chain = []
+    at = events.get(event.parent_id) if event.parent_id is not None else None
+    while at is not None and len(chain) < PARENT_GENERATIONS:
+        chain.append(at)
+        at = events.get(at.parent_id) if at.parent_id is not None else None
+    parent = None
+    for ancestor in reversed(chain):
+        parent = ancestor.to_liquid(parent)
+    return parent
 
 
 @dataclasses.dataclass(slots=True)

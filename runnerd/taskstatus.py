@@ -23,7 +23,6 @@ import dataclasses
 import functools
 import json
 import math
-import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -147,7 +146,7 @@ def flip(tx: db.Tx, row: Any, now: float) -> list[models.Event]:
         return []
     data = row_json({**dict(row), "state": new, "state_changed_at": now,
                      "previous_state": old})
-    event = models.Event(id=str(uuid.uuid4()), topic=DOWN_TOPIC if new == "down" else UP_TOPIC,
+    event = models.Event(id=models.new_id(), topic=DOWN_TOPIC if new == "down" else UP_TOPIC,
                          data=data, source="runnerd", created_at=now)
     tx.execute("flip_insert", {"name": row["name"], "old_state": old, "new_state": new,
                                "now": now, "event_id": event.id, "status": models.dumps(data)})

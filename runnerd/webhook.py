@@ -12,13 +12,12 @@ import hashlib
 import hmac
 import json
 import logging
-import uuid
 from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
-from runnerd import errors, runs, state
+from runnerd import errors, models, runs, state
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +155,7 @@ async def _webhook(request: web.Request) -> web.StreamResponse:
         if timestamp is not None and (
                 problem := timestamp_error(timestamp, st.clock(), hook.tolerance)) is not None:
             return _error(401, problem)
-    request_id = str(uuid.uuid4())
+    request_id = models.new_id()
     if hook.mode == "full":
         data = full_data(request, body, request_id, hook.name)
     else:

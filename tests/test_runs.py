@@ -84,6 +84,30 @@ async def test_task_job_carries_parent_chain(database: db.Database, clock) -> No
     assert task_job.parent["parent"] is None
 
 
+async def test_parent_chains_of_a_batch_stop_at_five_generations(database: db.Database,
+                                                                  clock) -> None:
+    now = clock()
+    chain = [await add_event(database, now)]
+    for _ in range(7):
+        chain.append(await add_event(database, now, parent_id=chain[-1].id))
+    # Two task runs in one claim, on events of the same chain (shared ancestors).
+    await add_runs(database, [runs.run_row(RunKind.TASK, chain[7].id, now, task_name="a"),
+                              runs.run_row(RunKind.TASK, chain[2].id, now, task_name="b")])
+    jobs = {j.run.task_name: j for j in await database.write(lambda tx: runs.claim(tx, 10, now))
+            if j.run.kind is RunKind.TASK}
+
+    def ids(parent: dict | None) -> list[str]:
+        out = []
+        while parent is not None:
+            out.append(parent["id"])
+            parent = parent["parent"]
+        return out
+
+    assert ids(jobs["a"].parent) == [e.id for e in reversed(chain[2:7])]  # 5 generations
+    assert ids(jobs["b"].parent) == [chain[1].id, chain[0].id]
+    assert jobs["a"].event.id == chain[7].id and jobs["b"].event.id == chain[2].id
+
+
 def _outcome(run: models.Run, **kw: object) -> runs.Outcome:
     return runs.Outcome(run, **kw)  # type: ignore[arg-type]
 
@@ -231,3 +255,14 @@ async def test_schema_has_the_spec_columns(database: db.Database) -> None:
 async def test_migrations_are_idempotent(database: db.Database) -> None:
     version = await database.migrate()
     assert version == max(n for n, _, _ in sql.migrations())
+
+
+def test_new_id_is_a_random_version_4_uuid() -> None:
+    import uuid
+
+    ids = [models.new_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122

@@ -27,15 +27,9 @@ RETURNING *;
 -- name: event_by_id
 SELECT * FROM events WHERE id = :id;
 
--- name: event_chain
--- The event and its ancestors, nearest first, at most 5 generations up.
-WITH RECURSIVE chain (id, depth) AS (
-    SELECT :id, 0
-    UNION ALL
-    SELECT e.parent_id, c.depth + 1 FROM events e JOIN chain c ON e.id = c.id
-    WHERE e.parent_id IS NOT NULL AND c.depth < 5
-)
-SELECT events.*, chain.depth FROM chain JOIN events ON events.id = chain.id ORDER BY depth;
+-- name: events_by_ids
+-- :ids is a JSON array of event ids (one query for a whole claimed batch).
+SELECT * FROM events WHERE id IN (SELECT value FROM json_each(:ids));
 
 -- name: finish_run
 UPDATE runs SET state = :state, result = :result, error = :error, finished_at = :now
