@@ -266,3 +266,19 @@ def test_new_id_is_a_random_version_4_uuid() -> None:
         parsed = uuid.UUID(text)
         assert str(parsed) == text
         assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
+
+
+@pytest.mark.parametrize("name", ["claim_runs", "promote_scheduled", "queue_counts",
+                                  "oldest_due", "next_scheduled_at"])
+async def test_queue_queries_read_partial_indexes_not_history(database: db.Database,
+                                                              name: str) -> None:
+    # Their cost must follow the queue, not the runs kept for retention: no full scan of runs.
+    params = {"now": 0.0, "limit": 10}
+
+    def plan(tx: db.Tx) -> list[str]:
+        return [row["detail"] for row in tx.conn.execute(
+            "EXPLAIN QUERY PLAN " + sql.queries[name], params)]
+
+    details = await database.read(plan)
+    scans = [d for d in details if d.startswith("SCAN runs") and "USING" not in d]
+    assert not scans, details
