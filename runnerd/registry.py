@@ -42,7 +42,7 @@ def scheduler_topic_ok(name: str) -> bool:
     if name in NAMED_SCHEDULES:
         return True
     match = _NMIN.match(name)
-    return bool(match) and 0 < int(match.group(1)) <= 60 and 60 % int(match.group(1)) == 0
+    return match is not None and 0 < int(match.group(1)) <= 60 and 60 % int(match.group(1)) == 0
 
 
 def check_topic(topic: str) -> str | None:

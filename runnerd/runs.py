@@ -164,14 +164,14 @@ def claim(tx: db.Tx, limit: int, now: float) -> list[Job]:
                      key=lambda r: (-r.priority, r.run_at, r.id))
     events = _events(tx, {run.event_id for run in claimed})
     # Task runs see `event.parent`: fetch the ancestors a generation at a time, batch-wide.
-    wanted = {events[run.event_id].parent_id for run in claimed if run.kind is RunKind.TASK}
+    parents = {events[run.event_id].parent_id for run in claimed if run.kind is RunKind.TASK}
     for _ in range(PARENT_GENERATIONS):
-        wanted = {i for i in wanted if i is not None and i not in events}
+        wanted = {i for i in parents if i is not None and i not in events}
         if not wanted:
             break
         found = _events(tx, wanted)
         events.update(found)
-        wanted = {e.parent_id for e in found.values()}
+        parents = {e.parent_id for e in found.values()}
     jobs = []
     for run in claimed:
         event = events[run.event_id]
@@ -187,7 +187,7 @@ def _events(tx: db.Tx, ids: set[str]) -> dict[str, models.Event]:
 
 def _parent(event: models.Event, events: dict[str, models.Event]) -> dict[str, Any] | None:
     """`event.parent` for Liquid: the ancestors (at most PARENT_GENERATIONS), nested."""
-    chain = []
+    chain: list[models.Event] = []
     at = events.get(event.parent_id) if event.parent_id is not None else None
     while at is not None and len(chain) < PARENT_GENERATIONS:
         chain.append(at)

@@ -7,7 +7,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from runnerd import actions, config, db, registry
+from runnerd import actions, config, db
+from runnerd.registry import Registry  # the field `registry` shadows the module name
 
 if TYPE_CHECKING:
     from runnerd import heartbeat, ingest, metrics, monitors, scheduler, worker
@@ -18,7 +19,7 @@ class State:
     """Mutable only through `swap` (a reload)."""
 
     db: db.Database
-    registry: registry.Registry
+    registry: Registry
     ingest: ingest.Ingest
     executors: actions.Registry
     worker: worker.Worker | None = None
@@ -34,10 +35,10 @@ class State:
         """The configuration in force."""
         return self.registry.settings
 
-    def get_registry(self) -> registry.Registry:
+    def get_registry(self) -> Registry:
         """The registry in force (handlers call this per run, so a reload applies at once)."""
         return self.registry
 
-    def swap(self, new: registry.Registry) -> None:
+    def swap(self, new: Registry) -> None:
         """Put a new configuration in force."""
         self.registry = new
