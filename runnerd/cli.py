@@ -336,23 +336,16 @@ def cmd_import(args: argparse.Namespace, path: str, environ: dict[str, str]) -> 
 
 
 def cmd_prune(args: argparse.Namespace, path: str, environ: dict[str, str]) -> int:
-    from runnerd import cache
-
     settings = config.load(path, environ)
-    now = time.time()
-
-    def work(tx: db.Tx) -> dict[str, int]:
-        return {"cache_keys_purged": cache.purge(tx, now),
-                "events_pruned": runs.prune(tx, now, days=settings.retention_days,
-                                            days_failed=settings.retention_days_failed,
-                                            batch=1_000_000_000)}
-
-    out = asyncio.run(_with_db(settings, lambda d: d.write(work)))
+    out = asyncio.run(_with_db(settings, lambda d: ops.prune(d, settings, time.time())))
     if args.json:
         _print_json(out)
     else:
-        print(f"pruned {out['events_pruned']} event(s) with their runs; "
-              f"purged {out['cache_keys_purged']} expired cache key(s)")
+        print(f"pruned {out['events_pruned']} event(s) with their {out['runs_pruned']} run(s); "
+              f"purged {out['cache_keys_purged']} expired cache key(s); pruned "
+              f"{out['monitor_flips_pruned']} monitor flip(s), {out['outbox_pruned']} outbox "
+              f"message(s), {out['workers_pruned']} workers row(s), "
+              f"{out['scheduler_slots_pruned']} scheduler slot(s)")
     return 0
 
 
