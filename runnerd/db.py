@@ -223,23 +223,57 @@ def lock(db_path: Path) -> Iterator[None]:
 
 
 def backup(source: Path, target: str | os.PathLike[str]) -> int:
-    """Copy the database with SQLite's online backup API (consistent while the daemon writes)."""
+    """Copy the database with SQLite's online backup API (consistent while the daemon writes).
+
+    The copy is one read snapshot: copied in steps, SQLite restarts a backup whenever another
+    connection writes, so under a steady webhook load a large file would never finish. It goes to
+    a hidden file beside `target`, becomes a standalone file (rollback journal, no -wal), is
+    synced, and is then linked to `target`, which is never overwritten: a failure at any point
+    leaves nothing behind. Returns the copy's page count.
+    """
     target = Path(target)
-    if target.exists():
-        raise errors.InvalidInput(f"{target} exists: give a new file name")
     if not source.exists():
         raise errors.DatabaseError(f"no database at {source}")
+    if target.exists() or target.is_symlink():
+        raise errors.InvalidInput(f"{target} exists: give a new file name")
+    if not target.parent.is_dir():
+        raise errors.InvalidInput(f"cannot write {target}: no directory {target.parent}")
+    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
     try:
-        src = sqlite3.connect(source)
+        os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError as exc:
+        raise errors.InvalidInput(f"cannot write {target}: {exc.strerror}") from None
+    try:
+        src = sqlite3.connect(source, timeout=30)
         try:
-            dst = sqlite3.connect(target)
+            dst = sqlite3.connect(partial, isolation_level=None)
             try:
-                src.backup(dst, pages=1024)
+                src.backup(dst)
+                dst.execute("PRAGMA journal_mode = DELETE")
                 pages = int(dst.execute("PRAGMA page_count").fetchone()[0])
             finally:
                 dst.close()
         finally:
             src.close()
+        fd = os.open(partial, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.link(partial, target)  # unlike rename, fails rather than replace a file made meanwhile
+        fd = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     except sqlite3.Error as exc:
         raise errors.DatabaseError(f"backup failed: {exc}") from exc
+    except FileExistsError:
+        raise errors.InvalidInput(f"{target} exists: give a new file name") from None
+    except OSError as exc:
+        raise errors.DatabaseError(f"backup failed: {target}: {exc.strerror}") from exc
+    finally:
+        for leftover in ("", "-journal", "-wal", "-shm"):
+            with contextlib.suppress(OSError):
+                os.unlink(f"{partial}{leftover}")
     return pages
