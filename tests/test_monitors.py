@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -389,4 +390,101 @@ def test_monitor_tasks_command(make_daemon) -> None:
         assert text.returncode == 0 and text.stdout.startswith("ok       other:")
         assert len(recorder.messages) == 1
         assert d.cli("monitor", "tasks", "--task", "other", "x").returncode == 1
+        assert d.stop() == 0
+
+
+# --- end to end: a ping monitor's whole life, restarts included (issue 5) ----------------------
+
+def lifecycle_config(smtp_port: int) -> str:
+    return f"""
+        email: {{transport: smtp, from: runnerd@example.com,
+                 smtp: {{host: 127.0.0.1, port: {smtp_port}}}}}
+        monitoring: {{mail_recipients: [ops@example.com]}}
+        monitors:
+          - {{name: job, period: 2s, grace: 2s}}
+        """
+
+
+def monitor_state(d: Daemon) -> str | None:
+    rows = d.query("SELECT state FROM task_status WHERE name = 'job'")
+    return rows[0][0] if rows else None
+
+
+def alerts(d: Daemon, recorder: Any) -> dict[str, int]:
+    """Events and emails so far, by kind."""
+    topics = [r[0] for r in d.query("SELECT topic FROM events WHERE topic LIKE "
+                                    "'runnerd/monitors/%'")]
+    subjects = [m.data.split(b"\r\nSubject: ")[1].split(b"\r\n")[0].decode() if b"\r\nSubject: "
+                in m.data else m.data.decode(errors="replace") for m in recorder.messages]
+    return {"down_events": topics.count("runnerd/monitors/down"),
+            "up_events": topics.count("runnerd/monitors/up"),
+            "down_mails": sum(s == "runnerd: monitor job is DOWN" for s in subjects),
+            "up_mails": sum(s == "runnerd: monitor job is UP again" for s in subjects),
+            "mails": len(recorder.messages)}
+
+
+def monitors_ticked(d: Daemon) -> bool:
+    """The (re)started daemon has evaluated the monitors at least once."""
+    status, _, body = d.request("GET", "/health")
+    return status in (200, 503) and json.loads(body).get("monitors_last_tick") is not None
+
+
+def test_ping_monitor_new_up_late_down_up_with_a_restart_while_down(make_daemon) -> None:
+    with smtp_server() as (controller, recorder):
+        d: Daemon = make_daemon(lifecycle_config(controller.port)).start()
+        wait_until(lambda: monitor_state(d) == "new", timeout=10)
+        assert d.request("POST", "/ping/job")[0] == 200
+        assert monitor_state(d) == "up"
+        seen: list[str] = []
+
+        def track() -> bool:
+            state = monitor_state(d)
+            if not seen or seen[-1] != state:
+                seen.append(str(state))
+            return state == "down"
+
+        wait_until(track, timeout=10)
+        assert seen == ["up", "late", "down"], seen
+        wait_until(lambda: alerts(d, recorder)["down_mails"] == 1, timeout=10)
+        assert recorder.messages[0].rcpt_tos == ["ops@example.com"]
+
+        # Restarted while down: the new process re-evaluates the row and finds nothing to flip.
+        assert d.stop() == 0
+        d.start()
+        wait_until(lambda: monitors_ticked(d), timeout=10)
+        assert monitor_state(d) == "down"
+        assert d.request("POST", "/ping/job")[0] == 200
+        assert monitor_state(d) == "up"
+        # The up alert comes after any alert queued before it (flips are mailed in order): once
+        # it is here, a second down alert from the restart would be here too.
+        wait_until(lambda: alerts(d, recorder)["up_mails"] == 1, timeout=10)
+        assert alerts(d, recorder) == {"down_events": 1, "up_events": 1, "down_mails": 1,
+                                       "up_mails": 1, "mails": 2}
+        flips = [tuple(r) for r in d.query(
+            "SELECT old_state, new_state, mail_state FROM monitor_flips ORDER BY id")]
+        assert flips == [("late", "down", "sent"), ("down", "up", "sent")]
+        assert d.stop() == 0
+
+
+def test_ping_monitor_deadline_passing_while_stopped_alerts_once(make_daemon) -> None:
+    with smtp_server() as (controller, recorder):
+        d: Daemon = make_daemon(lifecycle_config(controller.port)).start()
+        wait_until(lambda: monitor_state(d) == "new", timeout=10)
+        assert d.request("POST", "/ping/job")[0] == 200
+        assert monitor_state(d) == "up"
+        assert d.stop() == 0
+        success = d.query("SELECT last_success_at FROM task_status WHERE name = 'job'")[0][0]
+        # Period and grace both run out while no daemon is there to notice.
+        wait_until(lambda: time.time() > success + 2 + 2 + 0.2, timeout=10)
+        assert monitor_state(d) == "up" and alerts(d, recorder)["mails"] == 0
+        d.start()
+        wait_until(lambda: alerts(d, recorder)["down_mails"] == 1, timeout=10)
+        assert monitor_state(d) == "down"
+        assert d.request("POST", "/ping/job")[0] == 200
+        wait_until(lambda: alerts(d, recorder)["up_mails"] == 1, timeout=10)
+        assert alerts(d, recorder) == {"down_events": 1, "up_events": 1, "down_mails": 1,
+                                       "up_mails": 1, "mails": 2}
+        flips = [tuple(r) for r in d.query(
+            "SELECT old_state, new_state FROM monitor_flips ORDER BY id")]
+        assert flips == [("up", "down"), ("down", "up")]  # straight to down: late was missed
         assert d.stop() == 0

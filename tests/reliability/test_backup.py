@@ -83,7 +83,7 @@ def test_backup_under_webhook_load_is_consistent_and_runs(make_daemon, tmp_path:
     restored.db_path = copies[1][0]
     restored.write_config(HOOKS)
     restored.start()
-    status, headers, _ = restored.post_json("/webhooks/orders", {"i": "after-restore"})
+    status, _, _ = restored.post_json("/webhooks/orders", {"i": "after-restore"})
     assert status == 204
     restored.wait_runs("kind = 'action' AND state = 'succeeded' AND json_extract(result, '$.i') "
                        "= 'after-restore'", 1)
