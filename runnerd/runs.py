@@ -348,13 +348,12 @@ def prune(tx: db.Tx, now: float, *, days: float, days_failed: float, batch: int 
     trees = runs_deleted = 0
     while trees < batch:
         rows = tx.all("prune_roots", {"before": max(cutoff, cutoff_failed), "after_at": after_at,
-                                      "after_rid": after_rid, "page": page})
+                                      "after_rid": after_rid, "page": page,
+                                      "cutoff_failed": cutoff_failed})
         for row in rows:
             after_at, after_rid = row["created_at"], row["rid"]
-            # The root's own runs rule most trees out (or in) without walking the tree.
-            if row["open"] or row["done_at"] >= max(cutoff, cutoff_failed) or (
-                    row["failed"] and row["done_at"] >= cutoff_failed):
-                continue
+            if not expired(row["open"], row["failed"], row["done_at"]):
+                continue  # only when retention_days_failed < retention_days
             ids, n = [row["id"]], row["runs"]
             if row["has_children"]:
                 tree = tx.all("prune_tree", {"id": row["id"]})

@@ -298,9 +298,11 @@ WHERE id = :id AND state = 'started';
 -- ============================================================================================
 
 -- name: prune_roots
--- A page of root events (no parent, or the parent is gone) created before :before, oldest first,
--- after the keyset cursor (:after_at, :after_rid), each with what its own runs say; a root with
--- children has its whole tree checked by prune_tree.
+-- A page of candidate root events (no parent, or the parent is gone) created before :before,
+-- oldest first, after the keyset cursor (:after_at, :after_rid). The root's own runs rule out
+-- most trees that stay (a failure younger than :cutoff_failed, a run not final) inside SQLite,
+-- so trees kept for 90 days cost no Python per pass; a root with children is checked whole by
+-- prune_tree.
 SELECT e.rid, e.id, e.created_at, COUNT(r.id) AS runs,
        COALESCE(SUM(r.state NOT IN ('failed', 'succeeded')), 0) AS open,
        COALESCE(SUM(r.state = 'failed'), 0) AS failed,
@@ -311,6 +313,11 @@ FROM (SELECT rowid AS rid, id, created_at FROM events
         AND (created_at, rowid) > (:after_at, :after_rid)
         AND (parent_id IS NULL
              OR NOT EXISTS (SELECT 1 FROM events p WHERE p.id = events.parent_id))
+        AND (SELECT COALESCE(MAX(r.state NOT IN ('failed', 'succeeded')), 0) = 0
+                    AND COALESCE(MAX(r.finished_at), 0) < :before
+                    AND (COALESCE(MAX(r.state = 'failed'), 0) = 0
+                         OR COALESCE(MAX(r.finished_at), 0) < :cutoff_failed)
+             FROM runs r WHERE r.event_id = events.id)
       ORDER BY created_at, rowid LIMIT :page) e
 LEFT JOIN runs r ON r.event_id = e.id
 GROUP BY e.rid ORDER BY e.created_at, e.rid;
