@@ -10,7 +10,8 @@ undefined, strict syntax) the Environment has:
 - the keywords `newline`, `array` and `hash`, and the filters of `runnerd.filters`;
 - limits (`config.Limits`): loop iterations per render, output bytes (text plus collected
   objects; also caps each captured/assigned value), block nesting and render seconds (checked on
-  every loop iteration). No `include`/`render` tags: tasks have no partials.
+  every loop iteration, and enforced by a timer wherever the render is: see `_Alarm`). No
+  `include`/`render` tags: tasks have no partials.
 
 Every failure is a `ConfigError` (syntax, at compile) or a `RenderError` (at render), one line
 naming the line of the template: `line 3: filter 'parse_json': invalid JSON: …`,
@@ -22,6 +23,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import signal
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, TextIO, cast
@@ -464,8 +467,10 @@ def _line(token: lqtok.Token | None) -> int | None:
 def _message(exc: BaseException, limits: config.Limits) -> str:
     if isinstance(exc, lqerr.OutputStreamLimitError):
         return f"limit exceeded: output_bytes ({limits.output_bytes})"
-    if isinstance(exc, (lqerr.ContextDepthError, lqerr.BlockNestingError, RecursionError)):
+    if isinstance(exc, (lqerr.ContextDepthError, lqerr.BlockNestingError)):
         return f"limit exceeded: nesting ({limits.nesting})"
+    if isinstance(exc, RecursionError):  # data (an event's JSON) nested hundreds deep
+        return "limit exceeded: nesting (data nested too deeply)"
     if isinstance(exc, lqerr.LoopIterationLimitError):
         return f"limit exceeded: loop_iterations ({limits.loop_iterations})"
     if isinstance(exc, lqerr.LiquidError):
@@ -511,7 +516,7 @@ def _wrap(name: str, func: Callable[..., Any], *, pure: bool, limit: int) -> Cal
             raise _Limit("loop_iterations", limit)
         try:
             return func(left, *args, **kwargs)
-        except lqerr.ResourceLimitError:
+        except (lqerr.ResourceLimitError, RecursionError):
             raise
         except lqerr.LiquidError as exc:
             raise lqerr.FilterArgumentError(f"filter {name!r}: {exc.message}", token=None) from exc
@@ -524,6 +529,51 @@ def _wrap(name: str, func: Callable[..., Any], *, pure: bool, limit: int) -> Cal
         if getattr(func, flag, False):
             setattr(call, flag, True)
     return call
+
+
+class _Alarm:
+    """Raises the `render_seconds` limit wherever a render is when its time is up.
+
+    The loop check covers long loops; this covers one long step, such as a catastrophic regular
+    expression (`re` takes no timeout, but its matcher checks for signals while it backtracks) or
+    a slow filter. A timer of the process's CPU time (ITIMER_VIRTUAL, whose SIGVTALRM nothing
+    else uses: SIGALRM is pytest-timeout's) fires once the render could have used its budget, then
+    every 50 ms; the handler raises the limit in the render once the wall-clock deadline has
+    passed. Python runs signal handlers in the main thread only, where the daemon and the command
+    line render; a render in another thread gets the loop checks alone.
+    """
+
+    def __init__(self) -> None:
+        self.state: _State | None = None
+        self.installed = False
+
+    def _on_alarm(self, signum: int, frame: object) -> None:
+        state = self.state
+        if state is not None and time.monotonic() >= state.deadline:
+            raise _Limit("render_seconds", state.limits.render_seconds)
+
+    def arm(self, state: _State) -> bool:
+        """Start timing `state`'s render; False when it cannot be timed (not the main thread)."""
+        if self.state is not None or threading.current_thread() is not threading.main_thread():
+            return False
+        if not self.installed:
+            signal.signal(signal.SIGVTALRM, self._on_alarm)
+            self.installed = True
+        self.state = state
+        signal.setitimer(signal.ITIMER_VIRTUAL, max(state.deadline - time.monotonic(), 0.001),
+                         0.05)
+        return True
+
+    def disarm(self, armed: bool) -> None:
+        """Stop timing."""
+        if armed:
+            try:
+                signal.setitimer(signal.ITIMER_VIRTUAL, 0)
+            finally:  # an alarm already due raises as the timer stops: still clean up
+                self.state = None
+
+
+_ALARM = _Alarm()
 
 
 class Renderer:
@@ -590,8 +640,12 @@ class Renderer:
         context = _Context(template, state=state, globals=namespace)
         node = None
         try:
-            for node in template.nodes:
-                node.render(context, buffer)
+            armed = _ALARM.arm(state)
+            try:
+                for node in template.nodes:
+                    node.render(context, buffer)
+            finally:
+                _ALARM.disarm(armed)  # may raise the limit itself, when the alarm was due
         except lqerr.LiquidInterrupt:
             pass  # `break`/`continue` outside a loop: the render ends, what it collected stands
         except Exception as exc:  # noqa: BLE001 - no other exception type may escape a render
