@@ -25,6 +25,8 @@ _RUBY_TIME = re.compile(
 _FORMATS = ("%Y/%m/%d", "%Y/%m/%d %H:%M", "%Y/%m/%d %H:%M:%S", "%B %d, %Y", "%b %d, %Y",
             "%B %d %Y", "%b %d %Y", "%d %B %Y", "%d %b %Y", "%Y%m%d")
 _MAX_EPOCH = 253402300799  # 9999-12-31T23:59:59Z
+#: Longest amount of time read ("1 year 2 months 3 weeks 4 days 5 hours 6 minutes" is 46).
+MAX_AMOUNT = 200
 
 
 @functools.lru_cache(maxsize=64)
@@ -34,7 +36,7 @@ def zone(name: str) -> dt.tzinfo:
         return UTC
     try:
         return zoneinfo.ZoneInfo(name)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError, TypeError):
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, TypeError, OSError):  # OSError: "Europe"
         raise ValueError(f"unknown time zone {name!r}") from None
 
 
@@ -103,6 +105,8 @@ def parse_amounts(text: str) -> dict[str, float]:
     """`"1 year, 6 months"` as `{"years": 1, "months": 6}` (signed; units singular or plural)."""
     if not isinstance(text, str):
         raise ValueError(f"expected an amount of time like '1 day', got {text!r}")
+    if len(text) > MAX_AMOUNT:  # _AMOUNT is quadratic on long runs of spaces
+        raise ValueError(f"an amount of time longer than {MAX_AMOUNT} characters")
     out: dict[str, float] = {}
     last = 0
     for found in _AMOUNT.finditer(text):

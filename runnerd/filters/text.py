@@ -133,13 +133,22 @@ def unindent(value: Any) -> str:
     return re.sub("^" + re.escape(common), "", text, flags=re.MULTILINE) if common else text
 
 
+#: `e164` reads at most this many characters (a written number with an extension is ~30).
+MAX_PHONE = 64
+#: No leading `\s*`: searched at every offset, it made a long run of spaces quadratic.
+_EXTENSION = re.compile(r"(?i)(?:ext\.?|x|#)\s*\d+$")
+
+
 def e164(value: Any) -> str | None:
     """`e164`: a phone number as E.164 (`+` and 8-15 digits) or nil.
 
     Numbers written with `+` or `00` keep their country code; 10 national digits (or 11
     starting with 1) are read as North American, the only country assumed without a prefix.
     """
-    text = re.sub(r"(?i)\s*(?:ext\.?|x|#)\s*\d+\s*$", "", _text(value).strip())
+    text = _text(value).strip()
+    if len(text) > MAX_PHONE:
+        return None
+    text = _EXTENSION.sub("", text).rstrip()
     if not text or re.search(r"[A-Za-z]", text):
         return None
     digits = re.sub(r"\D", "", text)
