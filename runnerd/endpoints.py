@@ -31,13 +31,9 @@ async def ping(request: web.Request) -> web.StreamResponse:
     if request.method not in PING_METHODS:
         return web.Response(status=405, text="use GET or POST\n",
                             headers={"Allow": "GET, POST, HEAD"})
-    limit = st.settings.listen.max_body_bytes
-    if request.content_length is not None and request.content_length > limit:
-        return _text(413, f"body over {limit} bytes")
-    try:
-        body = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        return _text(413, f"body over {limit} bytes")
+    body = await webhook.read_body(request, st.settings.listen.max_body_bytes)
+    if isinstance(body, tuple):
+        return _text(*body)
     kind = monitors.PING_STATUS[request.match_info.get("kind", "")]
     try:
         events = await monitors.ping(st.db, name, kind, body, st.clock())
