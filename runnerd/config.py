@@ -232,6 +232,8 @@ def _kind(value: Any) -> str:
 def _join(path: str, key: str | int) -> str:
     if isinstance(key, int):
         return f"{path}[{key}]"
+    if not key.isprintable():  # a line break in a key must not break the one-line message
+        key = repr(key)
     return f"{path}.{key}" if path else key
 
 
@@ -249,7 +251,7 @@ def _one_of(*choices: str) -> Callable[[Any], str | None]:
 def _timezone(value: Any) -> str | None:
     try:
         zoneinfo.ZoneInfo(value)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):  # "America" is a directory
         return f"unknown timezone {value!r} (expected an IANA name such as UTC or Europe/Paris)"
     return None
 
@@ -295,7 +297,12 @@ def parse(path: str | os.PathLike[str], environ: Mapping[str, str]) -> tuple[Set
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise errors.ConfigError(f"{path}: not valid YAML{where}: {exc}") from exc
+        why = getattr(exc, "problem", None) or str(exc)  # str(exc) quotes the text over lines
+        raise errors.ConfigError(f"{path}: not valid YAML{where}: {' '.join(why.split())}"
+                                 ) from exc
+    except Exception as exc:  # PyYAML's constructors fail in their own ways: `!!timestamp x`
+        raise errors.ConfigError(f"{path}: not valid YAML: {type(exc).__name__}: "
+                                 f"{' '.join(str(exc).split())[:200]}") from exc
     reader = _Reader()
     raw = substitute(raw, "", environ, reader)
     return _settings(raw, path.resolve(), reader), reader.problems
