@@ -15,7 +15,7 @@ import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from runnerd import __version__, config, db, errors, logs, models, ops, runs
 from runnerd import monitor_cli
@@ -24,22 +24,29 @@ DEFAULT_CONFIG = "/etc/runnerd/runnerd.yaml"
 EXIT_FAIL = 1
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one line on bad input, instead of the usage and then the error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("-c", "--config", default=argparse.SUPPRESS, metavar="CONFIG",
                         help="configuration file (default: $RUNNERD_CONFIG, then "
                              f"{DEFAULT_CONFIG})")
-    jsonable = argparse.ArgumentParser(add_help=False)
+    jsonable = _Parser(add_help=False)
     jsonable.add_argument("--json", action="store_true", help="print JSON for scripts")
 
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="runnerd", parents=[common],
         description="A self-hosted automation and monitoring daemon (Mechanic's model, on SQLite).")
     p.add_argument("--version", action="version", version=f"runnerd {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def add(name: str, help: str, *parents: argparse.ArgumentParser,
+    def add(name: str, help: str, *parents: _Parser,
             aliases: Sequence[str] = ()) -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help, description=help, aliases=list(aliases),
                               parents=[common, *parents])
@@ -120,13 +127,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[_canonical(args.command)](args, path, environ)
     except errors.ConfigError as exc:
         for problem in exc.problems:
-            print(f"runnerd: config: {problem}", file=sys.stderr)
+            print(f"runnerd: config: {_line(problem)}", file=sys.stderr)
         return EXIT_FAIL
     except errors.RunnerdError as exc:
-        print(f"runnerd: {exc.message}", file=sys.stderr)
+        print(f"runnerd: {_line(exc.message)}", file=sys.stderr)
         return EXIT_FAIL
     except KeyboardInterrupt:
         return 130
+
+
+def _line(text: str) -> str:
+    """One line, whatever the user typed: line breaks and control characters escaped."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 def _canonical(command: str) -> str:
@@ -302,10 +314,14 @@ def cmd_preview(args: argparse.Namespace, path: str, environ: dict[str, str]) ->
     has_data = args.data is not None or args.data_file is not None
     if args.data_file is not None:
         try:
-            text = open(args.data_file, encoding="utf-8").read()  # noqa: SIM115
+            with open(args.data_file, encoding="utf-8") as file:
+                text = file.read()
         except OSError as exc:
             raise errors.InvalidInput(f"--data-file: cannot read {args.data_file}: "
                                       f"{exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise errors.InvalidInput(f"--data-file: {args.data_file} is not UTF-8 text"
+                                      ) from None
         data = _parse_json_arg(text, "--data-file")
     else:
         data = _parse_json_arg(args.data, "--data")
