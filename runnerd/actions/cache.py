@@ -41,7 +41,8 @@ def parse(options: Any) -> tuple[str, dict[str, Any]]:
         allowed = set(COMMANDS[command]) | {"ttl"}
         unknown = sorted(set(args) - allowed)
         if unknown:
-            raise errors.InvalidAction(f"cache: {command} does not take {', '.join(unknown)}")
+            raise errors.InvalidAction(
+                f"cache: {command} does not take {', '.join(map(repr, unknown))}")
         missing = [n for n in COMMANDS[command] if n not in args]
         if missing:
             raise errors.InvalidAction(f"cache: {command} needs {', '.join(missing)}")

@@ -395,9 +395,10 @@ class EmailExecutor:
     def _failure(self, exc: BaseException) -> errors.ActionFailed:
         smtp = self.settings.smtp
         failure = _failure(exc, f"SMTP server {smtp.host}:{smtp.port}")
+        message = " ".join(failure.message.split())  # multi-line SMTP replies: one line
         if smtp.password and len(smtp.password) >= 4:  # never echo the password back
-            failure = errors.ActionFailed(failure.message.replace(smtp.password, "[redacted]"),
-                                          retryable=failure.retryable)
+            message = message.replace(smtp.password, "[redacted]")
+        failure = errors.ActionFailed(message, retryable=failure.retryable)
         logger.warning("%s", failure.message, extra={"action": "email_failed"})
         return failure
 

@@ -57,7 +57,7 @@ def check(options: Any) -> tuple[str, Any, float | None, list[str] | None]:
         raise errors.InvalidAction('event: options must be {"topic": ..., "data": ...}')
     unknown = sorted(k for k in options if k not in ALLOWED and not str(k).startswith("__"))
     if unknown:
-        raise errors.InvalidAction(f"event: unknown option(s) {', '.join(unknown)}")
+        raise errors.InvalidAction(f"event: unknown option(s) {', '.join(map(repr, unknown))}")
     topic = options.get("topic")
     if not isinstance(topic, str) or not config.USER_TOPIC.match(topic):
         raise errors.InvalidAction(f"event: topic must be user/<subject>/<verb>, got {topic!r}")

@@ -224,9 +224,19 @@ def _failure(exc: BaseException, request: Request) -> errors.ActionFailed:
         transient = f"{type(exc).__name__}: {exc}"
     else:
         permanent = type(exc).__name__
-    if permanent is not None:
-        return errors.ActionFailed(f"{where} failed: {permanent}")
-    return errors.ActionFailed(f"{where} failed: {transient}", retryable=True)
+    why = _scrub(permanent if permanent is not None else str(transient), request)
+    return errors.ActionFailed(f"{where} failed: {why}", retryable=permanent is None)
+
+
+def _scrub(text: str, request: Request) -> str:
+    """An exception's text as one line, without the URL's credentials or query (aiohttp's
+    texts may quote the URL, and a malformed response's bytes come over several lines)."""
+    url = request.url
+    text = " ".join(text.split()).replace(str(url), _safe_url(url))
+    for secret in (url.password, url.raw_query_string):
+        if secret and len(secret) >= 4:  # shorter ones would blank out ordinary words
+            text = text.replace(secret, REDACTED)
+    return text[:500]
 
 
 async def _read(response: aiohttp.ClientResponse, cap: int) -> tuple[bytes, bool]:
