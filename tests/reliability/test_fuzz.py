@@ -25,14 +25,14 @@ import time
 import urllib.parse
 import zlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import event as note
 from hypothesis import strategies as st
 
@@ -56,6 +56,19 @@ def fuzz(examples: int) -> settings:
                     derandomize=os.environ.get("CI") == "true",
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                            HealthCheck.large_base_example])
+
+
+Test = TypeVar("Test", bound=Callable[..., Any])
+
+
+def examples(values: list[Any]) -> Callable[[Test], Test]:
+    """Decorate with `hypothesis.example` once per value."""
+    def decorate(test: Test) -> Test:
+        for value in reversed(values):
+            test = example(value)(test)
+        return test
+
+    return decorate
 
 
 def one_line(text: str) -> bool:
@@ -229,6 +242,25 @@ def webhook_requests(draw: st.DrawFn) -> dict[str, Any]:
             "decoded": decoded, "signature": signature, "stamp": stamp}
 
 
+def request(body: bytes = b"{}", **fields: Any) -> dict[str, Any]:
+    """One explicit webhook request (an `example` every run tries, whatever is generated)."""
+    return {"method": "POST", "name": "auto", "query": "", "headers": {}, "body": body,
+            "decoded": body, "signature": "none", "stamp": None, **fields}
+
+
+#: One request per refusal, so that every run sees each status at least once.
+EXAMPLES = [
+    request(),
+    request(b"a" * (LIMIT + 1)),
+    request(gzip.compress(b"\0" * LIMIT * 20), decoded=b"\0" * LIMIT * 20,
+            headers={"Content-Encoding": "gzip"}),  # a gzip bomb
+    request(b"\x1f\x8b not gzip", decoded=None, headers={"Content-Encoding": "gzip"}),
+    request(name="signed"),
+    request(method="GET"),
+    request(name="nope"),
+]
+
+
 def expected_status(req: dict[str, Any]) -> set[int]:
     if req["name"] not in HOOKS:
         return {404}
@@ -261,6 +293,7 @@ def test_webhook_requests_get_their_documented_answer_and_refusals_store_nothing
 
     @fuzz(250)
     @given(webhook_requests())
+    @examples(EXAMPLES)
     def check(req: dict[str, Any]) -> None:
         TRIED["webhook"] += 1
         before = fuzz_events(hooks)
@@ -299,8 +332,7 @@ def test_webhook_requests_get_their_documented_answer_and_refusals_store_nothing
     assert "Traceback" not in hooks.logs() and "ERROR" not in hooks.logs(), hooks.logs()[-3000:]
 
 
-@fuzz(150)
-@given(st.one_of(
+raw_requests = st.one_of(
     st.binary(min_size=1, max_size=600),
     st.lists(st.sampled_from([b"POST /webhooks/auto HTTP/1.1\r\n", b"GET / HTTP/1.0\r\n",
                               b"Host: x\r\n", b"Content-Length: 5\r\n", b"Content-Length: -1\r\n",
@@ -308,28 +340,32 @@ def test_webhook_requests_get_their_documented_answer_and_refusals_store_nothing
                               b"X: \x00\xff\r\n", b"Content-Encoding: br\r\n", b"hello",
                               b"Expect: 100-continue\r\n", b" folded\r\n"]),
              min_size=1, max_size=12).map(b"".join),
-))
+)
+
+
 def test_raw_bytes_on_the_socket_get_an_answer_or_a_close_never_a_traceback(
-        hooks: Daemon, raw: bytes) -> None:
-    TRIED["raw"] += 1
-    before = fuzz_events(hooks)
-    with socket.create_connection(("127.0.0.1", hooks.port), timeout=10) as sock:
-        sock.sendall(raw)
-        sock.shutdown(socket.SHUT_WR)
-        answer = b""
-        with contextlib.suppress(ConnectionResetError):
-            while chunk := sock.recv(65536):
-                answer += chunk
-    if answer:
-        assert answer.startswith((b"HTTP/1.1 ", b"HTTP/1.0 ")), answer[:200]
-        assert b"Traceback" not in answer
-    if b" 204 " not in answer.split(b"\r\n", 1)[0]:
-        assert fuzz_events(hooks) == before
-    assert "Traceback" not in hooks.logs(), hooks.logs()[-3000:]
+        hooks: Daemon) -> None:
+    @fuzz(150)
+    @given(raw_requests)
+    def check(raw: bytes) -> None:
+        TRIED["raw"] += 1
+        before = fuzz_events(hooks)
+        with socket.create_connection(("127.0.0.1", hooks.port), timeout=10) as sock:
+            sock.sendall(raw)
+            sock.shutdown(socket.SHUT_WR)
+            answer = b""
+            with contextlib.suppress(ConnectionResetError):
+                while chunk := sock.recv(65536):
+                    answer += chunk
+        if answer:
+            assert answer.startswith((b"HTTP/1.1 ", b"HTTP/1.0 ")), answer[:200]
+            assert b"Traceback" not in answer
+        if b" 204 " not in answer.split(b"\r\n", 1)[0]:
+            assert fuzz_events(hooks) == before
 
-
-def test_raw_bytes_were_tried() -> None:
+    check()
     assert TRIED["raw"] >= 150
+    assert "Traceback" not in hooks.logs(), hooks.logs()[-3000:]
 
 
 # --- configuration files --------------------------------------------------------------------
