@@ -453,10 +453,15 @@ def _webhooks(raw: Any, r: _Reader) -> tuple[Webhook, ...]:
         out.append(Webhook(
             name=name, topic=topic,
             mode=r.get(s, p, "mode", str, "auto", _one_of("auto", "full")),
-            secret=r.get(s, p, "secret", str, None) or None,
+            secret=r.get(s, p, "secret", str, None, _secret),
             tolerance=r.duration(s, p, "tolerance", 300.0),
         ))
     return tuple(out)
+
+
+def _secret(value: Any) -> str | None:
+    # `secret: ${VAR}` with VAR set but empty must not quietly accept unsigned requests
+    return None if value else "empty: remove the key for a webhook without a signature"
 
 
 def _name_check(value: Any) -> str | None:

@@ -5,7 +5,8 @@
 - A webhook with a `secret` takes only a valid `X-Runnerd-Signature`; with `X-Runnerd-Timestamp`
   the signature covers `<timestamp>.<body>` and an old (replayed) timestamp is refused.
 - The listener binds 127.0.0.1 unless told otherwise; webhooks and the event action cannot create
-  `mechanic/*` or `runnerd/*` events (the operator's `runnerd send` may).
+  `mechanic/*` or `runnerd/*` events (the operator's `runnerd send` may); an empty webhook secret
+  is a configuration error, not an unsigned webhook.
 - Secrets (admin token, webhook secret, SMTP password, Authorization and API-key headers, URL
   credentials) never appear in the log, the database, the HTTP answers or the command line's
   output, even when the actions that carry them fail.
@@ -232,6 +233,18 @@ def test_the_listener_binds_loopback_by_default(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         assert proc.wait(timeout=30) == 0
+
+
+def test_an_empty_webhook_secret_is_refused_not_unsigned(tmp_path: Path) -> None:
+    """`secret: ${VAR}` with VAR set but empty would quietly accept unsigned requests."""
+    path = tmp_path / "c.yaml"
+    path.write_text(f"database: {tmp_path / 'x.db'}\n"
+                    "webhooks:\n  - {name: w, topic: user/a/b, secret: \"${HOOK}\"}\n")
+    with pytest.raises(errors.ConfigError) as info:
+        config.load(path, {"HOOK": ""})
+    assert info.value.problems == [
+        "webhooks[0].secret: empty: remove the key for a webhook without a signature"]
+    assert config.load(path, {"HOOK": "s"}).webhooks[0].secret == "s"
 
 
 @pytest.mark.parametrize("topic", ["mechanic/user/trigger", "mechanic/scheduler/10min",
