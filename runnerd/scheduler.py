@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from zoneinfo import ZoneInfo
 
-from runnerd import cache, db, errors, registry, runs
+from runnerd import db, errors, ops, registry, runs
 
 logger = logging.getLogger(__name__)
 
@@ -117,20 +117,12 @@ class Scheduler:
         return fired
 
     async def janitor(self, now: float) -> None:
-        """Purge expired cache keys, prune finished history and old slots."""
-        settings = self.get_registry().settings
-
-        def work(tx: db.Tx) -> tuple[int, int]:
-            purged = cache.purge(tx, now)
-            pruned = runs.prune(tx, now, days=settings.retention_days,
-                                days_failed=settings.retention_days_failed)
-            tx.execute("prune_slots", {"before": now - 7 * 86400})
-            return purged, pruned
-
-        purged, pruned = await self.db.write(work)
-        if purged or pruned:
-            logger.info("janitor purged %d cache key(s), pruned %d event(s)", purged, pruned,
-                        extra={"action": "janitor"})
+        """Retention (`ops.prune`, the same as `runnerd prune`): in short transactions until
+        nothing more is due, so a backlog larger than one batch is not left for the next pass."""
+        done = await ops.prune(self.db, self.get_registry().settings, now)
+        if any(done.values()):
+            logger.info("janitor: %s", ", ".join(f"{k} {v}" for k, v in done.items() if v),
+                        extra={"action": "janitor", **done})
 
     async def run(self, stop: asyncio.Event) -> None:
         """Tick on every second until `stop`."""

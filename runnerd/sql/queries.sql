@@ -146,20 +146,6 @@ SELECT e.topic AS name, COUNT(*) AS n FROM runs r JOIN events e ON e.id = r.even
 WHERE r.state IN ('due', 'scheduled') AND r.kind = 'event' GROUP BY e.topic
 ORDER BY n DESC LIMIT 10;
 
--- name: prune_events
--- An event goes once every run on it finished before the cut-off (the failed one for failed
--- runs) and no child event is left; children therefore go first, and a tree goes bottom-up.
-DELETE FROM events WHERE id IN (
-    SELECT e.id FROM events e
-    WHERE e.created_at < :cutoff
-      AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.event_id = e.id
-                      AND (r.state NOT IN ('failed', 'succeeded')
-                           OR r.finished_at >= :cutoff
-                           OR (r.state = 'failed' AND r.finished_at >= :cutoff_failed)))
-      AND NOT EXISTS (SELECT 1 FROM events c WHERE c.parent_id = e.id)
-    LIMIT :batch
-);
-
 -- Monitoring (migration 0002): task_status, monitor flips, workers, counters, the status page.
 
 -- name: status_report
