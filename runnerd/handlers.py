@@ -10,10 +10,13 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any
 
-from runnerd import actions, cache, errors, models, registry, render, runs
+from runnerd import actions, cache, errors, models, registry, render, runs, sql
 from runnerd.models import RunKind
 
 logger = logging.getLogger(__name__)
+
+LOOP_ERROR = ("loop protection: this run's actions are identical to those of the task's run on "
+              "the parent event; none was performed")
 
 
 class Handlers:
@@ -96,6 +99,10 @@ class Handlers:
                                 finished_at=self.clock())
         summary = {"logs": result.logs, "errors": result.errors,
                    "actions": len(result.actions)}
+        if not result.errors and self._repeats_predecessor(compiled.name, job.event,
+                                                           result.actions):
+            return runs.Outcome(run, ok=False, result=summary, error=LOOP_ERROR,
+                                follow_up=follow_up, finished_at=self.clock())
         if result.errors:
             message = "; ".join(e if isinstance(e, str) else models.dumps(e)
                                 for e in result.errors)
@@ -110,6 +117,18 @@ class Handlers:
         ]
         return runs.Outcome(run, ok=True, result=summary, children=children,
                             follow_up=follow_up, finished_at=finished)
+
+    def _repeats_predecessor(self, task_name: str, event: models.Event,
+                             specs: list[models.ActionSpec]) -> bool:
+        """Mechanic's loop protection: True when this run's actions are identical to those of
+        the same task's run on the parent event (a task answering its own event or
+        mechanic/actions/perform with the same actions would otherwise run forever)."""
+        if not specs or event.parent_id is None or self.cache_conn is None:
+            return False
+        before = self.cache_conn.execute(sql.queries["predecessor_actions"], {
+            "parent_id": event.parent_id, "task_name": task_name}).fetchall()
+        return [(r["action_type"], r["options"]) for r in before] == [
+            (spec.type, models.dumps(spec.options)) for spec in specs]
 
     def _validate(self, spec: models.ActionSpec) -> None:
         executor = self.executors.get(spec.type)

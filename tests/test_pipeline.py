@@ -347,3 +347,46 @@ async def test_the_daemon_routes_events_in_the_storing_transaction(pipeline, clo
     # The first event's Later task and its echo; the second event's event run, its Now task
     # and that echo (its own Later task is now an hour away).
     assert await p.drain() == 5
+
+
+async def test_loop_protection_fails_a_run_identical_to_its_predecessor(pipeline) -> None:
+    p = await pipeline("""
+        tasks:
+          - name: Echo chamber
+            subscriptions: |
+              user/loop/ping
+            code: |
+              {% action "event", topic: "user/loop/ping", data: "same" %}
+          - name: Pager
+            subscriptions: |
+              user/pages/next
+            code: |
+              {% assign page = event.data | default: 1 %}
+              {% if page < 5 %}
+                {% action "event", topic: "user/pages/next", data: page | plus: 1 %}
+              {% endif %}
+          - name: Perform loop
+            subscriptions: |
+              user/perform/start
+              mechanic/actions/perform
+            code: |
+              {% action "cache", "set", "perform-loop", 1 %}
+    """)
+    await p.send("user/loop/ping", "same")
+    await p.send("user/pages/next", 1)
+    await p.send("user/perform/start")
+    await p.drain()
+    tasks = await p.runs(kind="task")
+
+    def of(name: str) -> list[tuple[str, str | None]]:
+        return [(r.state.value, r.error) for r in tasks if r.task_name == name]
+
+    from runnerd.handlers import LOOP_ERROR
+
+    # Its first run emits the event; the second would emit the very same one: failed, ended.
+    assert of("Echo chamber") == [("succeeded", None), ("failed", LOOP_ERROR)]
+    # Different actions each generation (a cursor moving on): not a loop.
+    assert [s for s, _ in of("Pager")] == ["succeeded"] * 5
+    # mechanic/actions/perform answered with the same action again: failed at the second run.
+    assert of("Perform loop") == [("succeeded", None), ("failed", LOOP_ERROR)]
+    assert len([r for r in await p.runs(kind="action") if r.task_name == "Perform loop"]) == 1

@@ -340,3 +340,11 @@ DELETE FROM outbox
 WHERE id < COALESCE((SELECT id FROM outbox WHERE created_at >= :before ORDER BY id LIMIT 1),
                     9223372036854775807)
   AND id < (SELECT MIN(id) FROM outbox) + :batch;
+
+-- Loop protection (handlers.task_run): the actions of this task's latest run on the parent event.
+
+-- name: predecessor_actions
+SELECT action_type, options FROM runs
+WHERE task_run_id = (SELECT id FROM runs WHERE event_id = :parent_id AND kind = 'task'
+                       AND task_name = :task_name ORDER BY id DESC LIMIT 1)
+ORDER BY id;
