@@ -41,15 +41,9 @@ def _print_json(value: Any) -> None:
 
 
 def _run(settings: config.Settings, fn: Callable[[db.Database], Awaitable[Any]]) -> Any:
-    async def go() -> Any:
-        database = await db.Database(settings.database).open()
-        try:
-            await database.migrate()
-            return await fn(database)
-        finally:
-            await database.close()
+    from runnerd import cli  # imported here: cli imports this module to add its commands
 
-    return asyncio.run(go())
+    return asyncio.run(cli._with_db(settings, fn))
 
 
 def _checks(pairs: list[list[str]]) -> list[tuple[str, float]]:

@@ -59,15 +59,17 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 15.0, interval: float = 0.02) -> Any:
-    """Poll `predicate` until it returns something truthy; fail after `timeout`."""
+def wait_until(predicate: Callable[[], Any], timeout: float = 15.0, interval: float = 0.02,
+               message: str = "condition") -> Any:
+    """Poll `predicate` until it returns something truthy; fail, naming `message`, after
+    `timeout`."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
+            raise AssertionError(f"{message} not met within {timeout}s")
         time.sleep(interval)
 
 

@@ -13,7 +13,6 @@ import json
 import socket
 import textwrap
 import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,8 @@ from typing import Any
 from aiohttp import test_utils, web
 
 from runnerd import actions, daemon, db, ingest, state, webhook
+
+from ..conftest import wait_until
 
 
 class Target:
@@ -152,17 +153,15 @@ def rss_kib(pid: int | str = "self") -> int:
     raise AssertionError("no VmRSS")
 
 
-def wait_for(predicate: Any, timeout: float = 15.0, interval: float = 0.02,
-             message: str = "condition") -> Any:
-    """Poll `predicate` until truthy; AssertionError naming `message` after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{message} not met within {timeout}s")
-        time.sleep(interval)
+wait_for = wait_until  # the suite's poller, under the name these tests use
+
+
+def orders_config(*actions: str, concurrency: int = 4, extra: str = "") -> str:
+    """The config these tests share: an `orders` webhook and a Counter task with `actions`."""
+    code = "".join(f"      {a}\n" for a in actions)
+    return (f"concurrency: {concurrency}\n{extra}webhooks:\n"
+            "  - {name: orders, topic: user/orders/ready}\ntasks:\n  - name: Counter\n"
+            f"    subscriptions: user/orders/ready\n    code: |\n{code}")
 
 
 class InProcess:

@@ -15,18 +15,9 @@ from bench import procs
 from runnerd import db, sql
 
 from ..conftest import Daemon
-from .helpers import Loader, tmpfs, wait_for
+from .helpers import Loader, orders_config, tmpfs, wait_for
 
-HOOKS = """
-concurrency: 4
-webhooks:
-  - {name: orders, topic: user/orders/ready}
-tasks:
-  - name: Counter
-    subscriptions: user/orders/ready
-    code: |
-      {% action "echo", i: event.data.i %}
-"""
+HOOKS = orders_config('{% action "echo", i: event.data.i %}')
 
 SCHEMA_VERSION = max(number for number, _, _ in sql.migrations())
 

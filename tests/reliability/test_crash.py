@@ -9,20 +9,10 @@ import signal
 import time
 
 from ..conftest import Daemon
-from .helpers import Loader, Target, wait_for
+from .helpers import Loader, Target, orders_config, wait_for
 
-COUNTER = """
-concurrency: 4
-shutdown_grace: 2s
-webhooks:
-  - {name: orders, topic: user/orders/ready}
-tasks:
-  - name: Counter
-    subscriptions: user/orders/ready
-    code: |
-      {% action "cache", "incr", "orders" %}
-      {% action "echo", i: event.data.i %}
-"""
+COUNTER = orders_config('{% action "cache", "incr", "orders" %}',
+                        '{% action "echo", i: event.data.i %}', extra="shutdown_grace: 2s\n")
 
 
 def _audit(d: Daemon, accepted: list[str]) -> dict[str, int]:

@@ -16,18 +16,9 @@ from pathlib import Path
 import pytest
 
 from ..conftest import Daemon
-from .helpers import tmpfs, wait_for
+from .helpers import orders_config, tmpfs, wait_for
 
-HOOKS = """
-concurrency: 2
-webhooks:
-  - {name: orders, topic: user/orders/ready}
-tasks:
-  - name: Counter
-    subscriptions: user/orders/ready
-    code: |
-      {% action "echo", n: event.data.n %}
-"""
+HOOKS = orders_config('{% action "echo", n: event.data.n %}', concurrency=2)
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from bench import procs, soak
 from runnerd import db
 
 from ..conftest import Daemon
-from .helpers import Loader, wait_for
+from .helpers import Loader, orders_config, wait_for
 
 DAY = 86400.0
 
@@ -238,16 +238,7 @@ def test_every_table_has_a_bound(tmp_path: Path) -> None:
                                   f"gone: {set(GROWTH) - tables}"
 
 
-LOAD = """
-concurrency: 4
-webhooks:
-  - {name: orders, topic: user/orders/ready}
-tasks:
-  - name: Counter
-    subscriptions: user/orders/ready
-    code: |
-      {% action "echo", i: event.data.i %}
-"""
+LOAD = orders_config('{% action "echo", i: event.data.i %}')
 
 
 def test_prune_by_hand_of_a_large_backlog_while_the_daemon_takes_webhooks(make_daemon) -> None:
