@@ -114,6 +114,8 @@ class Event:
     webhook_request_id: str | None = None
     task_ids: tuple[str, ...] | None = None  #: only these tasks may respond (None: any)
     run_at: float | None = None  #: when its event run is due (None: now)
+    #: `data` as the JSON text it arrived in, when it did (a webhook's body): stored as is
+    data_json: str | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Event:

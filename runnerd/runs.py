@@ -44,12 +44,14 @@ def new_event(
     webhook_request_id: str | None = None,
     task_ids: Sequence[str] | None = None,
     run_at: float | None = None,
+    data_json: str | None = None,
 ) -> models.Event:
-    """A new event (not stored yet)."""
+    """A new event (not stored yet); `data_json`: `data` as received JSON text, if it was."""
     return models.Event(
         id=models.new_id(), topic=topic, data=data, source=source, created_at=now,
         parent_id=parent_id, webhook_request_id=webhook_request_id,
         task_ids=tuple(task_ids) if task_ids is not None else None, run_at=run_at,
+        data_json=data_json,
     )
 
 
@@ -100,9 +102,14 @@ class Router(Protocol):
 
 def performed_event_run(event: models.Event, names: list[str], now: float) -> dict[str, Any]:
     """An event run already performed: its task runs are stored beside it."""
-    return {**run_row(RunKind.EVENT, event.id, now), "state": str(RunState.SUCCEEDED),
-            "result": models.dumps({"tasks": names}), "attempts": 1, "started_at": now,
-            "finished_at": now}
+    row = run_row(RunKind.EVENT, event.id, now)
+    row.update(state=_SUCCEEDED, attempts=1, started_at=now, finished_at=now,
+               result=models.dumps({"tasks": names}) if names else _NO_TASKS)
+    return row
+
+
+_SUCCEEDED = str(RunState.SUCCEEDED)
+_NO_TASKS = models.dumps({"tasks": []})  #: most webhook events of a busy daemon: computed once
 
 
 def insert_events(tx: db.Tx, events: Iterable[models.Event], now: float) -> None:
@@ -118,7 +125,9 @@ def insert_events(tx: db.Tx, events: Iterable[models.Event], now: float) -> None
         return
     router: Router | None = tx.router
     tx.executemany("insert_event", [
-        {"id": e.id, "topic": e.topic, "data": models.dumps(e.data), "source": e.source,
+        {"id": e.id, "topic": e.topic,
+         "data": e.data_json if e.data_json is not None else models.dumps(e.data),
+         "source": e.source,
          "parent_id": e.parent_id, "webhook_request_id": e.webhook_request_id,
          "task_ids": None if e.task_ids is None else models.dumps(list(e.task_ids)),
          "created_at": e.created_at}

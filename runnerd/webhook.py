@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -97,20 +98,32 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:20]} is out of range")
+    return value
+
+
 def _json_or_none(body: bytes) -> tuple[bool, Any]:
-    # NaN and Infinity are not JSON (RFC 8259): such a body is text, like any other non-JSON.
+    # NaN and Infinity are not JSON (RFC 8259), nor a number that only fits as infinity
+    # (1e400): such a body is text, like any other non-JSON.
     try:
-        return True, json.loads(body, parse_constant=_no_constants)
+        return True, json.loads(body, parse_constant=_no_constants, parse_float=_finite)
     except (ValueError, RecursionError):
         return False, None
 
 
-def auto_data(body: bytes, content_type: str, query: dict[str, str]) -> Any:
-    """`auto` mode: the JSON body; else form fields merged with the query; else the raw text."""
+def auto_data(body: bytes, content_type: str, query: dict[str, str]) -> tuple[Any, str | None]:
+    """`auto` mode: the JSON body; else form fields merged with the query; else the raw text.
+
+    Also returns the body's text when the data is that JSON body and it can be stored as it
+    came (strict UTF-8, no BOM): the `data` column gets it without a re-encoding.
+    """
     if body.strip():
         parsed, data = _json_or_none(body)
         if parsed:
-            return data
+            return data, _storable_text(body)
         if content_type == "application/x-www-form-urlencoded":
             from urllib.parse import parse_qsl
 
@@ -118,10 +131,19 @@ def auto_data(body: bytes, content_type: str, query: dict[str, str]) -> Any:
                 fields = dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True,
                                         errors="strict", max_num_fields=10_000))
             except (UnicodeDecodeError, ValueError):
-                return body.decode("utf-8", errors="replace")
-            return {**fields, **query} if fields else body.decode("utf-8", errors="replace")
-        return body.decode("utf-8", errors="replace")
-    return dict(query) if query else None
+                return body.decode("utf-8", errors="replace"), None
+            return ({**fields, **query} if fields else body.decode("utf-8", errors="replace"),
+                    None)
+        return body.decode("utf-8", errors="replace"), None
+    return (dict(query) if query else None), None
+
+
+def _storable_text(body: bytes) -> str | None:
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return None if text.startswith("\ufeff") else text
 
 
 def full_data(request: web.Request, body: bytes, request_id: str, webhook: str) -> dict[str, Any]:
@@ -172,11 +194,12 @@ async def _webhook(request: web.Request) -> web.StreamResponse:
             return _error(401, problem)
     request_id = models.new_id()
     if hook.mode == "full":
-        data = full_data(request, body, request_id, hook.name)
+        data, data_json = full_data(request, body, request_id, hook.name), None
     else:
-        data = auto_data(body, request.content_type, {k: v for k, v in request.query.items()})
+        data, data_json = auto_data(body, request.content_type,
+                                    {k: v for k, v in request.query.items()})
     event = runs.new_event(hook.topic, data, "webhook", st.clock(),
-                           webhook_request_id=request_id)
+                           webhook_request_id=request_id, data_json=data_json)
     try:
         await st.ingest.submit(event)
     except errors.DatabaseError as exc:
