@@ -9,6 +9,7 @@ another coroutine's statement issued inside an open transaction would silently j
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import os
@@ -105,8 +106,60 @@ def _transaction(conn: sqlite3.Connection, fn: Callable[[Tx], T], mode: str,
     return result
 
 
+def _group(conn: sqlite3.Connection, fns: list[Callable[[Tx], Any]],
+           router: Any) -> list[tuple[bool, Any]]:
+    """Several writers' functions in one `BEGIN IMMEDIATE … COMMIT`, each in a savepoint.
+
+    One function's exception undoes only its own writes and is handed back to its caller; the
+    others commit. Returns (True, result) or (False, exception) per function; raises (nothing
+    committed) when BEGIN or COMMIT fails, or when SQLite abandoned the transaction itself.
+    """
+    if len(fns) == 1:
+        try:
+            return [(True, _transaction(conn, fns[0], "IMMEDIATE", router))]
+        except sqlite3.DatabaseError as exc:
+            if _unavailable(exc):
+                raise  # the transaction could not happen: every caller gets it
+            return [(False, exc)]
+        except Exception as exc:  # noqa: BLE001 - handed back to the caller
+            return [(False, exc)]
+    conn.execute("BEGIN IMMEDIATE")
+    out: list[tuple[bool, Any]] = []
+    routed = 0
+    try:
+        for fn in fns:
+            tx = Tx(conn, router)
+            conn.execute("SAVEPOINT w")
+            try:
+                result = fn(tx)
+            except Exception as exc:  # noqa: BLE001 - handed back to the caller
+                if not conn.in_transaction:
+                    raise  # SQLite rolled everything back (a full disk, an I/O error)
+                conn.execute("ROLLBACK TO w")
+                conn.execute("RELEASE w")
+                out.append((False, exc))
+                continue
+            conn.execute("RELEASE w")
+            out.append((True, result))
+            routed += tx.routed
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    if routed:
+        router.committed(routed)
+    return out
+
+
 class Database:
-    """One writer connection and one reader connection on the same file."""
+    """One writer connection and one reader connection on the same file.
+
+    Writes are coalesced: functions passed to `write` while a transaction is on the writer
+    thread wait, and then run together in the next one (each in its own savepoint), so the
+    ingest, the worker, the scheduler and the monitors share one commit (one fsync) instead of
+    queueing for one each.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -114,6 +167,8 @@ class Database:
         self._reader: aiosqlite.Connection | None = None
         #: set by the daemon: routes the events written through this database (`runs.Router`)
         self.router: Any = None
+        self._queue: list[tuple[Callable[[Tx], Any], asyncio.Future[Any]]] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     async def open(self) -> Database:
         """Open both connections (creating the file) and set the pragmas."""
@@ -140,18 +195,44 @@ class Database:
         self._writer = self._reader = None
 
     async def write(self, fn: Callable[[Tx], T]) -> T:
-        """Run `fn(tx)` in one `BEGIN IMMEDIATE` transaction; DatabaseError if SQLite fails."""
+        """Run `fn(tx)` atomically in a `BEGIN IMMEDIATE` transaction, returning once it is
+        committed; DatabaseError if SQLite fails. `fn` may share the transaction with other
+        writers' functions (see the class): its own exception undoes only its own writes."""
         if self._writer is None:
             raise errors.DatabaseError("database is closed")
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.append((fn, future))
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush())
         try:
-            # aiosqlite's _execute runs a callable on the connection's thread: the whole
-            # transaction is one hop (pinned to aiosqlite 0.22 in pyproject.toml).
-            return await self._writer._execute(_transaction, self._writer._conn, fn, "IMMEDIATE",
-                                               self.router)
+            return await future
         except sqlite3.DatabaseError as exc:
             if not _unavailable(exc):
                 raise
             raise _wrap(exc, self.path) from exc
+
+    async def _flush(self) -> None:
+        try:
+            while self._queue:
+                batch, self._queue = self._queue, []
+                try:
+                    if self._writer is None:
+                        raise errors.DatabaseError("database is closed")
+                    # aiosqlite's _execute runs a callable on the connection's thread: the
+                    # whole transaction is one hop (pinned to aiosqlite 0.22 in pyproject.toml).
+                    outcomes = await self._writer._execute(
+                        _group, self._writer._conn, [fn for fn, _ in batch], self.router)
+                except Exception as exc:  # noqa: BLE001 - nothing of the batch was stored
+                    outcomes = [(False, exc)] * len(batch)
+                for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
+                    if future.done():  # its caller was cancelled
+                        continue
+                    if ok:
+                        future.set_result(value)
+                    else:
+                        future.set_exception(value)
+        finally:
+            self._flusher = None
 
     async def read(self, fn: Callable[[Tx], T]) -> T:
         """Run `fn(tx)` on the read-only connection, in one snapshot."""

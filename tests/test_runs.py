@@ -276,3 +276,44 @@ def test_new_id_is_a_time_ordered_version_7_uuid() -> None:
     while time.time_ns() // 1_000_000 == ms:
         pass
     assert models.new_id() > first
+
+
+async def test_concurrent_writes_share_a_commit_and_fail_alone(database: db.Database,
+                                                               monkeypatch) -> None:
+    import asyncio
+    from collections.abc import Callable
+
+    groups: list[int] = []
+    real_group = db._group
+
+    def counting_group(conn, fns, router):  # type: ignore[no-untyped-def]
+        groups.append(len(fns))
+        return real_group(conn, fns, router)
+
+    monkeypatch.setattr(db, "_group", counting_group)
+
+    def good(n: int) -> Callable[[db.Tx], int]:
+        def fn(tx: db.Tx) -> int:
+            tx.conn.execute("INSERT INTO cache (key, value, expires_at) VALUES (?, '1', 9e99)",
+                            (f"k{n}",))
+            return n
+        return fn
+
+    def bad(tx: db.Tx) -> None:
+        tx.conn.execute("INSERT INTO cache (key, value, expires_at) VALUES ('bad', '1', 9e99)")
+        raise ValueError("this writer fails")
+
+    results = await asyncio.gather(database.write(good(0)), database.write(good(1)),
+                                   database.write(bad), database.write(good(2)),
+                                   return_exceptions=True)
+    assert groups == [4]  # one transaction, one commit, for the four writers
+    assert results[0] == 0 and results[1] == 1 and results[3] == 2
+    assert isinstance(results[2], ValueError)  # only its caller sees its exception...
+    keys = await database.read(lambda tx: [r[0] for r in tx.conn.execute(
+        "SELECT key FROM cache ORDER BY key")])
+    assert keys == ["k0", "k1", "k2"]  # ...and only its writes were undone
+    # When the transaction itself cannot happen, every writer of the group is told.
+    await database.write(lambda tx: tx.conn.execute("PRAGMA query_only = 1"))
+    refused = await asyncio.gather(database.write(good(3)), database.write(good(4)),
+                                   return_exceptions=True)
+    assert all(isinstance(r, errors.DatabaseError) for r in refused), refused
