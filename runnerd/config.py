@@ -352,15 +352,14 @@ def _settings(raw: Any, path: Path, r: _Reader) -> Settings:
 
 def _listen(raw: Any, r: _Reader) -> Listen:
     s = r.section(raw, "listen", {"host", "port", "max_body_bytes"})
-    port_ok = _positive_port
     return Listen(
         host=r.get(s, "listen", "host", str, "127.0.0.1"),
-        port=r.get(s, "listen", "port", int, 8787, port_ok),
+        port=r.get(s, "listen", "port", int, 8787, _port),
         max_body_bytes=r.get(s, "listen", "max_body_bytes", int, 1_048_576, _positive),
     )
 
 
-def _positive_port(value: Any) -> str | None:
+def _port(value: Any) -> str | None:
     return None if 0 <= value <= 65535 else f"expected a port from 0 to 65535, got {value}"
 
 
@@ -371,7 +370,7 @@ def _email(raw: Any, r: _Reader) -> Email:
     p = "email.smtp"
     smtp = Smtp(
         host=r.get(m, p, "host", str, "localhost"),
-        port=r.get(m, p, "port", int, 25, _positive_port),
+        port=r.get(m, p, "port", int, 25, _port),
         username=r.get(m, p, "username", str, None),
         password=r.get(m, p, "password", str, None),
         starttls=r.get(m, p, "starttls", str, "auto", _one_of("auto", "always", "never")),

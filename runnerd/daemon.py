@@ -87,6 +87,15 @@ async def _supervise(name: str, coro: Awaitable[None], halt: asyncio.Event) -> N
         raise ComponentDied(f"{name} stopped unexpectedly")
 
 
+def _first(group: BaseExceptionGroup[Any], kind: type[BaseException]) -> BaseException | None:
+    """The first exception of `kind` in a (nested) exception group."""
+    for exc in group.exceptions:
+        found = _first(exc, kind) if isinstance(exc, BaseExceptionGroup) else exc
+        if isinstance(found, kind):
+            return found
+    return None
+
+
 def _release_startup_memory() -> None:
     """Give back to the OS what loading the config and compiling the tasks left free.
 
@@ -213,6 +222,13 @@ class Daemon:
                 logger.info("stopping", extra={"action": "stopping"})
                 await runner.cleanup()
                 halt.set()
+        except BaseExceptionGroup as group:
+            # The TaskGroup wraps what its body raised (e.g. the port is taken): the CLI shows
+            # a RunnerdError as one line, so hand it over unwrapped.
+            first = _first(group, errors.RunnerdError)
+            if first is None:
+                raise
+            raise first from None
         finally:
             self._remove_signals(loop)
             await runner.cleanup()

@@ -35,8 +35,6 @@ class RunState(StrEnum):
 #: Among due runs: action runs first, then task runs, then event runs.
 PRIORITY = {RunKind.ACTION: 3, RunKind.TASK: 2, RunKind.EVENT: 1}
 
-FINAL_STATES = frozenset({RunState.FAILED, RunState.SUCCEEDED})
-QUEUED_STATES = frozenset({RunState.UNSCHEDULED, RunState.SCHEDULED, RunState.DUE})
 
 ERROR_TOPICS = frozenset({"mechanic/errors/task", "mechanic/errors/action"})
 PERFORM_TOPIC = "mechanic/actions/perform"

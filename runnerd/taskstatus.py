@@ -31,7 +31,6 @@ from runnerd import config, cron, db, errors, models
 
 DOWN_TOPIC = "runnerd/monitors/down"
 UP_TOPIC = "runnerd/monitors/up"
-STATES = ("new", "up", "late", "down", "paused")
 #: The most of a /fail body (or a run's error) kept as `last_error`.
 MAX_ERROR_BYTES = 10 * 1024
 

@@ -278,6 +278,22 @@ def test_new_id_is_a_time_ordered_version_7_uuid() -> None:
     assert models.new_id() > first
 
 
+@pytest.mark.parametrize("name", ["claim_runs", "promote_scheduled", "queue_counts",
+                                  "oldest_due"])
+async def test_queue_queries_read_partial_indexes_not_history(database: db.Database,
+                                                              name: str) -> None:
+    # Their cost must follow the queue, not the runs kept for retention: no full scan of runs.
+    params = {"now": 0.0, "limit": 10}
+
+    def plan(tx: db.Tx) -> list[str]:
+        return [row["detail"] for row in tx.conn.execute(
+            "EXPLAIN QUERY PLAN " + sql.queries[name], params)]
+
+    details = await database.read(plan)
+    scans = [d for d in details if d.startswith("SCAN runs") and "USING" not in d]
+    assert not scans, details
+
+
 async def test_concurrent_writes_share_a_commit_and_fail_alone(database: db.Database,
                                                                monkeypatch) -> None:
     import asyncio

@@ -75,7 +75,6 @@ PURE: dict[str, Filter] = {
 }
 
 plain = data.plain
-dumps = data.dumps
 
 
 def table(*, timezone: str, clock: Callable[[], float]) -> dict[str, Filter]:

@@ -15,9 +15,6 @@ VALUES (:kind, :state, :priority, :run_at, :event_id, :task_name, :action_type, 
 -- name: promote_scheduled
 UPDATE runs SET state = 'due' WHERE state = 'scheduled' AND run_at <= :now;
 
--- name: next_scheduled_at
-SELECT MIN(run_at) AS run_at FROM runs WHERE state = 'scheduled';
-
 -- name: claim_runs
 UPDATE runs SET state = 'started', started_at = :now, attempts = attempts + 1
 WHERE id IN (SELECT id FROM runs WHERE state = 'due'
@@ -66,9 +63,6 @@ WHERE (:state IS NULL OR state = :state)
   AND (:task IS NULL OR task_name = :task)
 ORDER BY id DESC LIMIT :limit;
 
--- name: runs_of_event
-SELECT * FROM runs WHERE event_id = :event_id ORDER BY id;
-
 -- name: retry_failed_run
 UPDATE runs SET state = 'due', run_at = :now, error = NULL, result = NULL,
     started_at = NULL, finished_at = NULL
@@ -101,9 +95,6 @@ ON CONFLICT (topic, slot_at) DO NOTHING;
 
 -- name: latest_slots
 SELECT topic, MAX(slot_at) AS slot_at FROM scheduler_slots GROUP BY topic;
-
--- name: count_slots
-SELECT COUNT(*) AS n FROM scheduler_slots;
 
 -- name: prune_slots
 -- Keep a week of slots, and always each topic's latest (it is the "last fired" mark).

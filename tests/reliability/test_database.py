@@ -173,8 +173,6 @@ def test_corrupt_database_at_start_is_one_clear_line(make_daemon, damage: str) -
     assert out.stderr.startswith("runnerd: ")
 
 
-@pytest.mark.xfail(strict=True, reason="daemon.py: an error inside the TaskGroup reaches the "
-                   "CLI as an ExceptionGroup traceback (fix: unwrap it, see the report)")
 def test_port_in_use_at_start_is_one_clear_line(make_daemon) -> None:
     d: Daemon = make_daemon(HOOKS)
     with socket.socket() as taken:
