@@ -486,7 +486,8 @@ def _monitors(raw: Any, task_names: set[str], r: _Reader) -> tuple[Monitor, ...]
             continue
         period = r.duration(s, p, "period", None)
         schedule = r.get(s, p, "schedule", str, None, _cron_check)
-        if (period is None) == (schedule is None):
+        bad_schedule = schedule is None and "schedule" in s  # reported by _cron_check
+        if (period is None) == (schedule is None) and not bad_schedule:
             r.problem(p, "needs exactly one of period or schedule")
         out.append(Monitor(name=name or str(task), task=task, period=period, schedule=schedule,
                            grace=r.duration(s, p, "grace", 3600.0)))
@@ -495,9 +496,13 @@ def _monitors(raw: Any, task_names: set[str], r: _Reader) -> tuple[Monitor, ...]
 
 
 def _cron_check(value: Any) -> str | None:
-    fields = value.split()
-    return None if len(fields) == 5 else (
-        f"bad schedule {value!r}: expected 5 cron fields (minute hour day month weekday)")
+    from runnerd import cron  # stdlib only; imported here as config is imported by everything
+
+    try:
+        cron.parse(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 _TASK_KEYS = {"name", "enabled", "subscriptions", "options", "code", "code_file",

@@ -90,8 +90,13 @@ def parse(expr: str) -> Cron:
     sets = [_field(p, low, high, names, what) for p, (what, low, high, names)
             in zip(parts, _FIELDS, strict=True)]
     weekdays = frozenset(d % 7 for d in sets[4])
-    return Cron(minutes=sets[0], hours=sets[1], days=sets[2], months=sets[3], weekdays=weekdays,
+    cron = Cron(minutes=sets[0], hours=sets[1], days=sets[2], months=sets[3], weekdays=weekdays,
                 any_day=parts[2] == "*", any_weekday=parts[4] == "*")
+    try:  # "0 0 30 2 *" parses field by field but never comes: refuse it here, not every tick
+        _scan(cron, dt.datetime(2000, 1, 1), 1)
+    except ValueError:
+        raise ValueError(f"bad schedule {expr!r}: it never matches a date") from None
+    return cron
 
 
 def _instants(local: dt.datetime, tz: ZoneInfo) -> list[float]:

@@ -26,7 +26,6 @@ from aiohttp import web
 from runnerd import (
     actions,
     config,
-    cron,
     db,
     errors,
     handlers,
@@ -61,12 +60,6 @@ def load(path: str, environ: Mapping[str, str]) -> registry.Registry:
         reg = registry.Registry(settings, renderer)
     except errors.ConfigError as exc:
         problems = problems + exc.problems
-    for i, monitor in enumerate(settings.monitors):
-        if monitor.schedule is not None:
-            try:
-                cron.parse(monitor.schedule)
-            except ValueError as exc:
-                problems = [*problems, f"monitors[{i}].schedule: {exc}"]
     if problems:
         raise errors.ConfigError(problems)
     return reg

@@ -32,10 +32,9 @@ CONTENT_TYPE = getattr(prometheus_client.exposition, "CONTENT_TYPE_PLAIN_0_0_4",
 def snapshot(tx: db.Tx, now: float) -> dict[str, Any]:
     """What the scrape-time gauges need, in one read."""
     queue = {(k.value, s): 0 for k in models.RunKind for s in QUEUE_STATES}
-    for row in tx.all("metrics_queue_counts"):
+    for row in tx.all("queue_counts"):
         queue[(row["kind"], row["state"])] = row["n"]
-    oldest = tx.one("oldest_due")
-    lag = 0.0 if oldest is None or oldest["run_at"] is None else max(0.0, now - oldest["run_at"])
+    lag = runs.queue_lag(tx, now)
     events = {row["source"]: row["n"] for row in tx.all("event_counts")}
     return {"queue": queue, "lag": lag, "events": events}
 

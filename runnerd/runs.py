@@ -393,6 +393,12 @@ def prune(tx: db.Tx, now: float, *, days: float, days_failed: float, batch: int 
     return len(doomed)
 
 
+def queue_lag(tx: db.Tx, now: float) -> float:
+    """Seconds the oldest due run has waited (0 when none is due)."""
+    oldest = tx.one("oldest_due")
+    return 0.0 if oldest is None or oldest["run_at"] is None else max(0.0, now - oldest["run_at"])
+
+
 def stats(tx: db.Tx, now: float) -> dict[str, Any]:
     """Queue depth by kind and state, lag, what waits most, and the last day's outcomes."""
     counts: dict[str, dict[str, int]] = {k.value: {} for k in RunKind}
@@ -401,8 +407,7 @@ def stats(tx: db.Tx, now: float) -> dict[str, Any]:
     finished: dict[str, dict[str, int]] = {k.value: {} for k in RunKind}
     for row in tx.all("finished_counts_since", {"since": now - 86400}):
         finished[row["kind"]][row["state"]] = row["n"]
-    oldest = tx.one("oldest_due")
-    lag = 0.0 if oldest is None or oldest["run_at"] is None else max(0.0, now - oldest["run_at"])
+    lag = queue_lag(tx, now)
 
     def top(name: str) -> list[dict[str, Any]]:
         return [{"name": r["name"], "runs": r["n"]} for r in tx.all(name)]

@@ -95,6 +95,13 @@ def test_bad_schedule_fails_check(tmp_path: Path) -> None:
     with pytest.raises(errors.ConfigError) as exc:
         daemon.load(str(path), {})
     assert exc.value.problems == ["monitors[0].schedule: minute value 61 out of range 0-59"]
+    # A schedule that parses but never comes (30 February) would fail every evaluation: it is
+    # refused by the configuration itself, so the command line (config.load) refuses it too.
+    path.write_text("database: x.db\nmonitors:\n  - {name: b, schedule: '0 0 30 2 *'}\n")
+    with pytest.raises(errors.ConfigError) as exc:
+        config.load(str(path), {})
+    assert exc.value.problems == [
+        "monitors[0].schedule: bad schedule '0 0 30 2 *': it never matches a date"]
 
 
 # --- the state function ---------------------------------------------------------------------

@@ -390,3 +390,45 @@ async def test_loop_protection_fails_a_run_identical_to_its_predecessor(pipeline
     # mechanic/actions/perform answered with the same action again: failed at the second run.
     assert of("Perform loop") == [("succeeded", None), ("failed", LOOP_ERROR)]
     assert len([r for r in await p.runs(kind="action") if r.task_name == "Perform loop"]) == 1
+
+
+async def test_concurrency_caps_the_runs_started_at_once(tmp_path: Path, clock) -> None:
+    import asyncio
+
+    database = await db.Database(tmp_path / "cap.db").open()
+    await database.migrate()
+    release = asyncio.Event()
+    performing: list[int] = []
+
+    async def slow(job: runs.Job) -> runs.Outcome:
+        performing.append(job.run.id)
+        await release.wait()
+        return runs.Outcome(job.run, ok=True, finished_at=clock())
+
+    w = worker.Worker(database, {kind: slow for kind in models.RunKind}, concurrency=2,
+                      clock=clock, lane=None)
+    events = [runs.new_event("user/cap/test", i, "cli", clock()) for i in range(5)]
+    await database.write(lambda tx: runs.insert_events(tx, events, clock()))
+    stop = asyncio.Event()
+    loop_task = asyncio.create_task(w.run(stop, grace=5))
+
+    async def count(state: str) -> int:
+        return (await database.read(lambda tx: tx.conn.execute(
+            "SELECT COUNT(*) FROM runs WHERE state = ?", (state,)).fetchone()))[0]
+
+    try:
+        async with asyncio.timeout(10):
+            while len(performing) < 2:
+                await asyncio.sleep(0.01)
+        for _ in range(20):  # the worker polls and is woken meanwhile: no third run may start
+            await asyncio.sleep(w.poll / 10)
+            assert len(performing) == 2 and w.active == 2 and await count("started") == 2
+        release.set()
+        async with asyncio.timeout(10):
+            while await count("succeeded") < 5:
+                await asyncio.sleep(0.01)
+    finally:
+        release.set()
+        stop.set()
+        await loop_task
+        await database.close()

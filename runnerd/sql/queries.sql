@@ -241,14 +241,6 @@ SELECT * FROM workers ORDER BY started_at DESC;
 -- name: event_counts
 SELECT source, n FROM event_counts ORDER BY source;
 
--- name: metrics_queue_counts
--- Only the states with a partial index: cheap at every scrape, whatever the history.
-SELECT kind, 'due' AS state, COUNT(*) AS n FROM runs WHERE state = 'due' GROUP BY kind
-UNION ALL
-SELECT kind, 'scheduled', COUNT(*) FROM runs WHERE state = 'scheduled' GROUP BY kind
-UNION ALL
-SELECT kind, 'started', COUNT(*) FROM runs WHERE state = 'started' GROUP BY kind;
-
 -- name: recent_runs
 -- The status page's sample: the newest :limit runs (a rowid range, so history costs nothing)
 -- created since :since, with their event's creation time.
