@@ -83,7 +83,8 @@ def _parser() -> argparse.ArgumentParser:
     data.add_argument("--data-file", help="read the event's data (JSON) from this file")
     s = add("import", "print a Mechanic task export (JSON) as a runnerd task (YAML)")
     s.add_argument("file")
-    s = add("prune", "delete events and runs past retention now, and expired cache keys", jsonable)
+    s = add("prune", "apply retention now: event trees, expired cache keys, old monitor flips, "
+            "outbox, workers and scheduler slots", jsonable)
     s = add("backup", "write a consistent copy of the database (safe while the daemon runs)")
     s.add_argument("path")
     monitor_cli.add_parsers(add, jsonable)  # monitor tasks, monitors, workers
