@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from runnerd import errors, heartbeat, metrics, monitors, status, webhook
+from runnerd import errors, metrics, monitors, status, webhook
 
 PING_METHODS = frozenset({"GET", "POST", "HEAD"})
 
@@ -47,14 +47,10 @@ async def ping(request: web.Request) -> web.StreamResponse:
     return _text(200, "OK")
 
 
-def _heartbeat(st: object) -> heartbeat.Heartbeat | None:
-    return getattr(st, "heartbeat", None)
-
-
 async def health(request: web.Request) -> web.StreamResponse:
     """GET /health → 200 with the facts when healthy, 503 with the reasons when not."""
     st = request.app[webhook.STATE]
-    beat = _heartbeat(st)
+    beat = st.heartbeat
     if beat is None:
         return web.json_response({"status": "unhealthy", "problems": ["no heartbeat"]},
                                  status=503)
@@ -84,6 +80,6 @@ async def status_page(request: web.Request) -> web.StreamResponse:
         data = await st.db.read(lambda tx: status.gather(tx, now))
     except errors.DatabaseError as exc:
         return _text(503, f"database unavailable: {exc.message}")
-    beat = _heartbeat(st)
+    beat = st.heartbeat
     facts = beat.facts(now) if beat is not None else {"status": "unhealthy", "problems": []}
     return web.Response(text=status.render(data, facts, now), content_type="text/html")

@@ -28,8 +28,6 @@ LAG_THRESHOLD = 10.0
 PROBE_SECONDS = 0.25
 #: /health calls a heartbeat older than this many intervals stale.
 STALE_INTERVALS = 3
-#: `workers` rows of processes gone for this long are deleted.
-KEEP_SECONDS = 7 * 86400
 
 
 def watchdog_interval(environ: Mapping[str, str], default: float = INTERVAL) -> float:
@@ -70,7 +68,6 @@ class Heartbeat:
         self.id = f"{self.host}:{self.pid}:{int(self.started_at)}"
         self.last_beat_at: float | None = None
         self.beat_ok = True  #: False when the last beat could not be written
-        self.watchdog_sent = 0
         self.first_beat = asyncio.Event()  #: set once the first beat was attempted
         self._lag = 0.0  # worst loop lag since the last beat
         self._last_lag = 0.0  # the worst lag of the window the last beat reported
@@ -132,8 +129,7 @@ class Heartbeat:
         if problems:
             logger.warning("unhealthy: %s", "; ".join(problems), extra={"action": "unhealthy"})
             return False
-        if self.notifier.send("WATCHDOG=1"):
-            self.watchdog_sent += 1
+        self.notifier.send("WATCHDOG=1")
         return True
 
     async def _probe(self, stop: asyncio.Event) -> None:
@@ -144,11 +140,9 @@ class Heartbeat:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Beat every `interval` until `stop`; then record the clean stop."""
-        now = self.clock()
         try:
-            await self.db.write(lambda tx: (
-                tx.execute("workers_retire", {"id": self.id}),
-                tx.execute("workers_prune", {"id": self.id, "before": now - KEEP_SECONDS})))
+            # Rows of processes silent for long are pruned with the rest of retention (runs.prune).
+            await self.db.write(lambda tx: tx.execute("workers_retire", {"id": self.id}))
         except errors.DatabaseError as exc:
             logger.error("workers table not updated: %s", exc, extra={"action": "db_write_failed"})
         probe = asyncio.create_task(self._probe(stop), name="loop-lag-probe")

@@ -18,7 +18,10 @@ def check_topic(topic: Any) -> str:
 async def send(database: db.Database, topic: Any, data: Any, *, source: str,
                now: float) -> str:
     """Store an event (and its event run); return its id."""
-    event = runs.new_event(check_topic(topic), data, source, now)
+    return await _store(database, runs.new_event(check_topic(topic), data, source, now), now)
+
+
+async def _store(database: db.Database, event: models.Event, now: float) -> str:
     await database.write(lambda tx: runs.insert_events(tx, [event], now))
     return event.id
 
@@ -34,9 +37,8 @@ async def trigger(database: db.Database, reg: registry.Registry, name: str, *,
         raise errors.InvalidInput(f"task {name!r} does not subscribe to {topic}")
     if not compiled.task.enabled:
         raise errors.InvalidInput(f"task {name!r} is disabled")
-    event = runs.new_event(topic, text, source, now, task_ids=[compiled.id])
-    await database.write(lambda tx: runs.insert_events(tx, [event], now))
-    return event.id
+    return await _store(database, runs.new_event(topic, text, source, now,
+                                                 task_ids=[compiled.id]), now)
 
 
 def parse_run_id(value: Any) -> int:

@@ -329,6 +329,10 @@ def cancel(tx: db.Tx, run_id: int, now: float) -> models.Run:
     return get(tx, run_id)
 
 
+#: `workers` rows of processes silent for this long are pruned.
+WORKERS_KEEP_SECONDS = 7 * 86400
+
+
 def prune(tx: db.Tx, now: float, *, days: float, days_failed: float, batch: int = 5000,
           stats: dict[str, Any] | None = None) -> int:
     """Delete up to `batch` event trees past retention, and old side-table rows; return how many
@@ -385,8 +389,8 @@ def prune(tx: db.Tx, now: float, *, days: float, days_failed: float, batch: int 
         "monitor_flips": tx.execute("prune_flips", {"before": cutoff_failed,
                                                     "batch": batch}).rowcount,
         "outbox": tx.execute("prune_outbox", {"before": cutoff, "batch": batch}).rowcount,
-        # The heartbeat prunes these at start-up too; a daemon that never restarts relies on this.
-        "workers": tx.execute("workers_prune", {"id": "", "before": now - 7 * 86400}).rowcount,
+        "workers": tx.execute("workers_prune", {"id": "", "before": now - WORKERS_KEEP_SECONDS}
+                              ).rowcount,
     }
     for key, value in counts.items():
         out[key] = out.get(key, 0) + value
