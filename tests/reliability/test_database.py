@@ -48,10 +48,9 @@ def _fill(directory: Path) -> Path:
     return filler
 
 
-def _health(d: Daemon) -> int | None:
-    """/health's status, or None while another engineer has not added the endpoint."""
-    status = d.request("GET", "/health")[0]
-    return None if status == 404 else status
+def _health(d: Daemon) -> int:
+    """/health's status."""
+    return d.request("GET", "/health")[0]
 
 
 def test_disk_full_answers_503_never_204_and_recovers(make_daemon, small_fs: Path) -> None:
@@ -68,21 +67,20 @@ def test_disk_full_answers_503_never_204_and_recovers(make_daemon, small_fs: Pat
         return status
 
     assert post(0) == 204
-    has_health = _health(d) is not None
+    assert _health(d) == 200
     filler = _fill(small_fs)
     statuses = [post(n) for n in range(1, 200)]  # the WAL may still take a few
     assert 503 in statuses, f"never refused on a full disk: {statuses}"
     assert set(statuses) <= {204, 503}, statuses
     first_503 = statuses.index(503)
     full = statuses[first_503:]
-    if has_health:  # the heartbeat's next write (every 5 s) finds the database unwritable
-        wait_for(lambda: _health(d) == 503, timeout=15, interval=0.2,
-                 message="/health reporting the unwritable database")
+    # the heartbeat's next write (every 5 s) finds the database unwritable
+    wait_for(lambda: _health(d) == 503, timeout=15, interval=0.2,
+             message="/health reporting the unwritable database")
     filler.unlink()
     wait_for(lambda: post(1000) == 204, timeout=15, message="webhooks accepted again")
-    if has_health:
-        wait_for(lambda: _health(d) == 200, timeout=15, interval=0.2,
-                 message="/health healthy again")
+    wait_for(lambda: _health(d) == 200, timeout=15, interval=0.2,
+             message="/health healthy again")
     d.wait_runs("action_type = 'echo' AND state = 'succeeded'", len(accepted), timeout=30)
     stored = {r[0] for r in d.query("SELECT webhook_request_id FROM events")}
     print(f"disk full: {len(accepted)} accepted, {full.count(503)} refused with 503, "
