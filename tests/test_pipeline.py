@@ -432,3 +432,40 @@ async def test_concurrency_caps_the_runs_started_at_once(tmp_path: Path, clock) 
         stop.set()
         await loop_task
         await database.close()
+
+
+async def test_removed_tasks_fail_their_waiting_runs_and_retry_uses_current_code(
+        pipeline) -> None:
+    p = await pipeline("""
+        tasks:
+          - name: T
+            subscriptions: user/a/b+1.minute
+            code: '{% action "echo", 1 %}'
+          - name: U
+            subscriptions: user/c/d
+            code: '{% action "echo", version: 1 %}{% error "not yet" %}'
+    """)
+    await p.send("user/a/b")
+    await p.send("user/c/d")
+    await p.drain()
+    failed_u = next(r for r in await p.runs(kind="task") if r.task_name == "U")
+    assert failed_u.state is models.RunState.FAILED
+    # T is removed while its task run waits; U's code changes before it is retried by hand.
+    database_line = p.path.read_text().splitlines()[0]
+    p.path.write_text(database_line + textwrap.dedent("""
+        tasks:
+          - name: U
+            subscriptions: user/c/d
+            code: '{% action "echo", version: 2 %}'
+    """))
+    p.reg = daemon.load(str(p.path), {})
+    assert set(p.reg.tasks) == {"U"}
+    await p.db.write(lambda tx: runs.retry(tx, failed_u.id, p.clock()))
+    p.clock.advance(60)
+    await p.drain()
+    tasks = {r.task_name: r for r in await p.runs(kind="task")}
+    assert tasks["T"].state is models.RunState.FAILED
+    assert tasks["T"].error == "task 'T' was removed from the configuration"
+    assert tasks["U"].state is models.RunState.SUCCEEDED  # re-rendered with today's code
+    actions = [r for r in await p.runs(kind="action") if r.task_name == "U"]
+    assert [a.options for a in actions] == [{"version": 2}]
