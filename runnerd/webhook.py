@@ -105,7 +105,7 @@ def _finite(text: str) -> float:
     return value
 
 
-def _json_or_none(body: bytes) -> tuple[bool, Any]:
+def json_or_none(body: bytes) -> tuple[bool, Any]:
     # NaN and Infinity are not JSON (RFC 8259), nor a number that only fits as infinity
     # (1e400): such a body is text, like any other non-JSON.
     try:
@@ -121,7 +121,7 @@ def auto_data(body: bytes, content_type: str, query: dict[str, str]) -> tuple[An
     came (strict UTF-8, no BOM): the `data` column gets it without a re-encoding.
     """
     if body.strip():
-        parsed, data = _json_or_none(body)
+        parsed, data = json_or_none(body)
         if parsed:
             return data, _storable_text(body)
         if content_type == "application/x-www-form-urlencoded":
@@ -151,7 +151,7 @@ def full_data(request: web.Request, body: bytes, request_id: str, webhook: str) 
     headers: dict[str, list[str]] = {}
     for name, value in request.headers.items():
         headers.setdefault(name.lower(), []).append(value)
-    parsed, data = _json_or_none(body) if body.strip() else (False, None)
+    parsed, data = json_or_none(body) if body.strip() else (False, None)
     return {
         "body": data if parsed else None,
         "body_base64": base64.b64encode(body).decode(),
