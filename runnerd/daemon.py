@@ -80,6 +80,16 @@ async def _supervise(name: str, coro: Awaitable[None], halt: asyncio.Event) -> N
         raise ComponentDied(f"{name} stopped unexpectedly")
 
 
+#: Settings read once at start-up (the listener, the worker, the executors): a reload
+#: cannot apply them.
+RESTART_ONLY = ("database", "listen", "concurrency", "email", "http")
+
+
+def restart_only_changes(old: config.Settings, new: config.Settings) -> list[str]:
+    """The keys of RESTART_ONLY whose values differ between `old` and `new`."""
+    return [key for key in RESTART_ONLY if getattr(old, key) != getattr(new, key)]
+
+
 def _first(group: BaseExceptionGroup[Any], kind: type[BaseException]) -> BaseException | None:
     """The first exception of `kind` in a (nested) exception group."""
     for exc in group.exceptions:
@@ -253,10 +263,10 @@ class Daemon:
                 logger.error("reload rejected: %s", problem, extra={"action": "reload_rejected"})
             self.notifier.send("READY=1")
             return False
-        old = st.settings
-        if new.settings.database != old.database or new.settings.listen != old.listen:
-            logger.warning("database and listen changes need a restart; the rest is reloaded",
-                           extra={"action": "reload_partial"})
+        changed = restart_only_changes(st.settings, new.settings)
+        if changed:
+            logger.warning("%s changed: that needs a restart; the rest is reloaded",
+                           ", ".join(changed), extra={"action": "reload_partial"})
         st.swap(new)
         logger.info("configuration reloaded: %d task(s)", len(new.tasks),
                     extra={"action": "reloaded"})

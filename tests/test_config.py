@@ -131,3 +131,15 @@ def test_task_export(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not supported: online_store_javascript"):
         config.task_from_export({"name": "x", "script": "y",
                                  "online_store_javascript": "alert(1)"}, source="x")
+
+
+def test_reload_names_the_changes_that_need_a_restart(tmp_path: Path) -> None:
+    from runnerd import daemon
+
+    path = tmp_path / "c.yaml"
+    path.write_text("database: a.db\nconcurrency: 8\ntasks: []\n")
+    old = config.load(str(path), {})
+    path.write_text("database: a.db\nconcurrency: 4\nlisten: {port: 9999}\ntasks: []\n")
+    new = config.load(str(path), {})
+    assert daemon.restart_only_changes(old, new) == ["listen", "concurrency"]
+    assert daemon.restart_only_changes(old, old) == []
