@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from runnerd import actions, cache, errors, models, registry, render, runs, sql
 from runnerd.models import RunKind
@@ -116,7 +116,10 @@ class Handlers:
             for spec in result.actions
         ]
         return runs.Outcome(run, ok=True, result=summary, children=children,
-                            follow_up=follow_up, finished_at=finished)
+                            follow_up=follow_up, finished_at=finished,
+                            inline_types=self._inline_types(),
+                            perform_inline=lambda child: self._perform_now(
+                                runs.Job(child, job.event), compiled))
 
     def _repeats_predecessor(self, task_name: str, event: models.Event,
                              specs: list[models.ActionSpec]) -> bool:
@@ -155,12 +158,36 @@ class Handlers:
         ctx = actions.Context(run=run, event=job.event, task_id=compiled.id, now=now)
         try:
             result = await executor.perform(run.options, ctx)
-        except errors.ActionFailed as exc:
-            return runs.Outcome(run, ok=False, error=exc.message, retryable=exc.retryable,
-                                follow_up=follow_up, finished_at=self.clock())
-        except errors.InvalidAction as exc:
-            return runs.Outcome(run, ok=False, error=exc.message, follow_up=follow_up,
-                                finished_at=self.clock())
+        except (errors.ActionFailed, errors.InvalidAction) as exc:
+            return self._action_failed(run, exc, follow_up)
+        return self._action_done(run, result, follow_up)
+
+    def _inline_types(self) -> frozenset[str]:
+        return frozenset(name for name, ex in self.executors.items()
+                         if getattr(ex, "inline", False))
+
+    def _perform_now(self, job: runs.Job, compiled: registry.Compiled) -> runs.Outcome:
+        """An in-process action run, performed on the database thread in the transaction that
+        finishes its task run (see `runs.Outcome.perform_inline`): the task was just rendered,
+        and its actions validated, so only performing is left."""
+        run = job.run
+        executor = self.executors[run.action_type or ""]
+        follow_up = self._action_follow_up(job, compiled, executor)
+        ctx = actions.Context(run=run, event=job.event, task_id=compiled.id, now=self.clock())
+        try:
+            result = cast(actions.InProcess, executor).perform_now(run.options, ctx)
+        except (errors.ActionFailed, errors.InvalidAction) as exc:
+            return self._action_failed(run, exc, follow_up)
+        return self._action_done(run, result, follow_up)
+
+    def _action_failed(self, run: models.Run, exc: errors.ActionFailed | errors.InvalidAction,
+                       follow_up: Callable[[models.Run], list[models.Event]]) -> runs.Outcome:
+        retryable = isinstance(exc, errors.ActionFailed) and exc.retryable
+        return runs.Outcome(run, ok=False, error=exc.message, retryable=retryable,
+                            follow_up=follow_up, finished_at=self.clock())
+
+    def _action_done(self, run: models.Run, result: Any,
+                     follow_up: Callable[[models.Run], list[models.Event]]) -> runs.Outcome:
         if isinstance(result, actions.Deferred):
             return runs.Outcome(run, ok=True, deferred=result.apply, follow_up=follow_up,
                                 finished_at=self.clock())
@@ -188,18 +215,20 @@ class Handlers:
         """mechanic/actions/perform to the task (if it subscribes); mechanic/errors/action."""
 
         def follow_up(final: models.Run) -> list[models.Event]:
-            now, events = self.clock(), []
-            options = self.executors.redact(final.action_type, final.options)
-            action = {"type": final.action_type, "options": options, "meta": final.meta,
-                      "run": _run_summary(final)}
             wants_perform = (
                 compiled is not None and models.PERFORM_TOPIC in compiled.topics
                 and final.perform_event and (executor is None or executor.perform_event)
             )
+            failed = final.state is models.RunState.FAILED
+            if not wants_perform and not failed:
+                return []  # the common case: nothing to tell, nothing to build
+            now, events = self.clock(), []
+            options = self.executors.redact(final.action_type, final.options)
+            action = {"type": final.action_type, "options": options, "meta": final.meta,
+                      "run": _run_summary(final)}
             if wants_perform and compiled is not None:
                 events.append(runs.new_event(models.PERFORM_TOPIC, action, "runnerd", now,
                                              parent_id=job.event.id, task_ids=[compiled.id]))
-            failed = final.state is models.RunState.FAILED
             if failed and job.event.topic not in models.ERROR_TOPICS:
                 data = {"message": final.error, "event": _event_summary(job.event),
                         "task": _task_summary(final.task_name, compiled, None),

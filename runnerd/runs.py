@@ -109,6 +109,8 @@ def performed_event_run(event: models.Event, names: list[str], now: float) -> di
 
 
 _SUCCEEDED = str(RunState.SUCCEEDED)
+_DUE = str(RunState.DUE)
+_STARTED = str(RunState.STARTED)
 _NO_TASKS = models.dumps({"tasks": []})  #: most webhook events of a busy daemon: computed once
 
 
@@ -223,13 +225,21 @@ class Outcome:
     #: events to create once the run is final (error events, mechanic/actions/perform)
     follow_up: Callable[[models.Run], list[models.Event]] | None = None
     finished_at: float = 0.0
+    #: action types whose children are performed where they are stored (in-process executors)
+    inline_types: frozenset[str] = frozenset()
+    #: performs such a child, given its stored run (`started`): its outcome is then finished
+    #: in this same transaction, so it needs no claim, no slot and no commit of its own
+    perform_inline: Callable[[models.Run], Outcome] | None = None
 
 
 def finish(tx: db.Tx, outcome: Outcome, now: float,
-           rand: Callable[[], float] = random.random) -> models.Run | None:
+           rand: Callable[[], float] = random.random, *,
+           performed: list[Outcome] | None = None) -> models.Run | None:
     """Record an outcome: succeeded, failed, or scheduled for an automatic retry.
 
-    Returns the run as recorded, or None when it was no longer `started` (lost race).
+    Returns the run as recorded, or None when it was no longer `started` (lost race). Children
+    performed in place (`Outcome.perform_inline`) are finished here too and their outcomes
+    appended to `performed`.
     """
     run, ok, result, error = outcome.run, outcome.ok, outcome.result, outcome.error
     retryable = outcome.retryable
@@ -259,7 +269,7 @@ def finish(tx: db.Tx, outcome: Outcome, now: float,
     final = dataclasses.replace(run, state=state, result=result, error=error,
                                 finished_at=finished_at)
     if ok and outcome.children:
-        tx.executemany("insert_run", outcome.children)
+        _store_children(tx, outcome, now, rand, [] if performed is None else performed)
     events = outcome.follow_up(final) if outcome.follow_up is not None else []
     if run.kind is RunKind.TASK and run.task_name is not None:
         # task_status changes with the run's final state, in this same transaction (SPEC §8);
@@ -269,11 +279,34 @@ def finish(tx: db.Tx, outcome: Outcome, now: float,
     return final
 
 
-def finish_and_claim(tx: db.Tx, outcomes: Sequence[Outcome], limit: int,
-                     now: float) -> list[Job]:
-    """The worker's one transaction per turn: record what finished, claim what is next."""
+def _store_children(tx: db.Tx, outcome: Outcome, now: float, rand: Callable[[], float],
+                    performed: list[Outcome]) -> None:
+    """Insert the children in order; those of an in-process type are performed at once."""
+    queued: list[dict[str, Any]] = []
+    for row in outcome.children:
+        if (outcome.perform_inline is None or row["state"] != _DUE
+                or row["action_type"] not in outcome.inline_types):
+            queued.append(row)
+            continue
+        if queued:
+            tx.executemany("insert_run", queued)
+            queued = []
+        row = {**row, "state": _STARTED, "attempts": 1, "started_at": now, "error": None}
+        row["id"] = tx.execute("insert_run", row).lastrowid
+        child = outcome.perform_inline(models.Run.from_row(row))
+        if finish(tx, child, now, rand, performed=performed) is not None:
+            performed.append(child)
+    if queued:
+        tx.executemany("insert_run", queued)
+
+
+def finish_and_claim(tx: db.Tx, outcomes: Sequence[Outcome], limit: int, now: float,
+                     performed: list[Outcome] | None = None) -> list[Job]:
+    """The worker's one transaction per turn: record what finished, claim what is next.
+
+    `performed` receives the outcomes of the action runs performed in place."""
     for outcome in outcomes:
-        finish(tx, outcome, now)
+        finish(tx, outcome, now, performed=performed)
     return claim(tx, limit, now)
 
 

@@ -76,6 +76,7 @@ class Worker:
         self.lane_cap = default_lane_cap(concurrency) if lane_cap is None else lane_cap
         self._lanes: collections.Counter[str] = collections.Counter()  #: started runs per lane
         self.deferred = 0  #: runs handed back because their lane was full (since start)
+        self.performed_inline = 0  #: in-process action runs finished with their task run
         self.healthy = True  #: False while the database refuses writes
 
     @property
@@ -96,8 +97,9 @@ class Worker:
         await self._drain(grace)
 
     async def run_until_idle(self) -> int:
-        """Perform due runs until none is left; return how many were claimed (burst mode)."""
-        total = 0
+        """Perform due runs until none is left; return how many were performed, in place
+        (in-process action runs) or claimed (burst mode)."""
+        total = -self.performed_inline
         while True:
             claimed = await self._turn(claim=True)
             total += claimed
@@ -105,7 +107,7 @@ class Worker:
                 await asyncio.wait(list(self._active.values()))
                 continue
             if claimed == 0 and not self._done:
-                return total
+                return total + self.performed_inline
 
     def _free(self) -> int:
         return max(0, self.concurrency - len(self._active))
@@ -119,9 +121,10 @@ class Worker:
         self.wakeup.clear()
         now = self.clock()
         busy = collections.Counter(self._lanes)  # a snapshot: the db thread must not see it move
+        performed: list[runs.Outcome] = []  # in-process action runs finished on the db thread
         try:
             jobs = await self.db.write(lambda tx: self._finish_and_claim(tx, done, limit, now,
-                                                                       busy))
+                                                                       busy, performed))
         except errors.DatabaseError as exc:
             # Keep the outcomes: the runs stay `started` in the file, so nothing is lost even if
             # we die now; they are written as soon as the database takes writes again.
@@ -132,8 +135,9 @@ class Worker:
             await asyncio.sleep(1.0)
             return 0
         self.healthy = True
-        if done and self.on_finished is not None:
-            self.on_finished(done)
+        self.performed_inline += len(performed)
+        if (done or performed) and self.on_finished is not None:
+            self.on_finished(done + performed)
         for job in jobs:
             lane = self.lane(job.run) if self.lane is not None else None
             if lane is not None:
@@ -143,9 +147,10 @@ class Worker:
         return len(jobs)
 
     def _finish_and_claim(self, tx: db.Tx, done: list[runs.Outcome], limit: int, now: float,
-                          busy: collections.Counter[str]) -> list[runs.Job]:
+                          busy: collections.Counter[str],
+                          performed: list[runs.Outcome]) -> list[runs.Job]:
         """On the db thread: finish, claim, and hand back claimed runs whose lane is full."""
-        jobs = runs.finish_and_claim(tx, done, limit, now)
+        jobs = runs.finish_and_claim(tx, done, limit, now, performed)
         if self.lane is None or not jobs:
             return jobs
         kept: list[runs.Job] = []

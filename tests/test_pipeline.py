@@ -469,3 +469,93 @@ async def test_removed_tasks_fail_their_waiting_runs_and_retry_uses_current_code
     assert tasks["U"].state is models.RunState.SUCCEEDED  # re-rendered with today's code
     actions = [r for r in await p.runs(kind="action") if r.task_name == "U"]
     assert [a.options for a in actions] == [{"version": 2}]
+
+
+async def _task_turn(p: Pipeline) -> list[runs.Outcome]:
+    """Claim and perform the due event and task runs, then finish them in one turn that claims
+    nothing: what that turn stored is what finishing a task run stores by itself."""
+    import asyncio
+
+    finished: list[runs.Outcome] = []
+    p.worker.on_finished = finished.extend
+    while await p.worker._turn(claim=True):
+        await asyncio.gather(*p.worker._active.values())
+        if any(o.run.kind is models.RunKind.TASK for o in p.worker._done):
+            break
+    await p.worker._turn(claim=False)
+    return finished
+
+
+async def test_in_process_actions_are_performed_with_their_task_run(pipeline) -> None:
+    """cache, event and echo action runs are stored already performed by the transaction that
+    finishes their task run, in generation order; an http action run is left due."""
+    p = await pipeline(f"""
+        tasks:
+          - name: Mixed
+            subscriptions: user/orders/ready
+            code: |
+              {{% action "cache", "incrby", "orders", event.data.n %}}
+              {{% action "http", method: "get", url: "http://127.0.0.1:{free_port()}/" %}}
+              {{% action "event", topic: "user/orders/counted", data: event.data.n %}}
+              {{% action "echo", "done" %}}
+          - name: Listener
+            subscriptions: user/orders/counted
+            code: "{{% log event.data %}}"
+    """)
+    await p.send("user/orders/ready", {"n": 5})
+    finished = await _task_turn(p)
+    assert await p.cache("orders") == 5
+    task = (await p.runs(kind="task", task="Mixed"))[0]
+    actions_ = await p.runs(kind="action")
+    assert [(a.action_type, a.state.value) for a in actions_] == [
+        ("cache", "succeeded"), ("http", "due"), ("event", "succeeded"), ("echo", "succeeded")]
+    assert [a.id for a in actions_] == sorted(a.id for a in actions_)
+    for a in actions_:
+        assert a.task_run_id == task.id
+        if a.state is models.RunState.SUCCEEDED:
+            assert a.attempts == 1 and a.started_at is not None and a.finished_at is not None
+    assert actions_[0].result == 5 and actions_[3].result == "done"
+    # The event action's event is stored with its event run, which the worker performs next.
+    counted = await p.events("user/orders/counted")
+    assert len(counted) == 1 and counted[0].parent_id == task.event_id
+    assert [r.state.value for r in await p.runs(kind="event")
+            if r.event_id == counted[0].id] == ["due"]
+    # The worker's on_finished hook (metrics) hears of the three performed in place.
+    assert sorted(o.run.action_type for o in finished if o.run.kind is models.RunKind.ACTION) \
+        == ["cache", "echo", "event"]
+
+
+async def test_an_in_process_action_that_fails_fails_alone_with_its_error_event(pipeline) -> None:
+    p = await pipeline("""
+        tasks:
+          - name: Counter
+            subscriptions: user/orders/ready
+            code: |
+              {% action "cache", "set", "orders", "many" %}
+              {% action "cache", "incr", "orders" %}
+              {% action "echo", __error: "echo says no" %}
+          - name: Errors
+            subscriptions: mechanic/errors/action
+            code: "{% log error.message %}"
+    """)
+    await p.send("user/orders/ready")
+    await _task_turn(p)
+    task = (await p.runs(kind="task", task="Counter"))[0]
+    assert task.state is models.RunState.SUCCEEDED
+    actions_ = await p.runs(kind="action")
+    assert [(a.action_type, a.state.value) for a in actions_] == [
+        ("cache", "succeeded"), ("cache", "failed"), ("echo", "failed")]
+    assert "not an integer" in (actions_[1].error or "")
+    assert actions_[2].error == "echo says no"
+    assert await p.cache("orders") == "many"  # the failed incr wrote nothing
+    errors_ = await p.events("mechanic/errors/action")
+    assert sorted(e.data["action"]["run"]["id"] for e in errors_) == [actions_[1].id,
+                                                                       actions_[2].id]
+    # A failed in-process action run can be retried by hand; the worker performs it then.
+    await p.db.write(lambda tx: cache_action.apply(
+        tx, "set", {"key": "orders", "value": 1, "ttl": cache_action.cache.MAX_TTL},
+        p.clock()))
+    await p.db.write(lambda tx: runs.retry(tx, actions_[1].id, p.clock()))
+    await p.drain()
+    assert await p.cache("orders") == 2
+    assert (await p.runs(kind="action"))[1].state is models.RunState.SUCCEEDED

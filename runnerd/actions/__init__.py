@@ -11,6 +11,10 @@ action run calls `perform(options, ctx)`:
 - or it raises `errors.ActionFailed(message, retryable=...)`: `retryable=True` for transient
   failures (connection refused/reset, timeout, SMTP 4xx, HTTP 5xx with error_on_5xx), which the
   worker retries 4 times; `retryable=False` fails the run at once.
+
+Executors that do no I/O (cache, event, echo) are `InProcess`: their `perform_now` is called
+synchronously in the transaction that finishes the task run, which stores their action runs
+already performed (see `runs.Outcome.perform_inline`): no worker turn, no slot, one commit.
 """
 
 from __future__ import annotations
@@ -52,6 +56,8 @@ class Executor(Protocol):
     type: str
     #: False for echo: its runs never emit mechanic/actions/perform.
     perform_event: bool
+    #: True: `perform_now(options, ctx)` does the same as `perform` synchronously, without I/O.
+    inline: bool
 
     def validate(self, options: Any) -> None:
         """Raise errors.InvalidAction naming what is wrong with `options`."""
@@ -91,6 +97,7 @@ class Simple:
     """Defaults for executors that hold nothing and have no secrets."""
 
     perform_event = True
+    inline = False
 
     def redact(self, options: Any) -> Any:
         """Nothing to hide."""
@@ -98,3 +105,18 @@ class Simple:
 
     async def close(self) -> None:
         """Nothing to release."""
+
+
+class InProcess(Simple):
+    """An executor without I/O: performed synchronously where its run is stored."""
+
+    inline = True
+
+    def perform_now(self, options: Any, ctx: Context) -> Any:
+        """What `perform` returns (a result or a Deferred), synchronously."""
+        raise NotImplementedError
+
+    async def perform(self, options: Any, ctx: Context) -> Any:
+        """The same as `perform_now` (a retried run is performed by the worker)."""
+        return self.perform_now(options, ctx)
+

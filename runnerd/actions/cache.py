@@ -93,7 +93,7 @@ def apply(tx: db.Tx, command: str, args: dict[str, Any], now: float) -> Any:
     return value
 
 
-class CacheExecutor(actions.Simple):
+class CacheExecutor(actions.InProcess):
     """`cache`: set, setex, del, incr, incrby, decr, decrby; every command resets the TTL."""
 
     type = "cache"
@@ -102,7 +102,7 @@ class CacheExecutor(actions.Simple):
         """Raise InvalidAction for bad commands, keys, values or TTLs."""
         check(options)
 
-    async def perform(self, options: Any, ctx: actions.Context) -> actions.Deferred:
+    def perform_now(self, options: Any, ctx: actions.Context) -> actions.Deferred:
         """Apply the command in the transaction that finishes the run."""
         command, args = check(options)
         return actions.Deferred(lambda tx: apply(tx, command, args, ctx.now))

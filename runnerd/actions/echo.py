@@ -7,7 +7,7 @@ from typing import Any
 from runnerd import actions, errors
 
 
-class EchoExecutor(actions.Simple):
+class EchoExecutor(actions.InProcess):
     """`echo`: no side effects; never emits mechanic/actions/perform."""
 
     type = "echo"
@@ -16,7 +16,7 @@ class EchoExecutor(actions.Simple):
     def validate(self, options: Any) -> None:
         """Echo takes anything."""
 
-    async def perform(self, options: Any, ctx: actions.Context) -> Any:
+    def perform_now(self, options: Any, ctx: actions.Context) -> Any:
         """Return the options, or fail with `__error`."""
         if isinstance(options, dict) and options.get("__error"):
             raise errors.ActionFailed(str(options["__error"]))

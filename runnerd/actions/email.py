@@ -307,6 +307,7 @@ class EmailExecutor:
 
     type = "email"
     perform_event = True
+    inline = False
 
     def __init__(self, settings: config.Email, *, idle_seconds: float = IDLE_SECONDS) -> None:
         self.settings = settings

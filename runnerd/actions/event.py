@@ -66,7 +66,7 @@ def check(options: Any) -> tuple[str, Any, float | None, list[str] | None]:
     return topic, options["data"], parse_time(options.get("run_at")), _task_ids(options)
 
 
-class EventExecutor(actions.Simple):
+class EventExecutor(actions.InProcess):
     """`event`: topic, data, run_at, task_id / task_ids."""
 
     type = "event"
@@ -75,7 +75,7 @@ class EventExecutor(actions.Simple):
         """Raise InvalidAction for a bad topic, run_at or task ids."""
         check(options)
 
-    async def perform(self, options: Any, ctx: actions.Context) -> actions.Deferred:
+    def perform_now(self, options: Any, ctx: actions.Context) -> actions.Deferred:
         """Store the child event (and its event run) with the run's success."""
         topic, data, run_at, task_ids = check(options)
         event = runs.new_event(topic, data, "action", ctx.now, parent_id=ctx.event.id,

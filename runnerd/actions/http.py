@@ -304,6 +304,7 @@ class HttpExecutor:
 
     type = "http"
     perform_event = True
+    inline = False
 
     def __init__(self, session: aiohttp.ClientSession, settings: config.Http) -> None:
         self.session = session
