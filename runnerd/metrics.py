@@ -112,8 +112,9 @@ class Metrics:
     def routed(self, event_runs: int) -> None:
         """Event runs performed where their events were stored (see `runs.insert_events`)."""
         self.runs.labels(models.RunKind.EVENT.value, "succeeded").inc(event_runs)
+        duration = self.duration.labels(models.RunKind.EVENT.value)
         for _ in range(event_runs):
-            self.duration.labels(models.RunKind.EVENT.value).observe(0.0)
+            duration.observe(0.0)
 
     def webhook(self, code: int) -> None:
         """The listener's hook: one webhook request answered with `code`."""

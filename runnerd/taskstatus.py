@@ -157,11 +157,11 @@ def record(tx: db.Tx, name: str, status: str, now: float,
     """A report (`started`, `succeeded` or `failed`) for a task or a ping monitor."""
     if error is not None and len(error.encode()) > MAX_ERROR_BYTES:
         error = error.encode()[:MAX_ERROR_BYTES].decode(errors="ignore")
-    tx.execute("status_report", {"name": name, "status": status, "now": now, "error": error})
+    if not tx.one("status_report", {"name": name, "status": status, "now": now,
+                                    "error": error})["evaluated"]:
+        return []  # not a monitor (the common case): nothing to evaluate, nothing more to read
     row = tx.one("status_get", {"name": name})
-    if row is None or (row["monitor"] is None and row["state"] == "new"):
-        return []  # not a monitor: nothing to evaluate
-    return flip(tx, row, now)
+    return [] if row is None else flip(tx, row, now)
 
 
 def tick(tx: db.Tx, names: Iterable[str], now: float) -> list[models.Event]:

@@ -156,7 +156,8 @@ ON CONFLICT (name) DO UPDATE SET
     last_success_at = COALESCE(excluded.last_success_at, task_status.last_success_at),
     last_failure_at = COALESCE(excluded.last_failure_at, task_status.last_failure_at),
     last_error = CASE WHEN excluded.last_status = 'failed' THEN excluded.last_error
-                      ELSE task_status.last_error END;
+                      ELSE task_status.last_error END
+RETURNING monitor IS NOT NULL OR state <> 'new' AS evaluated;
 
 -- name: status_get
 SELECT * FROM task_status WHERE name = :name;
