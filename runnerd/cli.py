@@ -8,20 +8,18 @@ and exits non-zero with one clear line on bad input.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging.config
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from runnerd import __version__, config, db, errors, logs, models, ops, runs
+from runnerd import __version__, cli_common, config, db, errors, logs, models, ops, runs
 from runnerd import monitor_cli
 
 DEFAULT_CONFIG = "/etc/runnerd/runnerd.yaml"
-EXIT_FAIL = 1
 
 
 class _Parser(argparse.ArgumentParser):
@@ -95,10 +93,6 @@ def _config_path(args: argparse.Namespace, environ: dict[str, str]) -> str:
     return getattr(args, "config", None) or environ.get("RUNNERD_CONFIG") or DEFAULT_CONFIG
 
 
-def _print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, ensure_ascii=False))
-
-
 def _parse_json_arg(text: str | None, what: str) -> Any:
     if text is None:
         return None
@@ -106,16 +100,6 @@ def _parse_json_arg(text: str | None, what: str) -> Any:
         return json.loads(text)
     except ValueError as exc:
         raise errors.InvalidInput(f"{what} is not valid JSON: {exc}") from None
-
-
-async def _with_db(settings: config.Settings,
-                   fn: Callable[[db.Database], Awaitable[Any]]) -> Any:
-    database = await db.Database(settings.database).open()
-    try:
-        await database.migrate()
-        return await fn(database)
-    finally:
-        await database.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -129,10 +113,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except errors.ConfigError as exc:
         for problem in exc.problems:
             print(f"runnerd: config: {_line(problem)}", file=sys.stderr)
-        return EXIT_FAIL
+        return cli_common.EXIT_FAIL
     except errors.RunnerdError as exc:
         print(f"runnerd: {_line(exc.message)}", file=sys.stderr)
-        return EXIT_FAIL
+        return cli_common.EXIT_FAIL
     except KeyboardInterrupt:
         return 130
 
@@ -165,9 +149,9 @@ def cmd_check(args: argparse.Namespace, path: str, environ: dict[str, str]) -> i
 def cmd_send(args: argparse.Namespace, path: str, environ: dict[str, str]) -> int:
     settings = config.load(path, environ)
     data = _parse_json_arg(args.data, "--data")
-    event_id = asyncio.run(_with_db(settings, lambda d: ops.send(
-        d, args.topic, data, source="cli", now=time.time())))
-    _print_json({"id": event_id}) if args.json else print(event_id)
+    event_id = cli_common.with_db(settings, lambda d: ops.send(
+        d, args.topic, data, source="cli", now=time.time()))
+    cli_common.print_json({"id": event_id}) if args.json else print(event_id)
     return 0
 
 
@@ -175,22 +159,25 @@ def cmd_trigger(args: argparse.Namespace, path: str, environ: dict[str, str]) ->
     from runnerd import daemon
 
     reg = daemon.load(path, environ)
-    event_id = asyncio.run(_with_db(reg.settings, lambda d: ops.trigger(
-        d, reg, args.task, text=args.text, source="cli", now=time.time())))
-    _print_json({"id": event_id}) if args.json else print(event_id)
+    event_id = cli_common.with_db(reg.settings, lambda d: ops.trigger(
+        d, reg, args.task, text=args.text, source="cli", now=time.time()))
+    cli_common.print_json({"id": event_id}) if args.json else print(event_id)
     return 0
 
 
-def _redact(action_type: str | None, options: Any) -> Any:
-    """Action options as people may see them (no secrets), without building executors."""
-    from runnerd.actions import http
-
-    return http.redact(options) if action_type == "http" else options
-
-
 def cmd_runs(args: argparse.Namespace, path: str, environ: dict[str, str]) -> int:
+    import functools
+
+    from runnerd import actions
+
     settings = config.load(path, environ)
-    redact = _redact
+    # Each action type's own redaction; the executors (aiohttp, aiosmtplib) are imported only
+    # when an action run is shown.
+    executors = functools.cache(lambda: actions.offline(settings))
+
+    def redact(action_type: str | None, options: Any) -> Any:
+        return executors().redact(action_type, options)
+
     if args.action is None:
         if args.id is not None:
             raise errors.InvalidInput(f"unexpected argument {args.id!r}: use runs show ID")
@@ -201,9 +188,9 @@ def cmd_runs(args: argparse.Namespace, path: str, environ: dict[str, str]) -> in
                 ops.run_json(tx, r, redact) for r in runs.select(
                     tx, state=args.state, kind=args.kind, task=args.task, limit=limit)])
 
-        rows = asyncio.run(_with_db(settings, listing))
+        rows = cli_common.with_db(settings, listing)
         if args.json:
-            _print_json(rows)
+            cli_common.print_json(rows)
         else:
             _print_runs(rows)
         return 0
@@ -219,9 +206,9 @@ def cmd_runs(args: argparse.Namespace, path: str, environ: dict[str, str]) -> in
         move = runs.retry if args.action == "retry" else runs.cancel
         return await d.write(lambda tx: ops.run_json(tx, move(tx, run_id, now), redact))
 
-    out = asyncio.run(_with_db(settings, act))
+    out = cli_common.with_db(settings, act)
     if args.json or args.action == "show":
-        _print_json(out)
+        cli_common.print_json(out)
     else:
         print(f"run {out['id']} ({out['kind']}) is now {out['state']}")
     return 0
@@ -245,9 +232,9 @@ def _print_runs(rows: list[dict[str, Any]]) -> None:
 def cmd_queue(args: argparse.Namespace, path: str, environ: dict[str, str]) -> int:
     settings = config.load(path, environ)
     now = time.time()
-    out = asyncio.run(_with_db(settings, lambda d: d.read(lambda tx: runs.stats(tx, now))))
+    out = cli_common.with_db(settings, lambda d: d.read(lambda tx: runs.stats(tx, now)))
     if args.json:
-        _print_json(out)
+        cli_common.print_json(out)
         return 0
     print(f"{'KIND':<8}" + "".join(f"{s:>12}" for s in ("unscheduled", "scheduled", "due",
                                                          "started")))
@@ -275,41 +262,39 @@ def cmd_cache(args: argparse.Namespace, path: str, environ: dict[str, str]) -> i
     key = args.key
     if args.op != "set" and args.value is not None:
         raise errors.InvalidInput(f"cache {args.op} takes only a key")
-    try:
+    try:  # the cache action's checks, as the command's errors
         cache.check_key(key)
         ttl = cache.check_ttl(args.ttl)
+        if args.op == "set":
+            if args.value is None:
+                raise errors.InvalidInput("cache set needs KEY VALUE")
+            try:
+                value = json.loads(args.value)
+            except ValueError:
+                value = args.value  # not JSON: a plain string
+            cache.encode_value(value)
     except errors.InvalidAction as exc:
         raise errors.InvalidInput(exc.message.removeprefix("cache: ")) from None
     if args.op == "get":
-        value = asyncio.run(_with_db(settings, lambda d: d.read(
-            lambda tx: tx.one("cache_get", {"key": key, "now": now}))))
-        if value is None:
-            return EXIT_FAIL
-        print(value["value"])
+        row = cli_common.with_db(settings, lambda d: d.read(
+            lambda tx: tx.one("cache_get", {"key": key, "now": now})))
+        if row is None:
+            return cli_common.EXIT_FAIL
+        print(row["value"])
         return 0
     if args.op == "del":
-        existed = asyncio.run(_with_db(settings, lambda d: d.write(
-            lambda tx: cache.delete(tx, key))))
+        existed = cli_common.with_db(settings, lambda d: d.write(
+            lambda tx: cache.delete(tx, key)))
         print("deleted" if existed else "absent")
         return 0
-    if args.value is None:
-        raise errors.InvalidInput("cache set needs KEY VALUE")
-    try:
-        value = json.loads(args.value)
-    except ValueError:
-        value = args.value  # not JSON: a plain string
-    try:
-        cache.encode_value(value)
-    except errors.InvalidAction as exc:
-        raise errors.InvalidInput(exc.message.removeprefix("cache: ")) from None
-    asyncio.run(_with_db(settings, lambda d: d.write(
-        lambda tx: cache.put(tx, key, value, ttl, now))))
+    cli_common.with_db(settings, lambda d: d.write(
+        lambda tx: cache.put(tx, key, value, ttl, now)))
     print("OK")
     return 0
 
 
 def cmd_preview(args: argparse.Namespace, path: str, environ: dict[str, str]) -> int:
-    from runnerd import daemon, preview
+    from runnerd import actions, daemon, preview
 
     reg = daemon.load(path, environ)
     has_data = args.data is not None or args.data_file is not None
@@ -327,10 +312,10 @@ def cmd_preview(args: argparse.Namespace, path: str, environ: dict[str, str]) ->
     else:
         data = _parse_json_arg(args.data, "--data")
     topic = ops.check_topic(args.topic) if args.topic is not None else None
-    out = preview.preview(reg, preview.offline_executors(reg.settings), args.task, topic=topic,
+    out = preview.preview(reg, actions.offline(reg.settings), args.task, topic=topic,
                           data=data, has_data=has_data, now=time.time())
     if args.json:
-        _print_json({k: out[k] for k in ("actions", "logs", "errors")})
+        cli_common.print_json({k: out[k] for k in ("actions", "logs", "errors")})
     else:
         print(f"event: {out['event']['topic']} data={json.dumps(out['event']['data'])}")
         for action in out["actions"]:
@@ -342,7 +327,7 @@ def cmd_preview(args: argparse.Namespace, path: str, environ: dict[str, str]) ->
             print(f"error: {entry if isinstance(entry, str) else json.dumps(entry)}")
         if not (out["actions"] or out["logs"] or out["errors"]):
             print("(no actions, logs or errors)")
-    return EXIT_FAIL if out["errors"] else 0
+    return cli_common.EXIT_FAIL if out["errors"] else 0
 
 
 def cmd_import(args: argparse.Namespace, path: str, environ: dict[str, str]) -> int:
@@ -354,9 +339,9 @@ def cmd_import(args: argparse.Namespace, path: str, environ: dict[str, str]) -> 
 
 def cmd_prune(args: argparse.Namespace, path: str, environ: dict[str, str]) -> int:
     settings = config.load(path, environ)
-    out = asyncio.run(_with_db(settings, lambda d: ops.prune(d, settings, time.time())))
+    out = cli_common.with_db(settings, lambda d: ops.prune(d, settings, time.time()))
     if args.json:
-        _print_json(out)
+        cli_common.print_json(out)
     else:
         print(f"pruned {out['events_pruned']} event(s) with their {out['runs_pruned']} run(s); "
               f"purged {out['cache_keys_purged']} expired cache key(s); pruned "

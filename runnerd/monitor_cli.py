@@ -7,16 +7,13 @@ so they work while the daemon runs (it sees a pause or a resume at its next tick
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
-from runnerd import config, db, errors, heartbeat, monitors, taskstatus
+from runnerd import cli_common, config, db, errors, heartbeat, monitors, taskstatus
 
-EXIT_FAIL = 1
 Add = Callable[..., argparse.ArgumentParser]
 
 
@@ -34,16 +31,6 @@ def add_parsers(add: Add, jsonable: argparse.ArgumentParser) -> None:
     s.add_argument("action", nargs="?", choices=["pause", "resume"])
     s.add_argument("name", nargs="?")
     add("workers", "the daemon processes' heartbeats, with ages", jsonable)
-
-
-def _print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, ensure_ascii=False))
-
-
-def _run(settings: config.Settings, fn: Callable[[db.Database], Awaitable[Any]]) -> Any:
-    from runnerd import cli  # imported here: cli imports this module to add its commands
-
-    return asyncio.run(cli._with_db(settings, fn))
 
 
 def _checks(pairs: list[list[str]]) -> list[tuple[str, float]]:
@@ -64,17 +51,17 @@ def cmd_monitor(args: argparse.Namespace, path: str, environ: dict[str, str]) ->
     """`runnerd monitor tasks`: exit 1 when any task is not ok."""
     settings = config.load(path, environ)
     checks = _checks(args.task)
-    results, mailed = _run(settings, lambda d: monitors.monitor_tasks(
+    results, mailed = cli_common.with_db(settings, lambda d: monitors.monitor_tasks(
         d, settings, checks, mail=not args.no_mail, now=time.time()))
     if args.json:
-        _print_json(results)
+        cli_common.print_json(results)
     else:
         minutes = dict(checks)
         for result in results:
             print(monitors.describe(result, minutes[result["name"]]))
     if mailed:
         print(f"runnerd: {mailed}", file=sys.stderr)
-    return 0 if all(r["status"] == "ok" for r in results) else EXIT_FAIL
+    return 0 if all(r["status"] == "ok" for r in results) else cli_common.EXIT_FAIL
 
 
 def cmd_monitors(args: argparse.Namespace, path: str, environ: dict[str, str]) -> int:
@@ -95,12 +82,13 @@ def cmd_monitors(args: argparse.Namespace, path: str, environ: dict[str, str]) -
                                               "now": now})
             return move(tx, args.name, now)
 
-        row = _run(settings, lambda d: d.write(act))
-        _print_json(row) if args.json else print(f"monitor {row['name']} is now {row['state']}")
+        row = cli_common.with_db(settings, lambda d: d.write(act))
+        cli_common.print_json(row) if args.json else print(
+            f"monitor {row['name']} is now {row['state']}")
         return 0
     if args.name is not None:
         raise errors.InvalidInput(f"unexpected argument {args.name!r}")
-    found = _run(settings, lambda d: d.read(lambda tx: {
+    found = cli_common.with_db(settings, lambda d: d.read(lambda tx: {
         r["name"]: r for r in taskstatus.rows(tx)}))
     out = []
     for monitor in settings.monitors:
@@ -111,7 +99,7 @@ def cmd_monitors(args: argparse.Namespace, path: str, environ: dict[str, str]) -
                     "grace": monitor.grace, **{k: v for k, v in row.items()
                                                if k not in ("name", "monitor")}})
     if args.json:
-        _print_json(out)
+        cli_common.print_json(out)
         return 0
     if not out:
         print("no monitors configured")
@@ -130,9 +118,9 @@ def cmd_workers(args: argparse.Namespace, path: str, environ: dict[str, str]) ->
     """`runnerd workers`: one line per daemon process seen, newest first."""
     settings = config.load(path, environ)
     now = time.time()
-    rows = _run(settings, lambda d: d.read(lambda tx: heartbeat.rows(tx, now)))
+    rows = cli_common.with_db(settings, lambda d: d.read(lambda tx: heartbeat.rows(tx, now)))
     if args.json:
-        _print_json(rows)
+        cli_common.print_json(rows)
         return 0
     if not rows:
         print("no workers have run on this database")

@@ -59,15 +59,4 @@ def preview(reg: registry.Registry, executors: actions.Registry, name: str, *,
     return out
 
 
-def offline_executors(settings: Any) -> actions.Registry:
-    """Executors able to validate (never to perform): no session, no connection is opened."""
-    from runnerd.actions import cache as cache_action
-    from runnerd.actions import echo, email, event, http
-
-    reg = actions.Registry()
-    for executor in (cache_action.CacheExecutor(), echo.EchoExecutor(), event.EventExecutor(),
-                     email.EmailExecutor(settings.email),
-                     http.HttpExecutor(None, settings.http)):  # type: ignore[arg-type]
-        reg.add(executor)
-    return reg
 

@@ -57,10 +57,11 @@ def _invalid(message: str) -> errors.InvalidAction:
     return errors.InvalidAction(f"http: {message}")
 
 
-def is_secret_header(name: str) -> bool:
-    """True for headers whose values `redact` hides."""
+def is_secret(name: str, names: frozenset[str]) -> bool:
+    """True when `redact` hides the value of the header or query parameter `name`: `names`
+    (SECRET_HEADERS or SECRET_PARAMS) holds it, or it contains one of SECRET_WORDS."""
     lower = name.lower()
-    return lower in SECRET_HEADERS or any(word in lower for word in SECRET_WORDS)
+    return lower in names or any(word in lower for word in SECRET_WORDS)
 
 
 def redact_url(url: str) -> str:
@@ -70,16 +71,11 @@ def redact_url(url: str) -> str:
         pairs = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
     except ValueError:
         pairs = []
-    if any(_secret_param(k) for k, _ in pairs):
+    if any(is_secret(k, SECRET_PARAMS) for k, _ in pairs):
         query = urllib.parse.urlencode(
-            [(k, REDACTED if _secret_param(k) else v) for k, v in pairs], safe="[]")
+            [(k, REDACTED if is_secret(k, SECRET_PARAMS) else v) for k, v in pairs], safe="[]")
         url = urllib.parse.urlunsplit(parts._replace(query=query))
     return _USERINFO.sub(rf"\1{REDACTED}@", url)
-
-
-def _secret_param(name: str) -> bool:
-    lower = name.lower()
-    return lower in SECRET_PARAMS or any(word in lower for word in SECRET_WORDS)
 
 
 def _safe_url(url: yarl.URL) -> str:
@@ -274,7 +270,7 @@ def redact(options: Any) -> Any:
     out = dict(options)
     headers = out.get("headers")
     if isinstance(headers, Mapping):
-        out["headers"] = {k: REDACTED if is_secret_header(str(k)) else v
+        out["headers"] = {k: REDACTED if is_secret(str(k), SECRET_HEADERS) else v
                           for k, v in headers.items()}
     if isinstance(out.get("url"), str):
         out["url"] = redact_url(out["url"])
