@@ -14,8 +14,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
+import sqlite3
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from runnerd import db, errors, models, taskstatus
 from runnerd.models import RunKind, RunState
@@ -164,9 +165,14 @@ class Job:
 PARENT_GENERATIONS = 5
 
 
+def promote(tx: db.Tx, now: float) -> None:
+    """`scheduled` runs whose time came become `due`."""
+    tx.execute("promote_scheduled", {"now": now})
+
+
 def claim(tx: db.Tx, limit: int, now: float) -> list[Job]:
     """Promote scheduled runs whose time came, then start up to `limit` due runs."""
-    tx.execute("promote_scheduled", {"now": now})
+    promote(tx, now)
     if limit <= 0:
         return []
     rows = tx.all("claim_runs", {"now": now, "limit": limit})
@@ -293,7 +299,7 @@ def _store_children(tx: db.Tx, outcome: Outcome, now: float, rand: Callable[[], 
             queued = []
         row = {**row, "state": _STARTED, "attempts": 1, "started_at": now, "error": None}
         row["id"] = tx.execute("insert_run", row).lastrowid
-        child = outcome.perform_inline(models.Run.from_row(row))
+        child = outcome.perform_inline(models.Run.from_row(cast(sqlite3.Row, row)))
         if finish(tx, child, now, rand, performed=performed) is not None:
             performed.append(child)
     if queued:

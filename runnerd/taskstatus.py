@@ -157,8 +157,9 @@ def record(tx: db.Tx, name: str, status: str, now: float,
     """A report (`started`, `succeeded` or `failed`) for a task or a ping monitor."""
     if error is not None and len(error.encode()) > MAX_ERROR_BYTES:
         error = error.encode()[:MAX_ERROR_BYTES].decode(errors="ignore")
-    if not tx.one("status_report", {"name": name, "status": status, "now": now,
-                                    "error": error})["evaluated"]:
+    reported = tx.one("status_report", {"name": name, "status": status, "now": now,
+                                        "error": error})
+    if reported is None or not reported["evaluated"]:
         return []  # not a monitor (the common case): nothing to evaluate, nothing more to read
     row = tx.one("status_get", {"name": name})
     return [] if row is None else flip(tx, row, now)
