@@ -305,6 +305,8 @@ def cmd_preview(args: argparse.Namespace, path: str, environ: dict[str, str]) ->
         except OSError as exc:
             raise errors.InvalidInput(f"--data-file: cannot read {args.data_file}: "
                                       f"{exc.strerror}") from None
+        except ValueError:  # a NUL in the path
+            raise errors.InvalidInput(f"--data-file: bad path {args.data_file!r}") from None
         except UnicodeDecodeError:
             raise errors.InvalidInput(f"--data-file: {args.data_file} is not UTF-8 text"
                                       ) from None
