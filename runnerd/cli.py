@@ -8,6 +8,7 @@ and exits non-zero with one clear line on bad input.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging.config
 import os
@@ -166,8 +167,6 @@ def cmd_trigger(args: argparse.Namespace, path: str, environ: dict[str, str]) ->
 
 
 def cmd_runs(args: argparse.Namespace, path: str, environ: dict[str, str]) -> int:
-    import functools
-
     from runnerd import actions
 
     settings = config.load(path, environ)

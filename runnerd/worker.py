@@ -101,7 +101,7 @@ class Worker:
     async def run_until_idle(self) -> int:
         """Perform due runs until none is left; return how many were performed, in place
         (in-process action runs) or claimed (burst mode)."""
-        total = -self.performed_inline
+        total, inline_before = 0, self.performed_inline
         while True:
             claimed = await self._turn(claim=True)
             total += claimed
@@ -109,7 +109,7 @@ class Worker:
                 await asyncio.wait(list(self._active.values()))
                 continue
             if claimed == 0 and not self._done:
-                return total + self.performed_inline
+                return total + self.performed_inline - inline_before
 
     def _free(self) -> int:
         return max(0, self.concurrency - len(self._active))
