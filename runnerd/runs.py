@@ -7,6 +7,9 @@ worker can finish a batch of runs and claim the next batch in a single commit.
                                    ^                  |  \\--> failed --(manual retry)--> due
                                    |                  \\--> scheduled (automatic retry, backoff)
                                    \\--(crash or stop: requeue, the attempt counts)
+
+Task runs are never claimed: the worker renders them while they are `due` and `finish` takes
+them straight from `due` to their final state (see `due_task_runs`).
 """
 
 from __future__ import annotations
@@ -171,11 +174,37 @@ def promote(tx: db.Tx, now: float) -> None:
 
 
 def claim(tx: db.Tx, limit: int, now: float) -> list[Job]:
-    """Promote scheduled runs whose time came, then start up to `limit` due runs."""
+    """Promote scheduled runs whose time came, then start up to `limit` due action and event
+    runs (the runs that take a worker slot), by priority. Task runs are never claimed: see
+    `due_task_runs`."""
     promote(tx, now)
     if limit <= 0:
         return []
-    rows = tx.all("claim_runs", {"now": now, "limit": limit})
+    return _jobs(tx, tx.all("claim_runs", {"now": now, "limit": limit}))
+
+
+def due_task_runs(tx: db.Tx, limit: int) -> list[Job]:
+    """Up to `limit` due task runs, oldest first, left `due`.
+
+    A task run is pure CPU (a render), so the worker renders these one at a time between its
+    transactions instead of giving each a slot: `begin` marks a run's attempt in memory, and
+    `finish` records it straight from `due`. A crash during the render leaves it due, to be
+    rendered again.
+    """
+    if limit <= 0:
+        return []
+    return _jobs(tx, tx.all("due_task_runs", {"limit": limit}))
+
+
+def begin(job: Job, now: float) -> Job:
+    """A due task run's attempt, started now (written when the run is finished)."""
+    run = dataclasses.replace(job.run, attempts=job.run.attempts + 1, started_at=now)
+    return Job(run, job.event, job.parent)
+
+
+def _jobs(tx: db.Tx, rows: list[sqlite3.Row]) -> list[Job]:
+    """Jobs for these `runs` rows in queue order, with their events (and the ancestors of task
+    runs' events) fetched batch-wide."""
     # RETURNING has no order: restore the queue's.
     claimed = sorted((models.Run.from_row(r) for r in rows),
                      key=lambda r: (-r.priority, r.run_at, r.id))
@@ -256,20 +285,21 @@ def finish(tx: db.Tx, outcome: Outcome, now: float,
                 result = outcome.deferred(tx)
         except errors.RunnerdError as exc:
             ok, error, retryable = False, exc.message, False
+    was = {"id": run.id, "from": str(run.state), "started_at": run.started_at,
+           "attempts": run.attempts}
     if not ok and retryable and run.attempts < MAX_ATTEMPTS:
         retry_at = finished_at + backoff(run.attempts, rand)
-        moved = tx.execute("retry_later", {"id": run.id, "run_at": retry_at, "error": error})
-        if moved.rowcount == 0:
+        if tx.execute("retry_later", {**was, "run_at": retry_at, "error": error}).rowcount == 0:
             return None
         tx.execute("insert_attempt", {"run_id": run.id, "attempt": run.attempts,
                                       "started_at": run.started_at, "finished_at": finished_at,
                                       "error": error})
         return dataclasses.replace(run, state=RunState.SCHEDULED, run_at=retry_at, error=error)
     state = RunState.SUCCEEDED if ok else RunState.FAILED
-    done = tx.execute("finish_run", {"id": run.id, "state": str(state), "error": error,
+    done = tx.execute("finish_run", {**was, "state": str(state), "error": error,
                                      "result": models.dumps(result), "now": finished_at})
     if done.rowcount == 0:
-        logger.warning("run %s was not started when it finished", run.id,
+        logger.warning("run %s was no longer %s when it finished", run.id, run.state,
                        extra={"action": "stale_finish", "run_id": run.id})
         return None
     final = dataclasses.replace(run, state=state, result=result, error=error,
@@ -307,13 +337,16 @@ def _store_children(tx: db.Tx, outcome: Outcome, now: float, rand: Callable[[], 
 
 
 def finish_and_claim(tx: db.Tx, outcomes: Sequence[Outcome], limit: int, now: float,
-                     performed: list[Outcome] | None = None) -> list[Job]:
+                     performed: list[Outcome] | None = None,
+                     renders: int = 0) -> tuple[list[Job], list[Job]]:
     """The worker's one transaction per turn: record what finished, claim what is next.
 
+    Returns the claimed jobs (at most `limit`) and up to `renders` due task runs. Outcomes are
+    recorded first, so a task run rendered in the last turn is never handed out again.
     `performed` receives the outcomes of the action runs performed in place."""
     for outcome in outcomes:
         finish(tx, outcome, now, performed=performed)
-    return claim(tx, limit, now)
+    return claim(tx, limit, now), due_task_runs(tx, renders)
 
 
 def requeue_started(tx: db.Tx) -> int:

@@ -1,7 +1,10 @@
 """The claim loop: one transaction per turn records what finished and claims what is next.
 
-Runs are performed as asyncio tasks, at most `concurrency` at once. The worker knows nothing of
-Liquid or SMTP: it gets a handler per run kind. It wakes when the webhook, the scheduler or a
+Action and event runs are performed as asyncio tasks, at most `concurrency` at once. Task runs
+take no slot: a render is CPU work on this thread, so the worker renders the due task runs one at
+a time right after each turn (for at most `RENDER_BATCH_SECONDS`, yielding to the event loop
+between renders) and records them in the next turn, straight from `due`. The worker knows nothing
+of Liquid or SMTP: it gets a handler per run kind. It wakes when the webhook, the scheduler or a
 finished run says there is work, and polls so that scheduled runs and retries come due.
 
 Lanes: a run may belong to a lane (an http action run: its target host). At most `lane_cap` runs
@@ -16,7 +19,6 @@ import asyncio
 import collections
 import contextlib
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 
@@ -35,6 +37,10 @@ RUN_TIMEOUT = 900.0
 DEFER_SECONDS = 0.5
 #: Claims per turn that may be spent replacing handed-back runs (bounds one transaction).
 DEFER_ROUNDS = 8
+#: Task runs fetched per turn, and how long the worker renders before it records them (the rest
+#: stay due for the next turn): a burst is recorded in steps, never one long transaction.
+RENDER_BATCH = 64
+RENDER_BATCH_SECONDS = 0.05
 
 
 def http_lane(run: models.Run) -> str | None:
@@ -78,7 +84,7 @@ class Worker:
         self._lanes: collections.Counter[str] = collections.Counter()  #: started runs per lane
         self.deferred = 0  #: runs handed back because their lane was full (since start)
         self.performed_inline = 0  #: in-process action runs finished with their task run
-        self._promoted_at = -math.inf  #: clock time of the last promotion of scheduled runs
+        self.rendered = 0  #: task runs rendered (since start)
         self.healthy = True  #: False while the database refuses writes
 
     @property
@@ -99,9 +105,9 @@ class Worker:
         await self._drain(grace)
 
     async def run_until_idle(self) -> int:
-        """Perform due runs until none is left; return how many were performed, in place
-        (in-process action runs) or claimed (burst mode)."""
-        total, inline_before = 0, self.performed_inline
+        """Perform due runs until none is left; return how many were performed: claimed,
+        rendered (task runs) or in place (in-process action runs) (burst mode)."""
+        total, before = 0, self.performed_inline + self.rendered
         while True:
             claimed = await self._turn(claim=True)
             total += claimed
@@ -109,32 +115,29 @@ class Worker:
                 await asyncio.wait(list(self._active.values()))
                 continue
             if claimed == 0 and not self._done:
-                return total + self.performed_inline - inline_before
+                return total + self.performed_inline + self.rendered - before
 
     def _free(self) -> int:
         return max(0, self.concurrency - len(self._active))
 
     async def _turn(self, *, claim: bool) -> int:
-        """One transaction: finish what is done, claim up to the free slots. Returns claimed."""
+        """One transaction: finish what is done, claim up to the free slots; then render the due
+        task runs it fetched. Returns how many runs were claimed."""
         done, self._done = self._done, []
-        limit = self._free() if claim else 0
-        now = self.clock()
-        if not done and limit == 0:
-            if claim and now - self._promoted_at >= self.poll:
-                # Every slot is busy: runs whose time came must still become due on time (their
-                # lag starts then, and SPEC §4 promises it within a second), at most once a poll.
-                await self._promote(now)
+        if not done and not claim:
             return 0
-        self._promoted_at = now  # every claim promotes first
+        limit = self._free() if claim else 0
+        renders = RENDER_BATCH if claim else 0
+        now = self.clock()
         self.wakeup.clear()
         busy = collections.Counter(self._lanes)  # a snapshot: the db thread must not see it move
         performed: list[runs.Outcome] = []  # in-process action runs finished on the db thread
         try:
-            jobs = await self.db.write(lambda tx: self._finish_and_claim(tx, done, limit, now,
-                                                                       busy, performed))
+            jobs, task_jobs = await self.db.write(lambda tx: self._finish_and_claim(
+                tx, done, limit, now, busy, performed, renders))
         except errors.DatabaseError as exc:
-            # Keep the outcomes: the runs stay `started` in the file, so nothing is lost even if
-            # we die now; they are written as soon as the database takes writes again.
+            # Keep the outcomes: the runs stay `started` (or `due`) in the file, so nothing is
+            # lost even if we die now; they are written as soon as the database takes writes.
             self._done = done + self._done
             if self.healthy:
                 logger.error("cannot record runs: %s", exc, extra={"action": "db_write_failed"})
@@ -151,22 +154,27 @@ class Worker:
                 self._lanes[lane] += 1
             task = asyncio.create_task(self._perform(job, lane), name=f"run-{job.run.id}")
             self._active[job.run.id] = task
+        await self._render(task_jobs)
         return len(jobs)
 
-    async def _promote(self, now: float) -> None:
-        self._promoted_at = now
-        try:
-            await self.db.write(lambda tx: runs.promote(tx, now))
-        except errors.DatabaseError:
-            pass  # the next turn tries again, and reports the database if it still refuses
+    async def _render(self, jobs: list[runs.Job]) -> None:
+        """Perform task runs one at a time; those left when the time is up stay due."""
+        deadline = time.monotonic() + RENDER_BATCH_SECONDS
+        for i, job in enumerate(jobs):
+            if i and time.monotonic() > deadline:
+                break
+            self._done.append(await self._outcome(runs.begin(job, self.clock())))
+            self.rendered += 1
+            await asyncio.sleep(0)  # let requests and started runs move between renders
 
     def _finish_and_claim(self, tx: db.Tx, done: list[runs.Outcome], limit: int, now: float,
-                          busy: collections.Counter[str],
-                          performed: list[runs.Outcome]) -> list[runs.Job]:
-        """On the db thread: finish, claim, and hand back claimed runs whose lane is full."""
-        jobs = runs.finish_and_claim(tx, done, limit, now, performed)
+                          busy: collections.Counter[str], performed: list[runs.Outcome],
+                          renders: int) -> tuple[list[runs.Job], list[runs.Job]]:
+        """On the db thread: finish, claim, and hand back claimed runs whose lane is full.
+        Returns the claimed jobs kept and the task runs to render."""
+        jobs, task_jobs = runs.finish_and_claim(tx, done, limit, now, performed, renders)
         if self.lane is None or not jobs:
-            return jobs
+            return jobs, task_jobs
         kept: list[runs.Job] = []
         for rounds in range(DEFER_ROUNDS, -1, -1):
             handed_back = []
@@ -187,24 +195,29 @@ class Worker:
                 break
             # Handed-back runs are scheduled in the future, so this claim takes the next ones.
             jobs = runs.claim(tx, len(handed_back), now)
-        return kept
+        return kept, task_jobs
 
-    async def _perform(self, job: runs.Job, lane: str | None = None) -> None:
+    async def _outcome(self, job: runs.Job) -> runs.Outcome:
+        """The run's handler, with a time limit; a crash or a timeout becomes a failed outcome."""
         run = job.run
         try:
             async with asyncio.timeout(RUN_TIMEOUT):
-                outcome = await self.handlers[run.kind](job)
+                return await self.handlers[run.kind](job)
         except TimeoutError:
-            outcome = runs.Outcome(run, ok=False, error=f"run timed out after {RUN_TIMEOUT:.0f}s",
-                                   retryable=True, finished_at=self.clock())
+            return runs.Outcome(run, ok=False, error=f"run timed out after {RUN_TIMEOUT:.0f}s",
+                                retryable=True, finished_at=self.clock())
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug in a handler must not kill the worker
             logger.exception("run %s crashed", run.id, extra={"action": "run_crashed"})
-            outcome = runs.Outcome(run, ok=False, error=f"internal error: {exc!r}",
-                                   finished_at=self.clock())
+            return runs.Outcome(run, ok=False, error=f"internal error: {exc!r}",
+                                finished_at=self.clock())
+
+    async def _perform(self, job: runs.Job, lane: str | None = None) -> None:
+        try:
+            outcome = await self._outcome(job)
         finally:
-            self._active.pop(run.id, None)
+            self._active.pop(job.run.id, None)
             if lane is not None:
                 self._lanes[lane] -= 1
                 if self._lanes[lane] <= 0:

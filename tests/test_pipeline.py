@@ -434,6 +434,70 @@ async def test_concurrency_caps_the_runs_started_at_once(tmp_path: Path, clock) 
         await database.close()
 
 
+async def test_task_runs_take_no_slot_and_go_from_due_to_final(tmp_path: Path, clock,
+                                                                monkeypatch) -> None:
+    import asyncio
+
+    database = await db.Database(tmp_path / "renders.db").open()
+    await database.migrate()
+    release = asyncio.Event()
+    seen: list[tuple[int, str, int]] = []  # (run id, its state in the file, worker.active)
+
+    async def slow_action(job: runs.Job) -> runs.Outcome:
+        await release.wait()
+        return runs.Outcome(job.run, ok=True, finished_at=clock())
+
+    reader = database.sync_reader()
+
+    async def render(job: runs.Job) -> runs.Outcome:
+        row = reader.execute("SELECT state FROM runs WHERE id = ?", (job.run.id,)).fetchone()
+        seen.append((job.run.id, row["state"], w.active))
+        return runs.Outcome(job.run, ok=True, finished_at=clock())
+
+    w = worker.Worker(database, {models.RunKind.ACTION: slow_action, models.RunKind.TASK: render},
+                      concurrency=1, clock=clock, lane=None)
+    batches: list[list[str]] = []
+    w.on_finished = lambda outcomes: batches.append([o.run.kind.value for o in outcomes])
+    monkeypatch.setattr(worker, "RENDER_BATCH_SECONDS", 0.0)  # one render per turn
+    event = runs.new_event("user/slots/test", None, "cli", clock())
+    await database.write(lambda tx: runs.insert_events(tx, [event], clock()))
+    await database.write(lambda tx: tx.executemany("insert_run", [
+        runs.run_row(models.RunKind.ACTION, event.id, clock(), task_name="t",
+                     action_type="http", options={}),
+        *[runs.run_row(models.RunKind.TASK, event.id, clock(), task_name=f"t{i}")
+          for i in range(3)]]))
+    await database.write(lambda tx: tx.conn.execute("UPDATE runs SET state = 'succeeded' "
+                                                    "WHERE kind = 'event'"))
+    stop = asyncio.Event()
+    loop_task = asyncio.create_task(w.run(stop, grace=5))
+
+    async def states(kind: str) -> list[tuple[str, int, bool]]:
+        return [tuple(r) for r in await database.read(lambda tx: tx.conn.execute(
+            "SELECT state, attempts, started_at IS NOT NULL FROM runs WHERE kind = ? "
+            "ORDER BY id", (kind,)).fetchall())]
+
+    try:
+        # The only slot holds the action run; the task runs are rendered all the same, each
+        # while still `due` in the file, and recorded in the turn after its render.
+        async with asyncio.timeout(10):
+            while await states("task") != [("succeeded", 1, True)] * 3:
+                await asyncio.sleep(0.01)
+        assert [(state, active) for _, state, active in seen] == [("due", 1)] * 3
+        assert await states("action") == [("started", 1, True)]
+        # The time budget of a batch was spent after each render: one render per turn.
+        assert [b.count("task") for b in batches if "task" in b] == [1, 1, 1]
+        release.set()
+        async with asyncio.timeout(10):
+            while await states("action") != [("succeeded", 1, True)]:
+                await asyncio.sleep(0.01)
+    finally:
+        release.set()
+        stop.set()
+        await loop_task
+        reader.close()
+        await database.close()
+
+
 async def test_removed_tasks_fail_their_waiting_runs_and_retry_uses_current_code(
         pipeline) -> None:
     p = await pipeline("""

@@ -39,7 +39,7 @@ async def test_event_gets_a_due_event_run(database: db.Database, clock) -> None:
     assert jobs[0].event == event
 
 
-async def test_claim_order_is_action_task_event_then_fifo(database: db.Database, clock) -> None:
+async def test_claim_order_is_action_then_event_then_fifo(database: db.Database, clock) -> None:
     now = clock()
     event = await add_event(database, now)
     rows = [runs.run_row(RunKind.TASK, event.id, now + i, task_name=f"t{i}") for i in range(2)]
@@ -49,8 +49,40 @@ async def test_claim_order_is_action_task_event_then_fifo(database: db.Database,
     clock.advance(10)
     jobs = await database.write(lambda tx: runs.claim(tx, 10, clock()))
     order = [(j.run.kind.value, j.run.task_name, j.run.options) for j in jobs]
+    # Task runs take no slot: they are never claimed, but rendered between turns (FIFO).
     assert order == [("action", "t", {"n": 0}), ("action", "t", {"n": 1}),
-                     ("task", "t0", None), ("task", "t1", None), ("event", None, None)]
+                     ("event", None, None)]
+    tasks = await database.write(lambda tx: runs.due_task_runs(tx, 10))
+    assert [(j.run.task_name, j.run.state, j.run.attempts) for j in tasks] == [
+        ("t0", RunState.DUE, 0), ("t1", RunState.DUE, 0)]
+
+
+async def test_due_task_runs_are_left_due_and_never_take_a_claim(database: db.Database,
+                                                                 clock) -> None:
+    now = clock()
+    event = await add_event(database, now)
+    await add_runs(database, [runs.run_row(RunKind.TASK, event.id, now, task_name=f"t{i}")
+                              for i in range(50)])
+    # A backlog of task runs does not stand between a free slot and the event run behind it.
+    (job,) = await database.write(lambda tx: runs.claim(tx, 1, now))
+    assert job.run.kind is RunKind.EVENT
+    first = await database.write(lambda tx: runs.due_task_runs(tx, 3))
+    again = await database.write(lambda tx: runs.due_task_runs(tx, 3))
+    assert [j.run.id for j in first] == [j.run.id for j in again]  # nothing was changed
+    run = runs.begin(first[0], now + 1).run
+    assert (run.state, run.attempts, run.started_at) == (RunState.DUE, 1, now + 1)
+    final = await database.write(lambda tx: runs.finish(
+        tx, _outcome(run, ok=True, finished_at=now + 2), now + 2))
+    assert final is not None and final.state is RunState.SUCCEEDED
+    stored = await database.read(lambda tx: runs.get(tx, run.id))
+    assert (stored.state, stored.attempts, stored.started_at, stored.finished_at) == (
+        RunState.SUCCEEDED, 1, now + 1, now + 2)
+    # Cancelled while it was being rendered: the outcome is dropped, the cancel stands.
+    other = runs.begin(first[1], now).run
+    await database.write(lambda tx: runs.cancel(tx, other.id, now))
+    assert await database.write(lambda tx: runs.finish(
+        tx, _outcome(other, ok=True), now)) is None
+    assert (await database.read(lambda tx: runs.get(tx, other.id))).error == "cancelled"
 
 
 async def test_claim_respects_limit(database: db.Database, clock) -> None:
@@ -78,8 +110,7 @@ async def test_task_job_carries_parent_chain(database: db.Database, clock) -> No
     e1 = await add_event(database, now)
     e2 = await add_event(database, now, parent_id=e1.id)
     await add_runs(database, [runs.run_row(RunKind.TASK, e2.id, now, task_name="t")])
-    jobs = await database.write(lambda tx: runs.claim(tx, 10, now))
-    task_job = next(j for j in jobs if j.run.kind is RunKind.TASK)
+    (task_job,) = await database.write(lambda tx: runs.due_task_runs(tx, 10))
     assert task_job.parent is not None and task_job.parent["id"] == e1.id
     assert task_job.parent["parent"] is None
 
@@ -93,8 +124,8 @@ async def test_parent_chains_of_a_batch_stop_at_five_generations(database: db.Da
     # Two task runs in one claim, on events of the same chain (shared ancestors).
     await add_runs(database, [runs.run_row(RunKind.TASK, chain[7].id, now, task_name="a"),
                               runs.run_row(RunKind.TASK, chain[2].id, now, task_name="b")])
-    jobs = {j.run.task_name: j for j in await database.write(lambda tx: runs.claim(tx, 10, now))
-            if j.run.kind is RunKind.TASK}
+    jobs = {j.run.task_name: j for j in await database.write(
+        lambda tx: runs.due_task_runs(tx, 10))}
 
     def ids(parent: dict | None) -> list[str]:
         out = []
@@ -170,8 +201,7 @@ async def test_manual_retry_and_cancel(database: db.Database, clock) -> None:
     event = await add_event(database, now)
     await add_runs(database, [runs.run_row(RunKind.TASK, event.id, now, task_name="t"),
                               runs.run_row(RunKind.TASK, event.id, now + 100, task_name="u")])
-    jobs = await database.write(lambda tx: runs.claim(tx, 1, now))
-    task = jobs[0].run
+    task = runs.begin((await database.write(lambda tx: runs.due_task_runs(tx, 1)))[0], now).run
     with pytest.raises(errors.InvalidInput, match="only failed runs"):
         await database.write(lambda tx: runs.retry(tx, task.id, now))
     await database.write(lambda tx: runs.finish(tx, _outcome(task, ok=False, error="x"), now))
@@ -278,8 +308,8 @@ def test_new_id_is_a_time_ordered_version_7_uuid() -> None:
     assert models.new_id() > first
 
 
-@pytest.mark.parametrize("name", ["claim_runs", "promote_scheduled", "queue_counts",
-                                  "oldest_due"])
+@pytest.mark.parametrize("name", ["claim_runs", "due_task_runs", "promote_scheduled",
+                                  "queue_counts", "oldest_due"])
 async def test_queue_queries_read_partial_indexes_not_history(database: db.Database,
                                                               name: str) -> None:
     # Their cost must follow the queue, not the runs kept for retention: no full scan of runs.

@@ -161,8 +161,8 @@ tasks:
     code: |
       {% action "http", method: "get", url: "URL/slow?s=4" %}
   - name: Later
-    subscriptions: user/later/run+1.second
-    code: '{% action "cache", "set", "later", 1 %}'
+    subscriptions: user/later/run
+    code: '{% action "event", topic: "user/later/fired", data: null, run_at: event.data.at %}'
 """
 
 
@@ -171,11 +171,16 @@ def test_a_scheduled_run_becomes_due_on_time_even_while_every_slot_is_busy(make_
         d: Daemon = make_daemon(BUSY.replace("URL", target.url)).start()
         assert d.cli("send", "user/slow/call").returncode == 0
         wait_until(lambda: target.in_flight >= 1, timeout=8, message="the slow request in flight")
-        status, headers, _ = d.post_json("/webhooks/later", {})
+        # The task run takes no slot: it renders at once and stores an event for 1.5 s from
+        # now, whose event run (which does need a slot) waits `scheduled`.
+        status, headers, _ = d.post_json("/webhooks/later", {"at": round(time.time() + 1.5, 3)})
         assert status == 204
-        [later] = _rows(d, "SELECT r.id, r.state, r.run_at FROM runs r JOIN events e "
-                           "ON e.id = r.event_id WHERE r.kind = 'task' "
-                           "AND e.webhook_request_id = ?", (headers["X-Request-Id"],))
+        query = ("SELECT r.id, r.state, r.run_at FROM runs r JOIN events e ON e.id = r.event_id "
+                 "JOIN events p ON p.id = e.parent_id WHERE e.topic = 'user/later/fired' "
+                 "AND p.webhook_request_id = ?")
+        wait_until(lambda: _rows(d, query, (headers["X-Request-Id"],)), timeout=5,
+                   message="the task run's event stored")
+        [later] = _rows(d, query, (headers["X-Request-Id"],))
         assert later["state"] == "scheduled"
         _, left = _watch_until_not_scheduled(
             d, {later["id"]}, time.monotonic() + (later["run_at"] - time.time()) + 1.5)

@@ -16,10 +16,23 @@ VALUES (:kind, :state, :priority, :run_at, :event_id, :task_name, :action_type, 
 UPDATE runs SET state = 'due' WHERE state = 'scheduled' AND run_at <= :now;
 
 -- name: claim_runs
+-- The runs that take a worker slot: action runs (priority 3), then event runs (priority 1), FIFO
+-- within a kind; two ranges of runs_due, so a backlog of due task runs is never scanned.
 UPDATE runs SET state = 'started', started_at = :now, attempts = attempts + 1
-WHERE id IN (SELECT id FROM runs WHERE state = 'due'
+WHERE id IN (SELECT id FROM (
+                 SELECT * FROM (SELECT id, priority, run_at FROM runs
+                                WHERE state = 'due' AND priority = 3
+                                ORDER BY run_at, id LIMIT :limit)
+                 UNION ALL
+                 SELECT * FROM (SELECT id, priority, run_at FROM runs
+                                WHERE state = 'due' AND priority = 1
+                                ORDER BY run_at, id LIMIT :limit))
              ORDER BY priority DESC, run_at, id LIMIT :limit)
 RETURNING *;
+
+-- name: due_task_runs
+-- Task runs (priority 2) the worker renders next, FIFO; they stay due until they are finished.
+SELECT * FROM runs WHERE state = 'due' AND priority = 2 ORDER BY run_at, id LIMIT :limit;
 
 -- name: event_by_id
 SELECT * FROM events WHERE id = :id;
@@ -29,12 +42,16 @@ SELECT * FROM events WHERE id = :id;
 SELECT * FROM events WHERE id IN (SELECT value FROM json_each(:ids));
 
 -- name: finish_run
-UPDATE runs SET state = :state, result = :result, error = :error, finished_at = :now
-WHERE id = :id AND state = 'started';
+-- :from is 'started' (a claimed run) or 'due' (a task run rendered between the worker's turns,
+-- whose attempt and start are written here); a run no longer in that state is left alone.
+UPDATE runs SET state = :state, result = :result, error = :error, finished_at = :now,
+                started_at = :started_at, attempts = :attempts
+WHERE id = :id AND state = :from;
 
 -- name: retry_later
-UPDATE runs SET state = 'scheduled', run_at = :run_at, error = :error
-WHERE id = :id AND state = 'started';
+UPDATE runs SET state = 'scheduled', run_at = :run_at, error = :error,
+                started_at = :started_at, attempts = :attempts
+WHERE id = :id AND state = :from;
 
 -- name: insert_attempt
 INSERT INTO run_attempts (run_id, attempt, started_at, finished_at, error)
