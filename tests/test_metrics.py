@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from prometheus_client import parser
@@ -105,3 +106,23 @@ def test_only_final_outcomes_count() -> None:
                  topic="mechanic/scheduler/10min") == 5
     assert value(families, "runnerd_webhook_requests", "runnerd_webhook_requests_total",
                  code="413") == 1
+
+
+def test_bucket_bounds_are_inclusive_and_routed_event_runs_count() -> None:
+    m = metrics.Metrics()
+    edge = outcome(models.RunKind.ACTION, True, 1, False)  # started 10.0, finished 12.5
+    on_bound = dataclasses.replace(edge.run, started_at=0.0)
+    m.finished([edge, runs.Outcome(on_bound, ok=True, finished_at=metrics.BUCKETS[0])])
+    m.routed(2)  # event runs performed by the storing transaction, on the database thread
+    families = {f.name: f for f in parser.text_string_to_metric_families(m.render().decode())}
+
+    def bucket(kind: str, le: str) -> float:
+        return value(families, "runnerd_run_duration_seconds",
+                     "runnerd_run_duration_seconds_bucket", kind=kind, le=le)
+
+    assert bucket("action", "0.001") == 1  # exactly on the bound: counted in it
+    assert bucket("action", "1.0") == 1 and bucket("action", "2.5") == 2
+    assert bucket("action", "+Inf") == 2
+    assert bucket("event", "0.001") == 2 and bucket("event", "+Inf") == 2
+    assert value(families, "runnerd_runs", "runnerd_runs_total", kind="event",
+                 state="succeeded") == 2
