@@ -200,6 +200,18 @@ async def test_finish_writes_task_status_with_the_final_state(database: db.Datab
         ("failed", 301.0, "boom", 101.0)
 
 
+async def test_a_report_reads_the_row_back_only_for_a_monitor(database: db.Database) -> None:
+    def report(tx: db.Tx, name: str) -> list[int]:
+        return [tx.one("status_report", {"name": name, "status": "succeeded", "now": float(i),
+                                         "error": None})["evaluated"] for i in range(2)]
+
+    # A task without a monitor (the common case): nothing to evaluate, no read-back.
+    assert await database.write(lambda tx: report(tx, "Plain")) == [0, 0]
+    await database.write(lambda tx: tx.execute("status_set_monitor", {
+        "name": "Watched", "monitor": '{"period": 60}', "now": 0.0}))
+    assert await database.write(lambda tx: report(tx, "Watched")) == [1, 1]
+
+
 async def test_a_task_monitor_flips_once_per_transition(database: db.Database,
                                                         tmp_path: Path) -> None:
     mon = monitors.Monitors(database, lambda: settings(tmp_path))

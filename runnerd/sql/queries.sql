@@ -174,7 +174,9 @@ ON CONFLICT (name) DO UPDATE SET
     last_failure_at = COALESCE(excluded.last_failure_at, task_status.last_failure_at),
     last_error = CASE WHEN excluded.last_status = 'failed' THEN excluded.last_error
                       ELSE task_status.last_error END
-RETURNING monitor IS NOT NULL OR state <> 'new' AS evaluated;
+-- typeof(), not IS NOT NULL: SQLite 3.40 answers `monitor IS NULL` wrongly (0 for a NULL) in the
+-- RETURNING clause of this upsert, which made every report read the row back.
+RETURNING typeof(monitor) <> 'null' OR state <> 'new' AS evaluated;
 
 -- name: status_get
 SELECT * FROM task_status WHERE name = :name;
