@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from runnerd import db, errors, models, ops, runs, webhook
+from runnerd import errors, ops, runs, webhook
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -102,27 +102,23 @@ async def show_run(request: web.Request) -> web.StreamResponse:
         lambda tx: ops.run_json(tx, runs.get(tx, run_id), executors.redact, detail=True)))
 
 
-async def _move(request: web.Request,
-                move: Callable[[db.Tx, int, float], models.Run]) -> dict[str, Any]:
-    """Apply `move` (runs.retry or runs.cancel) to the run named in the path; the moved run."""
+async def _move(request: web.Request, action: str) -> dict[str, Any]:
+    """`retry` or `cancel` the run named in the path; the moved run."""
     st = request.app[webhook.STATE]
     run_id = ops.parse_run_id(request.match_info["id"])
-    executors = st.executors
-    now = st.clock()
-    return await st.db.write(
-        lambda tx: ops.run_json(tx, move(tx, run_id, now), executors.redact))
+    return await ops.move_run(st.db, action, run_id, st.clock(), st.executors.redact)
 
 
 async def retry_run(request: web.Request) -> web.StreamResponse:
     """POST /api/runs/{id}/retry"""
-    out = await _move(request, runs.retry)
+    out = await _move(request, "retry")
     _wake(request)
     return web.json_response(out)
 
 
 async def cancel_run(request: web.Request) -> web.StreamResponse:
     """POST /api/runs/{id}/cancel"""
-    return web.json_response(await _move(request, runs.cancel))
+    return web.json_response(await _move(request, "cancel"))
 
 
 async def post_event(request: web.Request) -> web.StreamResponse:

@@ -202,8 +202,7 @@ def cmd_runs(args: argparse.Namespace, path: str, environ: dict[str, str]) -> in
         if args.action == "show":
             return await d.read(lambda tx: ops.run_json(tx, runs.get(tx, run_id), redact,
                                                         detail=True))
-        move = runs.retry if args.action == "retry" else runs.cancel
-        return await d.write(lambda tx: ops.run_json(tx, move(tx, run_id, now), redact))
+        return await ops.move_run(d, args.action, run_id, now, redact)
 
     out = cli_common.with_db(settings, act)
     if args.json or args.action == "show":

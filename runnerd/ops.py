@@ -68,6 +68,13 @@ def check_filters(state: str | None, kind: str | None, limit: Any) -> int:
     return number
 
 
+async def move_run(database: db.Database, action: str, run_id: int, now: float,
+                   redact: Any) -> dict[str, Any]:
+    """`retry` or `cancel` a run (the CLI's and the API's); the run as it is now, redacted."""
+    move = {"retry": runs.retry, "cancel": runs.cancel}[action]
+    return await database.write(lambda tx: run_json(tx, move(tx, run_id, now), redact))
+
+
 def run_json(tx: db.Tx, run: models.Run, redact: Any, *, detail: bool = False) -> dict[str, Any]:
     """A run for people and scripts; action options pass through the executor's redaction."""
     out = run.to_json()
