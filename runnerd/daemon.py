@@ -74,9 +74,10 @@ def build_executors(settings: config.Settings, session: aiohttp.ClientSession) -
     return reg
 
 
-async def _supervise(name: str, coro: Awaitable[None], halt: asyncio.Event) -> None:
+async def _supervise(name: str, coro: Awaitable[None], until: asyncio.Event) -> None:
+    """Run a component; ComponentDied if it returns before `until` (its stop) is set."""
     await coro
-    if not halt.is_set():
+    if not until.is_set():
         raise ComponentDied(f"{name} stopped unexpectedly")
 
 
@@ -197,13 +198,17 @@ class Daemon:
         self._install_signals(loop)
         try:
             async with asyncio.TaskGroup() as tg:
-                for name, coro in (("ingest", st.ingest.run(halt)),
-                                   ("worker", st.worker.run(halt, grace=settings.shutdown_grace)),
-                                   ("scheduler", st.scheduler.run(halt)),
-                                   ("monitors", st.monitors.run(halt)),
-                                   ("alerts", st.monitors.run_alerts(halt)),
-                                   ("heartbeat", beat.run(halt))):
-                    components[name] = tg.create_task(_supervise(name, coro, halt), name=name)
+                # The worker stops taking work at the signal itself: its grace runs while the
+                # listener drains, not after it (a keep-alive client can hold that for seconds).
+                for name, coro, until in (
+                        ("ingest", st.ingest.run(halt), halt),
+                        ("worker", st.worker.run(self.stop, grace=settings.shutdown_grace),
+                         self.stop),
+                        ("scheduler", st.scheduler.run(halt), halt),
+                        ("monitors", st.monitors.run(halt), halt),
+                        ("alerts", st.monitors.run_alerts(halt), halt),
+                        ("heartbeat", beat.run(halt), halt)):
+                    components[name] = tg.create_task(_supervise(name, coro, until), name=name)
                 # /health answers 200 from the first request on, and READY=1 implies it.
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(beat.first_beat.wait(), timeout=5.0)

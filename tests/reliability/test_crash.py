@@ -124,3 +124,43 @@ def test_sigterm_with_slow_http_in_flight_requeues_and_completes_after_restart(
         assert all(r["status"] == 200 for r in results)
         assert d.stop() == 0
         assert d.query("SELECT COUNT(*) FROM runs WHERE state = 'started'")[0][0] == 0
+
+
+HELD = """
+concurrency: 2
+shutdown_grace: 1s
+webhooks:
+  - {name: orders, topic: user/orders/ready}
+tasks:
+  - name: Slow
+    subscriptions: user/slow/call
+    code: |
+      {% action "http", method: "get", url: "URL/slow?s=30" %}
+"""
+
+
+def test_sigterm_grace_starts_at_the_signal_even_while_a_request_holds_the_listener(
+        make_daemon) -> None:
+    import socket
+
+    with Target() as target:
+        d: Daemon = make_daemon(HELD.replace("URL", target.url)).start()
+        assert d.cli("send", "user/slow/call").returncode == 0
+        wait_for(lambda: target.in_flight >= 1, message="the slow request in flight")
+        # A webhook whose body never finishes arriving: the listener waits for it (up to its
+        # shutdown timeout, 5 s) after SIGTERM. The worker must not wait with it.
+        held = socket.create_connection(("127.0.0.1", d.port))
+        try:
+            held.sendall(b"POST /webhooks/orders HTTP/1.1\r\nHost: x\r\n"
+                         b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+            time.sleep(0.2)  # let the server start reading the request
+            assert d.proc is not None
+            d.proc.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
+            wait_for(lambda: d.query("SELECT state FROM runs WHERE action_type = 'http'")[0][0]
+                     == "due", timeout=4, message="the slow run requeued after the 1 s grace")
+            took = time.monotonic() - signalled
+            assert took < 3, f"requeued {took:.1f}s after SIGTERM (grace 1 s)"
+        finally:
+            held.close()
+        assert d.proc.wait(timeout=15) == 0, d.logs()
