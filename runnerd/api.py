@@ -43,27 +43,17 @@ def _guarded(handler: Handler) -> Handler:
         except errors.NotFound as exc:
             return web.json_response({"error": exc.message}, status=404)
         except errors.InvalidInput as exc:
-            return web.json_response({"error": exc.message},
-                                     status=exc.status if isinstance(exc, _Refused) else 400)
+            return web.json_response({"error": exc.message}, status=exc.status if isinstance(
+                exc, webhook.BodyRefused) else 400)
         except errors.DatabaseError as exc:
             return web.json_response({"error": exc.message}, status=503)
 
     return guarded
 
 
-class _Refused(errors.InvalidInput):
-    """The request body was refused with `status` (413 too large, 400 unreadable)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
 async def _body(request: web.Request) -> Any:
     raw = await webhook.read_body(request, request.app[webhook.STATE].settings.listen
                                   .max_body_bytes)
-    if isinstance(raw, tuple):
-        raise _Refused(*raw)
     if not raw.strip():
         return {}
     parsed, value = webhook.json_or_none(raw)  # the webhooks' rule: no NaN, no 1e400

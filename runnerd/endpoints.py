@@ -31,9 +31,10 @@ async def ping(request: web.Request) -> web.StreamResponse:
     if request.method not in PING_METHODS:
         return web.Response(status=405, text="use GET or POST\n",
                             headers={"Allow": "GET, POST, HEAD"})
-    body = await webhook.read_body(request, st.settings.listen.max_body_bytes)
-    if isinstance(body, tuple):
-        return _text(*body)
+    try:
+        body = await webhook.read_body(request, st.settings.listen.max_body_bytes)
+    except webhook.BodyRefused as exc:
+        return _text(exc.status, exc.message)
     kind = monitors.PING_STATUS[request.match_info.get("kind", "")]
     try:
         events = await monitors.ping(st.db, name, kind, body, st.clock())

@@ -48,23 +48,31 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
-async def read_body(request: web.Request, limit: int) -> bytes | tuple[int, str]:
-    """The body; or why not: (413, …) over `limit` bytes, (400, …) when it cannot be read.
+class BodyRefused(errors.InvalidInput):
+    """The request body was refused with `status`: 413 too large, 400 unreadable."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The body; BodyRefused (413) over `limit` bytes, (400) when it cannot be read.
 
     aiohttp inflates `Content-Encoding: gzip`/`deflate` bodies as it reads them, so the limit
     applies to the inflated size (a gzip bomb gets 413) and a body that does not inflate is
     refused here, instead of escaping the handler as a 500 with a traceback in the log.
     """
     if request.content_length is not None and request.content_length > limit:
-        return 413, f"body over {limit} bytes"
+        raise BodyRefused(413, f"body over {limit} bytes")
     try:
         return await request.read()
     except web.HTTPRequestEntityTooLarge:
-        return 413, f"body over {limit} bytes"
+        raise BodyRefused(413, f"body over {limit} bytes") from None
     except web.RequestPayloadError:
         encoding = request.headers.get("Content-Encoding")
-        return 400, ("the body is not valid " + repr(encoding[:40]) if encoding else
-                     "the body could not be read")
+        raise BodyRefused(400, "the body is not valid " + repr(encoding[:40]) if encoding else
+                          "the body could not be read") from None
 
 
 def verify_signature(secret: str, body: bytes, header: str | None,
@@ -181,9 +189,10 @@ async def _webhook(request: web.Request) -> web.StreamResponse:
     if request.method != "POST":
         return web.json_response({"error": "only POST is allowed"}, status=405,
                                  headers={"Allow": "POST"})
-    body = await read_body(request, st.settings.listen.max_body_bytes)
-    if isinstance(body, tuple):
-        return _error(*body)
+    try:
+        body = await read_body(request, st.settings.listen.max_body_bytes)
+    except BodyRefused as exc:
+        return _error(exc.status, exc.message)
     if hook.secret is not None:
         timestamp = request.headers.get(TIMESTAMP_HEADER)
         if not verify_signature(hook.secret, body, request.headers.get(SIGNATURE_HEADER),

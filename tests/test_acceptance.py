@@ -67,6 +67,23 @@ def test_webhook_errors_store_nothing(make_daemon) -> None:
     assert d.query("SELECT COUNT(*) FROM events")[0][0] == 1
 
 
+def test_oversized_or_unreadable_bodies_are_refused_on_every_endpoint(make_daemon) -> None:
+    d: Daemon = make_daemon(COUNTER + "admin_token: t0ken\nmonitors:\n"
+                            "  - {name: backup, period: 1h}\n")
+    d.config.write_text(d.config.read_text().replace(
+        "listen: {host: 127.0.0.1,", "listen: {max_body_bytes: 1000, host: 127.0.0.1,"))
+    d.start()
+    big, auth = "x" * 2000, {"Authorization": "Bearer t0ken"}
+    status, _, body = d.request("POST", "/api/events", big, auth)
+    assert status == 413 and json.loads(body) == {"error": "body over 1000 bytes"}
+    status, _, body = d.request("POST", "/ping/backup", big)
+    assert status == 413 and b"body over 1000 bytes" in body
+    bad_gzip = {**auth, "Content-Encoding": "gzip", "Content-Type": "application/json"}
+    status, _, body = d.request("POST", "/api/events", b"not gzip", bad_gzip)
+    assert status == 400 and "not valid 'gzip'" in json.loads(body)["error"]
+    assert d.query("SELECT COUNT(*) FROM events")[0][0] == 0
+
+
 def test_auto_mode_data(make_daemon) -> None:
     d: Daemon = make_daemon(COUNTER).start()
 
