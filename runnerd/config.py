@@ -297,7 +297,7 @@ def parse(path: str | os.PathLike[str], environ: Mapping[str, str]) -> tuple[Set
     except OSError as exc:
         raise errors.ConfigError(f"{path}: cannot read the configuration: {exc.strerror}") from exc
     try:
-        raw = yaml.load(text, Loader=_LOADER)  # noqa: S506 - a safe loader
+        raw = yaml.load(text, Loader=_LOADER)  # a safe loader (_LOADER)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""

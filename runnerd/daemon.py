@@ -134,29 +134,29 @@ class Daemon:
         settings = reg.settings
         with db.lock(settings.database):
             database = await db.Database(settings.database).open()
-            cache_conn: sqlite3.Connection | None = None
+            reader: sqlite3.Connection | None = None
             try:
                 await database.migrate()
                 requeued = await database.write(runs.requeue_started)
                 if requeued:
                     logger.warning("requeued %d run(s) left started by a crash", requeued,
                                    extra={"action": "orphans_requeued"})
-                cache_conn = database.sync_reader()
+                reader = database.sync_reader()
                 timeout = aiohttp.ClientTimeout(total=settings.http.timeout)
                 async with aiohttp.ClientSession(timeout=timeout) as session:
                     executors = build_executors(settings, session)
                     try:
-                        await self._serve(reg, database, executors, cache_conn)
+                        await self._serve(reg, database, executors, reader)
                     finally:
                         await executors.close()
             finally:
-                if cache_conn is not None:
-                    cache_conn.close()
+                if reader is not None:
+                    reader.close()
                 await database.close()
         return 0
 
     async def _serve(self, reg: registry.Registry, database: db.Database,
-                     executors: actions.Registry, cache_conn: sqlite3.Connection) -> None:
+                     executors: actions.Registry, reader: sqlite3.Connection) -> None:
         settings = reg.settings
         halt = asyncio.Event()
         wakeups: list[Callable[[], None]] = []
@@ -169,7 +169,7 @@ class Daemon:
                          ingest=ingest.Ingest(database, on_commit=wake, clock=self.clock),
                          clock=self.clock)
         self.state = st
-        hs = handlers.Handlers(st.get_registry, executors, cache_conn=cache_conn,
+        hs = handlers.Handlers(st.get_registry, executors, reader=reader,
                                clock=self.clock)
         components: dict[str, asyncio.Task[None]] = {}
         st.heartbeat = beat = heartbeat.Heartbeat(

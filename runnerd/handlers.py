@@ -27,14 +27,16 @@ class Handlers:
         get_registry: Callable[[], registry.Registry],
         executors: actions.Registry,
         *,
-        cache_conn: sqlite3.Connection | None,
+        reader: sqlite3.Connection | None,
         clock: Callable[[], float],
         on_routed: Callable[[int], None] | None = None,
     ) -> None:
         self.get_registry = get_registry
         self.on_routed = on_routed
         self.executors = executors
-        self.cache_conn = cache_conn
+        #: a read-only connection for this (the event loop's) thread: the cache a render
+        #: reads and the loop protection's lookup; None in previews
+        self.reader = reader
         self.clock = clock
 
     def for_kind(self) -> dict[RunKind, Callable[[runs.Job], Any]]:
@@ -75,7 +77,7 @@ class Handlers:
                   *, preview: bool = False) -> dict[str, Any]:
         """The Liquid environment of a task run (Mechanic's)."""
         return task_variables(self.get_registry().renderer, compiled, event, parent,
-                              cache.View(None if preview else self.cache_conn, now),
+                              cache.View(None if preview else self.reader, now),
                               preview=preview)
 
     async def task_run(self, job: runs.Job) -> runs.Outcome:
@@ -126,9 +128,9 @@ class Handlers:
         """Mechanic's loop protection: True when this run's actions are identical to those of
         the same task's run on the parent event (a task answering its own event or
         mechanic/actions/perform with the same actions would otherwise run forever)."""
-        if not specs or event.parent_id is None or self.cache_conn is None:
+        if not specs or event.parent_id is None or self.reader is None:
             return False
-        before = self.cache_conn.execute(sql.queries["predecessor_actions"], {
+        before = self.reader.execute(sql.queries["predecessor_actions"], {
             "parent_id": event.parent_id, "task_name": task_name}).fetchall()
         return [(r["action_type"], r["options"]) for r in before] == [
             (spec.type, models.dumps(spec.options)) for spec in specs]

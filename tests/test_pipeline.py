@@ -30,21 +30,21 @@ class Pipeline:
     async def open(self) -> Pipeline:
         self.db = await db.Database(self.reg.settings.database).open()
         await self.db.migrate()
-        self.cache_conn = self.db.sync_reader()
+        self.reader = self.db.sync_reader()
         self.session = aiohttp.ClientSession()
         self.executors = actions.Registry()
         for ex in (cache_action.CacheExecutor(), echo.EchoExecutor(), event.EventExecutor(),
                    http.HttpExecutor(self.session, self.reg.settings.http)):
             self.executors.add(ex)
         self.handlers = handlers.Handlers(lambda: self.reg, self.executors,
-                                          cache_conn=self.cache_conn, clock=self.clock)
+                                          reader=self.reader, clock=self.clock)
         self.worker = worker.Worker(self.db, self.handlers.for_kind(), concurrency=4,
                                     clock=self.clock)
         return self
 
     async def close(self) -> None:
         await self.session.close()
-        self.cache_conn.close()
+        self.reader.close()
         await self.db.close()
 
     async def send(self, topic: str, data: Any = None, **kw: Any) -> models.Event:
