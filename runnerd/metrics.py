@@ -51,7 +51,7 @@ class _Histogram:
         self.counts[bisect.bisect_left(BUCKETS, value)] += 1  # `le` bounds are inclusive
         self.sum += value
 
-    def buckets(self, extra_zeros: int = 0) -> list[tuple[str, float]]:
+    def buckets(self, extra_zeros: int = 0) -> list[tuple[str, int]]:
         """Cumulative (le, count) pairs, with `extra_zeros` more observations of 0 s."""
         out, total = [], extra_zeros
         for le, n in zip([*map(str, BUCKETS), "+Inf"], self.counts, strict=True):
