@@ -177,7 +177,7 @@ class Daemon:
             interval=heartbeat.watchdog_interval(self.environ),
             active_runs=lambda: st.worker.active if st.worker is not None else 0,
             db_writable=lambda: st.worker.healthy if st.worker is not None else True,
-            dead_components=lambda: [] if halt.is_set() else [
+            dead_components=lambda: [] if self.stop.is_set() else [
                 name for name, task in components.items() if task.done()])
         st.scheduler = scheduler.Scheduler(database, st.get_registry, on_fire=wake,
                                            clock=self.clock)
