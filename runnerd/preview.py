@@ -57,6 +57,3 @@ def preview(reg: registry.Registry, executors: actions.Registry, name: str, *,
         except errors.InvalidAction as exc:
             out["errors"].append(exc.message)
     return out
-
-
-

@@ -126,25 +126,13 @@ def test_sigterm_with_slow_http_in_flight_requeues_and_completes_after_restart(
         assert d.query("SELECT COUNT(*) FROM runs WHERE state = 'started'")[0][0] == 0
 
 
-HELD = """
-concurrency: 2
-shutdown_grace: 1s
-webhooks:
-  - {name: orders, topic: user/orders/ready}
-tasks:
-  - name: Slow
-    subscriptions: user/slow/call
-    code: |
-      {% action "http", method: "get", url: "URL/slow?s=30" %}
-"""
-
-
 def test_sigterm_grace_starts_at_the_signal_even_while_a_request_holds_the_listener(
         make_daemon) -> None:
     import socket
 
     with Target() as target:
-        d: Daemon = make_daemon(HELD.replace("URL", target.url)).start()
+        # One slow request (30 s) in flight: far longer than the grace.
+        d: Daemon = make_daemon(SLOW.replace("URL", target.url).replace("s=3", "s=30")).start()
         assert d.cli("send", "user/slow/call").returncode == 0
         wait_for(lambda: target.in_flight >= 1, message="the slow request in flight")
         # A webhook whose body never finishes arriving: the listener waits for it (up to its
