@@ -82,9 +82,28 @@ class LoopbackController(aiosmtpd.controller.Controller):
         self._sock.bind(("127.0.0.1", 0))
         port = self._sock.getsockname()[1]
         super().__init__(handler, hostname="127.0.0.1", port=port, **smtp_kwargs)
+        self.sessions: list[aiosmtpd.smtp.SMTP] = []
 
     def _create_server(self) -> Any:
         return self.loop.create_server(self._factory_invoker, sock=self._sock)
+
+    def factory(self) -> aiosmtpd.smtp.SMTP:
+        """aiosmtpd's SMTP session, remembered so that stop() can wait for its end."""
+        session = super().factory()
+        self.sessions.append(session)
+        return session
+
+    def stop(self, no_assert: bool = False) -> None:
+        """Give connections a moment to finish closing, then stop the server's loop.
+
+        Stopping the loop while a connection closes would leave its transport half-closed,
+        and the ResourceWarning at its garbage collection would fail some later test.
+        """
+        deadline = time.monotonic() + 2.0
+        while (any(session.transport is not None for session in self.sessions)
+               and time.monotonic() < deadline):
+            time.sleep(0.01)
+        super().stop(no_assert)
 
 
 @contextlib.contextmanager

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import email
 import email.policy
+import gc
 import json
+import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +30,18 @@ def settings(port: int, **smtp: Any) -> config.Email:
 
 def options(**extra: Any) -> dict[str, Any]:
     return {"to": "alice@example.com", "subject": "Hello", "body": "<p>Hi</p>", **extra}
+
+
+def open_sockets_to(port: int) -> list[socket.socket]:
+    """This process's sockets still open to 127.0.0.1:`port`."""
+    found = []
+    for obj in gc.get_objects():
+        if (isinstance(obj, socket.socket) and obj.family == socket.AF_INET
+                and obj.fileno() != -1):
+            with contextlib.suppress(OSError):
+                if obj.getpeername()[1] == port:
+                    found.append(obj)
+    return found
 
 
 def parse(data: bytes) -> email.message.EmailMessage:
@@ -241,6 +256,7 @@ async def test_close_sends_quit(server: Any) -> None:
     executor = email_action.EmailExecutor(settings(server[0].port))
     await executor.perform(options(), helpers_servers.context())
     await executor.close()
+    assert open_sockets_to(server[0].port) == []
     assert await asyncio.to_thread(recorder.wait_quit, 5.0)
 
 
@@ -282,6 +298,7 @@ async def test_untrusted_certificate_is_permanent(secure_server: Any) -> None:
     with pytest.raises(errors.ActionFailed) as info:
         await executor.perform(options(), helpers_servers.context())
     await executor.close()
+    assert open_sockets_to(secure_server[0].port) == []  # a failed session is closed, not half-closed
     assert info.value.retryable is False
     assert "certificate" in info.value.message
     assert secure_server[1].messages == []
@@ -294,6 +311,7 @@ async def test_wrong_password_is_permanent_and_not_echoed(secure_server: Any) ->
     with pytest.raises(errors.ActionFailed) as info:
         await executor.perform(options(), helpers_servers.context())
     await executor.close()
+    assert open_sockets_to(secure_server[0].port) == []  # a failed session is closed, not half-closed
     assert info.value.retryable is False
     assert "authentication failed" in info.value.message
     assert wrong not in info.value.message
@@ -304,6 +322,7 @@ async def test_starttls_always_without_offer_is_permanent(server: Any) -> None:
     with pytest.raises(errors.ActionFailed) as info:
         await executor.perform(options(), helpers_servers.context())
     await executor.close()
+    assert open_sockets_to(server[0].port) == []  # a failed session is closed, not half-closed
     assert info.value.retryable is False
     assert "STARTTLS" in info.value.message
 

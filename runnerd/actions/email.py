@@ -316,6 +316,9 @@ class EmailExecutor:
         self._lock = asyncio.Lock()
         self._idle_handle: asyncio.TimerHandle | None = None
         self._idle_task: asyncio.Task[None] | None = None
+        #: Sockets of the connections opened, until they are seen closed: close() waits for
+        #: them, because closing a (TLS) connection finishes on later turns of the loop.
+        self._sockets: list[Any] = []
 
     def validate(self, options: Any) -> None:
         """Raise errors.InvalidAction naming what is wrong with `options`."""
@@ -410,6 +413,7 @@ class EmailExecutor:
         self._drop()
         try:
             await client.connect()
+            self._track(client)
             if not smtp.tls and smtp.starttls != "never":
                 await client.ehlo()
                 if client.supports_extension("starttls"):
@@ -426,6 +430,19 @@ class EmailExecutor:
                      extra={"action": "smtp_connected"})
         self._client = client
         return client
+
+    def _track(self, client: aiosmtplib.SMTP) -> None:
+        self._sockets = [sock for sock in self._sockets if sock.fileno() != -1]
+        if client.transport is not None:
+            self._sockets.append(client.transport.get_extra_info("socket"))
+
+    async def _wait_closed(self, timeout: float = 1.0) -> None:
+        # No public future says a transport is gone; its socket's fileno() turns -1 then.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while any(sock.fileno() != -1 for sock in self._sockets) and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        self._sockets = [sock for sock in self._sockets if sock.fileno() != -1]
 
     def _drop(self) -> None:
         if self._client is not None:
@@ -460,9 +477,10 @@ class EmailExecutor:
             client.close()
 
     async def close(self) -> None:
-        """QUIT and close the SMTP connection, if one is open."""
+        """QUIT and close the SMTP connection, if one is open, and wait until it is closed."""
         self._cancel_idle()
         if self._idle_task is not None:
             await self._idle_task
             self._idle_task = None
         await self._disconnect()
+        await self._wait_closed()
