@@ -100,14 +100,25 @@ def _first(group: BaseExceptionGroup[Any], kind: type[BaseException]) -> BaseExc
     return None
 
 
-def _release_startup_memory() -> None:
-    """Give back to the OS what loading the config and compiling the tasks left free.
+#: Allocations between two young-generation collections (CPython's default is 700). A run
+#: allocates a few thousand objects, so the default collects several times per run; 7000
+#: collects about once per pipeline and cuts the collector's CPU under load by ~8x.
+GC_YOUNG_THRESHOLD = 7000
 
+
+def _settle_memory() -> None:
+    """After start-up or a reload: collect, freeze what survives, give free memory back.
+
+    Frozen objects (the compiled tasks, the modules: nearly everything alive now) are left out
+    of the collector's full passes, which otherwise walk all of them: ~50 ms pauses under load,
+    ~8 ms once frozen. A reload unfreezes first, so the replaced tasks can be collected.
     Start-up garbage (YAML trees, Liquid parse state, migration SQL) is freed but stays in
     glibc's heap; `malloc_trim` returns it, which keeps the idle RSS under its budget. Other C
     libraries (musl) have no such call: nothing to do there.
     """
+    gc.unfreeze()
     gc.collect()
+    gc.freeze()
     try:
         libc = ctypes.CDLL(None)
         trim = libc.malloc_trim
@@ -224,7 +235,8 @@ class Daemon:
                             settings.listen.host, settings.listen.port, len(reg.tasks),
                             extra={"action": "ready"})
                 self.notifier.send("READY=1")
-                _release_startup_memory()
+                _settle_memory()
+                gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
                 await self.stop.wait()
                 self.notifier.send("STOPPING=1")
                 logger.info("stopping", extra={"action": "stopping"})
@@ -273,6 +285,7 @@ class Daemon:
             logger.warning("%s changed: that needs a restart; the rest is reloaded",
                            ", ".join(changed), extra={"action": "reload_partial"})
         st.swap(new)
+        _settle_memory()
         logger.info("configuration reloaded: %d task(s)", len(new.tasks),
                     extra={"action": "reloaded"})
         self.notifier.send("READY=1")

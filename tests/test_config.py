@@ -143,3 +143,31 @@ def test_reload_names_the_changes_that_need_a_restart(tmp_path: Path) -> None:
     new = config.load(str(path), {})
     assert daemon.restart_only_changes(old, new) == ["listen", "concurrency"]
     assert daemon.restart_only_changes(old, old) == []
+
+
+def test_memory_settled_at_start_is_collected_after_a_reload() -> None:
+    """The start freezes what is alive; a reload must unfreeze it, or replaced tasks that hold
+    reference cycles would never be freed."""
+    import gc
+    import weakref
+
+    from runnerd import daemon
+
+    class Node:
+        pass
+
+    cycle = Node()
+    cycle.me = cycle  # type: ignore[attr-defined]
+    collected = []
+    weakref.finalize(cycle, collected.append, True)
+    try:
+        daemon._settle_memory()  # as at start-up: the cycle is alive, so it is frozen
+        assert gc.get_freeze_count() > 0
+        del cycle
+        gc.collect()
+        assert collected == []  # frozen: a full collection leaves it alone
+        daemon._settle_memory()  # as at a reload
+        assert collected == [True]
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()  # the rest of the test session collects as usual
