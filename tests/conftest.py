@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import parser
 
 from runnerd import db
 
@@ -168,6 +169,22 @@ class Daemon:
     def wait_runs(self, predicate_sql: str, count: int, timeout: float = 15.0) -> None:
         wait_until(lambda: self.query(f"SELECT COUNT(*) AS n FROM runs WHERE {predicate_sql}")[0]
                    ["n"] >= count, timeout=timeout)
+
+
+def scrape(d: Daemon) -> dict[str, Any]:
+    """GET /metrics of the daemon, parsed: {family name: family}."""
+    status, headers, body = d.request("GET", "/metrics")
+    assert status == 200 and headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    families = {f.name: f for f in parser.text_string_to_metric_families(body.decode())}
+    return families
+
+
+def value(families: dict[str, Any], family: str, sample: str, **labels: str) -> float:
+    """The value of one sample of `family` (with these labels); KeyError when absent."""
+    for s in families[family].samples:
+        if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items()):
+            return float(s.value)
+    raise KeyError((sample, labels))
 
 
 @pytest.fixture

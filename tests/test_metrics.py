@@ -9,7 +9,7 @@ from prometheus_client import parser
 
 from runnerd import metrics, models, runs
 
-from .conftest import Daemon, wait_until
+from .conftest import Daemon, scrape, value, wait_until
 
 CONFIG = """
 webhooks:
@@ -21,20 +21,6 @@ tasks:
     code: |
       {% action "cache", "incr", "orders" %}
 """
-
-
-def scrape(d: Daemon) -> dict[str, Any]:
-    status, headers, body = d.request("GET", "/metrics")
-    assert status == 200 and headers["Content-Type"].startswith("text/plain; version=0.0.4")
-    families = {f.name: f for f in parser.text_string_to_metric_families(body.decode())}
-    return families
-
-
-def value(families: dict[str, Any], family: str, sample: str, **labels: str) -> float:
-    for s in families[family].samples:
-        if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items()):
-            return float(s.value)
-    raise KeyError((sample, labels))
 
 
 def test_metrics_parse_and_counters_move(make_daemon) -> None:

@@ -21,12 +21,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-from prometheus_client import parser
-
 from runnerd import db
 
-from .conftest import Daemon, wait_until
+from .conftest import Daemon, scrape, value, wait_until
 from .reliability.helpers import Target
 
 AUTH = {"Authorization": "Bearer t0ken"}
@@ -412,17 +409,6 @@ tasks:
 """
 
 
-def _scrape(d: Daemon) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    status, _, body = d.request("GET", "/metrics")
-    assert status == 200
-    return {(s.name, tuple(sorted(s.labels.items()))): float(s.value)
-            for f in parser.text_string_to_metric_families(body.decode()) for s in f.samples}
-
-
-def _lag(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> float:
-    return samples[("runnerd_queue_lag_seconds", ())]
-
-
 def test_queue_lag_is_the_age_of_the_oldest_due_run_and_0_when_none_waits(make_daemon) -> None:
     with Target() as target:
         d: Daemon = make_daemon(LAG.replace("URL", target.url)).start()
@@ -433,13 +419,14 @@ def test_queue_lag_is_the_age_of_the_oldest_due_run_and_0_when_none_waits(make_d
         [waiting] = _rows(d, "SELECT id, kind, run_at FROM runs WHERE state = 'due'")
         assert waiting["kind"] == "event"
         before = time.time()
-        samples = _scrape(d)
+        families = scrape(d)
         after = time.time()
         assert target.in_flight >= 1 and d.query(
             "SELECT state FROM runs WHERE id = ?", (waiting["id"],))[0][0] == "due", \
             "the slot freed before the scrape: nothing was waiting"
-        lag = _lag(samples)
-        assert samples[("runnerd_queue_runs", (("kind", "event"), ("state", "due")))] == 1
+        lag = value(families, "runnerd_queue_lag_seconds", "runnerd_queue_lag_seconds")
+        assert value(families, "runnerd_queue_runs", "runnerd_queue_runs", kind="event",
+                     state="due") == 1
         # The age of that run (not of the started one, nor of its event's creation, nor 0).
         assert before - waiting["run_at"] - 0.05 <= lag <= after - waiting["run_at"] + 0.05, (
             lag, before - waiting["run_at"], after - waiting["run_at"])
@@ -448,12 +435,13 @@ def test_queue_lag_is_the_age_of_the_oldest_due_run_and_0_when_none_waits(make_d
         assert d.query("SELECT COUNT(*) FROM runs WHERE state IN "
                        "('unscheduled', 'scheduled', 'due', 'started')")[0][0] == 0
 
-        def empty() -> dict[Any, float] | None:
-            s = _scrape(d)  # the snapshot is cached for 2 s: wait for one of an empty queue
-            queued = sum(v for (name, _), v in s.items() if name == "runnerd_queue_runs")
-            return s if queued == 0 else None
+        def empty() -> dict[str, Any] | None:
+            f = scrape(d)  # the snapshot is cached for 2 s: wait for one of an empty queue
+            queued = sum(s.value for s in f["runnerd_queue_runs"].samples)
+            return f if queued == 0 else None
 
-        assert _lag(wait_until(empty, timeout=6, interval=0.2, message="an empty queue")) == 0
+        assert value(wait_until(empty, timeout=6, interval=0.2, message="an empty queue"),
+                     "runnerd_queue_lag_seconds", "runnerd_queue_lag_seconds") == 0
         assert d.stop() == 0
 
 
