@@ -34,6 +34,8 @@ class Handlers:
         self.get_registry = get_registry
         self.on_routed = on_routed
         self.executors = executors
+        #: the action types performed in the transaction that finishes their task run
+        self.inline_types = frozenset(name for name, ex in executors.items() if ex.inline)
         #: a read-only connection for this (the event loop's) thread: the cache a render
         #: reads and the loop protection's lookup; None in previews
         self.reader = reader
@@ -119,7 +121,7 @@ class Handlers:
         ]
         return runs.Outcome(run, ok=True, result=summary, children=children,
                             follow_up=follow_up, finished_at=finished,
-                            inline_types=self._inline_types(),
+                            inline_types=self.inline_types,
                             perform_inline=lambda child: self._perform_now(
                                 runs.Job(child, job.event), compiled))
 
@@ -163,10 +165,6 @@ class Handlers:
         except (errors.ActionFailed, errors.InvalidAction) as exc:
             return self._action_failed(run, exc, follow_up)
         return self._action_done(run, result, follow_up)
-
-    def _inline_types(self) -> frozenset[str]:
-        return frozenset(name for name, ex in self.executors.items()
-                         if getattr(ex, "inline", False))
 
     def _perform_now(self, job: runs.Job, compiled: registry.Compiled) -> runs.Outcome:
         """An in-process action run, performed on the database thread in the transaction that
