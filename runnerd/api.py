@@ -43,8 +43,8 @@ def _guarded(handler: Handler) -> Handler:
         except errors.NotFound as exc:
             return web.json_response({"error": exc.message}, status=404)
         except errors.InvalidInput as exc:
-            return web.json_response({"error": exc.message}, status=exc.status if isinstance(
-                exc, webhook.BodyRefused) else 400)
+            status = exc.status if isinstance(exc, webhook.BodyRefused) else 400
+            return web.json_response({"error": exc.message}, status=status)
         except errors.DatabaseError as exc:
             return web.json_response({"error": exc.message}, status=503)
 

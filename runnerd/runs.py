@@ -272,7 +272,8 @@ def finish(tx: db.Tx, outcome: Outcome, now: float,
            performed: list[Outcome] | None = None) -> models.Run | None:
     """Record an outcome: succeeded, failed, or scheduled for an automatic retry.
 
-    Returns the run as recorded, or None when it was no longer `started` (lost race). Children
+    Returns the run as recorded, or None when it was no longer in the state it was read in
+    (`started`, or `due` for a task run rendered between the worker's turns: lost race). Children
     performed in place (`Outcome.perform_inline`) are finished here too and their outcomes
     appended to `performed`.
     """
