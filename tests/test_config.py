@@ -117,6 +117,14 @@ def test_not_yaml(tmp_path: Path) -> None:
     assert len(found) == 1 and "not valid YAML" in found[0]
 
 
+def test_yaml_tags_that_build_python_objects_are_refused(tmp_path: Path) -> None:
+    """The loader is a safe one (libyaml's when PyYAML has it): a config never runs code."""
+    marker = tmp_path / "ran"
+    found = problems(tmp_path, f"database: !!python/object/apply:os.system ['touch {marker}']\n")
+    assert len(found) == 1 and "not valid YAML" in found[0]
+    assert not marker.exists()
+
+
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(errors.ConfigError, match="cannot read the configuration"):
         config.load(tmp_path / "absent.yaml", {})
