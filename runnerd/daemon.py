@@ -200,6 +200,7 @@ class Daemon:
         # Events the daemon stores are routed in the storing transaction (runs.insert_events).
         hs.on_routed = st.metrics.routed
         database.router = hs
+        st.ingest.offer = st.worker.offer
         wakeups.append(st.worker.wakeup.set)
         st.monitors = monitors.Monitors(database, lambda: st.settings, clock=self.clock,
                                         on_event=wake)

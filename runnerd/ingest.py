@@ -1,7 +1,9 @@
 """Group commit for incoming events: many concurrent webhook requests, one transaction.
 
 `submit(event)` returns only once the event and its event run are committed, so a webhook may
-answer 204. While one batch is being written, new submissions gather for the next one.
+answer 204. While one batch is being written, new submissions gather for the next one. The task
+runs routed in a batch's transaction are handed to `offer` once it is committed (the worker
+renders them without fetching them first: `Worker.offer`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ class Ingest:
         self._ready = asyncio.Event()
         self._closed = False
         self.healthy = True  #: False while the last batch could not be stored (for /health)
+        #: set by the daemon: receives the due task runs of each committed batch
+        self.offer: Callable[[list[runs.Job]], None] | None = None
 
     @property
     def closed(self) -> bool:
@@ -65,7 +69,7 @@ class Ingest:
         events = [event for event, _ in batch]
         now = self.clock()
         try:
-            await self.db.write(lambda tx: runs.insert_events(tx, events, now))
+            jobs = await self.db.write(lambda tx: runs.insert_events(tx, events, now))
         except Exception as exc:  # noqa: BLE001 - whatever failed, the ingest must live on
             if not isinstance(exc, errors.DatabaseError):
                 # Not SQLite saying no (e.g. data it cannot encode): a bug, but one bad batch
@@ -85,4 +89,6 @@ class Ingest:
         for _, future in batch:
             if not future.done():
                 future.set_result(None)
+        if jobs and self.offer is not None:
+            self.offer(jobs)
         self.on_commit(len(events))

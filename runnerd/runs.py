@@ -118,17 +118,20 @@ _STARTED = str(RunState.STARTED)
 _NO_TASKS = models.dumps({"tasks": []})  #: most webhook events of a busy daemon: computed once
 
 
-def insert_events(tx: db.Tx, events: Iterable[models.Event], now: float) -> None:
+def insert_events(tx: db.Tx, events: Iterable[models.Event], now: float) -> list[Job]:
     """Store events, each with its event run (due now or at the event's `run_at`).
 
     In the daemon (`tx.router` set) an event due now is routed in this same transaction: its
     event run is stored `succeeded` with its task runs, saving a claim and a finish per event.
     Routing is pure CPU (the registry's subscription index), so the result is the same as
     when the worker performs the event run a moment later.
+
+    Returns the jobs of the task runs stored due for events without a parent: the caller may
+    hand them to the worker once committed (`Worker.offer`), which saves fetching them again.
     """
     events = list(events)
     if not events:
-        return
+        return []
     router: Router | None = tx.router
     tx.executemany("insert_event", [
         {"id": e.id, "topic": e.topic,
@@ -142,17 +145,26 @@ def insert_events(tx: db.Tx, events: Iterable[models.Event], now: float) -> None
     if router is None:
         tx.executemany("insert_run", [run_row(RunKind.EVENT, e.id, now, run_at=e.run_at)
                                       for e in events])
-        return
-    rows = []
+        return []
+    rows, ready = [], []
     for e in events:
         if e.run_at is not None and e.run_at > now:
             rows.append(run_row(RunKind.EVENT, e.id, now, run_at=e.run_at))
             continue
         names, task_runs = router.route(e, now)
         rows.append(performed_event_run(e, names, now))
-        rows.extend(task_runs)
+        for row in task_runs:
+            if row["state"] == _DUE and e.parent_id is None:  # its Job needs no ancestors
+                ready.append((row, e))
+            else:
+                rows.append(row)
         tx.routed += 1
     tx.executemany("insert_run", rows)
+    jobs = []
+    for row, e in ready:  # one by one: a job needs its run's id
+        row = {**row, "error": None, "id": tx.execute("insert_run", row).lastrowid}
+        jobs.append(Job(models.Run.from_row(cast(sqlite3.Row, row)), e))
+    return jobs
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -3,9 +3,12 @@
 Action and event runs are performed as asyncio tasks, at most `concurrency` at once. Task runs
 take no slot: a render is CPU work on this thread, so the worker renders the due task runs one at
 a time right after each turn (for at most `RENDER_BATCH_SECONDS`, yielding to the event loop
-between renders) and records them in the next turn, straight from `due`. The worker knows nothing
-of Liquid or SMTP: it gets a handler per run kind. It wakes when the webhook, the scheduler or a
-finished run says there is work, and polls so that scheduled runs and retries come due.
+between renders) and records them in the next turn, straight from `due`. The task runs of a
+webhook batch are handed over by the ingest as soon as it commits (`offer`): the worker renders
+them before its next turn instead of fetching them in it, which takes one transaction off a
+webhook's way to its actions. The worker knows nothing of Liquid or SMTP: it gets a handler per
+run kind. It wakes when the webhook, the scheduler or a finished run says there is work, and
+polls so that scheduled runs and retries come due.
 
 Lanes: a run may belong to a lane (an http action run: its target host). At most `lane_cap` runs
 of one lane are started at once; a claimed run over the cap is handed back, `scheduled` a moment
@@ -85,12 +88,34 @@ class Worker:
         self.deferred = 0  #: runs handed back because their lane was full (since start)
         self.performed_inline = 0  #: in-process action runs finished with their task run
         self.rendered = 0  #: task runs rendered (since start)
+        self.handed_over = 0  #: of those, task runs rendered as offered, without a fetch
         self.healthy = True  #: False while the database refuses writes
+        self._offered: list[runs.Job] = []  #: handed over by `offer`, not rendered yet
+        #: task runs offered or fetched and not recorded yet: neither source may add them twice
+        self._held: set[int] = set()
+        #: due task runs may be left behind (at start, after a full fetch or a render batch out
+        #: of time): until a fetch catches up, offers are refused so that the queue's order
+        #: (oldest first) holds
+        self._behind = True
 
     @property
     def active(self) -> int:
         """Runs being performed now."""
         return len(self._active)
+
+    def offer(self, jobs: list[runs.Job]) -> None:
+        """Due task runs just committed (`runs.insert_events`): render them before the next turn.
+
+        Refused while older due task runs wait (they come first, and the next fetches take these
+        in order) or once `RENDER_BATCH` wait already; a refused run simply stays due."""
+        if self._behind or len(self._offered) + len(jobs) > RENDER_BATCH:
+            self._behind = True
+            return
+        for job in jobs:
+            if job.run.id not in self._held:
+                self._held.add(job.run.id)
+                self._offered.append(job)
+        self.wakeup.set()
 
     async def run(self, stop: asyncio.Event, *, grace: float = 20.0) -> None:
         """Work until `stop` is set, then finish started runs within `grace` and requeue the rest."""
@@ -121,8 +146,12 @@ class Worker:
         return max(0, self.concurrency - len(self._active))
 
     async def _turn(self, *, claim: bool) -> int:
-        """One transaction: finish what is done, claim up to the free slots; then render the due
-        task runs it fetched. Returns how many runs were claimed."""
+        """Render the task runs offered since the last turn; then one transaction: finish what is
+        done, claim up to the free slots; then render the due task runs it fetched. Returns how
+        many runs were claimed."""
+        if claim and self._offered:
+            offered, self._offered = self._offered, []
+            self.handed_over += await self._render(offered)
         done, self._done = self._done, []
         if not done and not claim:
             return 0
@@ -145,6 +174,7 @@ class Worker:
             await asyncio.sleep(1.0)
             return 0
         self.healthy = True
+        self._held.difference_update(o.run.id for o in done if o.run.kind is models.RunKind.TASK)
         self.performed_inline += len(performed)
         if (done or performed) and self.on_finished is not None:
             self.on_finished(done + performed)
@@ -154,18 +184,26 @@ class Worker:
                 self._lanes[lane] += 1
             task = asyncio.create_task(self._perform(job, lane), name=f"run-{job.run.id}")
             self._active[job.run.id] = task
-        await self._render(task_jobs)
+        if renders:
+            self._behind = len(task_jobs) >= renders
+            fetched = [job for job in task_jobs if job.run.id not in self._held]
+            self._held.update(job.run.id for job in fetched)
+            await self._render(fetched)
         return len(jobs)
 
-    async def _render(self, jobs: list[runs.Job]) -> None:
-        """Perform task runs one at a time; those left when the time is up stay due."""
+    async def _render(self, jobs: list[runs.Job]) -> int:
+        """Perform task runs one at a time; those left when the time is up stay due (and the
+        worker is then behind). Returns how many were rendered."""
         deadline = time.monotonic() + RENDER_BATCH_SECONDS
         for i, job in enumerate(jobs):
             if i and time.monotonic() > deadline:
-                break
+                self._behind = True
+                self._held.difference_update(left.run.id for left in jobs[i:])
+                return i
             self._done.append(await self._outcome(runs.begin(job, self.clock())))
             self.rendered += 1
             await asyncio.sleep(0)  # let requests and started runs move between renders
+        return len(jobs)
 
     def _finish_and_claim(self, tx: db.Tx, done: list[runs.Outcome], limit: int, now: float,
                           busy: collections.Counter[str], performed: list[runs.Outcome],
@@ -226,7 +264,7 @@ class Worker:
         self.wakeup.set()
 
     async def _idle(self, stop: asyncio.Event) -> None:
-        if self._done:
+        if self._done or self._offered:
             return
         waiters = [asyncio.ensure_future(self.wakeup.wait()), asyncio.ensure_future(stop.wait())]
         try:

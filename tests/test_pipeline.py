@@ -498,6 +498,133 @@ async def test_task_runs_take_no_slot_and_go_from_due_to_final(tmp_path: Path, c
         await database.close()
 
 
+async def test_task_runs_stored_by_the_ingest_are_rendered_as_handed_over(pipeline,
+                                                                         clock) -> None:
+    import asyncio
+
+    from runnerd import ingest
+
+    p = await pipeline("""
+        tasks:
+          - name: Keep
+            subscriptions: user/orders/ready
+            code: '{% action "cache", "set", event.data.key, event.data.n %}'
+    """)
+    p.db.router = p.handlers
+    committed: list[int] = []
+    ing = ingest.Ingest(p.db, on_commit=committed.append, clock=clock)
+    ing.offer = p.worker.offer
+    assert await p.drain() == 0  # a worker takes offers once a fetch found nothing older
+    stop = asyncio.Event()
+    loops = [asyncio.create_task(ing.run(stop)), asyncio.create_task(p.worker.run(stop, grace=5))]
+    try:
+        for n in (1, 2, 3):
+            await ing.submit(runs.new_event("user/orders/ready", {"key": f"k{n}", "n": n},
+                                            "webhook", clock()))
+            async with asyncio.timeout(10):
+                while await p.cache(f"k{n}") is None:
+                    await asyncio.sleep(0.01)
+    finally:
+        stop.set()
+        await asyncio.gather(*loops)
+    # Each rendered from the ingest's hand-over, none from a turn's fetch.
+    assert (p.worker.rendered, p.worker.handed_over) == (3, 3)
+    tasks = await p.runs(kind="task")
+    assert [(t.state.value, t.attempts) for t in tasks] == [("succeeded", 1)] * 3
+    actions = await p.runs(kind="action")
+    assert [(a.state.value, a.task_run_id) for a in actions] == [
+        ("succeeded", t.id) for t in tasks]
+    assert committed == [1, 1, 1]
+
+
+async def test_a_task_run_offered_while_it_renders_is_rendered_once(tmp_path: Path, clock,
+                                                                    caplog) -> None:
+    """The ingest's offer and a turn's fetch may both bring a task run: it renders once."""
+    import asyncio
+
+    database = await db.Database(tmp_path / "once.db").open()
+    await database.migrate()
+    renders: list[int] = []
+    stored: list[runs.Job] = []
+
+    async def render(job: runs.Job) -> runs.Outcome:
+        renders.append(job.run.id)
+        w.offer(stored)  # the same run, handed over while the fetched copy renders
+        return runs.Outcome(job.run, ok=True, finished_at=clock())
+
+    async def nothing(job: runs.Job) -> runs.Outcome:
+        return runs.Outcome(job.run, ok=True, finished_at=clock())
+
+    w = worker.Worker(database, {models.RunKind.TASK: render, models.RunKind.EVENT: nothing},
+                      concurrency=2, clock=clock, lane=None)
+
+    class Route:
+        routed = 0
+
+        def route(self, event: models.Event, now: float) -> tuple[list[str], list[dict]]:
+            return ["t"], [runs.run_row(models.RunKind.TASK, event.id, now, task_name="t")]
+
+        def committed(self, n: int) -> None:
+            self.routed += n
+
+    database.router = Route()
+    try:
+        assert await w.run_until_idle() == 0  # caught up: offers are taken from now on
+        event = runs.new_event("user/once/test", None, "webhook", clock())
+        stored.extend(await database.write(lambda tx: runs.insert_events(tx, [event], clock())))
+        assert len(stored) == 1 and stored[0].run.state is models.RunState.DUE
+        assert await w.run_until_idle() == 1  # fetched (no offer yet), offered while rendering
+        rows = await database.read(lambda tx: tx.conn.execute(
+            "SELECT state, attempts FROM runs WHERE kind = 'task'").fetchall())
+    finally:
+        await database.close()
+    assert renders == [stored[0].run.id]
+    assert [tuple(r) for r in rows] == [("succeeded", 1)]
+    assert "stale_finish" not in caplog.text and "no longer" not in caplog.text
+
+
+async def test_offers_wait_behind_older_due_task_runs(tmp_path: Path, clock,
+                                                      monkeypatch) -> None:
+    """While a fetch leaves due task runs behind, new ones are not rendered first: the queue
+    stays oldest first."""
+    database = await db.Database(tmp_path / "order.db").open()
+    await database.migrate()
+    order: list[int] = []
+
+    async def render(job: runs.Job) -> runs.Outcome:
+        order.append(job.run.id)
+        return runs.Outcome(job.run, ok=True, finished_at=clock())
+
+    w = worker.Worker(database, {models.RunKind.TASK: render}, concurrency=2, clock=clock,
+                      lane=None)
+    monkeypatch.setattr(worker, "RENDER_BATCH", 2)
+    event = runs.new_event("user/order/test", None, "cli", clock())
+    await database.write(lambda tx: runs.insert_events(tx, [event], clock()))
+    await database.write(lambda tx: tx.conn.execute(
+        "UPDATE runs SET state = 'succeeded' WHERE kind = 'event'"))
+
+    def add_task_run(tx: db.Tx) -> runs.Job:
+        row = runs.run_row(models.RunKind.TASK, event.id, clock(), task_name="t")
+        row = {**row, "error": None, "id": tx.execute("insert_run", row).lastrowid}
+        return runs.Job(models.Run.from_row(row), event)
+
+    try:
+        older = [await database.write(add_task_run) for _ in range(3)]
+        assert await w._turn(claim=True) == 0  # fetched a full batch (2 of 3): behind
+        newer = await database.write(add_task_run)
+        w.offer([newer])  # refused: the third older run waits
+        assert await w.run_until_idle() == 2
+        assert order == [j.run.id for j in [*older, newer]]
+        assert w.handed_over == 0
+        # Caught up now: the next offer is taken and rendered without a fetch.
+        latest = await database.write(add_task_run)
+        w.offer([latest])
+        assert await w.run_until_idle() == 1
+        assert order[-1] == latest.run.id and w.handed_over == 1
+    finally:
+        await database.close()
+
+
 async def test_removed_tasks_fail_their_waiting_runs_and_retry_uses_current_code(
         pipeline) -> None:
     p = await pipeline("""
