@@ -25,7 +25,6 @@ import sys
 import time
 from typing import Any
 
-
 #: A request not answered in this time counts as an error (and its connection is dropped).
 REQUEST_TIMEOUT = 15.0
 
@@ -41,6 +40,10 @@ class Conn(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.waiter is not None and not self.waiter.done():
@@ -113,8 +116,7 @@ async def closed_loop(args: argparse.Namespace, request: bytes) -> dict[str, Any
                 status = await asyncio.wait_for(conn.request(request), REQUEST_TIMEOUT)
             except (ConnectionError, TimeoutError):
                 errors += 1
-                if conn.transport is not None:
-                    conn.transport.close()
+                conn.close()
                 return
             sent += 1
             if time.perf_counter() >= warm_end:
@@ -124,11 +126,17 @@ async def closed_loop(args: argparse.Namespace, request: bytes) -> dict[str, Any
     await asyncio.gather(*(worker(c) for c in conns))
     elapsed = time.perf_counter() - warm_end
     for c in conns:
-        if c.transport is not None:
-            c.transport.close()
+        c.close()
     ok = sum(n for s, n in statuses.items() if 200 <= s < 300)
     return {"mode": "closed", "conns": args.conns, "elapsed": elapsed, "completed": counted,
             "ok": ok, "statuses": statuses, "errors": errors, "rps": ok / elapsed}
+
+
+def percentile(ordered: list[float], q: float) -> float | None:
+    """The q-th percentile of an ascending list (None when empty)."""
+    if not ordered:
+        return None
+    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
 
 
 async def open_loop(args: argparse.Namespace, request: bytes) -> dict[str, Any]:
@@ -163,8 +171,7 @@ async def open_loop(args: argparse.Namespace, request: bytes) -> dict[str, Any]:
             status = await asyncio.wait_for(conn.request(request), REQUEST_TIMEOUT)
         except (ConnectionError, TimeoutError):
             errors += 1
-            if conn.transport is not None:
-                conn.transport.close()
+            conn.close()
             opened -= 1
             async with freed:
                 freed.notify()
@@ -187,19 +194,13 @@ async def open_loop(args: argparse.Namespace, request: bytes) -> dict[str, Any]:
     await asyncio.gather(*tasks)
     elapsed = time.perf_counter() - start
     for c in idle:
-        if c.transport is not None:
-            c.transport.close()
+        c.close()
     ok = sum(n for s, n in statuses.items() if 200 <= s < 300)
     latencies.sort()
-
-    def pct(q: float) -> float | None:
-        if not latencies:
-            return None
-        return latencies[min(len(latencies) - 1, int(q / 100 * len(latencies)))]
-
     return {"mode": "open", "rate": args.rate, "sent": total, "elapsed": elapsed, "ok": ok,
             "statuses": statuses, "errors": errors, "connections_opened": opened,
-            "late_sends": late_sends, "http_p50": pct(50), "http_p99": pct(99),
+            "late_sends": late_sends, "http_p50": percentile(latencies, 50),
+            "http_p99": percentile(latencies, 99),
             "http_max": latencies[-1] if latencies else None}
 
 

@@ -17,8 +17,18 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from runnerd import __version__, cli_common, config, db, errors, logs, models, ops, runs
-from runnerd import monitor_cli
+from runnerd import (
+    __version__,
+    cli_common,
+    config,
+    db,
+    errors,
+    logs,
+    models,
+    monitor_cli,
+    ops,
+    runs,
+)
 
 DEFAULT_CONFIG = "/etc/runnerd/runnerd.yaml"
 

@@ -500,7 +500,8 @@ def _monitors(raw: Any, task_names: set[str], r: _Reader) -> tuple[Monitor, ...]
 
 
 def _cron_check(value: Any) -> str | None:
-    from runnerd import cron  # stdlib only; imported here as config is imported by everything
+    # stdlib only; imported here as config is imported by everything
+    from runnerd import cron
 
     try:
         cron.parse(value)

@@ -14,7 +14,7 @@ import contextlib
 import fcntl
 import os
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,6 +23,19 @@ import aiosqlite
 from runnerd import errors, sql
 
 T = TypeVar("T")
+
+
+async def _on_thread(conn: aiosqlite.Connection, fn: Callable[..., T], *args: Any,
+                     **kwargs: Any) -> T:
+    """`fn(sqlite3_connection, *args, **kwargs)` on `conn`'s thread, in one hop.
+
+    aiosqlite's private `Connection._execute` (pinned to aiosqlite 0.22 in pyproject.toml): its
+    public API hops to the thread once per statement, and a transaction is many statements.
+    """
+    execute: Callable[..., Awaitable[T]] = conn._execute
+    return await execute(fn, conn._conn, *args, **kwargs)
+
+
 Params = Mapping[str, Any] | None
 
 
@@ -64,7 +77,8 @@ class Tx:
 
     def one(self, name: str, params: Params = None) -> sqlite3.Row | None:
         """The first row of the named query, or None."""
-        return self.execute(name, params).fetchone()
+        row: sqlite3.Row | None = self.execute(name, params).fetchone()
+        return row
 
 
 def _pragmas(conn: sqlite3.Connection, *, readonly: bool = False) -> None:
@@ -175,9 +189,9 @@ class Database:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._writer = await aiosqlite.connect(self.path, isolation_level=None)
-            await self._writer._execute(_pragmas, self._writer._conn)
+            await _on_thread(self._writer, _pragmas)
             self._reader = await aiosqlite.connect(self.path, isolation_level=None)
-            await self._reader._execute(_pragmas, self._reader._conn, readonly=True)
+            await _on_thread(self._reader, _pragmas, readonly=True)
         except sqlite3.Error as exc:
             await self.close()
             raise errors.DatabaseError(f"cannot open database {self.path}: {exc}") from exc
@@ -218,10 +232,9 @@ class Database:
                 try:
                     if self._writer is None:
                         raise errors.DatabaseError("database is closed")
-                    # aiosqlite's _execute runs a callable on the connection's thread: the
-                    # whole transaction is one hop (pinned to aiosqlite 0.22 in pyproject.toml).
-                    outcomes = await self._writer._execute(
-                        _group, self._writer._conn, [fn for fn, _ in batch], self.router)
+                    # the whole transaction is one hop to the connection's thread
+                    outcomes = await _on_thread(
+                        self._writer, _group, [fn for fn, _ in batch], self.router)
                 except Exception as exc:  # noqa: BLE001 - nothing of the batch was stored
                     outcomes = [(False, exc)] * len(batch)
                 for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
@@ -239,7 +252,7 @@ class Database:
         if self._reader is None:
             raise errors.DatabaseError("database is closed")
         try:
-            return await self._reader._execute(_transaction, self._reader._conn, fn, "DEFERRED")
+            return await _on_thread(self._reader, _transaction, fn, "DEFERRED")
         except sqlite3.DatabaseError as exc:
             if not _unavailable(exc):
                 raise
@@ -250,7 +263,7 @@ class Database:
         if self._writer is None:
             raise errors.DatabaseError("database is closed")
         try:
-            return await self._writer._execute(migrate_sync, self._writer._conn)
+            return await _on_thread(self._writer, migrate_sync)
         except sqlite3.DatabaseError as exc:
             raise errors.DatabaseError(f"cannot migrate database {self.path}: {exc}") from exc
 

@@ -12,7 +12,8 @@ class ClientErrors(logging.Filter):
     the log with tracebacks. Errors of runnerd's own handlers keep theirs."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from aiohttp import http_exceptions, web_protocol  # only the daemon's records come here
+        # only the daemon's records come here
+        from aiohttp import http_exceptions, web_protocol
 
         exc = record.exc_info[1] if record.exc_info else None
         # RequestPayloadError: a body that does not inflate, met again when aiohttp drains it

@@ -48,7 +48,8 @@ RENDER_BATCH_SECONDS = 0.05
 
 def http_lane(run: models.Run) -> str | None:
     """The default lanes: an http action run's target host."""
-    from runnerd.actions import http  # only its URL parsing: the worker stays executor-agnostic
+    # only its URL parsing: the worker stays executor-agnostic
+    from runnerd.actions import http
 
     return http.lane(run.action_type, run.options)
 
