@@ -24,6 +24,7 @@ from typing import Any
 
 from runnerd import config, db, errors, models, runs, taskstatus
 from runnerd.actions import email
+from runnerd.actions import mail as mail_
 
 logger = logging.getLogger(__name__)
 
@@ -65,11 +66,9 @@ def mail_options(recipients: Sequence[str], subject: str, body: str) -> dict[str
 
 
 def _outbox_row(settings: config.Email, options: Mapping[str, Any], now: float) -> dict[str, Any]:
-    mail = email.Mail(options)
-    sender = email.parse_address(settings.sender, "email.from")
-    return {"created_at": now, "sender": sender.addr_spec,
-            "recipients": models.dumps(mail.recipients), "subject": mail.subject,
-            "message": mail.message(sender, now).as_string(), "run_id": None}
+    mail = mail_.Mail(options)
+    sender = mail_.parse_address(settings.sender, "email.from")
+    return mail.outbox_row(sender, mail.message(sender, now), now, None)
 
 
 def _context(now: float) -> Any:

@@ -18,6 +18,7 @@ import pytest
 
 from runnerd import actions, config, db, errors
 from runnerd.actions import email as email_action
+from runnerd.actions import mail as mail_action
 from tests import helpers_servers
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256))
@@ -103,7 +104,7 @@ def test_validate_accepts_mechanic_forms() -> None:
         headers={"X-Priority": 1}, attachments={"a.txt": "x", "b.bin": {"base64": "AAE=\n"}},
         __perform_event=False, __note="control params are ignored",
     ))
-    mail = email_action.Mail(options(to="a@example.com, A@EXAMPLE.com", bcc=["b@example.com"]))
+    mail = mail_action.Mail(options(to="a@example.com, A@EXAMPLE.com", bcc=["b@example.com"]))
     assert mail.recipients == ["a@example.com", "b@example.com"]
 
 
@@ -112,7 +113,7 @@ def test_html_to_text_keeps_lines_and_unescapes() -> None:
             "<p>Hello <b>Bob</b>,</p><p>Line one<br>Line two</p>"
             "<ul><li>A &amp; B</li><li>C &lt;3</li></ul><div>See <a href='https://x.test/o'>"
             "the order</a></div><script>alert(1)</script></body></html>")
-    assert email_action.html_to_text(html) == (
+    assert mail_action.html_to_text(html) == (
         "Hello Bob,\n\nLine one\nLine two\n\n- A & B\n- C <3\n\nSee the order (https://x.test/o)\n"
     )
 

@@ -1,7 +1,6 @@
-"""The email action: Mechanic's options, one MIME message, delivery over SMTP or into the outbox.
+"""The email action's delivery: over one reused SMTP connection, or into the outbox.
 
-The message is multipart/alternative (a text/plain part derived from the HTML, then the HTML),
-wrapped in multipart/mixed when there are attachments. Bcc goes into the envelope only.
+The options and the message they make are `runnerd.actions.mail`'s.
 
 SMTP failures are classified by exception type (`_failure`), never by message text:
 
@@ -17,250 +16,25 @@ SMTP failures are classified by exception type (`_failure`), never by message te
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import email.headerregistry
 import email.message
-import email.policy
-import email.utils
-import html.parser
 import logging
-import mimetypes
-import re
 import ssl
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import aiosmtplib
 
-from runnerd import actions, config, errors, models
+from runnerd import actions, config, errors
+from runnerd.actions import mail as mail_
 
 if TYPE_CHECKING:
     from runnerd import db
 
 logger = logging.getLogger(__name__)
 
-OPTIONS = frozenset({"to", "subject", "body", "cc", "bcc", "reply_to", "from_display_name",
-                     "headers", "attachments"})
-#: Headers the executor writes itself; `headers` may not set them.
-RESERVED_HEADERS = frozenset({
-    "from", "sender", "to", "cc", "bcc", "reply-to", "subject", "date", "message-id",
-    "mime-version", "content-type", "content-transfer-encoding", "content-disposition",
-    "return-path", "received", "resent-from", "resent-to", "resent-cc", "resent-bcc",
-})
 #: An idle SMTP connection is closed after this many seconds.
 IDLE_SECONDS = 30.0
-
-_HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # printable ASCII except ':' (RFC 5322 ftext)
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_COMMA = re.compile(r',(?=(?:[^"]*"[^"]*")*[^"]*$)')  # a comma followed by balanced quotes
-_Address = email.headerregistry.Address
-
-
-def _invalid(message: str) -> errors.InvalidAction:
-    return errors.InvalidAction(f"email: {message}")
-
-
-def _split(value: str) -> list[str]:
-    """Split a comma string on the commas outside double quotes; drop empty items."""
-    return [p.strip() for p in _COMMA.split(value) if p.strip()]
-
-
-def parse_address(text: str, key: str) -> _Address:
-    """`addr@host` or `Name <addr@host>` → Address; InvalidAction naming `key` otherwise."""
-    match = re.fullmatch(r'(?:"?(?P<name>[^"<>]*?)"?\s*<(?P<angle>[^<>]*)>|(?P<bare>[^<>\s]+))',
-                         text.strip())
-    try:
-        if match is None or _CONTROL.search(text):
-            raise ValueError(text)
-        spec = match["angle"] if match["angle"] is not None else match["bare"]
-        address = _Address(display_name=(match["name"] or "").strip(), addr_spec=spec.strip())
-        if not address.username or not address.domain or any(c.isspace() for c in spec.strip()):
-            raise ValueError(text)
-    except Exception:  # the stdlib parser raises IndexError too on inputs such as "bob@"
-        raise _invalid(f"{key!r} has an invalid address {text!r}") from None
-    return address
-
-
-def _addresses(options: Mapping[str, Any], key: str) -> list[_Address]:
-    value = options.get(key)
-    if value is None or value == "":
-        return []
-    if isinstance(value, str):
-        items = _split(value)
-    elif isinstance(value, list) and all(isinstance(v, str) for v in value):
-        items = [p for v in value for p in _split(v)]
-    else:
-        raise _invalid(f"{key!r} must be a list of addresses or a comma-separated string")
-    return [parse_address(item, key) for item in items]
-
-
-def _text(options: Mapping[str, Any], key: str, *, header: bool) -> str:
-    value = options.get(key)
-    if value is None:
-        raise _invalid(f"{key!r} is missing")
-    if not isinstance(value, str):
-        raise _invalid(f"{key!r} must be a string, got {type(value).__name__}")
-    if header and ("\r" in value or "\n" in value):
-        raise _invalid(f"{key!r} must not contain line breaks")
-    return value
-
-
-def _headers(value: Any) -> list[tuple[str, str]]:
-    if value is None:
-        return []
-    if not isinstance(value, Mapping):
-        raise _invalid("'headers' must be an object of name: value")
-    out = []
-    for name, item in value.items():
-        if not isinstance(name, str) or not _HEADER_NAME.match(name):
-            raise _invalid(f"'headers' has an invalid header name {name!r}")
-        if name.lower() in RESERVED_HEADERS:
-            raise _invalid(f"'headers' may not set {name!r} (use the email options instead)")
-        if isinstance(item, bool) or not isinstance(item, str | int | float):
-            raise _invalid(f"'headers': the value of {name!r} must be a string")
-        if _CONTROL.search(str(item).replace("\t", " ")):
-            raise _invalid(f"'headers': the value of {name!r} must not contain line breaks")
-        out.append((name, str(item)))
-    return out
-
-
-def _attachments(value: Any) -> list[tuple[str, str | bytes]]:
-    if value is None:
-        return []
-    if not isinstance(value, Mapping):
-        raise _invalid("'attachments' must be an object of filename: content")
-    out: list[tuple[str, str | bytes]] = []
-    for name, content in value.items():
-        if not isinstance(name, str) or not name.strip() or _CONTROL.search(name):
-            raise _invalid(f"'attachments' has an invalid filename {name!r}")
-        if isinstance(content, str):
-            out.append((name, content))
-        elif isinstance(content, Mapping) and set(content) == {"base64"} and isinstance(
-                content["base64"], str):
-            try:
-                data = base64.b64decode("".join(content["base64"].split()), validate=True)
-            except (binascii.Error, ValueError):
-                raise _invalid(f"attachment {name!r}: 'base64' is not valid base64") from None
-            out.append((name, data))
-        else:
-            raise _invalid(f"attachment {name!r} must be a string or {{\"base64\": \"...\"}} "
-                           "(file generators are not supported)")
-    return out
-
-
-class Mail:
-    """Validated email options, ready to become a message."""
-
-    def __init__(self, options: Any) -> None:
-        if not isinstance(options, Mapping):
-            raise _invalid("options must be an object")
-        unknown = sorted(k for k in options if not (isinstance(k, str) and k.startswith("__"))
-                         and k not in OPTIONS)
-        if unknown:
-            if "template" in unknown:
-                raise _invalid("option 'template' is not supported (runnerd has no templates)")
-            raise _invalid(f"unknown option {unknown[0]!r} (allowed: {', '.join(sorted(OPTIONS))})")
-        self.to = _addresses(options, "to")
-        if not self.to:
-            raise _invalid("'to' is missing (at least one address)")
-        self.cc = _addresses(options, "cc")
-        self.bcc = _addresses(options, "bcc")
-        reply_to = _addresses(options, "reply_to")
-        if len(reply_to) > 1:
-            raise _invalid("'reply_to' takes a single address")
-        self.reply_to = reply_to[0] if reply_to else None
-        self.subject = _text(options, "subject", header=True)
-        self.body = _text(options, "body", header=False)
-        self.display_name = (_text(options, "from_display_name", header=True)
-                             if options.get("from_display_name") is not None else None)
-        self.headers = _headers(options.get("headers"))
-        self.attachments = _attachments(options.get("attachments"))
-
-    @property
-    def recipients(self) -> list[str]:
-        """Envelope recipients: to + cc + bcc, each once, in order."""
-        seen: dict[str, str] = {}
-        for address in (*self.to, *self.cc, *self.bcc):
-            seen.setdefault(address.addr_spec.lower(), address.addr_spec)
-        return list(seen.values())
-
-    def message(self, sender: _Address, now: float) -> email.message.EmailMessage:
-        """The MIME message (no Bcc header)."""
-        msg = email.message.EmailMessage(policy=email.policy.default)
-        name = self.display_name if self.display_name is not None else sender.display_name
-        msg["From"] = _Address(display_name=name, username=sender.username, domain=sender.domain)
-        msg["To"] = self.to
-        if self.cc:
-            msg["Cc"] = self.cc
-        if self.reply_to is not None:
-            msg["Reply-To"] = self.reply_to
-        msg["Subject"] = self.subject
-        msg["Date"] = email.utils.formatdate(now, usegmt=True)
-        msg["Message-ID"] = email.utils.make_msgid(domain=sender.domain)
-        for key, value in self.headers:
-            msg[key] = value
-        msg.set_content(html_to_text(self.body))
-        msg.add_alternative(self.body, subtype="html")
-        for filename, content in self.attachments:
-            # Sent as bytes either way: set_content(str) would append a newline to the file.
-            default = "text/plain" if isinstance(content, str) else "application/octet-stream"
-            maintype, _, subtype = (mimetypes.guess_type(filename)[0] or default).partition("/")
-            data = content.encode() if isinstance(content, str) else content
-            params = {"charset": "utf-8"} if isinstance(content, str) and maintype == "text" else {}
-            msg.add_attachment(data, maintype=maintype, subtype=subtype, filename=filename,
-                               params=params)
-        return msg
-
-
-#: Tag -> (text at its start, text at its end) in the text/plain part.
-_BREAKS = {
-    **dict.fromkeys(("p", "h1", "h2", "h3", "h4", "h5", "h6", "blockquote", "pre", "table", "ul",
-                     "ol", "dl"), ("\n\n", "\n\n")),
-    **dict.fromkeys(("div", "tr", "hr", "dt", "dd", "section", "article", "header", "footer"),
-                    ("\n", "\n")),
-    "br": ("\n", ""), "li": ("\n- ", ""),
-}
-_HIDDEN = frozenset({"style", "script", "head", "title"})
-
-
-class _TextParser(html.parser.HTMLParser):
-    """HTML → readable text: blocks become line breaks, links keep their target."""
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.parts: list[str] = []
-        self.hidden = 0
-        self.links: list[tuple[str | None, int]] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.hidden += tag in _HIDDEN
-        self.parts.append(_BREAKS.get(tag, ("", ""))[0])
-        if tag == "a":
-            self.links.append((dict(attrs).get("href"), len(self.parts)))
-
-    def handle_endtag(self, tag: str) -> None:
-        self.hidden = max(0, self.hidden - (tag in _HIDDEN))
-        self.parts.append(_BREAKS.get(tag, ("", ""))[1])
-        if tag == "a" and self.links:
-            href, start = self.links.pop()
-            label = "".join(self.parts[start:]).strip()
-            if href and not href.startswith("#") and label and label != href:
-                self.parts.append(f" ({href})")
-
-    def handle_data(self, data: str) -> None:
-        if not self.hidden:
-            self.parts.append(data)
-
-
-def html_to_text(body: str) -> str:
-    """The text/plain alternative of an HTML body."""
-    parser = _TextParser()
-    parser.feed(body)
-    parser.close()
-    lines = [" ".join(line.split()) for line in "".join(parser.parts).split("\n")]
-    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip() + "\n"
 
 
 def _cert_error(exc: BaseException) -> ssl.SSLCertVerificationError | None:
@@ -322,7 +96,7 @@ class EmailExecutor:
 
     def validate(self, options: Any) -> None:
         """Raise errors.InvalidAction naming what is wrong with `options`."""
-        Mail(options)
+        mail_.Mail(options)
 
     def redact(self, options: Any) -> Any:
         """Email options hold no secrets."""
@@ -331,8 +105,8 @@ class EmailExecutor:
     async def perform(self, options: Any, ctx: actions.Context) -> Any:
         """Build the message, then send it (smtp) or return a Deferred outbox write."""
         try:
-            mail = Mail(options)
-            sender = parse_address(self.settings.sender, "email.from")
+            mail = mail_.Mail(options)
+            sender = mail_.parse_address(self.settings.sender, "email.from")
         except errors.InvalidAction as exc:
             raise errors.ActionFailed(exc.message) from None
         msg = mail.message(sender, ctx.now)
@@ -348,12 +122,10 @@ class EmailExecutor:
             result["refused"] = refused
         return result
 
-    def _outbox(self, mail: Mail, msg: email.message.EmailMessage,
-                sender: _Address, ctx: actions.Context) -> actions.Deferred:
+    def _outbox(self, mail: mail_.Mail, msg: email.message.EmailMessage,
+                sender: email.headerregistry.Address, ctx: actions.Context) -> actions.Deferred:
         result = {"message_id": str(msg["Message-ID"]), "recipients": mail.recipients}
-        row = {"created_at": ctx.now, "sender": sender.addr_spec,
-               "recipients": models.dumps(mail.recipients), "subject": mail.subject,
-               "message": msg.as_string(), "run_id": ctx.run.id}
+        row = mail.outbox_row(sender, msg, ctx.now, ctx.run.id)
 
         def apply(tx: db.Tx) -> dict[str, Any]:
             tx.execute("insert_outbox", row)
