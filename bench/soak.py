@@ -11,7 +11,7 @@ How it works (nothing is simulated):
   completed, as it would 15 days after on a real clock.
 - Retention is the daemon's own janitor, whose period (scheduler.JANITOR_SECONDS, 60 s) the
   launcher shortens to `--janitor-every` (default 1 s) to match the shortened retention; that is
-  the only change to the daemon. `--prune-every S` also runs `ops.prune` (the code of
+  the only change to the daemon. `--prune-every S` also runs `retention.prune` (the code of
   `runnerd prune`) from a separate process, as an operator's cron job would.
 - This process posts webhooks over keep-alive connections on 127.0.0.1 (3 runs each: event,
   task, action) as fast as the daemon takes them, holding the queue under `--backlog` open runs,
@@ -289,9 +289,9 @@ class Stream:
 
 
 def prune_loop(config_path: str, every: float) -> int:
-    """`ops.prune` (the code of `runnerd prune`) every `every` seconds until SIGTERM; one JSON
+    """`retention.prune` (the code of `runnerd prune`) every `every` seconds until SIGTERM; one JSON
     line of counts per prune on stdout."""
-    from runnerd import config, db, ops
+    from runnerd import config, db, retention
 
     settings = config.load(config_path, {})
     stop = threading.Event()
@@ -301,7 +301,7 @@ def prune_loop(config_path: str, every: float) -> int:
         database = await db.Database(settings.database).open()
         try:
             while not stop.wait(every):
-                out = await ops.prune(database, settings, time.time())
+                out = await retention.prune(database, settings, time.time())
                 print(json.dumps(out), flush=True)
         finally:
             await database.close()

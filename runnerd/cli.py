@@ -27,6 +27,7 @@ from runnerd import (
     models,
     monitor_cli,
     ops,
+    retention,
     runs,
 )
 
@@ -349,7 +350,7 @@ def cmd_import(args: argparse.Namespace, path: str, environ: dict[str, str]) -> 
 
 def cmd_prune(args: argparse.Namespace, path: str, environ: dict[str, str]) -> int:
     settings = config.load(path, environ)
-    out = cli_common.with_db(settings, lambda d: ops.prune(d, settings, time.time()))
+    out = cli_common.with_db(settings, lambda d: retention.prune(d, settings, time.time()))
     if args.json:
         cli_common.print_json(out)
     else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from runnerd import cache, config, db, errors, models, registry, runs
+from runnerd import config, db, errors, models, registry, runs
 
 
 def check_topic(topic: Any) -> str:
@@ -89,40 +89,3 @@ def run_json(tx: db.Tx, run: models.Run, redact: Any, *, detail: bool = False) -
         }
         out["failed_attempts"] = runs.attempts(tx, run.id)
     return out
-
-
-#: Event trees per transaction of `prune`: small enough that the daemon's writes (its
-#: busy_timeout is 5 s) never wait long behind a by-hand prune of a large backlog.
-PRUNE_BATCH = 1000
-#: Rows of `scheduler_slots` older than this go (each topic's latest always stays).
-SLOTS_KEEP_SECONDS = 7 * 86400
-
-
-async def prune(database: db.Database, settings: config.Settings, now: float, *,
-                batch: int = PRUNE_BATCH) -> dict[str, int]:
-    """`runnerd prune`: retention now, in short transactions until nothing more is due.
-
-    Expired cache keys, event trees past retention with their runs (`runs.prune`), handled
-    monitor flips, outbox messages, silent workers rows and old scheduler slots.
-    """
-    progress: dict[str, Any] = {}
-
-    def first(tx: db.Tx) -> dict[str, int]:
-        return {"cache_keys_purged": cache.purge(tx, now),
-                "scheduler_slots_pruned": tx.execute(
-                    "prune_slots", {"before": now - SLOTS_KEEP_SECONDS}).rowcount}
-
-    def step(tx: db.Tx) -> bool:
-        """One batch; True while a batch was full (more may be due)."""
-        before = {k: progress.get(k, 0) for k in ("trees", "monitor_flips", "outbox")}
-        runs.prune(tx, now, days=settings.retention_days,
-                   days_failed=settings.retention_days_failed, batch=batch, stats=progress)
-        return any(progress[k] - n >= batch for k, n in before.items())
-
-    totals = await database.write(first)
-    while await database.write(step):
-        pass
-    return {**totals, "events_pruned": progress["events"], "runs_pruned": progress["runs"],
-            "trees_pruned": progress["trees"],
-            "monitor_flips_pruned": progress["monitor_flips"],
-            "outbox_pruned": progress["outbox"], "workers_pruned": progress["workers"]}

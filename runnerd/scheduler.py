@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from zoneinfo import ZoneInfo
 
-from runnerd import db, errors, ops, registry, runs
+from runnerd import db, errors, registry, retention, runs
 
 logger = logging.getLogger(__name__)
 
@@ -117,9 +117,9 @@ class Scheduler:
         return fired
 
     async def janitor(self, now: float) -> None:
-        """Retention (`ops.prune`, the same as `runnerd prune`): in short transactions until
+        """Retention (`retention.prune`, the same as `runnerd prune`): in short transactions until
         nothing more is due, so a backlog larger than one batch is not left for the next pass."""
-        done = await ops.prune(self.db, self.get_registry().settings, now)
+        done = await retention.prune(self.db, self.get_registry().settings, now)
         if any(done.values()):
             logger.info("janitor: %s", ", ".join(f"{k} {v}" for k, v in done.items() if v),
                         extra={"action": "janitor", **done})

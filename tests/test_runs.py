@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from runnerd import db, errors, models, runs, sql
+from runnerd import db, errors, models, retention, runs, sql
 from runnerd.models import RunKind, RunState
 
 
@@ -241,13 +241,13 @@ async def test_prune_keeps_recent_and_failed_longer(database: db.Database, clock
         ok = job.event.id == ok_event.id
         await database.write(lambda tx, j=job, ok=ok: runs.finish(
             tx, _outcome(j.run, ok=ok, error=None if ok else "x"), now))
-    assert await database.write(lambda tx: runs.prune(tx, now + 14 * 86400, days=15,
+    assert await database.write(lambda tx: retention.prune_batch(tx, now + 14 * 86400, days=15,
                                                       days_failed=90)) == 0
-    assert await database.write(lambda tx: runs.prune(tx, now + 16 * 86400, days=15,
+    assert await database.write(lambda tx: retention.prune_batch(tx, now + 16 * 86400, days=15,
                                                       days_failed=90)) == 1
     left = await database.read(lambda tx: tx.one("event_by_id", {"id": bad_event.id}))
     assert left is not None
-    assert await database.write(lambda tx: runs.prune(tx, now + 91 * 86400, days=15,
+    assert await database.write(lambda tx: retention.prune_batch(tx, now + 91 * 86400, days=15,
                                                       days_failed=90)) == 1
 
 

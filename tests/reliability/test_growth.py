@@ -215,14 +215,14 @@ def test_prune_purges_expired_cache_and_bounds_the_side_tables(make_daemon) -> N
 #: Every table, and what keeps it from growing without bound. A new table fails this test until
 #: someone says how it stays bounded.
 GROWTH = {
-    "events": "runs.prune: whole trees past retention",
+    "events": "retention.prune_batch: whole trees past retention",
     "runs": "deleted with their event (ON DELETE CASCADE)",
     "run_attempts": "deleted with their run (ON DELETE CASCADE)",
     "cache": "cache.purge: expired keys (janitor and runnerd prune)",
     "scheduler_slots": "prune_slots: older than 7 days, each topic's latest kept",
-    "outbox": "runs.prune: older than retention_days",
-    "monitor_flips": "runs.prune: handled alerts older than retention_days_failed",
-    "workers": "runs.prune and start-up: no heartbeat for 7 days",
+    "outbox": "retention.prune_batch: older than retention_days",
+    "monitor_flips": "retention.prune_batch: handled alerts older than retention_days_failed",
+    "workers": "retention.prune_batch and start-up: no heartbeat for 7 days",
     "task_status": "one row per task or monitor name in the configuration",
     "event_counts": "one row per event source (a handful)",
     "sqlite_sequence": "one row per AUTOINCREMENT table",
