@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from runnerd import durations, errors
+from runnerd import errors, yamlread
 
 #: task.id is uuid5(TASK_NAMESPACE, name): stable across restarts and machines.
 TASK_NAMESPACE = uuid.UUID("6f1d3c52-6d0a-4f6e-9a53-2b7c5e4a9d10")
@@ -159,119 +159,12 @@ class Settings:
         return next((w for w in self.webhooks if w.name == name), None)
 
 
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-
-
-class _Reader:
-    """Collects every problem instead of stopping at the first."""
-
-    def __init__(self) -> None:
-        self.problems: list[str] = []
-
-    def problem(self, path: str, message: str) -> None:
-        self.problems.append(f"{path}: {message}" if path else message)
-
-    def section(self, value: Any, path: str, allowed: set[str]) -> dict[str, Any]:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            self.problem(path, f"expected a mapping, got {_kind(value)}")
-            return {}
-        for key in value:
-            if key not in allowed:
-                hint = ", ".join(sorted(allowed))
-                self.problem(_join(path, str(key)), f"unknown key (known: {hint})")
-        return value
-
-    def get(
-        self,
-        section: dict[str, Any],
-        path: str,
-        key: str,
-        kind: type | tuple[type, ...],
-        default: Any,
-        check: Callable[[Any], str | None] | None = None,
-    ) -> Any:
-        if key not in section or section[key] is None and default is None:
-            return default
-        value = section[key]
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
-        if float in kinds and isinstance(value, int) and not isinstance(value, bool):
-            value, ok = float(value), True
-        if not ok:
-            expected = " or ".join(_TYPE_NAMES.get(k, k.__name__) for k in kinds)
-            self.problem(_join(path, key), f"expected {expected}, got {_kind(value)}")
-            return default
-        if check is not None and (message := check(value)) is not None:
-            self.problem(_join(path, key), message)
-            return default
-        return value
-
-    def duration(self, section: dict[str, Any], path: str, key: str, default: Any) -> Any:
-        if key not in section or section[key] is None:
-            return default
-        try:
-            return durations.parse_duration(section[key])
-        except ValueError as exc:
-            self.problem(_join(path, key), str(exc))
-            return default
-
-
-_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
-               dict: "a mapping", list: "a list"}
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    return {bool: "a boolean", int: "an integer", float: "a number", str: f"{value!r}",
-            list: "a list", dict: "a mapping"}.get(type(value), type(value).__name__)
-
-
-def _join(path: str, key: str | int) -> str:
-    if isinstance(key, int):
-        return f"{path}[{key}]"
-    if not key.isprintable():  # a line break in a key must not break the one-line message
-        key = repr(key)
-    return f"{path}.{key}" if path else key
-
-
-def _positive(value: Any) -> str | None:
-    return None if value > 0 else f"must be greater than 0, got {value!r}"
-
-
-def _one_of(*choices: str) -> Callable[[Any], str | None]:
-    def check(value: Any) -> str | None:
-        return None if value in choices else f"expected one of {', '.join(choices)}, got {value!r}"
-
-    return check
-
-
 def _timezone(value: Any) -> str | None:
     try:
         zoneinfo.ZoneInfo(value)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):  # "America" is a directory
         return f"unknown timezone {value!r} (expected an IANA name such as UTC or Europe/Paris)"
     return None
-
-
-def substitute(value: Any, path: str, environ: Mapping[str, str], reader: _Reader) -> Any:
-    """Replace `${VAR}` in every string of `value` from `environ`; a missing VAR is a problem."""
-    if isinstance(value, str):
-        def repl(match: re.Match[str]) -> str:
-            name = match.group(1)
-            if name not in environ:
-                reader.problem(path, f"environment variable {name} is not set")
-                return ""
-            return environ[name]
-
-        return _VAR.sub(repl, value)
-    if isinstance(value, dict):
-        return {k: substitute(v, _join(path, str(k)), environ, reader) for k, v in value.items()}
-    if isinstance(value, list):
-        return [substitute(v, _join(path, i), environ, reader) for i, v in enumerate(value)]
-    return value
 
 
 def load(path: str | os.PathLike[str], environ: Mapping[str, str]) -> Settings:
@@ -307,8 +200,8 @@ def parse(path: str | os.PathLike[str], environ: Mapping[str, str]) -> tuple[Set
     except Exception as exc:  # PyYAML's constructors fail in their own ways: `!!timestamp x`
         raise errors.ConfigError(f"{path}: not valid YAML: {type(exc).__name__}: "
                                  f"{' '.join(str(exc).split())[:200]}") from exc
-    reader = _Reader()
-    raw = substitute(raw, "", environ, reader)
+    reader = yamlread.Reader()
+    raw = yamlread.substitute(raw, "", environ, reader)
     return _settings(raw, path.resolve(), reader), reader.problems
 
 
@@ -317,7 +210,7 @@ _TOP = {"database", "timezone", "listen", "admin_token", "concurrency", "retenti
         "webhooks", "monitors", "tasks", "tasks_dir"}
 
 
-def _settings(raw: Any, path: Path, r: _Reader) -> Settings:
+def _settings(raw: Any, path: Path, r: yamlread.Reader) -> Settings:
     top = r.section(raw, "", _TOP)
     base = path.parent
     database = r.get(top, "", "database", str, None)
@@ -331,16 +224,17 @@ def _settings(raw: Any, path: Path, r: _Reader) -> Settings:
             r.problem("tasks_dir", f"not a directory: {tasks_dir_path}")
         else:
             tasks += _exports(tasks_dir_path, r)
-    _unique([t.name for t in tasks], "tasks", "task name", r)
+    yamlread.unique([t.name for t in tasks], "tasks", "task name", r)
     settings = Settings(
         path=path,
         database=base / (database or "runnerd.db"),
         timezone=r.get(top, "", "timezone", str, "UTC", _timezone),
         listen=_listen(top.get("listen"), r),
         admin_token=r.get(top, "", "admin_token", str, None) or None,
-        concurrency=r.get(top, "", "concurrency", int, 8, _positive),
-        retention_days=r.get(top, "", "retention_days", float, 15.0, _positive),
-        retention_days_failed=r.get(top, "", "retention_days_failed", float, 90.0, _positive),
+        concurrency=r.get(top, "", "concurrency", int, 8, yamlread.positive),
+        retention_days=r.get(top, "", "retention_days", float, 15.0, yamlread.positive),
+        retention_days_failed=r.get(top, "", "retention_days_failed", float, 90.0,
+                                    yamlread.positive),
         shutdown_grace=r.duration(top, "", "shutdown_grace", 20.0),
         email=_email(top.get("email"), r),
         http=_http(top.get("http"), r),
@@ -354,12 +248,12 @@ def _settings(raw: Any, path: Path, r: _Reader) -> Settings:
     return settings
 
 
-def _listen(raw: Any, r: _Reader) -> Listen:
+def _listen(raw: Any, r: yamlread.Reader) -> Listen:
     s = r.section(raw, "listen", {"host", "port", "max_body_bytes"})
     return Listen(
         host=r.get(s, "listen", "host", str, "127.0.0.1"),
         port=r.get(s, "listen", "port", int, 8787, _port),
-        max_body_bytes=r.get(s, "listen", "max_body_bytes", int, 1_048_576, _positive),
+        max_body_bytes=r.get(s, "listen", "max_body_bytes", int, 1_048_576, yamlread.positive),
     )
 
 
@@ -367,7 +261,7 @@ def _port(value: Any) -> str | None:
     return None if 0 <= value <= 65535 else f"expected a port from 0 to 65535, got {value}"
 
 
-def _email(raw: Any, r: _Reader) -> Email:
+def _email(raw: Any, r: yamlread.Reader) -> Email:
     s = r.section(raw, "email", {"transport", "from", "smtp"})
     m = r.section(s.get("smtp"), "email.smtp", {"host", "port", "username", "password",
                                                   "starttls", "tls", "verify", "timeout"})
@@ -377,74 +271,53 @@ def _email(raw: Any, r: _Reader) -> Email:
         port=r.get(m, p, "port", int, 25, _port),
         username=r.get(m, p, "username", str, None),
         password=r.get(m, p, "password", str, None),
-        starttls=r.get(m, p, "starttls", str, "auto", _one_of("auto", "always", "never")),
+        starttls=r.get(m, p, "starttls", str, "auto", yamlread.one_of("auto", "always", "never")),
         tls=r.get(m, p, "tls", bool, False),
         verify=r.get(m, p, "verify", bool, True),
         timeout=r.duration(m, p, "timeout", 30.0),
     )
     return Email(
-        transport=r.get(s, "email", "transport", str, "smtp", _one_of("smtp", "outbox")),
+        transport=r.get(s, "email", "transport", str, "smtp", yamlread.one_of("smtp", "outbox")),
         sender=r.get(s, "email", "from", str, "runnerd@localhost"),
         smtp=smtp,
     )
 
 
-def _http(raw: Any, r: _Reader) -> Http:
+def _http(raw: Any, r: yamlread.Reader) -> Http:
     s = r.section(raw, "http", {"timeout", "max_response_bytes"})
     return Http(
         timeout=r.duration(s, "http", "timeout", 30.0),
-        max_response_bytes=r.get(s, "http", "max_response_bytes", int, 1_048_576, _positive),
+        max_response_bytes=r.get(s, "http", "max_response_bytes", int, 1_048_576,
+                                 yamlread.positive),
     )
 
 
-def _limits(raw: Any, r: _Reader) -> Limits:
+def _limits(raw: Any, r: yamlread.Reader) -> Limits:
     s = r.section(raw, "limits", {"loop_iterations", "output_bytes", "render_seconds", "nesting"})
     return Limits(
-        loop_iterations=r.get(s, "limits", "loop_iterations", int, 100_000, _positive),
-        output_bytes=r.get(s, "limits", "output_bytes", int, 1_048_576, _positive),
+        loop_iterations=r.get(s, "limits", "loop_iterations", int, 100_000, yamlread.positive),
+        output_bytes=r.get(s, "limits", "output_bytes", int, 1_048_576, yamlread.positive),
         render_seconds=r.duration(s, "limits", "render_seconds", 5.0),
-        nesting=r.get(s, "limits", "nesting", int, 30, _positive),
+        nesting=r.get(s, "limits", "nesting", int, 30, yamlread.positive),
     )
 
 
-def _monitoring(raw: Any, r: _Reader) -> Monitoring:
+def _monitoring(raw: Any, r: yamlread.Reader) -> Monitoring:
     s = r.section(raw, "monitoring", {"mail_recipients"})
     recipients = r.get(s, "monitoring", "mail_recipients", (list, str), [])
     if isinstance(recipients, str):
         recipients = [x.strip() for x in recipients.split(",") if x.strip()]
     for i, item in enumerate(recipients):
         if not isinstance(item, str) or "@" not in item:
-            r.problem(f"monitoring.mail_recipients[{i}]", f"expected an email address, got {item!r}")
+            r.problem(f"monitoring.mail_recipients[{i}]",
+                      f"expected an email address, got {item!r}")
     return Monitoring(mail_recipients=tuple(str(x) for x in recipients))
 
 
-def _items(raw: Any, path: str, r: _Reader) -> list[tuple[str, dict[str, Any]]]:
-    if raw is None:
-        return []
-    if not isinstance(raw, list):
-        r.problem(path, f"expected a list, got {_kind(raw)}")
-        return []
+def _webhooks(raw: Any, r: yamlread.Reader) -> tuple[Webhook, ...]:
     out = []
-    for i, item in enumerate(raw):
-        if not isinstance(item, dict):
-            r.problem(f"{path}[{i}]", f"expected a mapping, got {_kind(item)}")
-            continue
-        out.append((f"{path}[{i}]", item))
-    return out
-
-
-def _unique(names: list[str], path: str, what: str, r: _Reader) -> None:
-    seen: set[str] = set()
-    for i, name in enumerate(names):
-        if name in seen:
-            r.problem(f"{path}[{i}].name", f"duplicate {what} {name!r}")
-        seen.add(name)
-
-
-def _webhooks(raw: Any, r: _Reader) -> tuple[Webhook, ...]:
-    out = []
-    items = _items(raw, "webhooks", r)
-    _unique([str(item.get("name")) for _, item in items], "webhooks", "webhook name", r)
+    items = yamlread.items(raw, "webhooks", r)
+    yamlread.unique([str(item.get("name")) for _, item in items], "webhooks", "webhook name", r)
     for p, item in items:
         s = r.section(item, p, {"name", "topic", "mode", "secret", "tolerance"})
         name = r.get(s, p, "name", str, None, _name_check)
@@ -455,7 +328,7 @@ def _webhooks(raw: Any, r: _Reader) -> tuple[Webhook, ...]:
             continue
         out.append(Webhook(
             name=name, topic=topic,
-            mode=r.get(s, p, "mode", str, "auto", _one_of("auto", "full")),
+            mode=r.get(s, p, "mode", str, "auto", yamlread.one_of("auto", "full")),
             secret=r.get(s, p, "secret", str, None, _secret),
             tolerance=r.duration(s, p, "tolerance", 300.0),
         ))
@@ -477,9 +350,9 @@ def _user_topic(value: Any) -> str | None:
         f"bad topic {value!r}: expected user/<subject>/<verb> (lower case)")
 
 
-def _monitors(raw: Any, task_names: set[str], r: _Reader) -> tuple[Monitor, ...]:
+def _monitors(raw: Any, task_names: set[str], r: yamlread.Reader) -> tuple[Monitor, ...]:
     out = []
-    for p, item in _items(raw, "monitors", r):
+    for p, item in yamlread.items(raw, "monitors", r):
         s = r.section(item, p, {"name", "task", "period", "schedule", "grace"})
         task = r.get(s, p, "task", str, None)
         name = r.get(s, p, "name", str, None, _name_check)
@@ -495,7 +368,7 @@ def _monitors(raw: Any, task_names: set[str], r: _Reader) -> tuple[Monitor, ...]
             r.problem(p, "needs exactly one of period or schedule")
         out.append(Monitor(name=name or str(task), task=task, period=period, schedule=schedule,
                            grace=r.duration(s, p, "grace", 3600.0)))
-    _unique([m.name for m in out], "monitors", "monitor name", r)
+    yamlread.unique([m.name for m in out], "monitors", "monitor name", r)
     return tuple(out)
 
 
@@ -514,9 +387,9 @@ _TASK_KEYS = {"name", "enabled", "subscriptions", "options", "code", "code_file"
               "preview_events"}
 
 
-def _tasks(raw: Any, base: Path, r: _Reader) -> list[Task]:
+def _tasks(raw: Any, base: Path, r: yamlread.Reader) -> list[Task]:
     out = []
-    for p, item in _items(raw, "tasks", r):
+    for p, item in yamlread.items(raw, "tasks", r):
         s = r.section(item, p, _TASK_KEYS)
         name = r.get(s, p, "name", str, None)
         if not name:
@@ -550,7 +423,7 @@ def _tasks(raw: Any, base: Path, r: _Reader) -> list[Task]:
     return out
 
 
-def _exports(directory: Path, r: _Reader) -> list[Task]:
+def _exports(directory: Path, r: yamlread.Reader) -> list[Task]:
     """Every `*.json` in tasks_dir is a Mechanic task export."""
     out = []
     for file in sorted(directory.glob("*.json")):
