@@ -13,7 +13,7 @@ import os
 import re
 import uuid
 import zoneinfo
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 

@@ -25,15 +25,15 @@ from runnerd import errors, sql
 T = TypeVar("T")
 
 
-async def _on_thread(conn: aiosqlite.Connection, fn: Callable[..., T], *args: Any,
-                     **kwargs: Any) -> T:
-    """`fn(sqlite3_connection, *args, **kwargs)` on `conn`'s thread, in one hop.
+def _on_thread(conn: aiosqlite.Connection, fn: Callable[..., T], *args: Any,
+               **kwargs: Any) -> Awaitable[T]:
+    """`fn(sqlite3_connection, *args, **kwargs)` on `conn`'s thread, in one hop (to await).
 
     aiosqlite's private `Connection._execute` (pinned to aiosqlite 0.22 in pyproject.toml): its
     public API hops to the thread once per statement, and a transaction is many statements.
     """
     execute: Callable[..., Awaitable[T]] = conn._execute
-    return await execute(fn, conn._conn, *args, **kwargs)
+    return execute(fn, conn._conn, *args, **kwargs)
 
 
 Params = Mapping[str, Any] | None

@@ -141,7 +141,8 @@ class Heartbeat:
     async def run(self, stop: asyncio.Event) -> None:
         """Beat every `interval` until `stop`; then record the clean stop."""
         try:
-            # Rows of processes silent for long are pruned with the rest of retention (retention.prune_batch).
+            # Rows of processes silent for long are pruned with the rest of retention
+            # (retention.prune_batch).
             await self.db.write(lambda tx: tx.execute("workers_retire", {"id": self.id}))
         except errors.DatabaseError as exc:
             logger.error("workers table not updated: %s", exc, extra={"action": "db_write_failed"})

@@ -241,14 +241,14 @@ async def test_prune_keeps_recent_and_failed_longer(database: db.Database, clock
         ok = job.event.id == ok_event.id
         await database.write(lambda tx, j=job, ok=ok: runs.finish(
             tx, _outcome(j.run, ok=ok, error=None if ok else "x"), now))
-    assert await database.write(lambda tx: retention.prune_batch(tx, now + 14 * 86400, days=15,
-                                                      days_failed=90)) == 0
-    assert await database.write(lambda tx: retention.prune_batch(tx, now + 16 * 86400, days=15,
-                                                      days_failed=90)) == 1
+    assert await database.write(lambda tx: retention.prune_batch(
+        tx, now + 14 * 86400, days=15, days_failed=90)) == 0
+    assert await database.write(lambda tx: retention.prune_batch(
+        tx, now + 16 * 86400, days=15, days_failed=90)) == 1
     left = await database.read(lambda tx: tx.one("event_by_id", {"id": bad_event.id}))
     assert left is not None
-    assert await database.write(lambda tx: retention.prune_batch(tx, now + 91 * 86400, days=15,
-                                                      days_failed=90)) == 1
+    assert await database.write(lambda tx: retention.prune_batch(
+        tx, now + 91 * 86400, days=15, days_failed=90)) == 1
 
 
 async def test_stats(database: db.Database, clock) -> None:

@@ -63,10 +63,6 @@ class _Sink(lqout.LimitedStringIO):
         return len(s)
 
 
-
-# --- the renderer -----------------------------------------------------------------------------
-
-
 def _line(token: lqtok.Token | None) -> int | None:
     if token is None or token.start_index < 0:
         return None

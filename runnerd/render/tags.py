@@ -56,6 +56,7 @@ class State:
         self.sink = sink
 
     def check_deadline(self, token: lqtok.Token | None) -> None:
+        """Raise the `render_seconds` limit once the render's time is up."""
         if time.monotonic() > self.deadline:
             raise Limit("render_seconds", self.limits.render_seconds, token)
 
@@ -84,7 +85,6 @@ class Context(liquid.RenderContext):
         if length > state.limits.loop_iterations:
             raise Limit("loop_iterations", state.limits.loop_iterations)
         state.check_deadline(None)
-
 
 
 # --- for: counts every iteration and watches the clock -------------------------------------

@@ -282,8 +282,9 @@ UPDATE runs SET state = 'scheduled', run_at = :run_at, attempts = attempts - 1
 WHERE id = :id AND state = 'started';
 
 -- ============================================================================================
--- Retention (retention.prune_batch, retention.prune; issue 6 part 7). Appended as one block: retention works on
--- whole event trees (an event with no parent, and every event descending from it).
+-- Retention (retention.prune_batch, retention.prune; issue 6 part 7). Appended as one block:
+-- retention works on whole event trees (an event with no parent, and every event descending
+-- from it).
 -- ============================================================================================
 
 -- name: prune_roots
