@@ -12,7 +12,7 @@ import pytest
 
 from runnerd import status
 
-from .conftest import Daemon
+from .conftest import Daemon, require
 
 CHROMIUM = "/usr/bin/chromium"
 SECRET = "s3cr3t-payload-value"
@@ -88,10 +88,10 @@ def png_pixels(path: Path) -> tuple[int, int, bytes]:
     return width, height, zlib.decompress(idat)
 
 
-@pytest.mark.skipif(not os.access(CHROMIUM, os.X_OK),
-                    reason="no /usr/bin/chromium (Debian package chromium; scripts/test installs "
-                           "it when CI=true and apt-get is available)")
 def test_status_page_renders_in_chromium(make_daemon, tmp_path: Path) -> None:
+    require(os.access(CHROMIUM, os.X_OK),
+            "no /usr/bin/chromium (Debian package chromium; scripts/test installs it when "
+            "CI=true and apt-get is available)")
     d: Daemon = make_daemon(CONFIG).start()
     assert d.post_json("/webhooks/orders", {"secret": SECRET})[0] == 204
     d.wait_runs("kind = 'action' AND state = 'succeeded'", 1)

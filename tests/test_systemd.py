@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, Daemon
+from .conftest import ROOT, Daemon, require
 from .test_heartbeat import notify_socket
 
 UNIT = ROOT / "systemd" / "runnerd.service"
@@ -75,9 +75,9 @@ def test_unit_file() -> None:
     assert seconds["TimeoutStopSec"] > 20 + 5  # shutdown_grace default + the listener's drain
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None,
-                    reason="no systemd-analyze (Debian package systemd)")
 def test_unit_verifies(tmp_path: Path) -> None:
+    require(shutil.which("systemd-analyze") is not None,
+            "no systemd-analyze (Debian package systemd)")
     runnerd = Path(sys.executable).with_name("runnerd")
     unit = tmp_path / "runnerd.service"
     unit.write_text(UNIT.read_text().replace("/usr/local/bin/runnerd", str(runnerd)))
