@@ -469,6 +469,17 @@ async def test_a_redirect_to_a_denied_target_is_refused_at_the_hop() -> None:
         assert hits(allowed) == ["/to"] and hits(denied) == []
 
 
+async def test_a_pooled_connection_is_not_reused_for_a_denied_target(server: Any) -> None:
+    """aiohttp pools connections by host, port and TLS: a kept-alive connection to an allowed
+    name is never lent to a request that names a denied address of the same socket."""
+    async with guarded(deny_loopback("localhost")) as executor:
+        assert (await get(executor, f"http://localhost:{server.port}/json"))["status"] == 200
+        with pytest.raises(errors.ActionFailed, match="is denied by http.deny"):
+            await get(executor, f"http://127.0.0.1:{server.port}/json")
+        assert (await get(executor, f"http://localhost:{server.port}/json"))["status"] == 200
+    assert hits(server) == ["/json", "/json"]
+
+
 SENT = {"Authorization": "Bearer a", "X-Api-Key": "k", "X-Auth": "x", "X-Password": "p",
         "X-Session-Id": "s", "Cookie": "c=1", "Accept": "application/json", "X-Custom": "yes"}
 

@@ -1,4 +1,5 @@
-"""The http action: one request through the daemon's shared aiohttp session.
+"""The http action: one request (and the redirects it follows, each hop checked against
+`http.allow` / `http.deny` by `guard`) through the daemon's shared aiohttp session.
 
 Any HTTP response is a success (Mechanic's rule), except a 5xx with `error_on_5xx`. Failures are
 classified by exception type (`_failure`), never by message text:
@@ -13,6 +14,7 @@ classified by exception type (`_failure`), never by message text:
       ClientConnectionError (reset, ...)            a redirect target)
     ClientPayloadError (body cut short), OSError  ClientResponseError (malformed response),
                                                     ValueError
+                                                  guard.Refused (a target the policy denies)
 
 Error messages name the method and the URL without its user info and query, and never a header
 value; the aiohttp exception is not chained (its text may carry the full URL).
