@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from runnerd import errors, yamlread
+from runnerd import errors, targets, yamlread
 
 #: task.id is uuid5(TASK_NAMESPACE, name): stable across restarts and machines.
 TASK_NAMESPACE = uuid.UUID("6f1d3c52-6d0a-4f6e-9a53-2b7c5e4a9d10")
@@ -63,10 +63,12 @@ class Email:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Http:
-    """`http:` defaults of the http action."""
+    """`http:` defaults of the http action, and where it may connect (`targets`)."""
 
     timeout: float = 30.0
     max_response_bytes: int = 1_048_576
+    allow: tuple[targets.Entry, ...] = ()
+    deny: tuple[targets.Entry, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -284,12 +286,29 @@ def _email(raw: Any, r: yamlread.Reader) -> Email:
 
 
 def _http(raw: Any, r: yamlread.Reader) -> Http:
-    s = r.section(raw, "http", {"timeout", "max_response_bytes"})
+    s = r.section(raw, "http", {"timeout", "max_response_bytes", "allow", "deny"})
     return Http(
         timeout=r.duration(s, "http", "timeout", 30.0),
         max_response_bytes=r.get(s, "http", "max_response_bytes", int, 1_048_576,
                                  yamlread.positive),
+        allow=_targets(s, "allow", r),
+        deny=_targets(s, "deny", r),
     )
+
+
+def _targets(s: dict[str, Any], key: str, r: yamlread.Reader) -> tuple[targets.Entry, ...]:
+    """`http.allow` or `http.deny`: addresses, networks and host names (`targets.parse`)."""
+    out = []
+    for i, item in enumerate(r.get(s, "http", key, list, [])):
+        path = f"http.{key}[{i}]"
+        if not isinstance(item, str):
+            r.problem(path, f"expected a string, got {yamlread.describe(item)}")
+            continue
+        try:
+            out.append(targets.parse(item))
+        except ValueError as exc:
+            r.problem(path, str(exc))
+    return tuple(out)
 
 
 def _limits(raw: Any, r: yamlread.Reader) -> Limits:

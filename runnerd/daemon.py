@@ -39,11 +39,12 @@ from runnerd import (
     runs,
     scheduler,
     state,
+    targets,
     webhook,
     worker,
 )
 from runnerd.actions import cache as cache_action
-from runnerd.actions import echo, email, event, http
+from runnerd.actions import echo, email, event, guard, http
 
 logger = logging.getLogger(__name__)
 
@@ -65,11 +66,19 @@ def load(path: str, environ: Mapping[str, str]) -> registry.Registry:
     return reg
 
 
-def build_executors(settings: config.Settings, session: aiohttp.ClientSession) -> actions.Registry:
-    """One executor per action type."""
+def http_policy(settings: config.Settings) -> targets.Policy:
+    """Where the http action may connect: `http.allow`, `http.deny`, never this listener."""
+    return targets.Policy(settings.http.allow, settings.http.deny,
+                          (settings.listen.host, settings.listen.port))
+
+
+def build_executors(settings: config.Settings, session: aiohttp.ClientSession,
+                    policy: targets.Policy) -> actions.Registry:
+    """One executor per action type; `session` resolves through `policy` (guard)."""
     reg = actions.Registry()
     for executor in (cache_action.CacheExecutor(), echo.EchoExecutor(), event.EventExecutor(),
-                     email.EmailExecutor(settings.email), http.HttpExecutor(session, settings.http)):
+                     email.EmailExecutor(settings.email),
+                     http.HttpExecutor(session, settings.http, policy)):
         reg.add(executor)
     return reg
 
@@ -154,8 +163,9 @@ class Daemon:
                                    extra={"action": "orphans_requeued"})
                 reader = database.sync_reader()
                 timeout = aiohttp.ClientTimeout(total=settings.http.timeout)
-                async with aiohttp.ClientSession(timeout=timeout) as session:
-                    executors = build_executors(settings, session)
+                policy = http_policy(settings)
+                async with guard.client_session(policy, timeout) as session:
+                    executors = build_executors(settings, session, policy)
                     try:
                         await self._serve(reg, database, executors, reader)
                     finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -12,13 +13,15 @@ import aiohttp
 import pytest
 from aiohttp import test_utils, web
 
-from runnerd import config, errors
+from runnerd import config, errors, targets
+from runnerd.actions import guard
 from runnerd.actions import http as http_action
 from tests import helpers_servers
 
 BINARY = bytes(range(256)) * 4
 CAP = 10_000
 RELEASE = web.AppKey("release", asyncio.Event)
+HITS = web.AppKey("hits", list[str])
 
 
 async def echo(request: web.Request) -> web.Response:
@@ -60,9 +63,23 @@ def fixed(make: Callable[[], web.Response]) -> Callable[[web.Request], Awaitable
     return handler
 
 
+async def to(request: web.Request) -> web.Response:
+    """A redirect to ?url= with the status ?code= (302 by default)."""
+    code = int(request.query.get("code", "302"))
+    return web.Response(status=code, headers={"Location": request.query["url"]})
+
+
+@web.middleware
+async def record(request: web.Request, handler: Any) -> web.StreamResponse:
+    request.app[HITS].append(request.path)
+    response: web.StreamResponse = await handler(request)
+    return response
+
+
 def app() -> web.Application:
-    application = web.Application()
+    application = web.Application(middlewares=[record])
     application[RELEASE] = asyncio.Event()
+    application[HITS] = []
     routes = [
         web.get("/json", fixed(lambda: web.json_response({"ok": True, "items": [1, 2]}))),
         web.get("/problem", fixed(lambda: web.Response(
@@ -75,6 +92,7 @@ def app() -> web.Application:
         web.get("/cookies", cookies),
         web.get("/redirect", redirect),
         web.get("/loop", loop_redirect),
+        web.route("*", "/to", to),
         web.get("/status/{code}", status),
         web.get("/slow", slow),
         web.get("/huge", huge),
@@ -99,10 +117,11 @@ async def loop_redirect(request: web.Request) -> web.Response:
     raise web.HTTPFound("/loop")
 
 
-@pytest.fixture
-async def server() -> AsyncIterator[test_utils.TestServer]:
+@contextlib.asynccontextmanager
+async def serving(host: str = "127.0.0.1") -> AsyncIterator[test_utils.TestServer]:
+    """The test app on `host` (any of 127.0.0.0/8: Linux serves them all on lo)."""
     application = app()
-    server = test_utils.TestServer(application, host="127.0.0.1")
+    server = test_utils.TestServer(application, host=host)
     await server.start_server()
     try:
         yield server
@@ -112,9 +131,27 @@ async def server() -> AsyncIterator[test_utils.TestServer]:
 
 
 @pytest.fixture
+async def server() -> AsyncIterator[test_utils.TestServer]:
+    async with serving() as started:
+        yield started
+
+
+@contextlib.asynccontextmanager
+async def guarded(policy: targets.Policy) -> AsyncIterator[http_action.HttpExecutor]:
+    """An executor on a session built as the daemon builds it, checking `policy`."""
+    settings = config.Http(timeout=5.0, max_response_bytes=CAP)
+    async with guard.client_session(policy, aiohttp.ClientTimeout(total=5)) as session:
+        yield http_action.HttpExecutor(session, settings, policy)
+
+
+@pytest.fixture
 async def executor() -> AsyncIterator[http_action.HttpExecutor]:
-    async with aiohttp.ClientSession() as session:
-        yield http_action.HttpExecutor(session, config.Http(timeout=5.0, max_response_bytes=CAP))
+    async with guarded(targets.Policy()) as made:
+        yield made
+
+
+def hits(server: test_utils.TestServer) -> list[str]:
+    return server.app[HITS]
 
 
 def url(server: test_utils.TestServer, path: str) -> str:
@@ -171,19 +208,40 @@ def test_validate_accepts_mechanic_options() -> None:
     assert request.timeout == http_action.MAX_TIMEOUT
 
 
+@pytest.mark.parametrize("name", [
+    "Authorization", "Proxy-Authorization", "Cookie", "Set-Cookie", "X-Api-Key", "api_key",
+    "apikey", "X-APIKEY", "key", "X-Key", "X-Access-Key-Id", "X-Auth", "X-Auth-Token",
+    "X-Password", "passwd", "X-Pass", "pwd", "X-Webhook-Secret", "X-Session-Id",
+    "X-Hub-Signature-256", "sig", "X-Jwt", "X-Credentials", "access_token", "X-CSRF-Token"])
+def test_secret_looking_names(name: str) -> None:
+    assert http_action.is_secret(name)
+
+
+@pytest.mark.parametrize("name", [
+    "Content-Type", "Content-Length", "Accept", "Accept-Language", "User-Agent", "Keyboard",
+    "Keep-Alive", "X-Monkey", "X-Request-Id", "If-None-Match", "q", "page", "passage",
+    "X-Signed-Off", "Host"])
+def test_ordinary_names(name: str) -> None:
+    assert not http_action.is_secret(name)
+
+
 def test_redact_hides_secrets_without_touching_the_options() -> None:
     executor = http_action.HttpExecutor(None, config.Http())  # type: ignore[arg-type]
     options = {
-        "method": "get", "url": "https://bob:hunter2@api.test/v1?access_token=abc&q=shoes",
+        "method": "get",
+        "url": "https://bob:hunter2@api.test/v1?access_token=abc&q=shoes&session=s1",
         "headers": {"Authorization": "Bearer s3cr3t", "x-api-key": "k", "X-Auth-Token": "t",
-                    "X-Webhook-Secret": "w", "COOKIE": "c=1", "Accept": "application/json"},
+                    "X-Webhook-Secret": "w", "COOKIE": "c=1", "X-Password": "p", "X-Auth": "a",
+                    "Accept": "application/json", "Content-Type": "text/plain"},
     }
     redacted = executor.redact(options)
     assert redacted["headers"] == {
         "Authorization": "[redacted]", "x-api-key": "[redacted]", "X-Auth-Token": "[redacted]",
-        "X-Webhook-Secret": "[redacted]", "COOKIE": "[redacted]", "Accept": "application/json"}
+        "X-Webhook-Secret": "[redacted]", "COOKIE": "[redacted]", "X-Password": "[redacted]",
+        "X-Auth": "[redacted]", "Accept": "application/json", "Content-Type": "text/plain"}
     assert "hunter2" not in redacted["url"] and "bob" not in redacted["url"]
-    assert "abc" not in redacted["url"] and "q=shoes" in redacted["url"]
+    assert "abc" not in redacted["url"] and "s1" not in redacted["url"]
+    assert "q=shoes" in redacted["url"]
     assert options["headers"]["Authorization"] == "Bearer s3cr3t"  # the input is not changed
     assert executor.redact("not a mapping") == "not a mapping"
 
@@ -363,3 +421,88 @@ async def test_untrusted_certificate_is_permanent(https_server: Any, executor: A
     assert "certificate" in info.value.message
     result = await get(executor, target, verify=False)
     assert result["body"] == {"ok": True, "items": [1, 2]}
+
+
+# -- where requests may go (http.allow, http.deny) -----------------------------------------------
+
+def deny_loopback(*allow: str, listen: tuple[str, int] | None = None) -> targets.Policy:
+    return targets.Policy([targets.parse(a) for a in allow], [targets.parse("127.0.0.0/8")],
+                          listen)
+
+
+async def test_a_denied_target_is_refused_before_any_request(server: Any) -> None:
+    shown = {"127.0.0.1": f"127.0.0.1:{server.port}",
+             "localhost": f"localhost (127.0.0.1:{server.port})"}
+    async with guarded(deny_loopback()) as denying:
+        for host in shown:  # an IP literal, and a name the resolver sees
+            with pytest.raises(errors.ActionFailed) as info:
+                await get(denying, f"http://{host}:{server.port}/echo?token=abc",
+                          headers={"X-Api-Key": "k"})
+            assert info.value.retryable is False
+            assert info.value.message == (
+                f"http: GET http://{host}:{server.port}/echo refused: {shown[host]} is denied "
+                "by http.deny entry '127.0.0.0/8'")
+    assert hits(server) == []
+
+
+async def test_the_daemons_own_listener_is_refused_by_default(server: Any) -> None:
+    async with guarded(targets.Policy(listen=("127.0.0.1", server.port))) as own:
+        with pytest.raises(errors.ActionFailed) as info:
+            await own.perform({"method": "post", "url": url(server, "/echo"), "body": {}},
+                              helpers_servers.context())
+    assert info.value.retryable is False
+    assert "is the daemon's own listener, denied by default" in info.value.message
+    assert hits(server) == []
+
+
+async def test_a_redirect_to_a_denied_target_is_refused_at_the_hop() -> None:
+    async with serving("127.0.0.2") as allowed, serving("127.0.0.3") as denied, guarded(
+            deny_loopback("127.0.0.2")) as executor:
+        hop = url(denied, "/echo")
+        assert hop.startswith("http://127.0.0.3:")
+        with pytest.raises(errors.ActionFailed) as info:
+            await get(executor, url(allowed, "/to?url=" + hop))
+        assert info.value.retryable is False
+        assert info.value.message == (
+            f"http: GET http://127.0.0.2:{allowed.port}/to refused: the redirect to {hop}: "
+            f"127.0.0.3:{denied.port} is denied by http.deny entry '127.0.0.0/8'")
+        assert hits(allowed) == ["/to"] and hits(denied) == []
+
+
+async def test_a_pooled_connection_is_not_reused_for_a_denied_target(server: Any) -> None:
+    """aiohttp pools connections by host, port and TLS: a kept-alive connection to an allowed
+    name is never lent to a request that names a denied address of the same socket."""
+    async with guarded(deny_loopback("localhost")) as executor:
+        assert (await get(executor, f"http://localhost:{server.port}/json"))["status"] == 200
+        with pytest.raises(errors.ActionFailed, match="is denied by http.deny"):
+            await get(executor, f"http://127.0.0.1:{server.port}/json")
+        assert (await get(executor, f"http://localhost:{server.port}/json"))["status"] == 200
+    assert hits(server) == ["/json", "/json"]
+
+
+SENT = {"Authorization": "Bearer a", "X-Api-Key": "k", "X-Auth": "x", "X-Password": "p",
+        "X-Session-Id": "s", "Cookie": "c=1", "Accept": "application/json", "X-Custom": "yes"}
+
+
+async def test_a_redirect_to_another_host_drops_secret_headers(server: Any,
+                                                                executor: Any) -> None:
+    async with serving("127.0.0.2") as other:
+        elsewhere = await get(executor, url(server, "/to?url=" + url(other, "/echo")),
+                              headers=SENT)
+        same = await get(executor, url(server, "/to?url=/echo"), headers=SENT)
+    received = elsewhere["body"]["headers"]
+    assert {k for k in SENT if k.lower() in received} == {"Accept", "X-Custom"}
+    kept = same["body"]["headers"]
+    assert {k: kept[k.lower()] for k in SENT} == SENT  # same origin: all of them
+
+
+async def test_see_other_turns_a_post_into_a_get_without_body(server: Any, executor: Any) -> None:
+    result = await executor.perform({
+        "method": "post", "url": url(server, "/to?code=303&url=/echo"), "body": {"a": 1},
+    }, helpers_servers.context())
+    assert result["body"]["method"] == "GET" and result["body"]["body"] == ""
+    assert "content-type" not in result["body"]["headers"]
+    kept = await executor.perform({
+        "method": "post", "url": url(server, "/to?code=307&url=/echo"), "body": {"a": 1},
+    }, helpers_servers.context())
+    assert kept["body"]["method"] == "POST" and json.loads(kept["body"]["body"]) == {"a": 1}

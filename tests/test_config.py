@@ -74,6 +74,23 @@ def test_every_problem_is_listed_with_its_key_path(tmp_path: Path) -> None:
         assert expected in text, f"{expected!r} not in:\n{text}"
 
 
+def test_http_targets(tmp_path: Path) -> None:
+    s = load(tmp_path, """
+        database: x.db
+        http: {allow: ["127.0.0.1:6379", "*.corp.example"], deny: [10.0.0.0/8, "::1"]}
+    """)
+    assert [e.text for e in s.http.allow] == ["127.0.0.1:6379", "*.corp.example"]
+    assert [str(e.network) for e in s.http.deny] == ["10.0.0.0/8", "::1/128"]
+    assert problems(tmp_path, """
+        database: x.db
+        http: {allow: ["10.0.0.1/8", 7], deny: "10.0.0.0/8"}
+    """) == [
+        "http.allow[0]: '10.0.0.1/8': 10.0.0.1/8 has host bits set",
+        "http.allow[1]: expected a string, got an integer",
+        "http.deny: expected a list, got '10.0.0.0/8'",
+    ]
+
+
 def test_env_substitution(tmp_path: Path) -> None:
     s = load(tmp_path, "database: x.db\nadmin_token: ${TOKEN}\n", {"TOKEN": "s3cret"})
     assert s.admin_token == "s3cret"

@@ -1,4 +1,5 @@
-"""The http action: one request through the daemon's shared aiohttp session.
+"""The http action: one request (and the redirects it follows, each hop checked against
+`http.allow` / `http.deny` by `guard`) through the daemon's shared aiohttp session.
 
 Any HTTP response is a success (Mechanic's rule), except a 5xx with `error_on_5xx`. Failures are
 classified by exception type (`_failure`), never by message text:
@@ -13,6 +14,7 @@ classified by exception type (`_failure`), never by message text:
       ClientConnectionError (reset, ...)            a redirect target)
     ClientPayloadError (body cut short), OSError  ClientResponseError (malformed response),
                                                     ValueError
+                                                  guard.Refused (a target the policy denies)
 
 Error messages name the method and the URL without its user info and query, and never a header
 value; the aiohttp exception is not chained (its text may carry the full URL).
@@ -20,6 +22,7 @@ value; the aiohttp exception is not chained (its text may carry the full URL).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -33,7 +36,8 @@ from typing import Any
 import aiohttp
 import yarl
 
-from runnerd import actions, config, errors
+from runnerd import actions, config, errors, targets
+from runnerd.actions import guard
 
 logger = logging.getLogger(__name__)
 
@@ -44,10 +48,14 @@ OPTIONS = frozenset({"method", "url", "headers", "body", "follow_redirects", "ve
 UNSUPPORTED = {"files": "file generators are not supported", "proxy": "proxies are not supported"}
 MAX_TIMEOUT = 300.0
 REDACTED = "[redacted]"
-SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "x-api-key"})
-SECRET_WORDS = ("token", "secret")
-#: Query parameters hidden by `redact` (besides names containing SECRET_WORDS).
-SECRET_PARAMS = frozenset({"key", "api_key", "apikey", "api-key", "password", "sig", "signature"})
+#: Header and query parameter names whose values `redact` hides, and the headers a redirect to
+#: another origin drops: names containing token, secret, passw, auth, cookie, session, signature,
+#: credential or apikey, or with key, sig, pass, pwd or jwt as a word (`X-Api-Key`, `api_key`;
+#: not `Keyboard` or `Keep-Alive`).
+SECRET_NAME = re.compile(
+    r"token|secret|passw|auth|cookie|session|signature|credential|apikey"
+    r"|(?:^|[-_.])(?:key|sig|pass|pwd|jwt)(?:$|[-_.])", re.IGNORECASE)
+MAX_REDIRECTS = 10
 
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 field name
 _USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*://)[^/?#]*@")
@@ -57,11 +65,10 @@ def _invalid(message: str) -> errors.InvalidAction:
     return errors.InvalidAction(f"http: {message}")
 
 
-def is_secret(name: str, names: frozenset[str]) -> bool:
-    """True when `redact` hides the value of the header or query parameter `name`: `names`
-    (SECRET_HEADERS or SECRET_PARAMS) holds it, or it contains one of SECRET_WORDS."""
-    lower = name.lower()
-    return lower in names or any(word in lower for word in SECRET_WORDS)
+def is_secret(name: str) -> bool:
+    """True when the header or query parameter `name` looks secret (SECRET_NAME): `redact`
+    hides its value wherever options are shown, and a cross-origin redirect drops the header."""
+    return SECRET_NAME.search(name) is not None
 
 
 def redact_url(url: str) -> str:
@@ -71,9 +78,9 @@ def redact_url(url: str) -> str:
         pairs = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
     except ValueError:
         pairs = []
-    if any(is_secret(k, SECRET_PARAMS) for k, _ in pairs):
+    if any(is_secret(k) for k, _ in pairs):
         query = urllib.parse.urlencode(
-            [(k, REDACTED if is_secret(k, SECRET_PARAMS) else v) for k, v in pairs], safe="[]")
+            [(k, REDACTED if is_secret(k) else v) for k, v in pairs], safe="[]")
         url = urllib.parse.urlunsplit(parts._replace(query=query))
     return _USERINFO.sub(rf"\1{REDACTED}@", url)
 
@@ -270,7 +277,7 @@ def redact(options: Any) -> Any:
     out = dict(options)
     headers = out.get("headers")
     if isinstance(headers, Mapping):
-        out["headers"] = {k: REDACTED if is_secret(str(k), SECRET_HEADERS) else v
+        out["headers"] = {k: REDACTED if is_secret(str(k)) else v
                           for k, v in headers.items()}
     if isinstance(out.get("url"), str):
         out["url"] = redact_url(out["url"])
@@ -296,15 +303,21 @@ def lane(action_type: str | None, options: Any) -> str | None:
 
 
 class HttpExecutor:
-    """Performs http actions on the daemon's shared aiohttp session."""
+    """Performs http actions on the daemon's shared aiohttp session.
+
+    `session` comes from `guard.client_session(policy)`, whose resolver checks host names;
+    the executor checks IP literals and follows redirects itself, each hop checked.
+    """
 
     type = "http"
     perform_event = True
     inline = False
 
-    def __init__(self, session: aiohttp.ClientSession, settings: config.Http) -> None:
+    def __init__(self, session: aiohttp.ClientSession, settings: config.Http,
+                 policy: targets.Policy | None = None) -> None:
         self.session = session
         self.settings = settings
+        self.policy = policy or targets.Policy(settings.allow, settings.deny)
 
     def validate(self, options: Any) -> None:
         """Raise errors.InvalidAction naming what is wrong with `options`."""
@@ -320,29 +333,54 @@ class HttpExecutor:
             request = Request(options, self.settings.timeout)
         except errors.InvalidAction as exc:
             raise errors.ActionFailed(exc.message) from None
-        cap = self.settings.max_response_bytes
         try:
-            async with self.session.request(
-                request.method, request.url, headers=request.headers, data=request.data,
-                allow_redirects=request.follow_redirects, ssl=request.verify,
-                timeout=aiohttp.ClientTimeout(total=request.timeout),
-            ) as response:
-                raw, truncated = await _read(response, cap)
-                body = _decode(raw, response, truncated)
-                status = response.status
-                headers: dict[str, list[str]] = {}
-                for name, value in response.headers.items():
-                    headers.setdefault(name.lower(), []).append(value)
+            async with asyncio.timeout(request.timeout):
+                result = await self._exchange(request)
+        except guard.Refused as exc:
+            failure = errors.ActionFailed(
+                f"http: {request.method} {_safe_url(request.url)} refused: {exc}",
+                retryable=False)
         except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
             failure = _failure(exc, request)
-            logger.info("%s", failure.message,
-                        extra={"action": "http_failed", "run_id": ctx.run.id})
-            raise failure from None  # the aiohttp text may hold the URL's credentials
-        if status >= 500 and request.error_on_5xx:
-            raise errors.ActionFailed(
-                f"http: {request.method} {_safe_url(request.url)} answered {status}",
-                retryable=True)
-        result: dict[str, Any] = {"status": status, "headers": headers, "body": body,
+        else:
+            if result["status"] >= 500 and request.error_on_5xx:
+                raise errors.ActionFailed(
+                    f"http: {request.method} {_safe_url(request.url)} answered "
+                    f"{result['status']}", retryable=True)
+            return result
+        logger.info("%s", failure.message, extra={"action": "http_failed", "run_id": ctx.run.id})
+        raise failure from None  # the aiohttp text may hold the URL's credentials
+
+    async def _exchange(self, request: Request) -> dict[str, Any]:
+        """The request and the redirects it follows (at most MAX_REDIRECTS), each hop
+        checked; the last response as the action's result."""
+        hop = guard.Hop(request.method, request.url, request.headers, request.data)
+        for _ in range(MAX_REDIRECTS + 1):
+            try:
+                guard.check_literal(self.policy, hop.url)
+                async with self.session.request(
+                    hop.method, hop.url, headers=hop.headers, data=hop.data,
+                    allow_redirects=False, ssl=request.verify,
+                    timeout=aiohttp.ClientTimeout(total=request.timeout),
+                ) as response:
+                    following = (hop.follow(response, is_secret)
+                                 if request.follow_redirects else None)
+                    if following is None:
+                        return await self._result(response)
+            except guard.Refused as exc:
+                if hop.url is request.url:
+                    raise
+                raise guard.Refused(f"the redirect to {_safe_url(hop.url)}: {exc}") from None
+            hop = following
+        raise aiohttp.TooManyRedirects(response.request_info, ())
+
+    async def _result(self, response: aiohttp.ClientResponse) -> dict[str, Any]:
+        raw, truncated = await _read(response, self.settings.max_response_bytes)
+        headers: dict[str, list[str]] = {}
+        for name, value in response.headers.items():
+            headers.setdefault(name.lower(), []).append(value)
+        result: dict[str, Any] = {"status": response.status, "headers": headers,
+                                  "body": _decode(raw, response, truncated),
                                   "body_base64": base64.b64encode(raw).decode("ascii")}
         if truncated:
             result["truncated"] = True

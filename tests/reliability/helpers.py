@@ -25,11 +25,14 @@ from ..conftest import wait_until
 
 
 class Target:
-    """An aiohttp server in its own thread: /ok, /slow?s=N, /hang, /reset, /status/N."""
+    """An aiohttp server in its own thread: /ok, /slow?s=N, /hang, /reset, /status/N,
+    /to?url=U (a 302 to U); `headers` keeps the last request's headers by path."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.host = host  # any of 127.0.0.0/8: Linux serves them all on lo
         self.port = 0
         self.hits: dict[str, int] = {}
+        self.headers: dict[str, dict[str, str]] = {}
         self.in_flight = 0
         self.max_in_flight = 0
         self._loop = asyncio.new_event_loop()
@@ -39,7 +42,7 @@ class Target:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def __enter__(self) -> Target:
         self._thread.start()
@@ -61,7 +64,7 @@ class Target:
         app.router.add_route("*", "/{kind}", self._handle)
         runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=0.5)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
+        site = web.TCPSite(runner, self.host, 0)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self._ready.set()
@@ -71,6 +74,7 @@ class Target:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         kind = request.match_info["kind"]
         self.hits[kind] = self.hits.get(kind, 0) + 1
+        self.headers[kind] = dict(request.headers)
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
@@ -87,6 +91,8 @@ class Target:
                                     b"\x00\x00\x00\x00")
                 transport.close()
                 return web.Response()
+            elif kind == "to":
+                return web.Response(status=302, headers={"Location": request.query["url"]})
             elif kind == "status":
                 return web.Response(status=int(request.query.get("code", "500")))
             return web.json_response({"ok": True, "kind": kind})

@@ -337,3 +337,99 @@ def test_secrets_never_appear_in_logs_database_answers_or_output(
     for name, text in channels.items():
         for secret in [*SECRETS.values(), WRONG_TOKEN]:
             assert secret not in text, f"{secret} appears in {name}"
+
+
+# --- where the http action may connect (the URL comes from webhook data) -----------------------
+
+CALLER = """
+admin_token: ${ADMIN}
+webhooks:
+  - {name: call, topic: user/call/go}
+tasks:
+  - name: Caller
+    subscriptions: user/call/go
+    options: {auth: "Bearer ${ADMIN}", key: "${API_KEY}", xauth: "${HTTP_AUTH}",
+              xpass: "${URL_PASS}"}
+    code: |
+      {% assign headers = hash %}
+      {% if event.data.secrets %}
+        {% assign headers["Authorization"] = options.auth %}
+        {% assign headers["X-Api-Key"] = options.key %}
+        {% assign headers["X-Auth"] = options.xauth %}
+        {% assign headers["X-Password"] = options.xpass %}
+        {% assign headers["Accept"] = "application/json" %}
+        {% assign headers["X-Custom"] = "kept" %}
+      {% endif %}
+      {% action "http", method: event.data.method, url: event.data.url, headers: headers,
+         body: event.data.body %}
+"""
+#: The headers the Caller task sends with `secrets` (from its options, never the event).
+SECRET_HEADERS = {"Authorization": f"Bearer {SECRETS['ADMIN']}", "X-Api-Key": SECRETS["API_KEY"],
+                  "X-Auth": SECRETS["HTTP_AUTH"], "X-Password": SECRETS["URL_PASS"]}
+
+
+def call(d: Daemon, target: str, method: str = "get", *, secrets: bool = False,
+         body: Any = None) -> dict[str, Any]:
+    """POST the webhook that makes the Caller task request `target`; its action run, settled."""
+    data = {"url": target, "method": method, "secrets": secrets, "body": body}
+    done = "kind = 'action' AND state IN ('succeeded', 'failed')"
+    count = d.query(f"SELECT COUNT(*) FROM runs WHERE {done}")[0][0]  # noqa: S608 - constant
+    assert d.post_json("/webhooks/call", data)[0] == 204
+    d.wait_runs(done, count + 1)
+    row = d.query("SELECT id, state, attempts, error FROM runs WHERE kind = 'action' "
+                  "ORDER BY id DESC LIMIT 1")[0]
+    return dict(row)
+
+
+def test_denied_targets_are_refused_with_no_request_sent(make_daemon: Any) -> None:
+    """With 127/8 denied but 127.0.0.2 allowed: a loopback target is refused at once (no
+    retry, no request), and so is a redirect from the allowed address to a denied one."""
+    with Target() as denied, Target("127.0.0.2") as allowed, Target("127.0.0.3") as hop:
+        d = make_daemon(CALLER + "http: {deny: [127.0.0.0/8], allow: [127.0.0.2]}\n",
+                        env=SECRETS).start()
+        refused = call(d, f"{denied.url}/ok")
+        assert (refused["state"], refused["attempts"]) == ("failed", 1), refused
+        assert refused["error"] == (
+            f"http: GET {denied.url}/ok refused: 127.0.0.1:{denied.port} is denied by "
+            "http.deny entry '127.0.0.0/8'")
+        redirected = call(d, f"{allowed.url}/to?url={hop.url}/ok")
+        assert redirected["state"] == "failed", redirected
+        assert redirected["error"].endswith(
+            f"refused: the redirect to {hop.url}/ok: 127.0.0.3:{hop.port} is denied by "
+            "http.deny entry '127.0.0.0/8'")
+        assert call(d, f"{allowed.url}/ok")["state"] == "succeeded"
+        assert denied.hits == {} and hop.hits == {}
+        assert allowed.hits == {"to": 1, "ok": 1}
+        assert d.stop() == 0
+
+
+def test_own_listener_refused_and_secret_headers_dropped_and_redacted(make_daemon: Any) -> None:
+    with Target() as first, Target("127.0.0.2") as other:
+        d = make_daemon(CALLER, env=SECRETS).start()
+        # The daemon's own API, with its admin token: refused by default, nothing created.
+        own = call(d, f"{d.url}/api/events", "post", secrets=True,
+                   body={"topic": "user/evil/made", "data": 1})
+        assert (own["state"], own["attempts"]) == ("failed", 1), own
+        assert f"127.0.0.1:{d.port} is the daemon's own listener, denied by default" in own[
+            "error"]
+        assert d.query("SELECT COUNT(*) FROM events WHERE topic = 'user/evil/made'")[0][0] == 0
+
+        # A redirect to another host (127.0.0.1 → 127.0.0.2): the secret headers stay behind.
+        moved = call(d, f"{first.url}/to?url={other.url}/ok", secrets=True)
+        assert moved["state"] == "succeeded", moved
+        sent = [*SECRET_HEADERS, "Accept", "X-Custom"]
+        assert [k for k in sent if k in first.headers["to"]] == sent
+        assert [k for k in sent if k in other.headers["ok"]] == ["Accept", "X-Custom"]
+
+        # ... and the run shows them redacted, in the API and the command line alike.
+        status, _, api = d.request("GET", f"/api/runs/{moved['id']}", headers=AUTH)
+        assert status == 200
+        cli = d.cli("runs", "show", str(moved["id"]), "--json")
+        assert cli.returncode == 0, cli.stderr
+        for shown in (json.loads(api), json.loads(cli.stdout)):
+            assert shown["options"]["headers"] == {
+                **{k: "[redacted]" for k in SECRET_HEADERS}, "Accept": "application/json",
+                "X-Custom": "kept"}
+        for text in (api.decode(), cli.stdout, d.logs()):
+            assert not any(value in text for value in SECRET_HEADERS.values())
+        assert d.stop() == 0
