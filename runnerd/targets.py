@@ -6,7 +6,7 @@ optional port (`127.0.0.1:6379`, `[::1]:6379`, `*.example.com:8443`). A connecti
 URL's host name, the resolved address actually connected to and the port, is refused when a
 deny entry or a default matches it and no allow entry does: allow wins. The defaults deny
 link-local addresses (169.254.0.0/16, fe80::/10: cloud metadata services) and the daemon's own
-listener. An IPv4-mapped IPv6 address (::ffff:127.0.0.1) is checked as the IPv4 address.
+listener; the listener is allowed only by an allow entry that names its port. An IPv4-mapped IPv6 address (::ffff:127.0.0.1) is checked as the IPv4 address.
 
 Stdlib only: `config` validates entries with `parse`.
 """
@@ -128,7 +128,11 @@ class Policy:
         ip = address(host)
         if name is not None:
             name = name.lower().rstrip(".")
-        if any(entry.matches(name, ip, port) for entry in self.allow):
+        allowed = [entry for entry in self.allow if entry.matches(name, ip, port)]
+        # The daemon's own listener yields only to an entry naming its port: allowing a range
+        # such as 127.0.0.0/8 for a local service must not open /api and /ping to tasks.
+        if allowed and (any(e.port is not None for e in allowed)
+                        or not self._is_listener(ip, port)):
             return None
         shown = f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
         if name is not None and name != str(ip):
@@ -140,7 +144,7 @@ class Policy:
             return f"{shown} is link-local, denied by default (http.allow can allow it)"
         if self._is_listener(ip, port):
             return (f"{shown} is the daemon's own listener, denied by default "
-                    "(http.allow can allow it)")
+                    "(an http.allow entry with its port can allow it)")
         return None
 
     def _is_listener(self, ip: Address, port: int) -> bool:

@@ -89,7 +89,7 @@ def test_the_daemons_listener_is_denied_by_default() -> None:
     p = targets.Policy(listen=("127.0.0.1", 8787))
     why = p.refusal(None, "127.0.0.1", 8787)
     assert why == ("127.0.0.1:8787 is the daemon's own listener, denied by default "
-                   "(http.allow can allow it)")
+                   "(an http.allow entry with its port can allow it)")
     assert p.refusal(None, "::ffff:127.0.0.1", 8787) is not None
     assert p.refusal(None, "0.0.0.0", 8787) is not None  # 0.0.0.0 reaches this machine
     assert p.refusal(None, "127.0.0.1", 8788) is None
@@ -101,6 +101,16 @@ def test_the_daemons_listener_is_denied_by_default() -> None:
     named = targets.Policy(listen=("localhost", 8787))
     assert named.refusal(None, "127.0.0.1", 8787) is not None
     assert policy(allow=("127.0.0.1:8787",), listen=("127.0.0.1", 8787)).refusal(
+        None, "127.0.0.1", 8787) is None
+
+
+def test_a_broad_allow_does_not_open_the_daemons_listener() -> None:
+    """Allowing loopback for a local service keeps /api and /ping closed to tasks."""
+    p = policy(allow=("127.0.0.0/8", "localhost"), listen=("127.0.0.1", 8787))
+    assert p.refusal(None, "127.0.0.1", 6379) is None
+    assert p.refusal("localhost", "127.0.0.1", 8787) is not None
+    assert p.refusal(None, "127.0.0.1", 8787) is not None
+    assert policy(allow=("127.0.0.0/8:8787",), listen=("127.0.0.1", 8787)).refusal(
         None, "127.0.0.1", 8787) is None
 
 
