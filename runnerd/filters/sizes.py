@@ -17,7 +17,7 @@ measure 0, and the filter reports its own error.
 from __future__ import annotations
 
 import decimal
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 
@@ -166,18 +166,28 @@ def csv(cap: int, value: Any, *_: Any, **__: Any) -> int:
     return total
 
 
+def _leaves(value: list[Any] | tuple[Any, ...]) -> Iterator[Any]:
+    """The items Liquid's array filters see in `value`: nested arrays flattened to
+    python-liquid's depth."""
+    stack = [(value, _FLATTEN_LEVELS)]
+    while stack:
+        sequence, level = stack.pop()
+        for item in sequence:
+            if level and isinstance(item, (list, tuple)):
+                stack.append((item, level - 1))
+            else:
+                yield item
+
+
 def _flattened(cap: int, value: Any) -> int:
-    """How many items Liquid's array filters see in `value` (nested arrays flattened to
-    python-liquid's depth), counted only up to past `cap`."""
+    """How many items Liquid's array filters see in `value`, counted only up to past `cap`."""
     if not isinstance(value, (list, tuple)):
         return 1
-    total, stack = 0, [(item, _FLATTEN_LEVELS) for item in value]
-    while stack and total <= cap:
-        item, level = stack.pop()
-        if level and isinstance(item, (list, tuple)):
-            stack.extend((child, level - 1) for child in item)
-        else:
-            total += 1
+    total = 0
+    for _ in _leaves(value):
+        total += 1
+        if total > cap:
+            break
     return total
 
 
@@ -202,16 +212,11 @@ def join(cap: int, value: Any, *args: Any, **_: Any) -> int:
     if not isinstance(value, (list, tuple)):
         return 0
     count = _flattened(cap, value)
-    if count > cap:
-        return count
-    separator = len(_text(cap, _arg(args, 0, " ")))
-    total, stack = separator * (count - 1), [(item, _FLATTEN_LEVELS) for item in value]
-    while stack and total <= cap:
-        item, level = stack.pop()
-        if level and isinstance(item, (list, tuple)):
-            stack.extend((child, level - 1) for child in item)
-        else:
-            total += len(_text(cap, item))
+    total = max(count - 1, 0) * len(_text(cap, _arg(args, 0, " ")))
+    for item in _leaves(value):
+        if total > cap:
+            break
+        total += len(_text(cap, item))
     return total
 
 

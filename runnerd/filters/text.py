@@ -114,14 +114,14 @@ def match(value: Any, pattern: Any) -> Match | None:
 
 def scan(value: Any, pattern: Any, *, limit: int) -> list[Any]:
     """`scan: regex`: every match, as Ruby's `String#scan` (arrays of groups when the
-    pattern has groups, else the matched strings); TooLarge once they hold more than `limit`
-    characters (each group repeats the text it captured)."""
+    pattern has groups, else the matched strings); TooLarge once they would print (as JSON)
+    longer than `limit` characters: each group repeats the text it captured."""
     compiled = regex(_text(pattern))
     found: list[Any] = []
     total = 0
     for m in compiled.finditer(_subject(value)):
         parts = m.groups() if compiled.groups else (m.group(0),)
-        total += 1 + sum(len(part) for part in parts if part)
+        total += 2 + sum(len(part) + 3 if part is not None else 5 for part in parts)
         if total > limit:
             raise sizes.TooLarge
         found.append(list(parts) if compiled.groups else parts[0])
