@@ -86,6 +86,8 @@ CASES: list[tuple[str, str, dict[str, Any]]] = [
     ("map", '{% assign t = a | map: "x" %}', {"a": nested(5, 20)}),
     ("uniq", "{% assign t = a | uniq %}", {"a": nested(5, 20)}),
     ("times", "{% assign t = n | times: n %}", {"n": 1 << 300_000}),
+    ("date", '{% assign t = "now" | date: "%9999999Y" %}', {}),
+    ("date", '{% assign t = "now" | date: "%99999999999999999999999Y" %}', {}),
     ("scan", "{% assign t = s | scan: p %}", {"s": K * 10, "p": "(" * 20 + "x" + ")" * 20}),
 ]
 
@@ -105,6 +107,8 @@ def test_results_up_to_the_cap_are_built() -> None:
     assert fits == "y" * 1000
     with pytest.raises(errors.RenderError, match="filter 'replace': limit exceeded"):
         r.render_text('{{ s | replace: "x", "yy" }}', {"s": "x" * 501}, name="t")
+    assert r.render_text('{{ "2024-01-02" | date: "%900Y" }}', {}, name="t") == "2024".rjust(
+        900, "0")
     assert r.render_text('{{ a | join: "--" }}', {"a": ["x" * 332] * 3}, name="t") == (
         "--".join(["x" * 332] * 3))
     with pytest.raises(errors.RenderError, match="filter 'join': limit exceeded"):

@@ -1,22 +1,25 @@
 """How long a filter's result would be, worked out without building it.
 
 A filter whose result can be longer than its input (`replace` with a longer replacement,
-`append`, `join`, `escape`, `base64_encode`, `json` …) would let a short template build a
-string of gigabytes before the output limit saw it. The renderer calls the function here first
-and refuses the filter when the length passes the output cap. `gunzip` and `scan` cannot know
-their size beforehand: they stop themselves, raising `TooLarge`.
+`append`, `join`, `escape`, `base64_encode`, `json`, `date: "%99999999Y"` …) would let a short
+template build a string of gigabytes before the output limit saw it. The renderer calls the
+function here first and refuses the filter when the length passes the output cap. `gunzip` and
+`scan` cannot know their size beforehand: they stop themselves, raising `TooLarge`. `gzip` is
+left out: its result is at most a third longer than its input, and compressing base64 wins that
+back, so a chain of them cannot grow.
 
 Lengths are in characters (a lower bound of the UTF-8 bytes, as the `assign` check counts),
 arrays in items; exact where that is cheap, else an upper bound. Nested data is measured by a
 walk that stops once past the cap, so a value that shares one array many times over (each
 `push: a` onto `a` doubles what it prints) costs at most `cap` steps. Each function takes the
-cap, then the filter's arguments as the template gave them; arguments the filter would refuse
-measure 0, and the filter reports its own error.
+cap, then the filter's arguments as the template gave them; an argument of a kind the filter
+refuses measures 0, and the filter reports its own error.
 """
 
 from __future__ import annotations
 
 import decimal
+import re
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -140,10 +143,19 @@ def base64_encode(cap: int, value: Any, *_: Any, **__: Any) -> int:
     return _base64(len(_text(cap, value).encode()))
 
 
-def gzip(cap: int, value: Any, *_: Any, **__: Any) -> int:
-    """`gzip`: base64 of at most zlib's `compressBound` plus gzip's 18-byte frame."""
-    n = len(_text(cap, value).encode())
-    return _base64(n + (n >> 12) + (n >> 14) + (n >> 25) + 13 + 18)
+#: A strftime directive with a width (Ruby pads `%10Y` to ten characters).
+_WIDTH = re.compile(r"%[-_0^#]*(\d+)")
+#: The longest text one directive writes without a width (`%c` is 24, a zone name up to ~30).
+_DIRECTIVE = 32
+
+
+def date(cap: int, value: Any, *args: Any, **_: Any) -> int:
+    """`date: format`: each directive at its width, or at most `_DIRECTIVE` characters."""
+    fmt = _arg(args, 0, None)
+    if not isinstance(fmt, str):
+        return 0
+    widths = sum(int(width) if len(width) < 10 else cap + 1 for width in _WIDTH.findall(fmt))
+    return len(fmt) + _DIRECTIVE * fmt.count("%") + widths
 
 
 def json(cap: int, value: Any, *_: Any, **__: Any) -> int:
@@ -247,7 +259,7 @@ SIZES: dict[str, Callable[..., int]] = {
     "base64": base64_encode,
     "base64_url_safe_encode": base64_encode,
     "base64url": base64_encode,
-    "gzip": gzip,
+    "date": date,
     "json": json,
     "jsonl": json,
     "csv": csv,
