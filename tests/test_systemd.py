@@ -73,6 +73,9 @@ def test_unit_file() -> None:
     seconds = {k: int(settings[k].removesuffix("s")) for k in ("WatchdogSec", "TimeoutStopSec")}
     assert seconds["WatchdogSec"] >= 3 * 5  # several 5 s heartbeats per watchdog period
     assert seconds["TimeoutStopSec"] > 20 + 5  # shutdown_grace default + the listener's drain
+    mebibytes = {k: int(settings[k].removesuffix("M")) for k in ("MemoryHigh", "MemoryMax")}
+    # Room above SPEC's 50 MiB idle for renders with 1 MiB values, but a runaway is stopped.
+    assert 4 * 50 <= mebibytes["MemoryHigh"] < mebibytes["MemoryMax"] <= 1024
 
 
 def test_unit_verifies(tmp_path: Path) -> None:

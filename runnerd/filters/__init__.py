@@ -7,7 +7,9 @@ undefined values arrive as None.
 
 Limits kept here: regex subjects are capped at `text.MAX_REGEX_INPUT` characters and patterns at
 `text.MAX_PATTERN` (Python's `re` cannot be interrupted mid-match); `in_groups`, `in_groups_of`
-and `sample` refuse counts above `arrays.MAX_GROUPS`.
+and `sample` refuse counts above `arrays.MAX_GROUPS`. Results that could outgrow the output cap
+are measured before they are built (`sizes`); `gunzip` and `scan`, which cannot know theirs
+beforehand, are bound to the cap and stop past it.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
-from runnerd.filters import arrays, data, dates, text
+from runnerd.filters import arrays, data, dates, sizes, text
 
 Filter = Callable[..., Any]
 
@@ -34,7 +36,6 @@ PURE: dict[str, Filter] = {
     "base64_url_safe_encode": data.base64_url_safe_encode,
     "base64_url_safe_decode": data.base64_url_safe_decode,
     "gzip": data.gzip,
-    "gunzip": data.gunzip,
     "md5": data.md5,
     "sha1": data.sha1,
     "sha256": data.sha256,
@@ -49,7 +50,6 @@ PURE: dict[str, Filter] = {
     "decode_base64url": data.base64_url_safe_decode,
     # text
     "match": text.match,
-    "scan": text.scan,
     "unindent": text.unindent,
     "e164": text.e164,
     "split": text.split,
@@ -77,10 +77,17 @@ PURE: dict[str, Filter] = {
 plain = data.plain
 
 
-def table(*, timezone: str, clock: Callable[[], float]) -> dict[str, Filter]:
+def table(*, timezone: str, clock: Callable[[], float], output_cap: int) -> dict[str, Filter]:
     """Every filter by Liquid name, `date`/`parse_date` bound to `timezone` and `clock`
-    (epoch seconds, read only when a template asks for "now")."""
+    (epoch seconds, read only when a template asks for "now"), `gunzip` and `scan` to
+    `output_cap` (characters; `sizes.TooLarge` past it)."""
     tz: dt.tzinfo = dates.zone(timezone)
+
+    def gunzip(value: Any, force_utf8: Any = True) -> str:
+        return data.gunzip(value, force_utf8, limit=output_cap)
+
+    def scan(value: Any, pattern: Any) -> list[Any]:
+        return text.scan(value, pattern, limit=output_cap)
 
     def date(value: Any, fmt: Any = None, **options: Any) -> Any:
         return dates.date(value, fmt, tz=tz, now=clock, options=options)
@@ -88,4 +95,4 @@ def table(*, timezone: str, clock: Callable[[], float]) -> dict[str, Filter]:
     def parse_date(value: Any, fmt: Any) -> str | None:
         return dates.parse_date(value, fmt, tz=tz)
 
-    return {**PURE, "date": date, "parse_date": parse_date}
+    return {**PURE, "date": date, "parse_date": parse_date, "gunzip": gunzip, "scan": scan}

@@ -17,8 +17,11 @@ import hmac
 import io
 import json as jsonlib
 import math
+import zlib
 from collections.abc import Mapping
 from typing import Any
+
+from runnerd.filters import sizes
 
 
 def plain(value: Any) -> Any:
@@ -200,18 +203,29 @@ def gzip(value: Any) -> str:
     return b64.b64encode(gziplib.compress(_text(value).encode(), mtime=0)).decode("ascii")
 
 
-def gunzip(value: Any, force_utf8: Any = True) -> str:
-    """`gunzip`: base64 gzip data to text; invalid UTF-8 is replaced unless `force_utf8: false`."""
+def gunzip(value: Any, force_utf8: Any = True, *, limit: int) -> str:
+    """`gunzip`: base64 gzip data to text; invalid UTF-8 is replaced unless `force_utf8: false`.
+
+    Inflates at most `limit` bytes (TooLarge past that), so a small bomb never fills memory."""
+    raw = _b64decode(value, urlsafe=False)
+    out = bytearray()
     try:
-        data = gziplib.decompress(_b64decode(value, urlsafe=False))
-    except (OSError, EOFError, gziplib.BadGzipFile):
+        while raw:  # one gzip member after another, as gzip.decompress reads them
+            inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            out += inflater.decompress(raw, limit + 1 - len(out))
+            if len(out) > limit:
+                raise sizes.TooLarge
+            if not inflater.eof:
+                raise zlib.error("truncated")
+            raw = inflater.unused_data
+    except zlib.error:
         raise ValueError("not gzip data") from None
     if force_utf8 is False:
         try:
-            return data.decode("utf-8")
+            return out.decode("utf-8")
         except UnicodeDecodeError:
             raise ValueError("the data is not UTF-8 text") from None
-    return data.decode("utf-8", "replace")
+    return out.decode("utf-8", "replace")
 
 
 def _digest(name: str) -> Any:

@@ -13,6 +13,8 @@ import functools
 import re
 from typing import Any
 
+from runnerd.filters import sizes
+
 MAX_REGEX_INPUT = 100_000
 MAX_PATTERN = 1_000
 
@@ -110,14 +112,20 @@ def match(value: Any, pattern: Any) -> Match | None:
     return Match(found) if found else None
 
 
-def scan(value: Any, pattern: Any) -> list[Any]:
+def scan(value: Any, pattern: Any, *, limit: int) -> list[Any]:
     """`scan: regex`: every match, as Ruby's `String#scan` (arrays of groups when the
-    pattern has groups, else the matched strings)."""
+    pattern has groups, else the matched strings); TooLarge once they would print (as JSON)
+    longer than `limit` characters: each group repeats the text it captured."""
     compiled = regex(_text(pattern))
-    text = _subject(value)
-    if compiled.groups:
-        return [list(m.groups()) for m in compiled.finditer(text)]
-    return [m.group(0) for m in compiled.finditer(text)]
+    found: list[Any] = []
+    total = 0
+    for m in compiled.finditer(_subject(value)):
+        parts = m.groups() if compiled.groups else (m.group(0),)
+        total += 2 + sum(len(part) + 3 if part is not None else 5 for part in parts)
+        if total > limit:
+            raise sizes.TooLarge
+        found.append(list(parts) if compiled.groups else parts[0])
+    return found
 
 
 _INDENT = re.compile(r"^[ \t]*(?=\S)", re.MULTILINE)

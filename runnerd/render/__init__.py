@@ -9,7 +9,8 @@ undefined, strict syntax) the Environment has:
 - `{% break %}` outside any loop, which ends the render keeping what was collected;
 - the keywords `newline`, `array` and `hash`, and the filters of `runnerd.filters`;
 - limits (`config.Limits`): loop iterations per render, output bytes (text plus collected
-  objects; also caps each captured/assigned value), block nesting and render seconds (checked on
+  objects; also caps each captured/assigned value and, before it is built, each filter result
+  that could outgrow its input: `filters.sizes`), block nesting and render seconds (checked on
   every loop iteration, and enforced by a timer wherever the render is: see `_Alarm`). No
   `include`/`render` tags: tasks have no partials.
 
@@ -111,16 +112,25 @@ def _defined(value: Any) -> Any:
     return None if isinstance(value, liquid.Undefined) else value
 
 
-def _wrap(name: str, func: Callable[..., Any], *, pure: bool, limit: int) -> Callable[..., Any]:
-    """A filter that names itself in errors; pure filters see Liquid's undefined as None."""
+def _wrap(name: str, func: Callable[..., Any], *, pure: bool,
+          limits: config.Limits) -> Callable[..., Any]:
+    """A filter that names itself in errors and refuses, before building it, a result longer
+    than the output cap (`filters.sizes`); pure filters see Liquid's undefined as None."""
+    size = filters.sizes.SIZES.get(name)
+    cap, iterations = limits.output_bytes, limits.loop_iterations
+
     def call(left: Any, *args: Any, **kwargs: Any) -> Any:
         if pure:
             left, args, kwargs = _defined(left), tuple(map(_defined, args)), (
                 {k: _defined(v) for k, v in kwargs.items()} if kwargs else kwargs)
-        if isinstance(left, range) and len(left) > limit:
-            raise tags.Limit("loop_iterations", limit)
+        if isinstance(left, range) and len(left) > iterations:
+            raise tags.Limit("loop_iterations", iterations)
         try:
+            if size is not None and size(cap, left, *args, **kwargs) > cap:
+                raise filters.sizes.TooLarge
             return func(left, *args, **kwargs)
+        except filters.sizes.TooLarge:
+            raise tags.Limit("output_bytes", cap, culprit=f"filter {name!r}") from None
         except (lqerr.ResourceLimitError, RecursionError):
             raise
         except lqerr.LiquidError as exc:
@@ -201,14 +211,14 @@ class Renderer:
         for registered in env.tags.values():
             _locate_errors(registered)
         try:
-            table = filters.table(timezone=timezone, clock=clock)
+            table = filters.table(timezone=timezone, clock=clock,
+                                  output_cap=limits.output_bytes)
         except ValueError as exc:
             raise errors.ConfigError(f"timezone: {exc}") from None
-        limit = limits.loop_iterations
         for name, func in list(env.filters.items()):
-            env.filters[name] = _wrap(name, func, pure=False, limit=limit)
+            env.filters[name] = _wrap(name, func, pure=False, limits=limits)
         for name, func in table.items():
-            env.filters[name] = _wrap(name, func, pure=True, limit=limit)
+            env.filters[name] = _wrap(name, func, pure=True, limits=limits)
         self._env = env
         self._texts: dict[str, Template] = {}
 

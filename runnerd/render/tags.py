@@ -1,6 +1,7 @@
 """The tags task Liquid adds or replaces, and the per-render state they share.
 
 - `for`: counts every iteration against `loop_iterations` and watches the clock;
+- `{{ }}`: refuses nested data that would print longer than the output left (`State.check_room`);
 - `assign`: Mechanic's extended form (`x["k"] = v`, `a[a.size] = v`, nested paths), by value;
 - `action`, `log` and `error`: build an object and collect it in the render's `State`.
 """
@@ -17,8 +18,10 @@ from liquid import ast as lqast
 from liquid import exceptions as lqerr
 from liquid import output as lqout
 from liquid import parser as lqparser
+from liquid import stringify
 from liquid import token as lqtok
 from liquid.builtin import expressions as lqexpr
+from liquid.builtin import output
 from liquid.builtin.tags import for_tag
 
 from runnerd import config, filters, models
@@ -28,10 +31,12 @@ _MISSING = object()  # a sentinel no variable can hold
 
 
 class Limit(lqerr.ResourceLimitError):
-    """A configured limit was hit; the message names it."""
+    """A configured limit was hit; the message names it (after `culprit`, when given)."""
 
-    def __init__(self, name: str, value: object, token: lqtok.Token | None = None) -> None:
-        super().__init__(f"limit exceeded: {name} ({value})", token=token)
+    def __init__(self, name: str, value: object, token: lqtok.Token | None = None, *,
+                 culprit: str = "") -> None:
+        prefix = f"{culprit}: " if culprit else ""
+        super().__init__(f"{prefix}limit exceeded: {name} ({value})", token=token)
 
 
 class TagError(lqerr.LiquidError):
@@ -59,6 +64,13 @@ class State:
         """Raise the `render_seconds` limit once the render's time is up."""
         if time.monotonic() > self.deadline:
             raise Limit("render_seconds", self.limits.render_seconds, token)
+
+    def check_room(self, value: Any, token: lqtok.Token) -> None:
+        """Refuse, before it is copied, a value whose JSON would not fit in the output left (a
+        value sharing one array many times over would copy for ever)."""
+        room = self.sink.limit - self.sink.size
+        if filters.sizes.data(room, value) > room:
+            raise Limit("output_bytes", self.limits.output_bytes, token)
 
     def record(self, kind: str, value: Any, size: int, token: lqtok.Token) -> None:
         """Collect an object; its JSON size counts towards the output limit."""
@@ -128,6 +140,23 @@ class _ForNode(for_tag.ForNode):
 
 class ForTag(for_tag.ForTag):
     node_class = _ForNode
+
+
+# --- output: nested data is measured before it is printed ----------------------------------
+
+
+class _OutputNode(output.OutputNode):
+    __slots__ = ()
+
+    def render_to_output(self, context: liquid.RenderContext, buffer: TextIO) -> int:
+        value = self.expression.evaluate(context)
+        if isinstance(value, (list, tuple, dict)):
+            cast(Context, context).state.check_room(value, self.token)
+        return buffer.write(stringify.to_liquid_string(value, context.autoescape))
+
+
+class OutputTag(output.Output):
+    node_class = _OutputNode
 
 
 # --- assign: Mechanic's extended form, by value (copy on write) ------------------------------
@@ -329,6 +358,7 @@ class _ObjectNode(lqast.Node):
         else:
             values = [expr.evaluate(context) for expr in self.positional]
             value = values[0] if len(values) == 1 else values
+        state.check_room(value, self.token)
         value = filters.plain(value)
         state.record(self.kind + "s", value, _size(value) + 12, self.token)
         return 0
@@ -366,6 +396,7 @@ class _ObjectNode(lqast.Node):
             options = dict(options)
             perform = options.pop("__perform_event", perform)
             meta = options.pop("__meta", meta)
+        cast(Context, context).state.check_room((options, meta), self.token)
         return models.ActionSpec(type=type_, options=filters.plain(options),
                                  meta=filters.plain(meta), perform_event=perform is not False)
 
@@ -416,5 +447,5 @@ class ErrorTag(_ObjectTag):
     name, end = "error", "enderror"
 
 
-#: What `Renderer` adds to its Environment (replacing Liquid's own `assign` and `for`).
-TAGS = (ActionTag, LogTag, ErrorTag, AssignTag, ForTag)
+#: What `Renderer` adds to its Environment (replacing Liquid's own `assign`, `for` and output).
+TAGS = (ActionTag, LogTag, ErrorTag, AssignTag, ForTag, OutputTag)

@@ -5,9 +5,12 @@ task's runs in the same daemon still complete."""
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 import subprocess
 import sys
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -70,7 +73,12 @@ def config() -> str:
     return f"""
 admin_token: {TOKEN}
 limits: {{render_seconds: 1s}}
+webhooks:
+  - {{name: upload, topic: user/hostile/upload}}
 tasks:
+  - name: Unpack
+    subscriptions: user/hostile/upload
+    code: '{{% assign text = event.data.blob | gunzip %}}{{% log text.size %}}'
   - name: Innocent
     subscriptions: user/innocent/go
     code: '{{% action "cache", "incr", "innocent" %}}'
@@ -128,6 +136,30 @@ def test_a_hostile_task_fails_naming_its_limit_and_the_daemon_goes_on(daemon: Da
     assert daemon.proc is not None and daemon.proc.poll() is None, daemon.logs()
     assert daemon.request("GET", "/health")[0] == 200
     assert "Traceback" not in daemon.logs(), daemon.logs()[-3000:]
+
+
+def peak_rss(d: Daemon) -> int:
+    """The daemon's peak resident memory so far, in bytes."""
+    assert d.proc is not None
+    status = Path(f"/proc/{d.proc.pid}/status").read_text()
+    return int(re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)[1]) * 1024  # type: ignore[index]
+
+
+def test_a_gzip_bomb_in_a_webhook_stops_at_output_bytes(daemon: Daemon) -> None:
+    """64 MiB of zeros in 87 KB of webhook: the task fails naming the limit, inflating no more
+    than the cap, and the daemon goes on answering."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    packed = b"".join(packer.compress(bytes(1 << 20)) for _ in range(64)) + packer.flush()
+    before = peak_rss(daemon)
+    status, _, body = daemon.post_json("/webhooks/upload",
+                                       {"blob": base64.b64encode(packed).decode()})
+    assert status == 204, body
+    event_id = daemon.query("SELECT id FROM events WHERE topic = 'user/hostile/upload'")[0][0]
+    state, error = task_run(daemon, event_id)
+    assert (state, error) == (
+        "failed", "line 1: filter 'gunzip': limit exceeded: output_bytes (1048576)")
+    assert daemon.request("GET", "/health")[0] == 200
+    assert peak_rss(daemon) - before < 32 << 20  # unguarded, it held 64 MiB twice over
 
 
 def test_a_quadratic_filter_input_is_read_quickly(daemon: Daemon) -> None:
