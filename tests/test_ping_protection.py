@@ -18,6 +18,7 @@ import email.policy
 import http.client
 import json
 import signal
+import sqlite3
 import textwrap
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -26,7 +27,19 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from runnerd import actions, config, daemon, db, ingest, models, monitors, state, taskstatus, webhook
+from runnerd import (
+    actions,
+    config,
+    daemon,
+    db,
+    ingest,
+    models,
+    monitors,
+    sql,
+    state,
+    taskstatus,
+    webhook,
+)
 
 from .conftest import Clock, Daemon, wait_until
 from .helpers_servers import smtp_server
@@ -195,14 +208,12 @@ async def ping_listener(tmp_path: Path, body: str, clock: Clock
                      ingest=ingest.Ingest(database, on_commit=lambda n: None), clock=clock)
     runner = web.AppRunner(webhook.make_app(st), access_log=None)
     await runner.setup()
-    urls = {}
     try:
-        for host, template in (("127.0.0.1", "http://127.0.0.1:{}"), ("::1", "http://[::1]:{}")):
-            site = web.TCPSite(runner, host, 0)
-            await site.start()
-            assert site._server is not None and site._server.sockets  # type: ignore[attr-defined]
-            urls[host] = template.format(site._server.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
-        yield database, urls
+        for host in ("127.0.0.1", "::1"):
+            await web.TCPSite(runner, host, 0).start()
+        ports = {address[0]: address[1] for address in runner.addresses}
+        yield database, {"127.0.0.1": f"http://127.0.0.1:{ports['127.0.0.1']}",
+                         "::1": f"http://[::1]:{ports['::1']}"}
     finally:
         await runner.cleanup()
         await database.close()
@@ -295,3 +306,24 @@ def test_a_ping_key_is_required_checked_and_never_shown(make_daemon: Any) -> Non
              json.dumps([dict(r) for r in d.query("SELECT * FROM task_status")])]
     assert all(KEY not in text for text in shown)
     assert d.stop() == 0
+
+
+# --- the schema change ----------------------------------------------------------------------
+
+def test_the_flap_damping_migration_keeps_the_flips_and_their_ids(tmp_path: Path) -> None:
+    ours = next(n for n, name, _ in sql.migrations() if name.endswith("_flap_damping.sql"))
+    conn = sqlite3.connect(tmp_path / "before.db")
+    for number, _, script in sql.migrations():
+        if number < ours:
+            conn.executescript(f"BEGIN;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
+    conn.execute("INSERT INTO monitor_flips (id, name, old_state, new_state, created_at, status, "
+                 "mail_state, mail_next_at) VALUES (7, 'x', 'up', 'down', 1, '{}', 'sent', 1)")
+    conn.execute("INSERT INTO task_status (name, state, created_at) VALUES ('x', 'down', 1)")
+    conn.commit()
+    assert db.migrate_sync(conn) == max(n for n, _, _ in sql.migrations())
+    assert conn.execute("SELECT id, mail_state FROM monitor_flips").fetchall() == [(7, "sent")]
+    assert conn.execute("SELECT alerted_at, flaps FROM task_status").fetchall() == [(None, 0)]
+    conn.execute("INSERT INTO monitor_flips (name, old_state, new_state, created_at, status, "
+                 "mail_state, mail_next_at) VALUES ('x', 'down', 'up', 2, '{}', 'damped', 2)")
+    assert [r[0] for r in conn.execute("SELECT id FROM monitor_flips ORDER BY id")] == [7, 8]
+    conn.close()
