@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from runnerd import (
@@ -35,6 +36,7 @@ from runnerd import (
     ingest,
     models,
     monitors,
+    ratelimit,
     sql,
     state,
     taskstatus,
@@ -270,6 +272,22 @@ async def test_a_rate_of_0_is_no_limit(tmp_path: Path, clock: Clock) -> None:
         for _ in range(50):
             async with session.get(f"{urls['127.0.0.1']}/ping/a") as response:
                 assert response.status == 200
+
+
+def test_the_buckets_of_many_addresses_stay_bounded() -> None:
+    buckets = ratelimit.Buckets(max_keys=100)
+    for i in range(1000):  # a client spraying addresses: each one is a new bucket
+        assert buckets.take(f"2001:db8::{i:x}", 1, T0 + i * 0.001) == 0.0
+    assert len(buckets) <= 100
+    assert buckets.take("2001:db8::3e7", 1, T0 + 1) == pytest.approx(60 - 0.001, abs=1e-6)
+    # A minute later those buckets are full again: the next overflow forgets them all...
+    buckets.take("2001:db8:1::", 1, T0 + 61)
+    buckets.take("2001:db8:1::1", 1, T0 + 61)
+    assert len(buckets) <= 2
+    # ...and when more than max_keys are in use at once, the least recently used half goes.
+    for i in range(2, 101):
+        buckets.take(f"2001:db8:1::{i:x}", 1, T0 + 61)
+    assert len(buckets) == 51 and buckets.take("2001:db8:1::64", 1, T0 + 61) > 0
 
 
 # --- ping keys -------------------------------------------------------------------------------
