@@ -13,7 +13,7 @@ import os
 import re
 import uuid
 import zoneinfo
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -83,9 +83,14 @@ class Limits:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Monitoring:
-    """`monitoring:` where alerts go."""
+    """`monitoring:` where alerts go, how often, and how many pings are taken."""
 
     mail_recipients: tuple[str, ...] = ()
+    #: at most one alert (email and event) per monitor per this many seconds; 0: every change
+    alert_interval: float = 600.0
+    #: pings per minute one monitor takes, and one client address sends (0: no limit)
+    ping_rate: int = 30
+    ping_rate_per_client: int = 300
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -109,6 +114,8 @@ class Monitor:
     period: float | None = None
     schedule: str | None = None
     task: str | None = None
+    #: when set, a ping must carry it (`?key=` or X-Runnerd-Ping-Key)
+    ping_key: str | None = dataclasses.field(default=None, repr=False)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -322,7 +329,8 @@ def _limits(raw: Any, r: yamlread.Reader) -> Limits:
 
 
 def _monitoring(raw: Any, r: yamlread.Reader) -> Monitoring:
-    s = r.section(raw, "monitoring", {"mail_recipients"})
+    s = r.section(raw, "monitoring", {"mail_recipients", "alert_interval", "ping_rate",
+                                      "ping_rate_per_client"})
     recipients = r.get(s, "monitoring", "mail_recipients", (list, str), [])
     if isinstance(recipients, str):
         recipients = [x.strip() for x in recipients.split(",") if x.strip()]
@@ -330,7 +338,17 @@ def _monitoring(raw: Any, r: yamlread.Reader) -> Monitoring:
         if not isinstance(item, str) or "@" not in item:
             r.problem(f"monitoring.mail_recipients[{i}]",
                       f"expected an email address, got {item!r}")
-    return Monitoring(mail_recipients=tuple(str(x) for x in recipients))
+    return Monitoring(
+        mail_recipients=tuple(str(x) for x in recipients),
+        alert_interval=r.duration(s, "monitoring", "alert_interval", 600.0),
+        ping_rate=r.get(s, "monitoring", "ping_rate", int, 30, _not_negative),
+        ping_rate_per_client=r.get(s, "monitoring", "ping_rate_per_client", int, 300,
+                                   _not_negative),
+    )
+
+
+def _not_negative(value: Any) -> str | None:
+    return None if value >= 0 else f"must be 0 (no limit) or more, got {value!r}"
 
 
 def _webhooks(raw: Any, r: yamlread.Reader) -> tuple[Webhook, ...]:
@@ -348,15 +366,19 @@ def _webhooks(raw: Any, r: yamlread.Reader) -> tuple[Webhook, ...]:
         out.append(Webhook(
             name=name, topic=topic,
             mode=r.get(s, p, "mode", str, "auto", yamlread.one_of("auto", "full")),
-            secret=r.get(s, p, "secret", str, None, _secret),
+            secret=r.get(s, p, "secret", str, None, _secret("a webhook without a signature")),
             tolerance=r.duration(s, p, "tolerance", 300.0),
         ))
     return tuple(out)
 
 
-def _secret(value: Any) -> str | None:
-    # `secret: ${VAR}` with VAR set but empty must not quietly accept unsigned requests
-    return None if value else "empty: remove the key for a webhook without a signature"
+def _secret(without: str) -> Callable[[Any], str | None]:
+    """A check: not empty (`secret: ${VAR}` with VAR set but empty must not quietly accept
+    every request); the message names what removing the key gives: `without`."""
+    def check(value: Any) -> str | None:
+        return None if value else f"empty: remove the key for {without}"
+
+    return check
 
 
 def _name_check(value: Any) -> str | None:
@@ -372,7 +394,7 @@ def _user_topic(value: Any) -> str | None:
 def _monitors(raw: Any, task_names: set[str], r: yamlread.Reader) -> tuple[Monitor, ...]:
     out = []
     for p, item in yamlread.items(raw, "monitors", r):
-        s = r.section(item, p, {"name", "task", "period", "schedule", "grace"})
+        s = r.section(item, p, {"name", "task", "period", "schedule", "grace", "ping_key"})
         task = r.get(s, p, "task", str, None)
         name = r.get(s, p, "name", str, None, _name_check)
         if task is not None and task not in task_names:
@@ -385,8 +407,12 @@ def _monitors(raw: Any, task_names: set[str], r: yamlread.Reader) -> tuple[Monit
         bad_schedule = schedule is None and "schedule" in s  # reported by _cron_check
         if (period is None) == (schedule is None) and not bad_schedule:
             r.problem(p, "needs exactly one of period or schedule")
+        ping_key = r.get(s, p, "ping_key", str, None, _secret("a monitor anyone may ping"))
+        if ping_key is not None and task is not None:
+            r.problem(f"{p}.ping_key", "only for ping monitors (name:): a task monitor is fed "
+                                       "by its task's runs")
         out.append(Monitor(name=name or str(task), task=task, period=period, schedule=schedule,
-                           grace=r.duration(s, p, "grace", 3600.0)))
+                           grace=r.duration(s, p, "grace", 3600.0), ping_key=ping_key))
     yamlread.unique([m.name for m in out], "monitors", "monitor name", r)
     return tuple(out)
 

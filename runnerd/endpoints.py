@@ -1,16 +1,31 @@
-"""The operations endpoints (no token): /ping/*, /health, /metrics and /status."""
+"""The operations endpoints (no token): /ping/*, /health, /metrics and /status.
+
+A ping is refused before anything is recorded when its client address or (once its ping key, if
+the monitor has one, is right) its monitor is over `monitoring.ping_rate_per_client` or
+`monitoring.ping_rate` (429), or when the key is missing or wrong (401). A wrong key does not
+use up the monitor's own rate, so guessing cannot starve the real job's pings.
+"""
 
 from __future__ import annotations
 
+import hmac
+import math
+
 from aiohttp import web
 
-from runnerd import errors, metrics, monitors, status, webhook
+from runnerd import config, errors, metrics, monitors, ratelimit, status, webhook
 
 PING_METHODS = frozenset({"GET", "POST", "HEAD"})
+PING_KEY_HEADER = "X-Runnerd-Ping-Key"
+#: Pings taken per monitor name and per client address (`ratelimit`, in this process).
+MONITOR_BUCKETS = web.AppKey("monitor_buckets", ratelimit.Buckets)
+CLIENT_BUCKETS = web.AppKey("client_buckets", ratelimit.Buckets)
 
 
 def add_routes(app: web.Application) -> None:
     """Register the routes."""
+    app[MONITOR_BUCKETS] = ratelimit.Buckets()
+    app[CLIENT_BUCKETS] = ratelimit.Buckets()
     app.router.add_route("*", "/ping/{name}", ping)
     app.router.add_route("*", "/ping/{name}/{kind:start|fail}", ping)
     app.router.add_route("GET", "/health", health)
@@ -22,15 +37,47 @@ def _text(status_code: int, text: str) -> web.Response:
     return web.Response(status=status_code, text=text + "\n")
 
 
-async def ping(request: web.Request) -> web.StreamResponse:
-    """GET/POST /ping/{name}[/start|/fail] → 200 "OK" (404 for an unknown monitor)."""
-    st = request.app[webhook.STATE]
-    name = request.match_info["name"]
-    if monitors.ping_monitor(st.settings, name) is None:
-        return _text(404, f"no ping monitor named {name!r}")
+def _too_many(wait: float, whose: str) -> web.Response:
+    return web.Response(status=429, text=f"too many pings {whose}: retry later\n",
+                        headers={"Retry-After": str(max(1, math.ceil(wait)))})
+
+
+def _key_ok(request: web.Request, monitor: config.Monitor) -> bool:
+    """The monitor has no ping key, or the request carries it (compared in constant time)."""
+    if monitor.ping_key is None:
+        return True
+    given = request.headers.get(PING_KEY_HEADER) or request.query.get("key") or ""
+    return hmac.compare_digest(given.encode(), monitor.ping_key.encode())
+
+
+def _refusal(request: web.Request, monitor: config.Monitor) -> web.Response | None:
+    """405, 429 or 401 for a ping that must not be recorded; None to record it."""
     if request.method not in PING_METHODS:
         return web.Response(status=405, text="use GET or POST\n",
                             headers={"Allow": "GET, POST, HEAD"})
+    st = request.app[webhook.STATE]
+    rates, now = st.settings.monitoring, st.clock()
+    client = request.remote or "unknown"
+    if wait := request.app[CLIENT_BUCKETS].take(client, rates.ping_rate_per_client, now):
+        return _too_many(wait, f"from {client}")
+    if not _key_ok(request, monitor):
+        return _text(401, f"missing or wrong ping key for monitor {monitor.name!r} "
+                          f"(?key= or {PING_KEY_HEADER})")
+    if wait := request.app[MONITOR_BUCKETS].take(monitor.name, rates.ping_rate, now):
+        return _too_many(wait, f"for monitor {monitor.name!r}")
+    return None
+
+
+async def ping(request: web.Request) -> web.StreamResponse:
+    """GET/POST /ping/{name}[/start|/fail] → 200 "OK" (404 for an unknown monitor; 405, 429,
+    401 refused)."""
+    st = request.app[webhook.STATE]
+    name = request.match_info["name"]
+    monitor = monitors.ping_monitor(st.settings, name)
+    if monitor is None:
+        return _text(404, f"no ping monitor named {name!r}")
+    if (refused := _refusal(request, monitor)) is not None:
+        return refused
     try:
         body = await webhook.read_body(request, st.settings.listen.max_body_bytes)
     except webhook.BodyRefused as exc:

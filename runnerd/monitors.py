@@ -1,12 +1,14 @@
 """Monitors in the daemon: the ticker, pings, alert emails, and the `monitor tasks` check.
 
 The ticker evaluates every monitor once a second as a function of `now` (`Monitors.tick`): it
-reads the monitored rows, and only when one should change state does it write, re-evaluating
-inside the transaction (`taskstatus.tick`), so a tick never flips a row twice nor one a ping
-already moved. After a reload it first copies the new `monitors:` into the rows (`sync`).
+reads the monitored rows, and only when one should change state (or owes the summary of its
+damped flips) does it write, re-evaluating inside the transaction (`taskstatus.tick`), so a tick
+never flips a row twice nor one a ping already moved. After a reload it first copies the new
+`monitors:` into the rows (`sync`).
 
 Alerts are durable: a flip to or from `down` inserts a `monitor_flips` row in the same transaction
-as the state change. The alert loop (`Monitors.deliver`) emails each pending row to
+as the state change, `pending` unless damped (`taskstatus`: at most one alert per monitor per
+`monitoring.alert_interval`). The alert loop (`Monitors.deliver`) emails each pending row to
 `monitoring.mail_recipients` through the email action's executor (SMTP), or, with
 `transport: outbox`, writes the `outbox` row and marks the flip sent in one transaction. A
 transient SMTP failure is retried with backoff; a restart resumes the pending rows and never
@@ -32,11 +34,14 @@ TICK_SECONDS = 1.0
 #: Waits between attempts to email an alert; then it is marked failed.
 ALERT_BACKOFF = (30.0, 76.0, 152.0, 308.0, 600.0)
 PING_STATUS = {"": "succeeded", "start": "started", "fail": "failed"}
+#: The monitor's facts an alert email lists.
+ALERT_FACTS = ("state", "previous_state", "last_status", "last_success_at", "last_failure_at",
+               "last_started_at", "last_error", "state_changed_at")
 
 
 def specs(settings: config.Settings) -> dict[str, taskstatus.Spec]:
     """Each configured monitor's spec, by row name (a task monitor's row is its task's)."""
-    return {m.name: taskstatus.Spec.of(m, settings.timezone) for m in settings.monitors}
+    return {m.name: taskstatus.Spec.of(m, settings) for m in settings.monitors}
 
 
 def ping_monitor(settings: config.Settings, name: str) -> config.Monitor | None:
@@ -108,20 +113,37 @@ async def send_mail(database: db.Database, settings: config.Email,
 
 
 def alert_mail(flip: Mapping[str, Any]) -> tuple[str, str]:
-    """Subject and HTML body of the alert for a `monitor_flips` row."""
+    """Subject and HTML body of the alert for a `monitor_flips` row.
+
+    An alert that counts damped changes (`flaps` in its status) says "flapped N times since"
+    the previous alert, in its subject and its first line.
+    """
     status = models.loads(flip["status"])
-    name = flip["name"]
-    down = flip["new_state"] == "down"
-    subject = (f"runnerd: monitor {name} is DOWN" if down
-               else f"runnerd: monitor {name} is {flip['new_state'].upper()} again")
+    name, old, new = flip["name"], flip["old_state"], flip["new_state"]
+    flaps, keys = status.get("flaps") or 0, list(ALERT_FACTS)
+    if flaps:
+        since = status["flapping_since"]
+        subject = f"runnerd: monitor {name} is {new.upper()} (flapped {flaps} times since {since})"
+        lead = (f"Monitor <b>{html.escape(name)}</b> flapped {flaps} times since the previous "
+                f"alert at {since} (at most one alert per monitoring.alert_interval). It is now "
+                f"<b>{html.escape(new)}</b>; the previous alert said {html.escape(old)}.")
+        keys += ["flaps", "flapping_since"]
+    else:
+        subject = (f"runnerd: monitor {name} is DOWN" if new == "down"
+                   else f"runnerd: monitor {name} is {new.upper()} again")
+        lead = (f"Monitor <b>{html.escape(name)}</b> went from {html.escape(old)} to "
+                f"<b>{html.escape(new)}</b> at {models.iso(flip['created_at'])}.")
     facts = "".join(
         f"<tr><th align=left>{html.escape(k)}</th><td>{html.escape(str(status.get(k)))}</td></tr>"
-        for k in ("state", "previous_state", "last_status", "last_success_at", "last_failure_at",
-                  "last_started_at", "last_error", "state_changed_at"))
-    body = (f"<p>Monitor <b>{html.escape(name)}</b> went from {html.escape(flip['old_state'])} "
-            f"to <b>{html.escape(flip['new_state'])}</b> at {models.iso(flip['created_at'])}."
-            f"</p><table>{facts}</table>")
-    return subject, body
+        for k in keys)
+    return subject, f"<p>{lead}</p><table>{facts}</table>"
+
+
+def _due(row: Any, now: float) -> bool:
+    """Whether the ticker has something to write for this monitored row at `now`."""
+    spec = taskstatus.Spec.from_json(row["monitor"])
+    return (taskstatus.evaluate(spec, row, now) != row["state"]
+            or taskstatus.summary_due(spec, row, now))
 
 
 class Monitors:
@@ -152,8 +174,7 @@ class Monitors:
             self._synced = settings
         else:
             rows = await self.db.read(lambda tx: tx.all("status_monitored"))
-            changed = [r["name"] for r in rows if taskstatus.evaluate(
-                taskstatus.Spec.from_json(r["monitor"]), r, now) != r["state"]]
+            changed = [r["name"] for r in rows if _due(r, now)]
             events = []
             if changed:
                 events = await self.db.write(lambda tx: self._store(

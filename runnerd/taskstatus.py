@@ -12,9 +12,15 @@ Healthchecks' way:
 
 `evaluate(spec, row, now)` is pure. `flip` moves a row with `UPDATE … WHERE state = :old`, so a
 change to or from `down` happens once, whoever notices it first (the ticker, a ping, a finishing
-run), and in the same transaction writes its `runnerd/monitors/*` event and its `monitor_flips`
-row (the durable alert queue). This module sits below `runs`: it returns the events and the
-caller stores them with `runs.insert_events` in the same transaction.
+run), and in the same transaction writes its `monitor_flips` row and, unless damped, its
+`runnerd/monitors/*` event (the flip row is then the durable alert queue's entry).
+
+Flap damping: a monitor alerts at most once per `alert_interval` (its spec's). A change within
+the interval after the monitor's latest alert is damped: its flip row is `damped` (history
+only, no event, no email) and `task_status.flaps` counts it. Once the interval has passed, the
+next alert (a change, or the ticker's `summarize` if nothing changed) reports the count. Each
+monitor keeps its latest `FLIPS_KEPT` flips. This module sits below `runs`: it returns the
+events and the caller stores them with `runs.insert_events` in the same transaction.
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ DOWN_TOPIC = "runnerd/monitors/down"
 UP_TOPIC = "runnerd/monitors/up"
 #: The most of a /fail body (or a run's error) kept as `last_error`.
 MAX_ERROR_BYTES = 10 * 1024
+#: Flips kept per monitor (besides retention); an older one goes as a newer one is written.
+FLIPS_KEPT = 100
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -44,12 +52,14 @@ class Spec:
     schedule: str | None = None
     timezone: str = "UTC"
     task: bool = False  #: fed by a task's runs (else by pings)
+    alert_interval: float = 0.0  #: at most one alert per this many seconds (0: every change)
 
     @classmethod
-    def of(cls, monitor: config.Monitor, timezone: str) -> Spec:
+    def of(cls, monitor: config.Monitor, settings: config.Settings) -> Spec:
         """The spec of a configured monitor."""
         return cls(grace=monitor.grace, period=monitor.period, schedule=monitor.schedule,
-                   timezone=timezone, task=monitor.task is not None)
+                   timezone=settings.timezone, task=monitor.task is not None,
+                   alert_interval=settings.monitoring.alert_interval)
 
     def to_json(self) -> str:
         """The `monitor` column."""
@@ -129,11 +139,22 @@ def row_json(row: Any) -> dict[str, Any]:
     return out
 
 
+def damped(spec: Spec, row: Any, now: float) -> bool:
+    """Whether an alert of this monitor at `now` falls within the interval after its latest."""
+    alerted = row["alerted_at"]
+    return spec.alert_interval > 0 and alerted is not None and now < alerted + spec.alert_interval
+
+
+def summary_due(spec: Spec, row: Any, now: float) -> bool:
+    """Changes were damped and the interval has passed: `summarize` has an alert to write."""
+    return row["flaps"] > 0 and row["state"] != "paused" and not damped(spec, row, now)
+
+
 def flip(tx: db.Tx, row: Any, now: float) -> list[models.Event]:
     """Re-evaluate `row` (as read in this transaction); move it if its state changed.
 
-    A change to or from `down` (not through `paused`) also writes its event and its
-    `monitor_flips` row; the events are returned for `runs.insert_events`.
+    A change to or from `down` (not through `paused`) also writes its `monitor_flips` row and,
+    unless damped, its event (returned for `runs.insert_events`).
     """
     spec = Spec.from_json(row["monitor"]) if row["monitor"] else None
     old, new = row["state"], evaluate(spec, row, now)
@@ -143,13 +164,47 @@ def flip(tx: db.Tx, row: Any, now: float) -> list[models.Event]:
                                        "now": now}).rowcount
     if not moved or spec is None or "paused" in (old, new) or "down" not in (old, new):
         return []
-    data = row_json({**dict(row), "state": new, "state_changed_at": now,
-                     "previous_state": old})
-    event = models.Event(id=models.new_id(), topic=DOWN_TOPIC if new == "down" else UP_TOPIC,
+    after = {**dict(row), "state": new, "state_changed_at": now}
+    if damped(spec, row, now):
+        tx.execute("status_damped", {"name": row["name"]})
+        _flip_row(tx, row_json({**after, "previous_state": old}), old, now, None)
+        return []
+    return alert(tx, after, old, now)
+
+
+def summarize(tx: db.Tx, row: Any, now: float) -> list[models.Event]:
+    """The alert summing up the changes damped since the latest, once the interval has passed."""
+    if row["monitor"] is None or not summary_due(Spec.from_json(row["monitor"]), row, now):
+        return []
+    return alert(tx, row, row["alerted_state"] or row["state"], now)
+
+
+def alert(tx: db.Tx, row: Mapping[str, Any], previous: str, now: float) -> list[models.Event]:
+    """Alert on `row` as it is now: its event and its pending flip row; the interval restarts.
+
+    The event's data is the row with `previous_state` (the state before the change, or the one
+    the latest alert reported), `flaps` (changes damped since that alert) and `flapping_since`
+    (that alert's time, when flaps > 0).
+    """
+    flaps = row["flaps"]
+    data = {**row_json({**dict(row), "previous_state": previous}), "flaps": flaps,
+            "flapping_since": models.iso(row["alerted_at"]) if flaps else None}
+    state = row["state"]
+    event = models.Event(id=models.new_id(), topic=DOWN_TOPIC if state == "down" else UP_TOPIC,
                          data=data, source="runnerd", created_at=now)
-    tx.execute("flip_insert", {"name": row["name"], "old_state": old, "new_state": new,
-                               "now": now, "event_id": event.id, "status": models.dumps(data)})
+    tx.execute("status_alerted", {"name": row["name"], "state": state, "now": now})
+    _flip_row(tx, data, previous, now, event.id)
     return [event]
+
+
+def _flip_row(tx: db.Tx, data: dict[str, Any], old: str, now: float,
+              event_id: str | None) -> None:
+    """Write a `monitor_flips` row (pending with an event, damped without); trim the history."""
+    name = data["name"]
+    tx.execute("flip_insert", {"name": name, "old_state": old, "new_state": data["state"],
+                               "now": now, "event_id": event_id, "status": models.dumps(data),
+                               "mail_state": "damped" if event_id is None else "pending"})
+    tx.execute("flips_trim", {"name": name, "keep": FLIPS_KEPT})
 
 
 def record(tx: db.Tx, name: str, status: str, now: float,
@@ -166,12 +221,13 @@ def record(tx: db.Tx, name: str, status: str, now: float,
 
 
 def tick(tx: db.Tx, names: Iterable[str], now: float) -> list[models.Event]:
-    """Re-evaluate these monitors at `now` (the ticker's write)."""
+    """Re-evaluate these monitors at `now` and send the summaries due (the ticker's write)."""
     events = []
     for name in names:
         row = tx.one("status_get", {"name": name})
         if row is not None:
             events += flip(tx, row, now)
+            events += summarize(tx, tx.one("status_get", {"name": name}), now)
     return events
 
 

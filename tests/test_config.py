@@ -129,6 +129,35 @@ def test_monitors(tmp_path: Path) -> None:
     assert "monitors[2].period: expected a duration" in found
 
 
+def test_flap_damping_rate_limits_and_ping_keys(tmp_path: Path) -> None:
+    s = load(tmp_path, "database: x.db\nmonitors: [{name: b, period: 1h}]\n")
+    assert (s.monitoring.alert_interval, s.monitoring.ping_rate,
+            s.monitoring.ping_rate_per_client) == (600, 30, 300)
+    assert s.monitors[0].ping_key is None
+    s = load(tmp_path, """
+        database: x.db
+        monitoring: {alert_interval: 0, ping_rate: 0, ping_rate_per_client: 5}
+        monitors: [{name: b, period: 1h, ping_key: "${KEY}"}]
+    """, {"KEY": "k-123"})
+    assert (s.monitoring.alert_interval, s.monitoring.ping_rate,
+            s.monitoring.ping_rate_per_client) == (0, 0, 5)
+    assert s.monitors[0].ping_key == "k-123" and "k-123" not in repr(s)
+    assert problems(tmp_path, """
+        database: x.db
+        monitoring: {alert_interval: soon, ping_rate: -1, ping_rate_per_client: many}
+        tasks: [{name: T, code: ""}]
+        monitors:
+          - {name: b, period: 1h, ping_key: "${EMPTY}"}
+          - {task: T, period: 1h, ping_key: k}
+    """, {"EMPTY": ""}) == [
+        "monitoring.alert_interval: expected a duration like 30s, 10m, 2h, 1d, got 'soon'",
+        "monitoring.ping_rate: must be 0 (no limit) or more, got -1",
+        "monitoring.ping_rate_per_client: expected an integer, got 'many'",
+        "monitors[0].ping_key: empty: remove the key for a monitor anyone may ping",
+        "monitors[1].ping_key: only for ping monitors (name:): a task monitor is fed by its "
+        "task's runs"]
+
+
 def test_not_yaml(tmp_path: Path) -> None:
     found = problems(tmp_path, "database: [x\n")
     assert len(found) == 1 and "not valid YAML" in found[0]

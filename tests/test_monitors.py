@@ -152,7 +152,7 @@ def settings(tmp_path: Path, extra: str = "") -> config.Settings:
     path = tmp_path / "m.yaml"
     path.write_text(textwrap.dedent("""\
         database: test.db
-        monitoring: {mail_recipients: [ops@example.com]}
+        monitoring: {mail_recipients: [ops@example.com], alert_interval: 0}  # one per change
         monitors:
           - {name: backup, period: 10m, grace: 1m}
           - {task: Job, period: 1h, grace: 5m}
@@ -331,7 +331,7 @@ def ping_config(smtp_port: int) -> str:
     return f"""
         email: {{transport: smtp, from: runnerd@example.com,
                  smtp: {{host: 127.0.0.1, port: {smtp_port}}}}}
-        monitoring: {{mail_recipients: [ops@example.com]}}
+        monitoring: {{mail_recipients: [ops@example.com], alert_interval: 0}}
         monitors:
           - {{name: backup, period: 1s, grace: 1s}}
           - {{name: other, period: 1h, grace: 1h}}
@@ -418,7 +418,7 @@ def lifecycle_config(smtp_port: int) -> str:
     return f"""
         email: {{transport: smtp, from: runnerd@example.com,
                  smtp: {{host: 127.0.0.1, port: {smtp_port}}}}}
-        monitoring: {{mail_recipients: [ops@example.com]}}
+        monitoring: {{mail_recipients: [ops@example.com], alert_interval: 0}}
         monitors:
           - {{name: job, period: 2s, grace: 2s}}
         """

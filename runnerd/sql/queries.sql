@@ -200,21 +200,38 @@ ON CONFLICT (name) DO UPDATE SET monitor = excluded.monitor;
 
 -- name: status_unmonitor
 -- Monitors removed from the configuration: their rows stay (task facts), silenced.
-UPDATE task_status SET monitor = NULL, state = 'new', expect_from = NULL, state_changed_at = :now
+UPDATE task_status SET monitor = NULL, state = 'new', expect_from = NULL, state_changed_at = :now,
+    flaps = 0
 WHERE monitor IS NOT NULL AND name NOT IN (SELECT value FROM json_each(:names));
 
 -- name: status_pause
-UPDATE task_status SET state = 'paused', state_changed_at = :now
+-- Paused: no alert, not even the summary of the flips damped before.
+UPDATE task_status SET state = 'paused', state_changed_at = :now, flaps = 0
 WHERE name = :name AND monitor IS NOT NULL AND state != 'paused';
 
 -- name: status_resume
 UPDATE task_status SET state = 'new', expect_from = :now, state_changed_at = :now
 WHERE name = :name AND state = 'paused';
 
+-- name: status_alerted
+-- A monitor alerted (taskstatus.alert): the damping interval starts again, the flaps are told.
+UPDATE task_status SET alerted_at = :now, alerted_state = :state, flaps = 0 WHERE name = :name;
+
+-- name: status_damped
+UPDATE task_status SET flaps = flaps + 1 WHERE name = :name;
+
 -- name: flip_insert
+-- :mail_state is 'pending' (an alert to send) or 'damped' (history only).
 INSERT INTO monitor_flips (name, old_state, new_state, created_at, event_id, status,
-                           mail_next_at)
-VALUES (:name, :old_state, :new_state, :now, :event_id, :status, :now);
+                           mail_state, mail_next_at)
+VALUES (:name, :old_state, :new_state, :now, :event_id, :status, :mail_state, :now);
+
+-- name: flips_trim
+-- A monitor keeps its latest :keep flips; older ones go unless their alert is still pending.
+DELETE FROM monitor_flips
+WHERE name = :name AND mail_state <> 'pending'
+  AND id <= (SELECT id FROM monitor_flips WHERE name = :name ORDER BY id DESC
+             LIMIT 1 OFFSET :keep);
 
 -- name: flips_due
 SELECT * FROM monitor_flips WHERE mail_state = 'pending' AND mail_next_at <= :now

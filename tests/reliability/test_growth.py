@@ -221,7 +221,8 @@ GROWTH = {
     "cache": "cache.purge: expired keys (janitor and runnerd prune)",
     "scheduler_slots": "prune_slots: older than 7 days, each topic's latest kept",
     "outbox": "retention.prune_batch: older than retention_days",
-    "monitor_flips": "retention.prune_batch: handled alerts older than retention_days_failed",
+    "monitor_flips": "flips_trim: the latest 100 per monitor; retention.prune_batch: handled "
+                     "alerts older than retention_days_failed",
     "workers": "retention.prune_batch and start-up: no heartbeat for 7 days",
     "task_status": "one row per task or monitor name in the configuration",
     "event_counts": "one row per event source (a handful)",

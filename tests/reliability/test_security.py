@@ -7,8 +7,8 @@
 - The listener binds 127.0.0.1 unless told otherwise; webhooks and the event action cannot create
   `mechanic/*` or `runnerd/*` events (the operator's `runnerd send` may); an empty webhook secret
   is a configuration error, not an unsigned webhook.
-- Secrets (admin token, webhook secret, SMTP password, Authorization and API-key headers, URL
-  credentials) never appear in the log, the database, the HTTP answers or the command line's
+- Secrets (admin token, webhook secret, ping key, SMTP password, Authorization and API-key headers,
+  URL credentials) never appear in the log, the database, the HTTP answers or the command line's
   output, even when the actions that carry them fail.
 """
 
@@ -42,6 +42,7 @@ SECRETS = {
     "API_KEY": "APIKEY-61c2d9aa",
     "URL_PASS": "URLPASS-8e1f2277",
     "URL_TOKEN": "QUERYTOKEN-77aa0c",
+    "PING_KEY": "PINGKEY-4b6e1f90",
 }
 WRONG_TOKEN = "WRONG-TOKEN-0d9e8f7a"  # what a client tried: never echoed either
 AUTH = {"Authorization": f"Bearer {SECRETS['ADMIN']}"}
@@ -56,6 +57,8 @@ email:
 webhooks:
   - {name: signed, topic: user/orders/signed, secret: "${HOOK}", tolerance: 60}
   - {name: full, topic: user/orders/full, mode: full, secret: "${HOOK}"}
+monitors:
+  - {name: guarded, period: 1h, grace: 1h, ping_key: "${PING_KEY}"}
 tasks:
   - name: Caller
     subscriptions: |
@@ -291,6 +294,10 @@ def test_secrets_never_appear_in_logs_database_answers_or_output(
                           {"X-Runnerd-Signature": sign(body, WRONG_TOKEN)})[0] == 401
     assert daemon.request("GET", "/api/runs", headers={
         "Authorization": f"Bearer {WRONG_TOKEN}"})[0] == 401
+    assert daemon.request("GET", f"/ping/guarded?key={SECRETS['PING_KEY']}")[0] == 200
+    assert daemon.request("POST", "/ping/guarded/fail", "x", {
+        "X-Runnerd-Ping-Key": SECRETS["PING_KEY"]})[0] == 200
+    assert daemon.request("GET", f"/ping/guarded?key={WRONG_TOKEN}")[0] == 401
     status, _, answer = daemon.post_json("/api/events", {"topic": "user/secret/go", "data": 1},
                                          AUTH)
     assert status == 201, answer
