@@ -15,10 +15,11 @@ change to or from `down` happens once, whoever notices it first (the ticker, a p
 run), and in the same transaction writes its `monitor_flips` row and, unless damped, its
 `runnerd/monitors/*` event (the flip row is then the durable alert queue's entry).
 
-Flap damping: a monitor alerts at most once per `alert_interval` (its spec's). A change within
-the interval after the monitor's latest alert is damped: its flip row is `damped` (history
-only, no event, no email) and `task_status.flaps` counts it. Once the interval has passed, the
-next alert (a change, or the ticker's `summarize` if nothing changed) reports the count. Each
+Flap damping: within `alert_interval` (its spec's) after a monitor's latest alert, a change to
+`down`, and every change after one was damped, is damped: its flip row is `damped` (history
+only, no event, no email) and `task_status.flaps` counts it. So a down and its recovery alert at
+once, and a flapping monitor alerts at most twice per interval. Once the interval has passed,
+the next alert (a change, or the ticker's `summarize` if nothing changed) reports the count. Each
 monitor keeps its latest `FLIPS_KEPT` flips. This module sits below `runs`: it returns the
 events and the caller stores them with `runs.insert_events` in the same transaction.
 """
@@ -139,15 +140,22 @@ def row_json(row: Any) -> dict[str, Any]:
     return out
 
 
-def damped(spec: Spec, row: Any, now: float) -> bool:
-    """Whether an alert of this monitor at `now` falls within the interval after its latest."""
+def _within(spec: Spec, row: Any, now: float) -> bool:
+    """Whether `now` falls within the interval after this monitor's latest alert."""
     alerted = row["alerted_at"]
     return spec.alert_interval > 0 and alerted is not None and now < alerted + spec.alert_interval
 
 
+def damped(spec: Spec, row: Any, now: float, new_state: str) -> bool:
+    """Whether a change to `new_state` at `now` is damped: it falls within the interval after
+    the latest alert and is a new `down` or follows changes already damped. A recovery right
+    after a down alert is told at once; flapping after it is summed up later."""
+    return _within(spec, row, now) and (new_state == "down" or row["flaps"] > 0)
+
+
 def summary_due(spec: Spec, row: Any, now: float) -> bool:
     """Changes were damped and the interval has passed: `summarize` has an alert to write."""
-    return row["flaps"] > 0 and row["state"] != "paused" and not damped(spec, row, now)
+    return row["flaps"] > 0 and row["state"] != "paused" and not _within(spec, row, now)
 
 
 def flip(tx: db.Tx, row: Any, now: float) -> list[models.Event]:
@@ -165,7 +173,7 @@ def flip(tx: db.Tx, row: Any, now: float) -> list[models.Event]:
     if not moved or spec is None or "paused" in (old, new) or "down" not in (old, new):
         return []
     after = {**dict(row), "state": new, "state_changed_at": now}
-    if damped(spec, row, now):
+    if damped(spec, row, now, new):
         tx.execute("status_damped", {"name": row["name"]})
         _flip_row(tx, row_json({**after, "previous_state": old}), old, now, None)
         return []

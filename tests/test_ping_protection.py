@@ -90,44 +90,52 @@ async def test_flapping_alerts_at_once_then_once_per_interval_with_a_summary(
         assert down.topic == taskstatus.DOWN_TOPIC and down.data["flaps"] == 0
         assert await mon.deliver(T0 + 1) == 1
         assert subjects(recorder) == ["runnerd: monitor backup is DOWN"]
-        # 199 more alternating reports within the interval: recorded and counted, no event, no
-        # email; the flip history stays at FLIPS_KEPT rows.
-        for i in range(1, 200):
+        # Its recovery within the interval alerts at once too: a down and an up are no flapping.
+        (up,) = await monitors.ping(database, "backup", "succeeded", b"", T0 + 2)
+        assert up.topic == taskstatus.UP_TOPIC and up.data["flaps"] == 0
+        assert await mon.deliver(T0 + 2) == 1
+        # 198 more alternating reports within the interval after that alert: recorded and
+        # counted, no event, no email; the flip history stays at FLIPS_KEPT rows.
+        for i in range(2, 200):
             status = "succeeded" if i % 2 else "failed"
             assert await monitors.ping(database, "backup", status, b"", T0 + 1 + i) == []
             assert await mon.tick(T0 + 1 + i) == []
-        assert await mon.deliver(T0 + 200) == 0 and len(recorder.messages) == 1
+        assert await mon.deliver(T0 + 200) == 0 and len(recorder.messages) == 2
         assert await flips(database) == {"damped": taskstatus.FLIPS_KEPT}
-        assert await flaps(database) == 199
+        assert await flaps(database) == 198
         events = await database.read(lambda tx: tx.conn.execute(
             "SELECT COUNT(*) FROM events WHERE topic LIKE 'runnerd/monitors/%'").fetchone()[0])
-        assert events == 1
+        assert events == 2
         # Once the interval has passed, one summary: the state now and how often it flapped.
-        assert await mon.tick(T0 + 1 + 599) == []
-        (summary,) = await mon.tick(T0 + 1 + 600)
+        assert await mon.tick(T0 + 2 + 599) == []
+        (summary,) = await mon.tick(T0 + 2 + 600)
         assert summary.topic == taskstatus.UP_TOPIC
         assert (summary.data["state"], summary.data["previous_state"], summary.data["flaps"],
-                summary.data["flapping_since"]) == ("up", "down", 199, models.iso(T0 + 1))
-        assert await mon.tick(T0 + 1 + 601) == []  # once
-        assert await mon.deliver(T0 + 1 + 600) == 1
-        assert subjects(recorder)[1] == (f"runnerd: monitor backup is UP (flapped 199 times "
-                                         f"since {models.iso(T0 + 1)})")
-        assert b"flapped 199 times since the previous" in recorder.messages[1].data
+                summary.data["flapping_since"]) == ("up", "up", 198, models.iso(T0 + 2))
+        assert await mon.tick(T0 + 2 + 601) == []  # once
+        assert await mon.deliver(T0 + 2 + 600) == 1
+        assert subjects(recorder)[2] == (f"runnerd: monitor backup is UP (flapped 198 times "
+                                         f"since {models.iso(T0 + 2)})")
+        assert b"flapped 198 times since the previous" in recorder.messages[2].data
         assert await flaps(database) == 0
         # Quiet for longer than the interval: nothing more; then a change alerts at once again.
         assert await mon.tick(T0 + 5000) == []
         (again,) = await monitors.ping(database, "backup", "failed", b"", T0 + 5000)
         assert again.data["flaps"] == 0 and again.data["previous_state"] == "up"
-        # Damped changes survive a restart: the new process sends their summary when it is due.
-        assert await monitors.ping(database, "backup", "succeeded", b"", T0 + 5001) == []
+        (recovered,) = await monitors.ping(database, "backup", "succeeded", b"", T0 + 5001)
+        assert recovered.topic == taskstatus.UP_TOPIC and recovered.data["flaps"] == 0
+        # A new down within the interval after that alert is damped; damped changes survive a
+        # restart: the new process sends their summary when it is due.
+        assert await monitors.ping(database, "backup", "failed", b"", T0 + 5002) == []
         restarted = monitors.Monitors(database, lambda: s)
-        assert await restarted.tick(T0 + 5599) == []
-        (late,) = await restarted.tick(T0 + 5600)
-        assert (late.data["flaps"], late.data["state"]) == (1, "up")
+        assert await restarted.tick(T0 + 5600) == []
+        (late,) = await restarted.tick(T0 + 5601)
+        assert (late.data["flaps"], late.data["state"]) == (1, "down")
         # Pausing drops the summary owed: a paused monitor alerts about nothing.
-        await monitors.ping(database, "backup", "failed", b"", T0 + 5601)
+        (up_again,) = await monitors.ping(database, "backup", "succeeded", b"", T0 + 5602)
+        assert await monitors.ping(database, "backup", "failed", b"", T0 + 5603) == []
         assert await flaps(database) == 1
-        await database.write(lambda tx: taskstatus.pause(tx, "backup", T0 + 5602))
+        await database.write(lambda tx: taskstatus.pause(tx, "backup", T0 + 5604))
         assert await restarted.tick(T0 + 9000) == [] and await flaps(database) == 0
         for m in (mon, restarted):
             if m._executor is not None:
@@ -154,7 +162,7 @@ def bomb_config(smtp_port: int, interval: str) -> str:
         """
 
 
-def test_a_ping_bomb_gives_one_alert_then_one_summary(make_daemon: Any) -> None:
+def test_a_ping_bomb_gives_a_down_and_an_up_alert_then_one_summary(make_daemon: Any) -> None:
     with smtp_server() as (controller, recorder):
         d: Daemon = make_daemon(bomb_config(controller.port, "1h")).start()
         conn = http.client.HTTPConnection("127.0.0.1", d.port, timeout=10)
@@ -169,28 +177,29 @@ def test_a_ping_bomb_gives_one_alert_then_one_summary(make_daemon: Any) -> None:
 
         def settled() -> bool:
             return d.query("SELECT COUNT(*) FROM monitor_flips WHERE mail_state = 'pending'"
-                           )[0][0] == 0 and len(recorder.messages) >= 1
+                           )[0][0] == 0 and len(recorder.messages) >= 2
 
         wait_until(settled, timeout=15)
-        assert subjects(recorder) == ["runnerd: monitor x is DOWN"]
+        assert subjects(recorder) == ["runnerd: monitor x is DOWN", "runnerd: monitor x is UP again"]
         assert d.query("SELECT COUNT(*) FROM events WHERE topic LIKE 'runnerd/monitors/%'"
-                       )[0][0] == 1
+                       )[0][0] == 2
         assert d.query("SELECT COUNT(*) FROM monitor_flips")[0][0] == taskstatus.FLIPS_KEPT
-        assert d.query("SELECT flaps FROM task_status WHERE name = 'x'")[0][0] == 199
+        assert d.query("SELECT flaps FROM task_status WHERE name = 'x'")[0][0] == 198
         # A reload shortens the interval, which has now passed: one summary, mail and event.
         d.write_config(bomb_config(controller.port, "1s"))
         assert d.proc is not None
         d.proc.send_signal(signal.SIGHUP)
-        wait_until(lambda: len(recorder.messages) == 2, timeout=15)
-        assert subjects(recorder)[1].startswith("runnerd: monitor x is UP (flapped 199 times")
-        d.wait_runs("kind = 'action' AND state = 'succeeded'", 2)
+        wait_until(lambda: len(recorder.messages) == 3, timeout=15)
+        assert subjects(recorder)[2].startswith("runnerd: monitor x is UP (flapped 198 times")
+        d.wait_runs("kind = 'action' AND state = 'succeeded'", 3)
         echoed = [json.loads(r[0]) for r in d.query(
             "SELECT result FROM runs WHERE kind = 'action' ORDER BY id")]
-        assert echoed == [{"state": "down", "flaps": 0}, {"state": "up", "flaps": 199}]
+        assert echoed == [{"state": "down", "flaps": 0}, {"state": "up", "flaps": 0},
+                          {"state": "up", "flaps": 198}]
         wait_until(settled, timeout=15)
-        assert len(recorder.messages) == 2
+        assert len(recorder.messages) == 3
         assert d.query("SELECT COUNT(*) FROM events WHERE topic LIKE 'runnerd/monitors/%'"
-                       )[0][0] == 2
+                       )[0][0] == 3
         assert d.stop() == 0
 
 
