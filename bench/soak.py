@@ -121,7 +121,7 @@ def claim_probe(path: Path, history: int, *, due: int = 1000, reps: int = 200,
             "'{}', ?)", [(now + i * 1e-6, now) for i in range(due)])
         conn.execute("COMMIT")
         name, claim = claim_sql()
-        params = {"now": now + 1, "limit": 64}
+        params = {"now": now + 1, "limit": 64, "event_limit": 64}
         plan = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + claim, params)]
         promote_plan = [row[3] for row in conn.execute(
             "EXPLAIN QUERY PLAN " + sql.queries["promote_scheduled"], params)]

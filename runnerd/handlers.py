@@ -49,8 +49,9 @@ class Handlers:
     def route(self, event: models.Event, now: float) -> tuple[list[str], list[dict[str, Any]]]:
         """One task run per enabled subscribed task (delayed by its offset), and their names.
 
-        The daemon routes the events it stores in the storing transaction (`runs.Router`);
-        `event_run` does it for events stored elsewhere (the CLI) or scheduled for later.
+        The daemon routes the events it stores in the storing transaction (`runs.Router`), and
+        those stored elsewhere (the CLI) or for later in its worker's transaction once they are
+        due (`runs.route_due`); `event_run` does it for a worker without a router.
         """
         reg = self.get_registry()
         tz = reg.settings.tz

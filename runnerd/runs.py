@@ -9,7 +9,9 @@ worker can finish a batch of runs and claim the next batch in a single commit.
                                    \\--(crash or stop: requeue, the attempt counts)
 
 Task runs are never claimed: the worker renders them while they are `due` and `finish` takes
-them straight from `due` to their final state (see `due_task_runs`).
+them straight from `due` to their final state (see `due_task_runs`). Nor are event runs in the
+daemon: they are routed where they are stored (`insert_events`) or, when they come due later,
+in the worker's transaction (`route_due`).
 """
 
 from __future__ import annotations
@@ -95,7 +97,8 @@ def run_row(
 
 
 class Router(Protocol):
-    """Performs event runs where events are stored (the daemon's `handlers.Handlers`)."""
+    """Performs event runs where events are stored, or in the worker's transaction once they
+    are due (the daemon's `handlers.Handlers`)."""
 
     def route(self, event: models.Event, now: float) -> tuple[list[str], list[dict[str, Any]]]:
         """The names of the tasks that receive `event`, and their task runs (`run_row`s)."""
@@ -108,8 +111,13 @@ def performed_event_run(event: models.Event, names: list[str], now: float) -> di
     """An event run already performed: its task runs are stored beside it."""
     row = run_row(RunKind.EVENT, event.id, now)
     row.update(state=_SUCCEEDED, attempts=1, started_at=now, finished_at=now,
-               result=models.dumps({"tasks": names}) if names else _NO_TASKS)
+               result=_routed_result(names))
     return row
+
+
+def _routed_result(names: list[str]) -> str:
+    """An event run's result (JSON): the names of the tasks it made task runs for."""
+    return models.dumps({"tasks": names}) if names else _NO_TASKS
 
 
 _SUCCEEDED = str(RunState.SUCCEEDED)
@@ -187,12 +195,43 @@ def promote(tx: db.Tx, now: float) -> None:
 
 def claim(tx: db.Tx, limit: int, now: float) -> list[Job]:
     """Promote scheduled runs whose time came, then start up to `limit` due action and event
-    runs (the runs that take a worker slot), by priority. Task runs are never claimed: see
-    `due_task_runs`."""
+    runs (the runs that take a worker slot), by priority. Task runs are never claimed (see
+    `due_task_runs`), and event runs are not where a router routes them (`route_due`)."""
     promote(tx, now)
     if limit <= 0:
         return []
-    return _jobs(tx, tx.all("claim_runs", {"now": now, "limit": limit}))
+    event_limit = 0 if tx.router is not None else limit
+    return _jobs(tx, tx.all("claim_runs", {"now": now, "limit": limit,
+                                           "event_limit": event_limit}))
+
+
+def route_due(tx: db.Tx, limit: int, now: float) -> int:
+    """Route up to `limit` due event runs, oldest first, with the daemon's router (`tx.router`):
+    each goes from `due` straight to `succeeded`, its task runs stored beside it, as
+    `insert_events` does for the events it stores. Returns how many were routed.
+
+    These are the events stored elsewhere (the CLI) or for later. Routing is CPU work (a lookup
+    in memory), so an event run takes no worker slot: slow action runs holding every slot never
+    hold up the task runs of waiting events.
+    """
+    router: Router | None = tx.router
+    if router is None or limit <= 0:
+        return 0
+    rows = tx.all("due_event_runs", {"limit": limit})
+    if not rows:
+        return 0
+    events = _events(tx, {row["event_id"] for row in rows})
+    finished, task_runs = [], []
+    for row in rows:
+        names, children = router.route(events[row["event_id"]], now)
+        finished.append({"id": row["id"], "from": _DUE, "state": _SUCCEEDED, "error": None,
+                         "result": _routed_result(names), "now": now, "started_at": now,
+                         "attempts": row["attempts"] + 1})
+        task_runs.extend(children)
+    tx.executemany("finish_run", finished)
+    tx.executemany("insert_run", task_runs)
+    tx.routed += len(rows)
+    return len(rows)
 
 
 def due_task_runs(tx: db.Tx, limit: int) -> list[Job]:
@@ -350,16 +389,19 @@ def _store_children(tx: db.Tx, outcome: Outcome, now: float, rand: Callable[[], 
 
 
 def finish_and_claim(tx: db.Tx, outcomes: Sequence[Outcome], limit: int, now: float,
-                     performed: list[Outcome] | None = None,
-                     renders: int = 0) -> tuple[list[Job], list[Job]]:
+                     performed: list[Outcome] | None = None, renders: int = 0,
+                     routes: int = 0) -> tuple[list[Job], list[Job], int]:
     """The worker's one transaction per turn: record what finished, claim what is next.
 
-    Returns the claimed jobs (at most `limit`) and up to `renders` due task runs. Outcomes are
-    recorded first, so a task run rendered in the last turn is never handed out again.
-    `performed` receives the outcomes of the action runs performed in place."""
+    Returns the claimed jobs (at most `limit`), up to `renders` due task runs (those of the up
+    to `routes` event runs routed here included: `route_due`), and how many event runs were
+    routed. Outcomes are recorded first, so a task run rendered in the last turn is never handed
+    out again. `performed` receives the outcomes of the action runs performed in place."""
     for outcome in outcomes:
         finish(tx, outcome, now, performed=performed)
-    return claim(tx, limit, now), due_task_runs(tx, renders)
+    jobs = claim(tx, limit, now)
+    routed = route_due(tx, routes, now)
+    return jobs, due_task_runs(tx, renders), routed
 
 
 def requeue_started(tx: db.Tx) -> int:

@@ -6,9 +6,12 @@ a time right after each turn (for at most `RENDER_BATCH_SECONDS`, yielding to th
 between renders) and records them in the next turn, straight from `due`. The task runs of a
 webhook batch are handed over by the ingest as soon as it commits (`offer`): the worker renders
 them before its next turn instead of fetching them in it, which takes one transaction off a
-webhook's way to its actions. The worker knows nothing of Liquid or SMTP: it gets a handler per
-run kind. It wakes when the webhook, the scheduler or a finished run says there is work, and
-polls so that scheduled runs and retries come due.
+webhook's way to its actions. Event runs take no slot in the daemon either: routing is a lookup
+in memory, so the turn's transaction routes the due ones (`runs.route_due`) and fetches their
+task runs with the others; slow action runs holding every slot hold up neither. The worker
+knows nothing of Liquid or SMTP: it gets a handler per run kind. It wakes when the webhook, the
+scheduler or a finished run says there is work, and polls so that scheduled runs and retries
+come due.
 
 Lanes: a run may belong to a lane (an http action run: its target host). At most `lane_cap` runs
 of one lane are started at once; a claimed run over the cap is handed back, `scheduled` a moment
@@ -44,6 +47,8 @@ DEFER_ROUNDS = 8
 #: stay due for the next turn): a burst is recorded in steps, never one long transaction.
 RENDER_BATCH = 64
 RENDER_BATCH_SECONDS = 0.05
+#: Due event runs routed per turn (in the daemon, whose database has a router).
+ROUTE_BATCH = 64
 
 
 def http_lane(run: models.Run) -> str | None:
@@ -89,6 +94,7 @@ class Worker:
         self.deferred = 0  #: runs handed back because their lane was full (since start)
         self.performed_inline = 0  #: in-process action runs finished with their task run
         self.rendered = 0  #: task runs rendered (since start)
+        self.routed = 0  #: event runs routed in the worker's transactions (since start)
         self.handed_over = 0  #: of those, task runs rendered as offered, without a fetch
         self.healthy = True  #: False while the database refuses writes
         self._offered: list[runs.Job] = []  #: handed over by `offer`, not rendered yet
@@ -132,24 +138,29 @@ class Worker:
 
     async def run_until_idle(self) -> int:
         """Perform due runs until none is left; return how many were performed: claimed,
-        rendered (task runs) or in place (in-process action runs) (burst mode)."""
-        total, before = 0, self.performed_inline + self.rendered
+        rendered (task runs), routed (event runs) or in place (in-process action runs) (burst
+        mode)."""
+        total, before = 0, self._performed_here()
         while True:
             claimed = await self._turn(claim=True)
             total += claimed
             if self._active:
                 await asyncio.wait(list(self._active.values()))
                 continue
-            if claimed == 0 and not self._done:
-                return total + self.performed_inline + self.rendered - before
+            if claimed == 0 and not self._done and not self.wakeup.is_set():
+                return total + self._performed_here() - before
+
+    def _performed_here(self) -> int:
+        """Runs performed without a slot (since start)."""
+        return self.performed_inline + self.rendered + self.routed
 
     def _free(self) -> int:
         return max(0, self.concurrency - len(self._active))
 
     async def _turn(self, *, claim: bool) -> int:
         """Render the task runs offered since the last turn; then one transaction: finish what is
-        done, claim up to the free slots; then render the due task runs it fetched. Returns how
-        many runs were claimed."""
+        done, claim up to the free slots, route due event runs; then render the due task runs
+        it fetched. Returns how many runs were claimed."""
         if claim and self._offered:
             offered, self._offered = self._offered, []
             self.handed_over += await self._render(offered)
@@ -157,14 +168,14 @@ class Worker:
         if not done and not claim:
             return 0
         limit = self._free() if claim else 0
-        renders = RENDER_BATCH if claim else 0
+        renders, routes = (RENDER_BATCH, ROUTE_BATCH) if claim else (0, 0)
         now = self.clock()
         self.wakeup.clear()
         busy = collections.Counter(self._lanes)  # a snapshot: the db thread must not see it move
         performed: list[runs.Outcome] = []  # in-process action runs finished on the db thread
         try:
-            jobs, task_jobs = await self.db.write(lambda tx: self._finish_and_claim(
-                tx, done, limit, now, busy, performed, renders))
+            jobs, task_jobs, routed = await self.db.write(lambda tx: self._finish_and_claim(
+                tx, done, limit, now, busy, performed, renders, routes))
         except errors.DatabaseError as exc:
             # Keep the outcomes: the runs stay `started` (or `due`) in the file, so nothing is
             # lost even if we die now; they are written as soon as the database takes writes.
@@ -177,6 +188,9 @@ class Worker:
         self.healthy = True
         self._held.difference_update(o.run.id for o in done if o.run.kind is models.RunKind.TASK)
         self.performed_inline += len(performed)
+        self.routed += routed
+        if routed == routes > 0:
+            self.wakeup.set()  # a full batch may have left more due event runs behind
         if (done or performed) and self.on_finished is not None:
             self.on_finished(done + performed)
         for job in jobs:
@@ -208,12 +222,14 @@ class Worker:
 
     def _finish_and_claim(self, tx: db.Tx, done: list[runs.Outcome], limit: int, now: float,
                           busy: collections.Counter[str], performed: list[runs.Outcome],
-                          renders: int) -> tuple[list[runs.Job], list[runs.Job]]:
-        """On the db thread: finish, claim, and hand back claimed runs whose lane is full.
-        Returns the claimed jobs kept and the task runs to render."""
-        jobs, task_jobs = runs.finish_and_claim(tx, done, limit, now, performed, renders)
+                          renders: int, routes: int
+                          ) -> tuple[list[runs.Job], list[runs.Job], int]:
+        """On the db thread: finish, claim, route, and hand back claimed runs whose lane is
+        full. Returns the claimed jobs kept, the task runs to render and the event runs routed."""
+        jobs, task_jobs, routed = runs.finish_and_claim(tx, done, limit, now, performed,
+                                                        renders, routes)
         if self.lane is None or not jobs:
-            return jobs, task_jobs
+            return jobs, task_jobs, routed
         kept: list[runs.Job] = []
         for rounds in range(DEFER_ROUNDS, -1, -1):
             handed_back = []
@@ -234,7 +250,7 @@ class Worker:
                 break
             # Handed-back runs are scheduled in the future, so this claim takes the next ones.
             jobs = runs.claim(tx, len(handed_back), now)
-        return kept, task_jobs
+        return kept, task_jobs, routed
 
     async def _outcome(self, job: runs.Job) -> runs.Outcome:
         """The run's handler, with a time limit; a crash or a timeout becomes a failed outcome."""

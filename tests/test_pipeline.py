@@ -498,6 +498,56 @@ async def test_task_runs_take_no_slot_and_go_from_due_to_final(tmp_path: Path, c
         await database.close()
 
 
+async def test_event_runs_coming_due_are_routed_while_actions_hold_every_slot(pipeline,
+                                                                            clock) -> None:
+    """In the daemon (a router), an event run that comes due is routed in the worker's
+    transaction: an action run holding the only slot holds up neither it nor its task run."""
+    import asyncio
+
+    p = await pipeline("""
+        tasks:
+          - name: Call
+            subscriptions: user/slow/call
+            code: '{% action "http", method: "get", url: "http://127.0.0.1:9/never" %}'
+          - name: Keep
+            subscriptions: user/orders/ready
+            code: '{% action "cache", "set", event.data.key, event.data.n %}'
+    """)
+    release = asyncio.Event()
+
+    async def slow_action(job: runs.Job) -> runs.Outcome:
+        await release.wait()
+        return runs.Outcome(job.run, ok=True, finished_at=clock())
+
+    w = worker.Worker(p.db, {**p.handlers.for_kind(), models.RunKind.ACTION: slow_action},
+                      concurrency=1, clock=clock, lane=None)
+    p.db.router = p.handlers
+    later = [await p.send("user/orders/ready", {"key": f"k{n}", "n": n}, run_at=clock() + 60)
+             for n in range(3)]
+    await p.send("user/slow/call")
+    stop = asyncio.Event()
+    loop_task = asyncio.create_task(w.run(stop, grace=5))
+    try:
+        async with asyncio.timeout(10):
+            while w.active < 1:
+                await asyncio.sleep(0.01)
+        clock.advance(60)  # the events' time comes while the http run holds the only slot
+        w.wakeup.set()
+        async with asyncio.timeout(10):
+            while [await p.cache(f"k{n}") for n in range(3)] != [0, 1, 2]:
+                await asyncio.sleep(0.01)
+        assert w.active == 1 and not release.is_set()  # the http run still holds the slot
+    finally:
+        release.set()
+        stop.set()
+        await loop_task
+    assert w.routed == 3
+    routed = {r.event_id: r for r in await p.runs(kind="event")}
+    assert [(routed[e.id].state.value, routed[e.id].attempts, routed[e.id].result)
+            for e in later] == [("succeeded", 1, {"tasks": ["Keep"]})] * 3
+    assert [r.state.value for r in await p.runs(kind="action")] == ["succeeded"] * 4
+
+
 async def test_task_runs_stored_by_the_ingest_are_rendered_as_handed_over(pipeline,
                                                                          clock) -> None:
     import asyncio

@@ -169,7 +169,7 @@ def test_a_scheduled_run_becomes_due_on_time_even_while_every_slot_is_busy(make_
         assert d.cli("send", "user/slow/call").returncode == 0
         wait_until(lambda: target.in_flight >= 1, timeout=8, message="the slow request in flight")
         # The task run takes no slot: it renders at once and stores an event for 1.5 s from
-        # now, whose event run (which does need a slot) waits `scheduled`.
+        # now, whose event run waits `scheduled`; once due, it is routed without a slot too.
         status, headers, _ = d.post_json("/webhooks/later", {"at": round(time.time() + 1.5, 3)})
         assert status == 204
         query = ("SELECT r.id, r.state, r.run_at FROM runs r JOIN events e ON e.id = r.event_id "
@@ -184,7 +184,8 @@ def test_a_scheduled_run_becomes_due_on_time_even_while_every_slot_is_busy(make_
         assert target.in_flight >= 1, "the slow request ended too early: the slot was free"
         assert later["id"] in left, "still scheduled over a second after its run_at"
         assert left[later["id"]] - later["run_at"] < 1.0 + OBSERVE_SLACK
-        assert d.query("SELECT state FROM runs WHERE id = ?", (later["id"],))[0][0] == "due"
+        assert d.query("SELECT state FROM runs WHERE id = ?", (later["id"],))[0][0] == "succeeded"
+        assert target.in_flight >= 1, "routed while the only slot was still busy"
 
 
 # --- §3/§11: a trigger goes to one task only ---------------------------------------------------
@@ -405,7 +406,7 @@ tasks:
       {% action "http", method: "get", url: "URL/slow?s=2.5" %}
   - name: Quick
     subscriptions: user/quick/call
-    code: '{% action "cache", "incr", "quick" %}'
+    code: '{% action "http", method: "get", url: "URL/ok" %}'
 """
 
 
@@ -414,10 +415,13 @@ def test_queue_lag_is_the_age_of_the_oldest_due_run_and_0_when_none_waits(make_d
         d: Daemon = make_daemon(LAG.replace("URL", target.url)).start()
         assert d.cli("send", "user/slow/call").returncode == 0
         wait_until(lambda: target.in_flight >= 1, timeout=8, message="the slow request in flight")
-        # The only slot is taken: an event sent now waits, due.
+        # The only slot is taken: the http run of an event sent now waits, due.
         assert d.cli("send", "user/quick/call").returncode == 0
-        [waiting] = _rows(d, "SELECT id, kind, run_at FROM runs WHERE state = 'due'")
-        assert waiting["kind"] == "event"
+        [waiting] = wait_until(lambda: _rows(d, "SELECT id, kind, run_at FROM runs "
+                                                "WHERE state = 'due' AND kind = 'action'"),
+                               timeout=5, message="the quick http run due")
+        assert [r["id"] for r in _rows(d, "SELECT id FROM runs WHERE state = 'due'")] == [
+            waiting["id"]]
         before = time.time()
         families = scrape(d)
         after = time.time()
@@ -425,13 +429,13 @@ def test_queue_lag_is_the_age_of_the_oldest_due_run_and_0_when_none_waits(make_d
             "SELECT state FROM runs WHERE id = ?", (waiting["id"],))[0][0] == "due", \
             "the slot freed before the scrape: nothing was waiting"
         lag = value(families, "runnerd_queue_lag_seconds", "runnerd_queue_lag_seconds")
-        assert value(families, "runnerd_queue_runs", "runnerd_queue_runs", kind="event",
+        assert value(families, "runnerd_queue_runs", "runnerd_queue_runs", kind="action",
                      state="due") == 1
         # The age of that run (not of the started one, nor of its event's creation, nor 0).
         assert before - waiting["run_at"] - 0.05 <= lag <= after - waiting["run_at"] + 0.05, (
             lag, before - waiting["run_at"], after - waiting["run_at"])
         assert lag > 0
-        d.wait_runs("action_type = 'cache' AND state = 'succeeded'", 1, timeout=8)
+        d.wait_runs("action_type = 'http' AND state = 'succeeded'", 2, timeout=8)
         assert d.query("SELECT COUNT(*) FROM runs WHERE state IN "
                        "('unscheduled', 'scheduled', 'due', 'started')")[0][0] == 0
 

@@ -18,6 +18,7 @@ UPDATE runs SET state = 'due' WHERE state = 'scheduled' AND run_at <= :now;
 -- name: claim_runs
 -- The runs that take a worker slot: action runs (priority 3), then event runs (priority 1), FIFO
 -- within a kind; two ranges of runs_due, so a backlog of due task runs is never scanned.
+-- :event_limit caps the event runs (0 where the worker routes them instead: due_event_runs).
 UPDATE runs SET state = 'started', started_at = :now, attempts = attempts + 1
 WHERE id IN (SELECT id FROM (
                  SELECT * FROM (SELECT id, priority, run_at FROM runs
@@ -26,13 +27,18 @@ WHERE id IN (SELECT id FROM (
                  UNION ALL
                  SELECT * FROM (SELECT id, priority, run_at FROM runs
                                 WHERE state = 'due' AND priority = 1
-                                ORDER BY run_at, id LIMIT :limit))
+                                ORDER BY run_at, id LIMIT :event_limit))
              ORDER BY priority DESC, run_at, id LIMIT :limit)
 RETURNING *;
 
 -- name: due_task_runs
 -- Task runs (priority 2) the worker renders next, FIFO; they stay due until they are finished.
 SELECT * FROM runs WHERE state = 'due' AND priority = 2 ORDER BY run_at, id LIMIT :limit;
+
+-- name: due_event_runs
+-- Event runs (priority 1) the daemon's worker routes in its transaction, FIFO; no slot taken.
+SELECT id, event_id, attempts FROM runs WHERE state = 'due' AND priority = 1
+ORDER BY run_at, id LIMIT :limit;
 
 -- name: event_by_id
 SELECT * FROM events WHERE id = :id;
@@ -43,7 +49,8 @@ SELECT * FROM events WHERE id IN (SELECT value FROM json_each(:ids));
 
 -- name: finish_run
 -- :from is 'started' (a claimed run) or 'due' (a task run rendered between the worker's turns,
--- whose attempt and start are written here); a run no longer in that state is left alone.
+-- or an event run routed in its turn, whose attempt and start are written here); a run no
+-- longer in that state is left alone.
 UPDATE runs SET state = :state, result = :result, error = :error, finished_at = :now,
                 started_at = :started_at, attempts = :attempts
 WHERE id = :id AND state = :from;

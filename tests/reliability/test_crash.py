@@ -1,13 +1,22 @@
 """Crash and restart under load: SIGKILL at random moments loses nothing that got a 204, and
-SIGTERM leaves no run `started`, even with slow HTTP actions in flight."""
+SIGTERM leaves no run `started`, even with slow HTTP actions in flight; events waiting after a
+crash are routed while slow emails hold every slot."""
 
 from __future__ import annotations
 
+import asyncio
+import email
+import email.policy
 import json
 import random
 import signal
+import threading
 import time
+from typing import Any
 
+from runnerd import db, ops
+
+from .. import helpers_servers
 from ..conftest import Daemon
 from .helpers import Loader, Target, orders_config, wait_for
 
@@ -152,3 +161,75 @@ def test_sigterm_grace_starts_at_the_signal_even_while_a_request_holds_the_liste
         finally:
             held.close()
         assert d.proc.wait(timeout=15) == 0, d.logs()
+
+
+class GatedSmtp(helpers_servers.Recorder):
+    """An SMTP server whose DATA replies wait until the test opens the gate: every email sent
+    before then stays in flight (the slow mail server of a bad day)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.held = 0  #: DATA commands waiting at the gate (one at a time per connection)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.held += 1
+        while not self.gate.is_set():
+            await asyncio.sleep(0.01)
+        return await super().handle_DATA(server, session, envelope)
+
+
+MAILER = orders_config('{% action "email", to: "ops@example.com", subject: event.source, '
+                       'body: "order" %}', concurrency=2,
+                       extra="email: {transport: smtp, from: bot@example.com, "
+                             "smtp: {host: 127.0.0.1, port: PORT, timeout: 60s}}\n")
+
+
+def test_after_a_crash_stored_events_are_routed_while_slow_emails_hold_every_slot(
+        make_daemon) -> None:
+    """Routing an event is CPU work: events waiting after a crash (here stored by the command
+    line's code while the daemon was down) get their task runs rendered, and their email runs
+    queued, while every slot holds an email the mail server has not answered. Before, each event
+    run waited for a slot behind every due email: the renders went at the mail server's pace."""
+    handler = GatedSmtp()
+    controller = helpers_servers.LoopbackController(handler)
+    controller.start()
+    try:
+        d: Daemon = make_daemon(MAILER.replace("PORT", str(controller.port))).start()
+        for i in range(4):
+            assert d.post_json("/webhooks/orders", {"i": i})[0] == 204
+        wait_for(lambda: handler.held == 1, message="an email held at the gate")
+        d.kill()  # the slots' emails stay `started` in the file
+
+        async def store(n: int) -> None:  # what `runnerd send` does, n times
+            database = await db.Database(d.db_path).open()
+            try:
+                for i in range(n):
+                    await ops.send(database, "user/orders/ready", {"i": i}, source="cli",
+                                   now=time.time())
+            finally:
+                await database.close()
+
+        asyncio.run(store(300))
+        d.start()
+        d.wait_runs("kind = 'task' AND state = 'succeeded'", 4 + 300, timeout=20)
+        d.wait_runs("action_type = 'email' AND state IN ('due', 'started')", 4 + 300)
+        # All rendered and queued while the mail server answered nothing at all.
+        assert not handler.gate.is_set() and handler.messages == []
+        cli = d.query("SELECT r.state, r.attempts, r.started_at = r.finished_at AS at_once "
+                      "FROM runs r JOIN events e ON e.id = r.event_id "
+                      "WHERE r.kind = 'event' AND e.source = 'cli'")
+        assert [tuple(r) for r in cli] == [("succeeded", 1, 1)] * 300
+        # No event run took a slot: only the two emails are started (concurrency 2).
+        started = d.query("SELECT kind, COUNT(*) AS n FROM runs WHERE state = 'started' "
+                          "GROUP BY kind")
+        assert [tuple(r) for r in started] == [("action", 2)]
+        handler.gate.set()
+        d.wait_runs("action_type = 'email' AND state = 'succeeded'", 4 + 300, timeout=20)
+        subjects = [email.message_from_bytes(m.data, policy=email.policy.default)["Subject"]
+                    for m in handler.messages]
+        # Among the runs that take a slot, the queue's order held: the older emails went first.
+        assert subjects == ["webhook"] * 4 + ["cli"] * 300
+        assert d.stop() == 0
+    finally:
+        controller.stop()
