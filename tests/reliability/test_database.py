@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from ..conftest import Daemon
-from .helpers import orders_config, tmpfs, wait_for
+from .helpers import Loader, orders_config, tmpfs, wait_for
 
 HOOKS = orders_config('{% action "echo", n: event.data.n %}', concurrency=2)
 
@@ -178,3 +178,30 @@ def test_port_in_use_at_start_is_one_clear_line(make_daemon) -> None:
         taken.listen()
         out = _run(d.config)
     _one_clear_line(out, "cannot listen")
+
+
+def test_disk_full_under_webhook_load_logs_each_error_once_per_interval(make_daemon,
+                                                                       small_fs: Path) -> None:
+    d: Daemon = make_daemon(HOOKS)
+    d.db_path = small_fs / "runnerd.db"
+    d.write_config(HOOKS)
+    d.start()
+    filler = _fill(small_fs)
+    loaders = [Loader(d.port).start() for _ in range(3)]
+    try:  # every batch fails: hundreds of failed commits (a few seconds, well within 10 s)
+        wait_for(lambda: sum(x.statuses.get(503, 0) for x in loaders) >= 1000, timeout=20,
+                 message="1000 webhooks refused")
+    finally:
+        for loader in loaders:
+            loader.stop()
+    refused = sum(x.statuses.get(503, 0) for x in loaders)
+    errors = [line for line in d.logs().splitlines() if line.startswith("ERROR")]
+    print(f"disk full: {refused} webhooks refused, {len(errors)} ERROR lines")
+    # one line per distinct error (the ingest, the worker, the heartbeat…), not one per batch
+    assert 1 <= len(errors) <= 6, "\n".join(errors[:20])
+    filler.unlink()
+    assert d.stop() == 0
+    # at exit, each suppressed error is written once more with its count
+    counted = [line for line in d.logs().splitlines() if "times in 10 s)" in line]
+    assert any(line.startswith("ERROR runnerd.ingest: cannot store") for line in counted), counted
+    assert sum(int(line.rsplit("(repeated ", 1)[1].split()[0]) for line in counted) >= 100
