@@ -94,6 +94,16 @@ def _pragmas(conn: sqlite3.Connection, *, readonly: bool = False) -> None:
         conn.execute("PRAGMA query_only = 1")
 
 
+#: Mode of the files runnerd creates: the database (SQLite gives its -wal and -shm the same
+#: mode) and the lock file. Existing files keep theirs.
+FILE_MODE = 0o600
+
+
+def _create_private(path: Path) -> None:
+    """Create `path` empty with FILE_MODE unless it exists (SQLite would create it 0644)."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE))
+
+
 def _wrap(exc: sqlite3.Error, path: Path) -> errors.DatabaseError:
     return errors.DatabaseError(f"database error: {exc} ({path})")
 
@@ -188,6 +198,7 @@ class Database:
         """Open both connections (creating the file) and set the pragmas."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            _create_private(self.path)
             self._writer = await aiosqlite.connect(self.path, isolation_level=None)
             await _on_thread(self._writer, _pragmas)
             self._reader = await aiosqlite.connect(self.path, isolation_level=None)
@@ -298,7 +309,7 @@ def lock(db_path: Path) -> Iterator[None]:
     lock_path = db_path.with_name(db_path.name + ".lock")
     try:
         lock_path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, FILE_MODE)
     except OSError as exc:
         raise errors.DatabaseError(f"cannot create lock file {lock_path}: {exc.strerror}") from exc
     try:
@@ -334,7 +345,7 @@ def backup(source: Path, target: str | os.PathLike[str]) -> int:
         raise errors.InvalidInput(f"cannot write {target}: no directory {target.parent}")
     partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
     try:
-        os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
     except OSError as exc:
         raise errors.InvalidInput(f"cannot write {target}: {exc.strerror}") from None
     try:

@@ -10,6 +10,8 @@
 - Secrets (admin token, webhook secret, SMTP password, Authorization and API-key headers, URL
   credentials) never appear in the log, the database, the HTTP answers or the command line's
   output, even when the actions that carry them fail.
+- The database files (the file, its -wal and -shm, the lock file) are created 0600, whatever the
+  umask; a file that exists keeps its mode.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -167,6 +171,28 @@ def test_without_an_admin_token_the_api_is_disabled(make_daemon: Any) -> None:
             404, {"error": "the admin API is disabled (no admin_token)"})
         assert d.request("GET", "/api/runs", headers=headers)[0] == 404
     assert d.query("SELECT COUNT(*) FROM events")[0][0] == 0
+
+
+# --- the database files ---------------------------------------------------------------------
+
+def test_database_files_are_created_private_whatever_the_umask(make_daemon: Any) -> None:
+    d: Daemon = make_daemon("webhooks:\n  - {name: orders, topic: user/orders/ready}\n")
+    old = os.umask(0o022)  # a shell's usual umask (systemd's unit sets 0027): files 0644
+    try:
+        d.start()
+    finally:
+        os.umask(old)
+    assert d.post_json("/webhooks/orders", {"n": 1})[0] == 204
+    names = ["runnerd.db", "runnerd.db-wal", "runnerd.db-shm", "runnerd.db.lock"]
+    modes = {name: oct(stat.S_IMODE((d.tmp / name).stat().st_mode)) for name in names}
+    assert modes == dict.fromkeys(names, "0o600")
+    assert d.stop() == 0
+    # a file the operator made readable keeps its mode (runnerd never chmods it)
+    d.db_path.chmod(0o640)
+    d.start()
+    assert d.post_json("/webhooks/orders", {"n": 2})[0] == 204
+    assert stat.S_IMODE(d.db_path.stat().st_mode) == 0o640
+    assert d.stop() == 0
 
 
 # --- signed webhooks ------------------------------------------------------------------------
