@@ -144,6 +144,7 @@ class Daemon:
         reg = load(self.path, self.environ)
         settings = reg.settings
         with db.lock(settings.database):
+            db.remove_stale_partials(settings.database.parent)
             database = await db.Database(settings.database).open()
             reader: sqlite3.Connection | None = None
             try:

@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import logging
 import os
+import re
 import sqlite3
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -23,6 +25,8 @@ import aiosqlite
 from runnerd import errors, sql
 
 T = TypeVar("T")
+
+logger = logging.getLogger(__name__)
 
 
 def _on_thread(conn: aiosqlite.Connection, fn: Callable[..., T], *args: Any,
@@ -327,6 +331,46 @@ def lock(db_path: Path) -> Iterator[None]:
         os.close(fd)
 
 
+#: The suffix of a backup's copy in progress: `.{target name}.{pid}.partial`, beside the target.
+PARTIAL = ".partial"
+_PARTIAL_NAME = re.compile(r"\..+\.(\d+)\.partial(-journal|-wal|-shm)?")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    except OverflowError:
+        return False
+    return True
+
+
+def remove_stale_partials(directory: Path) -> None:
+    """Remove the copies that backups killed part-way left in `directory` (their pid is gone);
+    a running backup's copy stays."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return  # no such directory: the caller says so
+    for name in names:
+        match = _PARTIAL_NAME.fullmatch(name)
+        if match is None or _alive(int(match[1])):
+            continue
+        try:
+            os.unlink(directory / name)
+        except FileNotFoundError:  # another process removed it first
+            continue
+        except OSError as exc:
+            logger.warning("cannot remove %s left by an interrupted backup: %s",
+                           directory / name, exc.strerror, extra={"action": "backup_stale"})
+            continue
+        logger.warning("removed %s left by an interrupted backup", directory / name,
+                       extra={"action": "backup_stale"})
+
+
 def backup(source: Path, target: str | os.PathLike[str]) -> int:
     """Copy the database with SQLite's online backup API (consistent while the daemon writes).
 
@@ -337,13 +381,14 @@ def backup(source: Path, target: str | os.PathLike[str]) -> int:
     leaves nothing behind. Returns the copy's page count.
     """
     target = Path(target)
+    remove_stale_partials(target.parent)
     if not source.exists():
         raise errors.DatabaseError(f"no database at {source}")
     if target.exists() or target.is_symlink():
         raise errors.InvalidInput(f"{target} exists: give a new file name")
     if not target.parent.is_dir():
         raise errors.InvalidInput(f"cannot write {target}: no directory {target.parent}")
-    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    partial = target.with_name(f".{target.name}.{os.getpid()}{PARTIAL}")
     try:
         os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
     except OSError as exc:
