@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from bench import procs
-from runnerd import db, sql
+from runnerd import sql
 
 from ..conftest import Daemon
 from .helpers import Loader, orders_config, tmpfs, wait_for
@@ -89,11 +89,7 @@ def test_backup_under_webhook_load_is_consistent_and_runs(make_daemon, tmp_path:
 
 def _database(tmp_path: Path) -> tuple[Daemon, Path]:
     """A config and a migrated database with a little data (no daemon running)."""
-    d = Daemon(tmp_path, HOOKS)
-    conn = sqlite3.connect(d.db_path)
-    db.migrate_sync(conn)
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.close()
+    d = Daemon(tmp_path, HOOKS).create_database()
     return d, d.db_path
 
 
@@ -115,7 +111,7 @@ def test_backup_refuses_bad_targets_with_one_line(tmp_path: Path) -> None:
     _fails_with_one_line(d, tmp_path, "exists")  # a directory is not a new file either
     (tmp_path / "other").mkdir()
     gone = Daemon(tmp_path / "other", HOOKS)  # its database was never created
-    _fails_with_one_line(gone, tmp_path / "b.db", "no database at")
+    _fails_with_one_line(gone, tmp_path / "b.db", "does not exist (start the daemon")
     assert not (tmp_path / "b.db").exists()
 
 

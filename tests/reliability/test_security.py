@@ -34,7 +34,7 @@ import pytest
 from runnerd import config, errors
 from runnerd.actions import event as event_action
 
-from ..conftest import Daemon, free_port, wait_until
+from ..conftest import Daemon, create_database, free_port, wait_until
 from ..helpers_servers import authenticator, refused_port, smtp_server
 from .helpers import Target
 
@@ -285,6 +285,7 @@ def test_only_the_operator_creates_system_topics(tmp_path: Path, topic: str) -> 
     with pytest.raises(errors.InvalidAction, match="event: topic must be user/<subject>/<verb>"):
         event_action.EventExecutor().validate({"topic": topic, "data": None})
     path.write_text(f"database: {tmp_path / 'x.db'}\n")
+    create_database(tmp_path / "x.db")
     out = subprocess.run([sys.executable, "-m", "runnerd", "send", topic, "-c", str(path)],
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr  # `runnerd send` is the operator's tool
