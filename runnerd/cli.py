@@ -22,6 +22,7 @@ from runnerd import (
     cli_common,
     config,
     db,
+    dbfiles,
     errors,
     logs,
     models,
@@ -364,7 +365,7 @@ def cmd_prune(args: argparse.Namespace, path: str, environ: dict[str, str]) -> i
 
 def cmd_backup(args: argparse.Namespace, path: str, environ: dict[str, str]) -> int:
     settings = config.load(path, environ)
-    pages = db.backup(settings.database, args.path)
+    pages = dbfiles.backup(settings.database, args.path)
     print(f"backed up {settings.database} to {args.path} ({pages} pages)")
     return 0
 

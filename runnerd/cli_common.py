@@ -22,12 +22,16 @@ def print_json(value: Any) -> None:
 
 
 def with_db(settings: config.Settings, fn: Callable[[db.Database], Awaitable[Any]]) -> Any:
-    """Run `fn` on the migrated database (closed afterwards) in a new event loop; its result."""
+    """Run `fn` on the database (closed afterwards) in a new event loop; its result.
+
+    Only `runnerd run` creates and migrates the database: a missing, empty or older one is a
+    DatabaseError saying so, never a new file left where the daemon would not look.
+    """
 
     async def main() -> Any:
-        database = await db.Database(settings.database).open()
+        database = await db.Database(settings.database).open(create=False)
         try:
-            await database.migrate()
+            await database.require_migrated()
             return await fn(database)
         finally:
             await database.close()

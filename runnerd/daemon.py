@@ -27,6 +27,7 @@ from runnerd import (
     actions,
     config,
     db,
+    dbfiles,
     errors,
     handlers,
     heartbeat,
@@ -153,10 +154,12 @@ class Daemon:
         reg = load(self.path, self.environ)
         settings = reg.settings
         with db.lock(settings.database):
+            dbfiles.remove_stale_partials(settings.database.parent)
             database = await db.Database(settings.database).open()
             reader: sqlite3.Connection | None = None
             try:
                 await database.migrate()
+                database.watch()
                 requeued = await database.write(runs.requeue_started)
                 if requeued:
                     logger.warning("requeued %d run(s) left started by a crash", requeued,

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from runnerd import errors, sql
+from runnerd import dbfiles, errors, sql
 
 T = TypeVar("T")
 
@@ -81,17 +81,24 @@ class Tx:
         return row
 
 
-def _pragmas(conn: sqlite3.Connection, *, readonly: bool = False) -> None:
+def _pragmas(conn: sqlite3.Connection, *, readonly: bool = False, wal: bool = True) -> None:
     conn.row_factory = sqlite3.Row
     # WAL lets sqlite3 users and CLI commands read while the daemon writes; FULL makes a
     # committed event survive a power cut (the promise behind every 204).
-    if not readonly:
+    if wal and not readonly:
         conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = FULL")
     conn.execute("PRAGMA busy_timeout = 5000")
     conn.execute("PRAGMA foreign_keys = ON")
     if readonly:
         conn.execute("PRAGMA query_only = 1")
+
+
+def _seal(conn: sqlite3.Connection) -> None:
+    """Move the WAL's frames into the database file this connection opened and empty the WAL
+    (best effort: a reader of the file now under the name may keep it from finishing)."""
+    with contextlib.suppress(sqlite3.Error):
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
 def _wrap(exc: sqlite3.Error, path: Path) -> errors.DatabaseError:
@@ -183,25 +190,60 @@ class Database:
         self.router: Any = None
         self._queue: list[tuple[Callable[[Tx], Any], asyncio.Future[Any]]] = []
         self._flusher: asyncio.Task[None] | None = None
+        self.files = dbfiles.Watch(path)  #: the files opened (see `watch`)
+        self._sealed: Awaitable[None] | None = None
 
-    async def open(self) -> Database:
-        """Open both connections (creating the file) and set the pragmas."""
+    @property
+    def gone(self) -> str | None:
+        """Why the database's files are no longer the ones opened; None while they are."""
+        return self.files.gone
+
+    def watch(self) -> None:
+        """From now on, notice the database's deletion or replacement (`check_files`).
+
+        Called once the database is migrated (its -wal and -shm exist then).
+        """
+        self.files.record()
+
+    def check_files(self) -> str | None:
+        """None while the files are the ones opened; else why not (`dbfiles.Watch.check`).
+
+        The first time, the WAL is emptied into the file opened: a -wal left under the
+        database's name would replay the daemon's pages onto whatever file is there at the next
+        start (SQLite does not delete a WAL whose database has moved).
+        """
+        if self.files.gone is None and self.files.check() is not None and (
+                self._writer is not None):
+            self._sealed = asyncio.ensure_future(_on_thread(self._writer, _seal))
+        return self.files.gone
+
+    async def open(self, *, create: bool = True) -> Database:
+        """Open both connections and set the pragmas; create the file (0600) unless `create` is
+        False, which opens only a database that exists (DatabaseError saying so otherwise)."""
+        target: str | Path = self.path
+        if not create:
+            if not self.path.exists():
+                raise dbfiles.missing(self.path)
+            target = self.path.absolute().as_uri() + "?mode=rw"  # SQLite must not create it
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._writer = await aiosqlite.connect(self.path, isolation_level=None)
-            await _on_thread(self._writer, _pragmas)
-            self._reader = await aiosqlite.connect(self.path, isolation_level=None)
+            if create:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                dbfiles.create_private(self.path)
+            self._writer = await aiosqlite.connect(target, isolation_level=None, uri=not create)
+            # WAL is a property of the file: set by the daemon, never written by a command
+            # into a file it is about to refuse
+            await _on_thread(self._writer, _pragmas, wal=create)
+            self._reader = await aiosqlite.connect(target, isolation_level=None, uri=not create)
             await _on_thread(self._reader, _pragmas, readonly=True)
-        except sqlite3.Error as exc:
-            await self.close()
-            raise errors.DatabaseError(f"cannot open database {self.path}: {exc}") from exc
-        except OSError as exc:
+        except (sqlite3.Error, OSError) as exc:
             await self.close()
             raise errors.DatabaseError(f"cannot open database {self.path}: {exc}") from exc
         return self
 
     async def close(self) -> None:
         """Close both connections."""
+        if self._sealed is not None:
+            await self._sealed
         for conn in (self._reader, self._writer):
             if conn is not None:
                 with contextlib.suppress(Exception):
@@ -214,6 +256,8 @@ class Database:
         writers' functions (see the class): its own exception undoes only its own writes."""
         if self._writer is None:
             raise errors.DatabaseError("database is closed")
+        if self.gone is not None:
+            raise errors.DatabaseError(self.gone)
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._queue.append((fn, future))
         if self._flusher is None:
@@ -235,6 +279,10 @@ class Database:
                     # the whole transaction is one hop to the connection's thread
                     outcomes = await _on_thread(
                         self._writer, _group, [fn for fn, _ in batch], self.router)
+                    # Committed, but to the file the daemon opened: is it still the database?
+                    # (three stat calls, ~3 µs each, per group commit; never a 204 otherwise)
+                    if (gone := self.check_files()) is not None:
+                        raise errors.DatabaseError(gone)
                 except Exception as exc:  # noqa: BLE001 - nothing of the batch was stored
                     outcomes = [(False, exc)] * len(batch)
                 for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
@@ -251,6 +299,8 @@ class Database:
         """Run `fn(tx)` on the read-only connection, in one snapshot."""
         if self._reader is None:
             raise errors.DatabaseError("database is closed")
+        if self.gone is not None:
+            raise errors.DatabaseError(self.gone)
         try:
             return await _on_thread(self._reader, _transaction, fn, "DEFERRED")
         except sqlite3.DatabaseError as exc:
@@ -267,6 +317,17 @@ class Database:
         except sqlite3.DatabaseError as exc:
             raise errors.DatabaseError(f"cannot migrate database {self.path}: {exc}") from exc
 
+    async def require_migrated(self) -> None:
+        """DatabaseError unless every migration was applied: the commands other than
+        `runnerd run` neither create nor migrate a database (the daemon may be running)."""
+        version = await self.read(lambda tx: _user_version(tx.conn))
+        latest = max(number for number, _, _ in sql.migrations())
+        if version < latest:
+            what = "is empty" if version == 0 else (
+                f"has schema version {version}, older than this runnerd's {latest}")
+            raise errors.DatabaseError(f"database {self.path} {what} (start the daemon with "
+                                       "'runnerd run' to migrate it)")
+
     def sync_reader(self) -> sqlite3.Connection:
         """A plain read-only connection for the event loop's thread (cache reads while rendering)."""
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -274,9 +335,14 @@ class Database:
         return conn
 
 
+def _user_version(conn: sqlite3.Connection) -> int:
+    """The number of the last migration applied (0: none)."""
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
 def migrate_sync(conn: sqlite3.Connection) -> int:
     """Apply migrations on a plain connection; each one commits together with its version."""
-    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    version = _user_version(conn)
     for number, name, script in sql.migrations():
         if number <= version:
             continue
@@ -298,7 +364,7 @@ def lock(db_path: Path) -> Iterator[None]:
     lock_path = db_path.with_name(db_path.name + ".lock")
     try:
         lock_path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, dbfiles.MODE)
     except OSError as exc:
         raise errors.DatabaseError(f"cannot create lock file {lock_path}: {exc.strerror}") from exc
     try:
@@ -314,60 +380,3 @@ def lock(db_path: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
-
-
-def backup(source: Path, target: str | os.PathLike[str]) -> int:
-    """Copy the database with SQLite's online backup API (consistent while the daemon writes).
-
-    The copy is one read snapshot: copied in steps, SQLite restarts a backup whenever another
-    connection writes, so under a steady webhook load a large file would never finish. It goes to
-    a hidden file beside `target`, becomes a standalone file (rollback journal, no -wal), is
-    synced, and is then linked to `target`, which is never overwritten: a failure at any point
-    leaves nothing behind. Returns the copy's page count.
-    """
-    target = Path(target)
-    if not source.exists():
-        raise errors.DatabaseError(f"no database at {source}")
-    if target.exists() or target.is_symlink():
-        raise errors.InvalidInput(f"{target} exists: give a new file name")
-    if not target.parent.is_dir():
-        raise errors.InvalidInput(f"cannot write {target}: no directory {target.parent}")
-    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
-    try:
-        os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    except OSError as exc:
-        raise errors.InvalidInput(f"cannot write {target}: {exc.strerror}") from None
-    try:
-        src = sqlite3.connect(source, timeout=30)
-        try:
-            dst = sqlite3.connect(partial, isolation_level=None)
-            try:
-                src.backup(dst)
-                dst.execute("PRAGMA journal_mode = DELETE")
-                pages = int(dst.execute("PRAGMA page_count").fetchone()[0])
-            finally:
-                dst.close()
-        finally:
-            src.close()
-        fd = os.open(partial, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.link(partial, target)  # unlike rename, fails rather than replace a file made meanwhile
-        fd = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except sqlite3.Error as exc:
-        raise errors.DatabaseError(f"backup failed: {exc}") from exc
-    except FileExistsError:
-        raise errors.InvalidInput(f"{target} exists: give a new file name") from None
-    except OSError as exc:
-        raise errors.DatabaseError(f"backup failed: {target}: {exc.strerror}") from exc
-    finally:
-        for leftover in ("", "-journal", "-wal", "-shm"):
-            with contextlib.suppress(OSError):
-                os.unlink(f"{partial}{leftover}")
-    return pages

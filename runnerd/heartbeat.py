@@ -2,7 +2,8 @@
 
 Healthy means: every supervised component is alive, the event loop has not stalled for more
 than `lag_threshold` seconds since the last beat (a probe sleeps a quarter second and measures
-how late it wakes), and the database takes writes (the worker's last write and the beat itself).
+how late it wakes), the database takes writes (the worker's last write and the beat itself), and
+its files are still the ones the daemon opened (not deleted or replaced: `Database.check_files`).
 `WATCHDOG=1` goes to systemd only on a healthy beat, so a daemon that stays unhealthy for
 `WatchdogSec` is restarted; with `WATCHDOG_USEC` set, beats come at least twice per period.
 """
@@ -82,6 +83,8 @@ class Heartbeat:
         out = [f"component {name} stopped" for name in self.dead_components()]
         if self.loop_lag > self.lag_threshold:
             out.append(f"event loop stalled for {self.loop_lag:.1f}s")
+        if (gone := self.db.check_files()) is not None:
+            out.append(gone)
         if not self.beat_ok or not self.db_writable():
             out.append("database unwritable")
         if self.last_beat_at is None:

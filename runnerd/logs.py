@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+import re
+import time
+from collections.abc import Callable
+from typing import Any, TextIO
+
+#: Seconds during which an error that repeats is written once (then one line with the count).
+REPEAT_INTERVAL = 10.0
+#: Distinct errors tracked at once; beyond it, new ones are written without a limit.
+MAX_TRACKED = 1000
+_NUMBERS = re.compile(r"\d+")
 
 
 class ClientErrors(logging.Filter):
@@ -24,6 +33,78 @@ class ClientErrors(logging.Filter):
         return True
 
 
+class _Window:
+    __slots__ = ("ends", "count", "last")
+
+    def __init__(self, ends: float) -> None:
+        self.ends = ends
+        self.count = 0  #: repeats suppressed so far
+        self.last: logging.LogRecord | None = None  #: the latest suppressed repeat
+
+
+class RepeatLimiter(logging.StreamHandler[TextIO]):
+    """A stream handler that writes a repeated ERROR once per `interval`, then its count.
+
+    A full disk fails every group commit: hundreds of identical lines a second. An ERROR (or
+    CRITICAL) record is written; the same error again within `interval` seconds is counted, not
+    written; the first record after the interval (of any kind, or the handler's close at exit)
+    writes the last repeat once with "(repeated N times in S s)". "The same" is the
+    logger, the level and the message with its numbers ignored: "cannot store 3 event(s)" and
+    "cannot store 41 event(s)" are one error, while two different reload problems logged with
+    one template are not.
+    """
+
+    def __init__(self, stream: TextIO | None = None, *, interval: float = REPEAT_INTERVAL,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(stream)
+        self.interval = interval
+        self.clock = clock
+        self._windows: dict[tuple[str, int, str], _Window] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Write `record`, unless it repeats an error written less than `interval` ago."""
+        try:
+            now = self.clock()
+            self._write_ended(now)
+            if record.levelno >= logging.ERROR:
+                key = (record.name, record.levelno, _NUMBERS.sub("#", record.getMessage()))
+                window = self._windows.get(key)
+                if window is not None:
+                    window.count += 1
+                    window.last = record
+                    return
+                if len(self._windows) < MAX_TRACKED:
+                    self._windows[key] = _Window(now + self.interval)
+        except Exception:  # noqa: BLE001 - logging must not raise (the stdlib's own rule)
+            self.handleError(record)
+            return
+        super().emit(record)
+
+    def _write_ended(self, now: float | None) -> None:
+        """Write the count of every window that has ended (of every window, when `now` is None)."""
+        ended = [key for key, w in self._windows.items() if now is None or now >= w.ends]
+        for key in ended:
+            window = self._windows.pop(key)
+            if window.last is not None:
+                super().emit(_summary(window.last, window.count, self.interval))
+
+    def close(self) -> None:
+        """Write the pending counts, then close."""
+        self.acquire()
+        try:
+            self._write_ended(None)
+        finally:
+            self.release()
+        super().close()
+
+
+def _summary(record: logging.LogRecord, count: int, interval: float) -> logging.LogRecord:
+    """`record` once more, saying how many times it repeated, without its traceback."""
+    return logging.makeLogRecord({
+        **record.__dict__, "exc_info": None, "exc_text": None, "args": None,
+        "msg": f"{record.getMessage()} (repeated {count} times in {interval:g} s)"})
+
+
 def log_config(verbose: bool = False) -> dict[str, Any]:
     """A `logging.config.dictConfig` mapping."""
     return {
@@ -31,7 +112,7 @@ def log_config(verbose: bool = False) -> dict[str, Any]:
         "disable_existing_loggers": False,
         "formatters": {"plain": {"format": "%(levelname)s %(name)s: %(message)s"}},
         "filters": {"client_errors": {"()": ClientErrors}},
-        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain",
+        "handlers": {"stderr": {"class": "runnerd.logs.RepeatLimiter", "formatter": "plain",
                                 "stream": "ext://sys.stderr"}},
         "loggers": {
             "runnerd": {"level": "DEBUG" if verbose else "INFO"},

@@ -94,6 +94,16 @@ async def async_wait_until(predicate: Callable[[], Any], timeout: float = 15.0) 
             await asyncio.sleep(0.01)
 
 
+def create_database(path: Path) -> None:
+    """Create and migrate a database as `runnerd run` does (no other command creates one)."""
+    conn = sqlite3.connect(path)
+    try:
+        db.migrate_sync(conn)
+        conn.execute("PRAGMA journal_mode = WAL")
+    finally:
+        conn.close()
+
+
 class Daemon:
     """`python -m runnerd run` on a temp config, fed over HTTP on 127.0.0.1."""
 
@@ -110,6 +120,11 @@ class Daemon:
     def write_config(self, body: str) -> None:
         head = f"database: {self.db_path}\nlisten: {{host: 127.0.0.1, port: {self.port}}}\n"
         self.config.write_text(head + textwrap.dedent(body))
+
+    def create_database(self) -> Daemon:
+        """Create and migrate the database, without starting the daemon (`create_database`)."""
+        create_database(self.db_path)
+        return self
 
     @property
     def url(self) -> str:

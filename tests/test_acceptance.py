@@ -280,7 +280,7 @@ tasks:
 
 
 def test_config_flag_before_or_after_command(make_daemon) -> None:
-    d: Daemon = make_daemon(COUNTER)
+    d: Daemon = make_daemon(COUNTER).create_database()
     before = subprocess.run([sys.executable, "-m", "runnerd", "-c", str(d.config), "runs"],
                             capture_output=True, text=True, timeout=30)
     after = subprocess.run([sys.executable, "-m", "runnerd", "runs", "-c", str(d.config)],

@@ -1,10 +1,14 @@
 """Backups: `runnerd backup PATH` while the daemon takes a steady webhook load gives a consistent,
-current copy a daemon can run on; bad targets fail with one line and leave nothing behind."""
+current copy a daemon can run on; bad targets fail with one line and leave nothing behind; what
+a backup killed part-way left is removed by the next backup or the daemon's start."""
 
 from __future__ import annotations
 
 import os
+import signal
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from bench import procs
-from runnerd import db, sql
+from runnerd import sql
 
 from ..conftest import Daemon, require
 from .helpers import Loader, orders_config, tmpfs, wait_for
@@ -85,11 +89,7 @@ def test_backup_under_webhook_load_is_consistent_and_runs(make_daemon, tmp_path:
 
 def _database(tmp_path: Path) -> tuple[Daemon, Path]:
     """A config and a migrated database with a little data (no daemon running)."""
-    d = Daemon(tmp_path, HOOKS)
-    conn = sqlite3.connect(d.db_path)
-    db.migrate_sync(conn)
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.close()
+    d = Daemon(tmp_path, HOOKS).create_database()
     return d, d.db_path
 
 
@@ -111,7 +111,7 @@ def test_backup_refuses_bad_targets_with_one_line(tmp_path: Path) -> None:
     _fails_with_one_line(d, tmp_path, "exists")  # a directory is not a new file either
     (tmp_path / "other").mkdir()
     gone = Daemon(tmp_path / "other", HOOKS)  # its database was never created
-    _fails_with_one_line(gone, tmp_path / "b.db", "no database at")
+    _fails_with_one_line(gone, tmp_path / "b.db", "does not exist (start the daemon")
     assert not (tmp_path / "b.db").exists()
 
 
@@ -134,3 +134,51 @@ def test_backup_to_a_full_or_read_only_disk_leaves_nothing(tmp_path: Path,
     assert os.system(f"mount -o remount,ro {small_fs}") == 0
     _fails_with_one_line(d, small_fs / "b.db", "cannot write")
     assert list(small_fs.iterdir()) == []
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has exited."""
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True, timeout=30)
+    return int(proc.stdout)
+
+
+def test_a_backup_killed_part_way_is_cleaned_up_by_the_next(tmp_path: Path) -> None:
+    d, source = _database(tmp_path)
+    conn = sqlite3.connect(source, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = DELETE")  # so that a lock holds the backup's read back
+    conn.execute("BEGIN EXCLUSIVE")
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    try:
+        killed = subprocess.Popen([sys.executable, "-m", "runnerd", "backup", "-c", str(d.config),
+                                   str(backups / "monday.db")], env=d.env, cwd=d.tmp)
+        partial = backups / f".monday.db.{killed.pid}.partial"
+        wait_for(partial.exists, message="the backup's copy begun")
+        killed.send_signal(signal.SIGKILL)
+        killed.wait(timeout=10)
+    finally:
+        conn.close()
+    assert partial.exists()  # what the killed backup left
+    dead = _dead_pid()
+    leftovers = [partial, backups / f".sunday.db.{dead}.partial-journal"]
+    leftovers[1].write_bytes(b"")
+    running = backups / f".other.db.{os.getpid()}.partial"  # a live backup's: left alone
+    running.write_bytes(b"")
+    out = d.cli("backup", str(backups / "tuesday.db"))
+    assert out.returncode == 0, out.stderr
+    assert sorted(p.name for p in backups.iterdir()) == [running.name, "tuesday.db"]
+    assert f"removed {partial} left by an interrupted backup" in out.stderr
+    check_copy(backups / "tuesday.db", [])
+
+
+def test_the_daemon_start_removes_stale_backup_copies(make_daemon, tmp_path: Path) -> None:
+    d: Daemon = make_daemon(HOOKS)
+    stale = tmp_path / f".runnerd-copy.db.{_dead_pid()}.partial"
+    stale.write_bytes(b"half a database")
+    running = tmp_path / f".runnerd-copy.db.{os.getpid()}.partial"
+    running.write_bytes(b"")
+    d.start()
+    assert not stale.exists() and running.exists()
+    assert f"removed {stale} left by an interrupted backup" in d.logs()
+    assert d.stop() == 0

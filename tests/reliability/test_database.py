@@ -1,5 +1,6 @@
 """The database under stress: disk full and read-only file systems (a small tmpfs, root only),
-a locked or corrupt file at start. A second daemon is refused: see test_acceptance.py."""
+a locked or corrupt file at start, a file deleted or replaced under the running daemon, commands
+run where there is no database. A second daemon is refused: see test_acceptance.py."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from ..conftest import Daemon, require
-from .helpers import orders_config, tmpfs, wait_for
+from .helpers import Loader, orders_config, tmpfs, wait_for
 
 HOOKS = orders_config('{% action "echo", n: event.data.n %}', concurrency=2)
 
@@ -97,7 +98,7 @@ def test_disk_full_answers_503_never_204_and_recovers(make_daemon, small_fs: Pat
 
 def test_read_only_database_is_one_clear_line(make_daemon, tmp_path: Path) -> None:
     d: Daemon = make_daemon(HOOKS)
-    assert d.cli("send", "user/orders/ready").returncode == 0  # creates and migrates the file
+    d.create_database()
     # A read-only bind mount of the file itself: even root cannot write through it.
     mount = subprocess.run(["mount", "--bind", "-o", "ro", str(d.db_path), str(d.db_path)],
                            capture_output=True, text=True, timeout=10)
@@ -157,6 +158,7 @@ def test_corrupt_database_at_start_is_one_clear_line(make_daemon, damage: str) -
         d.db_path.write_bytes(os.urandom(16384))
         words = "file is not a database"
     else:  # runnerd's own tables, with every page after the first overwritten
+        d.create_database()
         for i in range(20):
             d.cli("send", "user/orders/ready", "--data", json.dumps({"pad": "z" * 3000}),
                   check=True)
@@ -178,3 +180,101 @@ def test_port_in_use_at_start_is_one_clear_line(make_daemon) -> None:
         taken.listen()
         out = _run(d.config)
     _one_clear_line(out, "cannot listen")
+
+
+def test_disk_full_under_webhook_load_logs_each_error_once_per_interval(make_daemon,
+                                                                       small_fs: Path) -> None:
+    d: Daemon = make_daemon(HOOKS)
+    d.db_path = small_fs / "runnerd.db"
+    d.write_config(HOOKS)
+    d.start()
+    filler = _fill(small_fs)
+    loaders = [Loader(d.port).start() for _ in range(3)]
+    try:  # every batch fails: hundreds of failed commits (a few seconds, well within 10 s)
+        wait_for(lambda: sum(x.statuses.get(503, 0) for x in loaders) >= 1000, timeout=20,
+                 message="1000 webhooks refused")
+    finally:
+        for loader in loaders:
+            loader.stop()
+    refused = sum(x.statuses.get(503, 0) for x in loaders)
+    errors = [line for line in d.logs().splitlines() if line.startswith("ERROR")]
+    print(f"disk full: {refused} webhooks refused, {len(errors)} ERROR lines")
+    # one line per distinct error (the ingest, the worker, the heartbeat…), not one per batch
+    assert 1 <= len(errors) <= 6, "\n".join(errors[:20])
+    filler.unlink()
+    assert d.stop() == 0
+    # at exit, each suppressed error is written once more with its count
+    counted = [line for line in d.logs().splitlines() if "times in 10 s)" in line]
+    assert any(line.startswith("ERROR runnerd.ingest: cannot store") for line in counted), counted
+    assert sum(int(line.rsplit("(repeated ", 1)[1].split()[0]) for line in counted) >= 100
+
+
+MONITORED = HOOKS + """
+monitors:
+  - {name: nightly, period: 1h}
+"""
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_a_database_deleted_or_replaced_under_the_daemon_gets_503_not_204(make_daemon,
+                                                                          how: str) -> None:
+    d: Daemon = make_daemon(MONITORED)
+    d.start()
+    assert d.post_json("/webhooks/orders", {"n": 0})[0] == 204
+    if how == "deleted":  # what `rm runnerd.db*` does
+        for name in ("runnerd.db", "runnerd.db-wal", "runnerd.db-shm"):
+            (d.tmp / name).unlink()
+    else:  # a "restore" under the running daemon
+        assert d.cli("backup", str(d.tmp / "copy.db")).returncode == 0
+        os.replace(d.tmp / "copy.db", d.db_path)
+    statuses = [d.post_json("/webhooks/orders", {"n": n}) for n in range(1, 101)]
+    assert [s for s, _, _ in statuses] == [503] * 100
+    assert json.loads(statuses[0][2]) == {
+        "error": "event not stored: the database is unavailable"}
+    assert d.request("GET", "/ping/nightly")[0] == 503
+    status, _, body = d.request("GET", "/health")
+    problem = f"database file {d.db_path} was {how}"
+    assert status == 503 and json.loads(body)["problems"][0].startswith(problem), body
+    lines = [line for line in d.logs().splitlines() if problem in line]
+    assert lines and lines[0].startswith(f"ERROR runnerd.dbfiles: {problem}"), d.logs()
+    if how == "deleted":  # the commands do not make a new file under the daemon either
+        out = d.cli("runs")
+        assert (out.returncode, out.stderr) == (1, f"runnerd: database {d.db_path} does not "
+                                                   "exist (start the daemon with 'runnerd run' "
+                                                   "to create it)\n")
+        assert not d.db_path.exists()
+    assert d.stop() == 0
+    d.start()  # the new start opens whatever is at the path now; nothing acknowledged is lost
+    stored = [json.loads(r[0]) for r in d.query("SELECT data FROM events")]
+    assert stored == ([] if how == "deleted" else [{"n": 0}])
+    assert d.post_json("/webhooks/orders", {"n": 101})[0] == 204
+    assert d.stop() == 0
+
+
+
+def test_only_run_creates_or_migrates_the_database(make_daemon) -> None:
+    d: Daemon = make_daemon(MONITORED)
+    commands = [["runs"], ["runs", "show", "1"], ["runs", "retry", "1"], ["queue"],
+                ["workers"], ["monitors"], ["monitors", "pause", "nightly"],
+                ["cache", "get", "k"], ["cache", "set", "k", "v"], ["cache", "del", "k"],
+                ["send", "user/orders/ready"], ["trigger", "Counter"], ["prune"],
+                ["backup", str(d.tmp / "copy.db")], ["monitor", "tasks", "--task", "Counter", "5"]]
+    before = sorted(p.name for p in d.tmp.iterdir())
+    for argv in commands:
+        out = d.cli(*argv)
+        assert (out.returncode, out.stdout, out.stderr) == (
+            1, "", f"runnerd: database {d.db_path} does not exist (start the daemon with "
+                   "'runnerd run' to create it)\n"), argv
+    assert sorted(p.name for p in d.tmp.iterdir()) == before, "a command created a file"
+    # the commands that need no database work without one
+    assert d.cli("check").returncode == 0
+    assert d.cli("preview", "Counter", "--data", '{"n": 1}').returncode == 0
+    d.db_path.touch()  # an empty file (a start that failed before migrating) is not migrated
+    out = d.cli("runs")
+    assert (out.returncode, out.stderr) == (1, f"runnerd: database {d.db_path} is empty (start "
+                                               "the daemon with 'runnerd run' to migrate it)\n")
+    assert d.db_path.stat().st_size == 0
+    d.start()
+    assert d.stop() == 0
+    assert d.cli("runs").stdout == "no runs\n"
+    assert d.cli("send", "user/orders/ready").returncode == 0

@@ -10,6 +10,8 @@
 - Secrets (admin token, webhook secret, ping key, SMTP password, Authorization and API-key headers,
   URL credentials) never appear in the log, the database, the HTTP answers or the command line's
   output, even when the actions that carry them fail.
+- The database files (the file, its -wal and -shm, the lock file) are created 0600, whatever the
+  umask; a file that exists keeps its mode.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -30,7 +34,7 @@ import pytest
 from runnerd import config, errors
 from runnerd.actions import event as event_action
 
-from ..conftest import Daemon, free_port, wait_until
+from ..conftest import Daemon, create_database, free_port, wait_until
 from ..helpers_servers import authenticator, refused_port, smtp_server
 from .helpers import Target
 
@@ -172,6 +176,28 @@ def test_without_an_admin_token_the_api_is_disabled(make_daemon: Any) -> None:
     assert d.query("SELECT COUNT(*) FROM events")[0][0] == 0
 
 
+# --- the database files ---------------------------------------------------------------------
+
+def test_database_files_are_created_private_whatever_the_umask(make_daemon: Any) -> None:
+    d: Daemon = make_daemon("webhooks:\n  - {name: orders, topic: user/orders/ready}\n")
+    old = os.umask(0o022)  # a shell's usual umask (systemd's unit sets 0027): files 0644
+    try:
+        d.start()
+    finally:
+        os.umask(old)
+    assert d.post_json("/webhooks/orders", {"n": 1})[0] == 204
+    names = ["runnerd.db", "runnerd.db-wal", "runnerd.db-shm", "runnerd.db.lock"]
+    modes = {name: oct(stat.S_IMODE((d.tmp / name).stat().st_mode)) for name in names}
+    assert modes == dict.fromkeys(names, "0o600")
+    assert d.stop() == 0
+    # a file the operator made readable keeps its mode (runnerd never chmods it)
+    d.db_path.chmod(0o640)
+    d.start()
+    assert d.post_json("/webhooks/orders", {"n": 2})[0] == 204
+    assert stat.S_IMODE(d.db_path.stat().st_mode) == 0o640
+    assert d.stop() == 0
+
+
 # --- signed webhooks ------------------------------------------------------------------------
 
 def test_signed_webhooks_refuse_missing_wrong_and_replayed_signatures(daemon: Daemon) -> None:
@@ -262,6 +288,7 @@ def test_only_the_operator_creates_system_topics(tmp_path: Path, topic: str) -> 
     with pytest.raises(errors.InvalidAction, match="event: topic must be user/<subject>/<verb>"):
         event_action.EventExecutor().validate({"topic": topic, "data": None})
     path.write_text(f"database: {tmp_path / 'x.db'}\n")
+    create_database(tmp_path / "x.db")
     out = subprocess.run([sys.executable, "-m", "runnerd", "send", topic, "-c", str(path)],
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr  # `runnerd send` is the operator's tool
