@@ -32,7 +32,7 @@ async def ping(request: web.Request) -> web.StreamResponse:
         return web.Response(status=405, text="use GET or POST\n",
                             headers={"Allow": "GET, POST, HEAD"})
     try:
-        body = await webhook.read_body(request, st.settings.listen.max_body_bytes)
+        body = await webhook.read_body(request, st.settings.listen)
     except webhook.BodyRefused as exc:
         return _text(exc.status, exc.message)
     kind = monitors.PING_STATUS[request.match_info.get("kind", "")]

@@ -49,7 +49,7 @@ SECRET_WORDS = ("token", "secret")
 #: Query parameters hidden by `redact` (besides names containing SECRET_WORDS).
 SECRET_PARAMS = frozenset({"key", "api_key", "apikey", "api-key", "password", "sig", "signature"})
 
-_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 field name
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")  # RFC 9110 field name
 _USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*://)[^/?#]*@")
 
 
