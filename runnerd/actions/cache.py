@@ -89,9 +89,11 @@ def apply(tx: db.Tx, command: str, args: dict[str, Any], now: float) -> Any:
         current = cache.get(tx, key, now)
         if current is None:
             current = 0
+        if isinstance(current, bool) or not isinstance(current, int):
+            raise errors.InvalidAction(f"cache: {command} on {key!r}, which is not an integer")
         if not _int64(current):
-            raise errors.InvalidAction(
-                f"cache: {command} on {key!r}, which is not a 64-bit integer")
+            raise errors.InvalidAction(f"cache: {command} on {key!r}, whose value {current} is "
+                                       "beyond a 64-bit integer")
         step = {"incr": 1, "decr": -1}.get(command)
         if step is None:
             step = args.get("increment", 0) - args.get("decrement", 0)

@@ -42,15 +42,21 @@ tasks:
 """
 
 
-@pytest.fixture(scope="module")
-def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    d = Daemon(tmp_path_factory.mktemp("inputs"), CONFIG, env={"HOME_DIR": "/home/x"}).start()
+def serve(d: Daemon) -> Iterator[Daemon]:
+    """Start `d` for a module's tests; it must stop cleanly afterwards."""
+    d.start()
     try:
         yield d
         assert d.stop() == 0, d.logs()
     finally:
         if d.proc is not None and d.proc.poll() is None:
             d.kill()
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    yield from serve(Daemon(tmp_path_factory.mktemp("inputs"), CONFIG,
+                            env={"HOME_DIR": "/home/x"}))
 
 
 def raw(d: Daemon, data: bytes) -> bytes:
@@ -83,7 +89,8 @@ def assert_clean_log(d: Daemon) -> None:
 def test_a_bearer_token_that_is_not_utf8_gets_401(daemon: Daemon, value: bytes) -> None:
     for method, path in (("GET", "/api/runs"), ("POST", "/api/events")):
         answer = raw(daemon, f"{method} {path} HTTP/1.1\r\nHost: x\r\n".encode()
-                     + b"Authorization: " + value + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                     + b"Authorization: " + value
+                     + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
         head, _, body = answer.partition(b"\r\n\r\n")
         assert status_of(answer) == 401, answer[:300]
         assert b"WWW-Authenticate: Bearer" in head
@@ -155,13 +162,7 @@ listen: {{host: 127.0.0.1, port: {d.port}, header_timeout: 0.5s, body_timeout: 0
 webhooks:
   - {{name: orders, topic: user/orders/paid}}
 """)
-    d.start()
-    try:
-        yield d
-        assert d.stop() == 0, d.logs()
-    finally:
-        if d.proc is not None and d.proc.poll() is None:
-            d.kill()
+    yield from serve(d)
 
 
 def closed_by_server(sock: socket.socket, bound: float = 8.0) -> bytes:
@@ -285,7 +286,8 @@ def test_cache_counters_stay_within_64_bits(daemon: Daemon) -> None:
     assert add(-(2**63) + 1) == ("succeeded", None)
     assert counter() == 0
     daemon.cli("cache", "set", "counter", str(2**70), check=True)  # any JSON number is a value
-    assert add(1) == ("failed", "cache: incrby on 'counter', which is not a 64-bit integer")
+    assert add(1) == ("failed", f"cache: incrby on 'counter', whose value {2**70} is beyond a "
+                                "64-bit integer")
     assert counter() == 2**70
 
 
