@@ -34,8 +34,9 @@ def _guarded(handler: Handler) -> Handler:
         if token is None:
             return web.json_response({"error": "the admin API is disabled (no admin_token)"},
                                      status=404)
-        given = request.headers.get("Authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        # aiohttp decodes header bytes that are not UTF-8 as lone surrogates: encode them back
+        given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+        if not hmac.compare_digest(given, f"Bearer {token}".encode()):
             return web.json_response({"error": "missing or wrong bearer token"}, status=401,
                                      headers={"WWW-Authenticate": "Bearer"})
         try:
@@ -52,8 +53,7 @@ def _guarded(handler: Handler) -> Handler:
 
 
 async def _body(request: web.Request) -> Any:
-    raw = await webhook.read_body(request, request.app[webhook.STATE].settings.listen
-                                  .max_body_bytes)
+    raw = await webhook.read_body(request, request.app[webhook.STATE].settings.listen)
     if not raw.strip():
         return {}
     parsed, value = webhook.json_or_none(raw)  # the webhooks' rule: no NaN, no 1e400
@@ -73,7 +73,7 @@ async def list_runs(request: web.Request) -> web.StreamResponse:
     st = request.app[webhook.STATE]
     q = request.query
     state, kind, task = q.get("state") or None, q.get("kind") or None, q.get("task") or None
-    limit = ops.check_filters(state, kind, q.get("limit", "50"))
+    limit = ops.check_filters(state, kind, task, q.get("limit", "50"))
     executors = st.executors
 
     def read(tx: Any) -> list[dict[str, Any]]:

@@ -9,7 +9,7 @@ from typing import Any
 
 from runnerd import db, errors, models, sql
 
-KEY = re.compile(r"^[a-z0-9_:\-./]+$", re.IGNORECASE)
+KEY = re.compile(r"^[a-z0-9_:\-./]+\Z", re.IGNORECASE)
 MAX_VALUE_BYTES = 256 * 1024
 MAX_TTL = 5_184_000  # 60 days: the default and the maximum, as in Mechanic
 

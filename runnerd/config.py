@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 import uuid
@@ -24,9 +25,10 @@ from runnerd import errors, targets, yamlread
 #: task.id is uuid5(TASK_NAMESPACE, name): stable across restarts and machines.
 TASK_NAMESPACE = uuid.UUID("6f1d3c52-6d0a-4f6e-9a53-2b7c5e4a9d10")
 
-USER_TOPIC = re.compile(r"^user/[a-z0-9_\-.]+/[a-z0-9_\-.]+$")
-TOPIC = re.compile(r"^[a-z0-9_\-.]+/[a-z0-9_\-.]+/[a-z0-9_\-.]+$")
-NAME = re.compile(r"^[A-Za-z0-9_\-.]+$")
+# \Z, not $: a $ also matches before a trailing newline, so "user/a/b\n" would pass.
+USER_TOPIC = re.compile(r"^user/[a-z0-9_\-.]+/[a-z0-9_\-.]+\Z")
+TOPIC = re.compile(r"^[a-z0-9_\-.]+/[a-z0-9_\-.]+/[a-z0-9_\-.]+\Z")
+NAME = re.compile(r"^[A-Za-z0-9_\-.]+\Z")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -36,6 +38,14 @@ class Listen:
     host: str = "127.0.0.1"
     port: int = 8787
     max_body_bytes: int = 1_048_576
+    #: a request's headers must be complete this long after its first byte, or the connection
+    #: is closed (slow-loris)
+    header_timeout: float = 10.0
+    #: a request body (webhook, ping, API) must arrive within this, or 408 and nothing stored
+    body_timeout: float = 30.0
+    #: a connection with no request under way (idle keep-alive, or silent since it opened)
+    #: is closed after this
+    keepalive_timeout: float = 15.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -258,12 +268,22 @@ def _settings(raw: Any, path: Path, r: yamlread.Reader) -> Settings:
 
 
 def _listen(raw: Any, r: yamlread.Reader) -> Listen:
-    s = r.section(raw, "listen", {"host", "port", "max_body_bytes"})
+    timeouts = ("header_timeout", "body_timeout", "keepalive_timeout")
+    s = r.section(raw, "listen", {"host", "port", "max_body_bytes", *timeouts})
     return Listen(
         host=r.get(s, "listen", "host", str, "127.0.0.1"),
         port=r.get(s, "listen", "port", int, 8787, _port),
         max_body_bytes=r.get(s, "listen", "max_body_bytes", int, 1_048_576, yamlread.positive),
+        **{key: r.duration(s, "listen", key, getattr(_LISTEN, key), _finite_positive)
+           for key in timeouts},
     )
+
+
+_LISTEN = Listen()  # the defaults
+
+
+def _finite_positive(value: float) -> str | None:
+    return None if 0 < value < math.inf else f"expected a duration greater than 0, got {value!r}"
 
 
 def _port(value: Any) -> str | None:

@@ -32,6 +32,7 @@ from runnerd import (
     handlers,
     heartbeat,
     ingest,
+    listener,
     metrics,
     monitors,
     notify,
@@ -217,8 +218,8 @@ class Daemon:
         wakeups.append(st.worker.wakeup.set)
         st.monitors = monitors.Monitors(database, lambda: st.settings, clock=self.clock,
                                         on_event=wake)
-        runner = web.AppRunner(webhook.make_app(st, on_webhook=st.metrics.webhook),
-                               handle_signals=False, access_log=None, shutdown_timeout=5.0)
+        runner = listener.Runner(webhook.make_app(st, on_webhook=st.metrics.webhook),
+                                 settings.listen)
         loop = asyncio.get_running_loop()
         self._install_signals(loop)
         try:

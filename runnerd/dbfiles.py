@@ -136,9 +136,13 @@ def backup(source: Path, target: str | os.PathLike[str]) -> int:
     remove_stale_partials(target.parent)
     if not source.exists():
         raise missing(source)
-    if target.exists() or target.is_symlink():
+    try:
+        taken, has_directory = target.exists() or target.is_symlink(), target.parent.is_dir()
+    except OSError as exc:  # a name too long for the file system
+        raise errors.InvalidInput(f"cannot write {target}: {exc.strerror}") from None
+    if taken:
         raise errors.InvalidInput(f"{target} exists: give a new file name")
-    if not target.parent.is_dir():
+    if not has_directory:
         raise errors.InvalidInput(f"cannot write {target}: no directory {target.parent}")
     partial = target.with_name(f".{target.name}.{os.getpid()}{PARTIAL}")
     try:

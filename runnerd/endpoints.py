@@ -79,7 +79,7 @@ async def ping(request: web.Request) -> web.StreamResponse:
     if (refused := _refusal(request, monitor)) is not None:
         return refused
     try:
-        body = await webhook.read_body(request, st.settings.listen.max_body_bytes)
+        body = await webhook.read_body(request, st.settings.listen)
     except webhook.BodyRefused as exc:
         return _text(exc.status, exc.message)
     kind = monitors.PING_STATUS[request.match_info.get("kind", "")]

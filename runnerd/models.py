@@ -37,6 +37,9 @@ class RunState(StrEnum):
 PRIORITY = {RunKind.ACTION: 3, RunKind.TASK: 2, RunKind.EVENT: 1}
 
 
+#: The largest SQLite INTEGER (signed 64 bits): run ids and cache counters stay within it.
+MAX_INT64 = 2**63 - 1
+
 ERROR_TOPICS = frozenset({"mechanic/errors/task", "mechanic/errors/action"})
 PERFORM_TOPIC = "mechanic/actions/perform"
 
@@ -94,6 +97,29 @@ def _finite(value: Any) -> Any:
         return {k: _finite(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_finite(v) for v in value]
+    return value
+
+
+def parse_json(text: str | bytes) -> Any:
+    """Strict JSON (RFC 8259), the rule for every body and argument runnerd is given.
+
+    ValueError, whose text says why, for anything else: NaN and Infinity, a number that only
+    fits as infinity (1e400), nesting too deep for the decoder.
+    """
+    try:
+        return json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:20]} is out of range")
     return value
 
 

@@ -42,18 +42,23 @@ async def trigger(database: db.Database, reg: registry.Registry, name: str, *,
 
 
 def parse_run_id(value: Any) -> int:
-    """A run id from user input; NotFound when it cannot be one."""
+    """A run id from user input; NotFound when it cannot be one (also past SQLite's range)."""
     try:
         run_id = int(str(value))
-    except ValueError:
-        raise errors.NotFound(f"no run with id {value!r}") from None
-    if run_id <= 0:
-        raise errors.NotFound(f"no run with id {value!r}")
+    except ValueError:  # also a number of more than 4300 digits
+        run_id = 0
+    if not 0 < run_id <= models.MAX_INT64:
+        raise errors.NotFound(f"no run with id {str(value)[:40]!r}")
     return run_id
 
 
-def check_filters(state: str | None, kind: str | None, limit: Any) -> int:
+def check_filters(state: str | None, kind: str | None, task: str | None, limit: Any) -> int:
     """Validate run-list filters; return the limit."""
+    if task is not None:
+        try:
+            task.encode()
+        except UnicodeEncodeError:  # from a command-line argument that was not UTF-8
+            raise errors.InvalidInput(f"bad task name {task!r}: not UTF-8") from None
     if state is not None and state not in set(models.RunState):
         raise errors.InvalidInput(f"bad state {state!r}: one of "
                                   f"{', '.join(s.value for s in models.RunState)}")

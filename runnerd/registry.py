@@ -23,7 +23,7 @@ SYSTEM_TOPICS = frozenset({
     "mechanic/user/trigger", "mechanic/user/text", models.PERFORM_TOPIC, *models.ERROR_TOPICS,
     "runnerd/monitors/down", "runnerd/monitors/up",
 })
-_NMIN = re.compile(r"^(\d+)min$")
+_NMIN = re.compile(r"^(\d+)min\Z")
 #: `options.key` or `options["key"]` in a task's code: Mechanic creates options by reference.
 _OPTION_REF = re.compile(r"""options(?:\.([a-z0-9_]+)|\[\s*["']([a-z0-9_]+)["']\s*\])""")
 

@@ -7,18 +7,17 @@ committed; nothing is stored for a request that gets an error.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
-import json
 import logging
-import math
 from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
-from runnerd import errors, models, runs, state
+from runnerd import config, errors, models, runs, state
 
 logger = logging.getLogger(__name__)
 
@@ -49,30 +48,45 @@ def _error(status: int, message: str) -> web.Response:
 
 
 class BodyRefused(errors.InvalidInput):
-    """The request body was refused with `status`: 413 too large, 400 unreadable."""
+    """The request body was refused with `status`: 413 too large, 400 unreadable, 408 too slow,
+    499 (nginx's "client closed request", which nobody receives) the client went away."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
 
 
-async def read_body(request: web.Request, limit: int) -> bytes:
-    """The body; BodyRefused (413) over `limit` bytes, (400) when it cannot be read.
+async def read_body(request: web.Request, listen: config.Listen) -> bytes:
+    """The body; BodyRefused (413) over `listen.max_body_bytes`, (400) when it cannot be read,
+    (408) when it takes over `listen.body_timeout`, (499) when the client disconnects before
+    sending it all (logged as one INFO line).
 
     aiohttp inflates `Content-Encoding: gzip`/`deflate` bodies as it reads them, so the limit
     applies to the inflated size (a gzip bomb gets 413) and a body that does not inflate is
     refused here, instead of escaping the handler as a 500 with a traceback in the log.
     """
+    limit = listen.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise BodyRefused(413, f"body over {limit} bytes")
     try:
-        return await request.read()
+        async with asyncio.timeout(listen.body_timeout):
+            return await request.read()
+    except TimeoutError:
+        raise BodyRefused(408, f"the body did not arrive within {listen.body_timeout:g} s"
+                          ) from None
     except web.HTTPRequestEntityTooLarge:
         raise BodyRefused(413, f"body over {limit} bytes") from None
     except web.RequestPayloadError:
         encoding = request.headers.get("Content-Encoding")
         raise BodyRefused(400, "the body is not valid " + repr(encoding[:40]) if encoding else
                           "the body could not be read") from None
+    except ConnectionResetError:
+        expected = request.content_length
+        logger.info("%s %s: the client disconnected after %d of %s body bytes; nothing stored",
+                    request.method, request.path, request.content.total_bytes,
+                    "an unknown number of" if expected is None else expected,
+                    extra={"action": "client_disconnected"})
+        raise BodyRefused(499, "the client disconnected") from None
 
 
 def verify_signature(secret: str, body: bytes, header: str | None,
@@ -102,23 +116,14 @@ def timestamp_error(timestamp: str, now: float, tolerance: float) -> str | None:
     return None
 
 
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _finite(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"{text[:20]} is out of range")
-    return value
-
-
 def json_or_none(body: bytes) -> tuple[bool, Any]:
-    # NaN and Infinity are not JSON (RFC 8259), nor a number that only fits as infinity
-    # (1e400): such a body is text, like any other non-JSON.
+    """(True, the value) when `body` is strict JSON (`models.parse_json`), else (False, None).
+
+    NaN, Infinity or 1e400 make a body text, like any other non-JSON.
+    """
     try:
-        return True, json.loads(body, parse_constant=_no_constants, parse_float=_finite)
-    except (ValueError, RecursionError):
+        return True, models.parse_json(body)
+    except ValueError:
         return False, None
 
 
@@ -190,7 +195,7 @@ async def _webhook(request: web.Request) -> web.StreamResponse:
         return web.json_response({"error": "only POST is allowed"}, status=405,
                                  headers={"Allow": "POST"})
     try:
-        body = await read_body(request, st.settings.listen.max_body_bytes)
+        body = await read_body(request, st.settings.listen)
     except BodyRefused as exc:
         return _error(exc.status, exc.message)
     if hook.secret is not None:

@@ -13,7 +13,8 @@ from typing import Any
 
 from runnerd import durations
 
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+#: `${VAR}`, or the escape `$${`, which stands for a literal `${`.
+_VAR = re.compile(r"\$(\$)\{|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 class Reader:
@@ -65,15 +66,20 @@ class Reader:
             return default
         return value
 
-    def duration(self, section: dict[str, Any], path: str, key: str, default: Any) -> Any:
-        """`section[key]` as seconds (`30s`, `10m`, `2h`, `1d` or a number)."""
+    def duration(self, section: dict[str, Any], path: str, key: str, default: Any,
+                 check: Callable[[float], str | None] | None = None) -> Any:
+        """`section[key]` as seconds (`30s`, `10m`, `2h`, `1d` or a number) that passes `check`."""
         if key not in section or section[key] is None:
             return default
         try:
-            return durations.parse_duration(section[key])
+            value = durations.parse_duration(section[key])
         except ValueError as exc:
             self.problem(join(path, key), str(exc))
             return default
+        if check is not None and (message := check(value)) is not None:
+            self.problem(join(path, key), message)
+            return default
+        return value
 
 
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
@@ -111,10 +117,15 @@ def one_of(*choices: str) -> Callable[[Any], str | None]:
 
 
 def substitute(value: Any, path: str, environ: Mapping[str, str], reader: Reader) -> Any:
-    """Replace `${VAR}` in every string of `value` from `environ`; a missing VAR is a problem."""
+    """Replace `${VAR}` in every string of `value` from `environ`; `$${` gives a literal `${`.
+
+    A missing VAR is a problem.
+    """
     if isinstance(value, str):
         def repl(match: re.Match[str]) -> str:
-            name = match.group(1)
+            if match.group(1):
+                return "${"
+            name = match.group(2)
             if name not in environ:
                 reader.problem(path, f"environment variable {name} is not set")
                 return ""

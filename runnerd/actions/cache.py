@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from runnerd import actions, cache, db, errors
+from runnerd import actions, cache, db, errors, models
 
 #: command -> names of its positional arguments after the command itself.
 COMMANDS: dict[str, tuple[str, ...]] = {
@@ -52,10 +52,16 @@ def parse(options: Any) -> tuple[str, dict[str, Any]]:
     )
 
 
+def _int64(value: Any) -> bool:
+    """A signed 64-bit integer: the counters' range, as in Redis (and SQLite's INTEGER)."""
+    return (isinstance(value, int) and not isinstance(value, bool)
+            and -models.MAX_INT64 - 1 <= value <= models.MAX_INT64)
+
+
 def _integer(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise errors.InvalidAction(f"cache: {what} must be an integer, got {value!r}")
-    return value
+    if not _int64(value):
+        raise errors.InvalidAction(f"cache: {what} must be a 64-bit integer, got {value!r}")
+    return int(value)
 
 
 def check(options: Any) -> tuple[str, dict[str, Any]]:
@@ -85,10 +91,16 @@ def apply(tx: db.Tx, command: str, args: dict[str, Any], now: float) -> Any:
             current = 0
         if isinstance(current, bool) or not isinstance(current, int):
             raise errors.InvalidAction(f"cache: {command} on {key!r}, which is not an integer")
+        if not _int64(current):
+            raise errors.InvalidAction(f"cache: {command} on {key!r}, whose value {current} is "
+                                       "beyond a 64-bit integer")
         step = {"incr": 1, "decr": -1}.get(command)
         if step is None:
             step = args.get("increment", 0) - args.get("decrement", 0)
         value = current + step
+        if not _int64(value):
+            raise errors.InvalidAction(f"cache: {command} on {key!r} would overflow a 64-bit "
+                                       "integer; the value is unchanged")
     cache.put(tx, key, value, ttl, now)
     return value
 

@@ -57,7 +57,7 @@ SECRET_NAME = re.compile(
     r"|(?:^|[-_.])(?:key|sig|pass|pwd|jwt)(?:$|[-_.])", re.IGNORECASE)
 MAX_REDIRECTS = 10
 
-_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 field name
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")  # RFC 9110 field name
 _USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*://)[^/?#]*@")
 
 

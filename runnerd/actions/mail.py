@@ -29,7 +29,7 @@ RESERVED_HEADERS = frozenset({
     "return-path", "received", "resent-from", "resent-to", "resent-cc", "resent-bcc",
 })
 
-_HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # printable ASCII except ':' (RFC 5322 ftext)
+_HEADER_NAME = re.compile(r"^[!-9;-~]+\Z")  # printable ASCII except ':' (RFC 5322 ftext)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _COMMA = re.compile(r',(?=(?:[^"]*"[^"]*")*[^"]*$)')  # a comma followed by balanced quotes
 _Address = email.headerregistry.Address
