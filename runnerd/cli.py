@@ -107,30 +107,13 @@ def _config_path(args: argparse.Namespace, environ: dict[str, str]) -> str:
 
 
 def _parse_json_arg(text: str | None, what: str) -> Any:
+    """The API's and the webhooks' rule (`models.parse_json`), or one line naming `what`."""
     if text is None:
         return None
     try:
-        return _json(text)
+        return models.parse_json(text)
     except ValueError as exc:
         raise errors.InvalidInput(f"{what} is not valid JSON: {exc}") from None
-
-
-#: Deeper JSON is refused: encoding it again for the database would exhaust Python's recursion
-#: limit (1000 frames) below the command's own frames, where decoding it did not.
-MAX_JSON_DEPTH = 500
-
-
-def _json(text: str) -> Any:
-    """The API's and the webhooks' rule (no NaN, no 1e400), at most MAX_JSON_DEPTH deep."""
-    value = models.parse_json(text)
-    stack = [(value, 1)]
-    while stack:  # without recursion, so a deep value cannot take the command down here
-        item, depth = stack.pop()
-        if isinstance(item, dict | list):
-            if depth > MAX_JSON_DEPTH:
-                raise ValueError(f"nested more than {MAX_JSON_DEPTH} levels deep")
-            stack += ((x, depth + 1) for x in (item.values() if isinstance(item, dict) else item))
-    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -297,7 +280,7 @@ def cmd_cache(args: argparse.Namespace, path: str, environ: dict[str, str]) -> i
             if args.value is None:
                 raise errors.InvalidInput("cache set needs KEY VALUE")
             try:
-                value = _json(args.value)
+                value = models.parse_json(args.value)
             except ValueError:
                 value = args.value  # not JSON: a plain string
             cache.encode_value(value)

@@ -100,16 +100,40 @@ def _finite(value: Any) -> Any:
     return value
 
 
+#: Deeper JSON is refused wherever runnerd is given JSON: encoding, decoding and rendering such
+#: data again later (on the worker's stack, below its own frames) could exhaust Python's
+#: recursion limit and take the daemon down at every start while its run stays queued.
+MAX_JSON_DEPTH = 128
+
+
 def parse_json(text: str | bytes) -> Any:
     """Strict JSON (RFC 8259), the rule for every body and argument runnerd is given.
 
     ValueError, whose text says why, for anything else: NaN and Infinity, a number that only
-    fits as infinity (1e400), nesting too deep for the decoder.
+    fits as infinity (1e400), nesting deeper than MAX_JSON_DEPTH.
     """
     try:
-        return json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
+        value = json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
     except RecursionError:
         raise ValueError("nested too deeply") from None
+    # Only a text with that many brackets can be that deep: counting them costs next to nothing.
+    opened = text.count("[") + text.count("{") if isinstance(text, str) else (
+        text.count(b"[") + text.count(b"{"))
+    if opened > MAX_JSON_DEPTH and too_deep(value):
+        raise ValueError(f"nested more than {MAX_JSON_DEPTH} levels deep")
+    return value
+
+
+def too_deep(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether arrays and objects in `value` nest more than `limit` deep (without recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list | tuple):
+            if depth > limit:
+                return True
+            stack += ((x, depth + 1) for x in (item.values() if isinstance(item, dict) else item))
+    return False
 
 
 def _no_constant(name: str) -> Any:

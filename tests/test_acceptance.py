@@ -229,10 +229,11 @@ def test_admin_api(make_daemon) -> None:
     assert d.post_json("/api/events", {"topic": "bad"}, auth)[0] == 400
     # Not JSON, as for webhooks: nothing stored (NaN used to be stored as null).
     events_before = d.query("SELECT COUNT(*) FROM events")[0][0]
-    for text in ('{"topic": "user/orders/ready", "data": NaN}',
-                 '{"topic": "user/orders/ready", "data": 1e400}'):
+    for text, why in (('{"topic": "user/orders/ready", "data": NaN}', "NaN is not JSON"),
+                      ('{"topic": "user/orders/ready", "data": 1e400}', "1e400 is out of range")):
         status, _, body = d.request("POST", "/api/events", text, auth)
-        assert (status, json.loads(body)) == (400, {"error": "the request body is not valid JSON"})
+        assert (status, json.loads(body)) == (
+            400, {"error": f"the request body is not valid JSON: {why}"})
     assert d.query("SELECT COUNT(*) FROM events")[0][0] == events_before
     status, _, body = d.request("GET", "/api/queue", headers=auth)
     assert status == 200 and "queue" in json.loads(body)

@@ -36,7 +36,7 @@ from typing import Any
 import aiohttp
 import yarl
 
-from runnerd import actions, config, errors, targets
+from runnerd import actions, config, errors, models, targets
 from runnerd.actions import guard
 
 logger = logging.getLogger(__name__)
@@ -264,7 +264,7 @@ def _decode(raw: bytes, response: aiohttp.ClientResponse, truncated: bool) -> An
     media = response.content_type
     if not truncated and (media == "application/json" or media.endswith("+json")):
         try:
-            return json.loads(text)
+            return models.parse_json(text)  # NaN or nesting too deep: kept as text
         except ValueError:
             pass
     return text

@@ -67,10 +67,14 @@ class State:
 
     def check_room(self, value: Any, token: lqtok.Token) -> None:
         """Refuse, before it is copied, a value whose JSON would not fit in the output left (a
-        value sharing one array many times over would copy for ever)."""
+        value sharing one array many times over would copy for ever), or that nests deeper than
+        runnerd takes JSON anywhere (`models.MAX_JSON_DEPTH`)."""
         room = self.sink.limit - self.sink.size
         if filters.sizes.data(room, value) > room:
             raise Limit("output_bytes", self.limits.output_bytes, token)
+        if models.too_deep(value):  # stored, it could not be read back safely
+            raise TagError(f"a value nested more than {models.MAX_JSON_DEPTH} levels deep",
+                           token=token)
 
     def record(self, kind: str, value: Any, size: int, token: lqtok.Token) -> None:
         """Collect an object; its JSON size counts towards the output limit."""

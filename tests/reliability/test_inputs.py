@@ -39,6 +39,12 @@ tasks:
   - name: Dollar
     subscriptions: user/a/b
     code: '{{% log "$${{x}} and ${{HOME_DIR}}" %}}'
+  - name: Deep
+    subscriptions: user/deep/build
+    code: |
+      {{% assign a = array %}}
+      {{% for i in (1..event.data) %}}{{% assign a = array | push: a %}}{{% endfor %}}
+      {{% action "echo", a %}}
 """
 
 
@@ -235,7 +241,7 @@ def test_cli_run_ids_beyond_64_bits_are_one_line(daemon: Daemon) -> None:
 @pytest.mark.parametrize(("data", "why"), [
     ("NaN", "NaN is not JSON"), ("[Infinity]", "Infinity is not JSON"),
     ('{"a": -Infinity}', "-Infinity is not JSON"), ("1e400", "1e400 is out of range"),
-    ("[" * 600 + "]" * 600, "nested more than 500 levels deep"),
+    ("[" * 600 + "]" * 600, "nested more than 128 levels deep"),
     ("[" * 50_000 + "]" * 50_000, "nested too deeply"),
     ("{", "Expecting property name enclosed in double quotes"),
 ])
@@ -308,3 +314,29 @@ def test_config_names_and_topics_refuse_a_trailing_newline(tmp_path: Path) -> No
         "and '.'",
         "runnerd: config: webhooks[0].topic: bad topic 'user/orders/paid\\n': expected "
         "user/<subject>/<verb> (lower case)"]
+
+
+def test_json_nested_too_deep_is_refused_at_every_door(daemon: Daemon) -> None:
+    """JSON deeper than models.MAX_JSON_DEPTH (128) never gets stored as data: decoding it again
+    on the worker's stack could exhaust Python's recursion limit and take the daemon down at
+    every start while its run stays queued."""
+    deep = "[" * 200 + "]" * 200
+    status, _, body = daemon.request("POST", "/api/events",
+                                     f'{{"topic": "user/a/c", "data": {deep}}}',
+                                     {**AUTH, "Content-Type": "application/json"})
+    assert (status, json.loads(body)["error"]) == (
+        400, "the request body is not valid JSON: nested more than 128 levels deep"), body
+    # A webhook keeps such a body as what it is then: text, not JSON.
+    assert daemon.request("POST", "/webhooks/orders", deep,
+                          {"Content-Type": "application/json"})[0] == 204
+    wait_until(lambda: daemon.query(
+        "SELECT data FROM events WHERE topic = 'user/orders/paid' ORDER BY rowid DESC LIMIT 1"
+    )[0][0] == json.dumps(deep))
+    # A task that builds such a value fails with one line; 100 levels are fine.
+    for levels, state in ((100, "succeeded"), (300, "failed")):
+        assert daemon.post_json("/api/events", {"topic": "user/deep/build", "data": levels},
+                                AUTH)[0] == 201
+        daemon.wait_runs(f"kind = 'task' AND task_name = 'Deep' AND state = '{state}'", 1)
+    (error,) = daemon.query("SELECT error FROM runs WHERE task_name = 'Deep' AND state = 'failed'")
+    assert "a value nested more than 128 levels deep" in error[0], error[0]
+    assert daemon.request("GET", "/health")[0] == 200
