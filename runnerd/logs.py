@@ -16,9 +16,10 @@ _NUMBERS = re.compile(r"\d+")
 
 
 class ClientErrors(logging.Filter):
-    """A malformed request (bad HTTP, an unsupported Content-Encoding) is the client's mistake:
-    aiohttp logs it with a traceback at ERROR; make it one line at INFO, so a sender cannot fill
-    the log with tracebacks. Errors of runnerd's own handlers keep theirs."""
+    """A malformed request (bad HTTP, an unsupported Content-Encoding) or a client that hangs up
+    while aiohttp answers it (e.g. its `100 Continue`) is the client's doing: aiohttp logs it
+    with a traceback at ERROR; make it one line at INFO, so a sender cannot fill the log with
+    tracebacks. Errors of runnerd's own handlers keep theirs."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         # only the daemon's records come here
@@ -27,10 +28,16 @@ class ClientErrors(logging.Filter):
         exc = record.exc_info[1] if record.exc_info else None
         # RequestPayloadError: a body that does not inflate, met again when aiohttp drains it
         if isinstance(exc, http_exceptions.HttpProcessingError | web_protocol.RequestPayloadError):
-            record.exc_info, record.exc_text = None, None
-            record.levelno, record.levelname = logging.INFO, "INFO"
-            record.msg, record.args = "malformed request: %s", (" ".join(str(exc).split()),)
+            _one_info_line(record, "malformed request: %s", exc)
+        elif isinstance(exc, ConnectionResetError):  # aiohttp's ClientConnectionResetError too
+            _one_info_line(record, "the client disconnected: %s", exc)
         return True
+
+
+def _one_info_line(record: logging.LogRecord, message: str, exc: BaseException) -> None:
+    record.exc_info, record.exc_text = None, None
+    record.levelno, record.levelname = logging.INFO, "INFO"
+    record.msg, record.args = message, (" ".join(str(exc).split()),)
 
 
 class _Window:

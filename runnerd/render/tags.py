@@ -65,7 +65,7 @@ class State:
         if time.monotonic() > self.deadline:
             raise Limit("render_seconds", self.limits.render_seconds, token)
 
-    def check_room(self, value: Any, token: lqtok.Token) -> None:
+    def check_room(self, value: Any, token: lqtok.Token, what: str) -> None:
         """Refuse, before it is copied, a value whose JSON would not fit in the output left (a
         value sharing one array many times over would copy for ever), or that nests deeper than
         runnerd takes JSON anywhere (`models.MAX_JSON_DEPTH`)."""
@@ -73,8 +73,8 @@ class State:
         if filters.sizes.data(room, value) > room:
             raise Limit("output_bytes", self.limits.output_bytes, token)
         if models.too_deep(value):  # stored, it could not be read back safely
-            raise TagError(f"a value nested more than {models.MAX_JSON_DEPTH} levels deep",
-                           token=token)
+            raise TagError(f"{what}: a value nested more than {models.MAX_JSON_DEPTH} levels "
+                           "deep", token=token)
 
     def record(self, kind: str, value: Any, size: int, token: lqtok.Token) -> None:
         """Collect an object; its JSON size counts towards the output limit."""
@@ -155,7 +155,7 @@ class _OutputNode(output.OutputNode):
     def render_to_output(self, context: liquid.RenderContext, buffer: TextIO) -> int:
         value = self.expression.evaluate(context)
         if isinstance(value, (list, tuple, dict)):
-            cast(Context, context).state.check_room(value, self.token)
+            cast(Context, context).state.check_room(value, self.token, "output")
         return buffer.write(stringify.to_liquid_string(value, context.autoescape))
 
 
@@ -362,7 +362,7 @@ class _ObjectNode(lqast.Node):
         else:
             values = [expr.evaluate(context) for expr in self.positional]
             value = values[0] if len(values) == 1 else values
-        state.check_room(value, self.token)
+        state.check_room(value, self.token, self.kind)
         value = filters.plain(value)
         state.record(self.kind + "s", value, _size(value) + 12, self.token)
         return 0
@@ -400,7 +400,7 @@ class _ObjectNode(lqast.Node):
             options = dict(options)
             perform = options.pop("__perform_event", perform)
             meta = options.pop("__meta", meta)
-        cast(Context, context).state.check_room((options, meta), self.token)
+        cast(Context, context).state.check_room((options, meta), self.token, "action")
         return models.ActionSpec(type=type_, options=filters.plain(options),
                                  meta=filters.plain(meta), perform_event=perform is not False)
 

@@ -36,7 +36,9 @@ HOSTILE = {
                          "limit exceeded: output_bytes (1048576)"),
     "Action flood": (f'{{% for i in (1..50000) %}}{{% action "echo", pad: "{PAD}" %}}'
                      "{% endfor %}", "limit exceeded: output_bytes (1048576)"),
-    "Deep data": ("{% log event.data %}", "limit exceeded: nesting (data nested too deeply)"),
+    "Deep data": ("{% assign a = array %}{% for i in (1..event.data) %}"
+                  "{% assign a = array | push: a %}{% endfor %}{% log a %}",
+                  "line 1: log: a value nested more than 128 levels deep"),
     "Catastrophic match": ('{% assign m = event.data.text | match: "(a+)+$" %}',
                            "limit exceeded: render_seconds (1.0)"),
     "Catastrophic scan": ('{% assign m = event.data.text | scan: "(a|aa)+$" %}',
@@ -53,7 +55,7 @@ HOSTILE = {
                        "cache: value is over the 256 KB limit"),
 }
 DATA = {
-    "Deep data": json.loads("[" * 900 + "]" * 900),
+    "Deep data": 900,
     "Catastrophic match": {"text": "a" * 60 + "!"},
     "Catastrophic scan": {"text": "a" * 60 + "!"},
     "Catastrophic loop": {"text": "a" * 60},

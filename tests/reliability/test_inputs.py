@@ -338,5 +338,21 @@ def test_json_nested_too_deep_is_refused_at_every_door(daemon: Daemon) -> None:
                                 AUTH)[0] == 201
         daemon.wait_runs(f"kind = 'task' AND task_name = 'Deep' AND state = '{state}'", 1)
     (error,) = daemon.query("SELECT error FROM runs WHERE task_name = 'Deep' AND state = 'failed'")
-    assert "a value nested more than 128 levels deep" in error[0], error[0]
+    assert "line 3: action: a value nested more than 128 levels deep" in error[0], error[0]
     assert daemon.request("GET", "/health")[0] == 200
+
+
+def test_a_client_that_hangs_up_before_its_100_continue_gets_one_info_line(
+        daemon: Daemon) -> None:
+    """aiohttp answers `Expect: 100-continue` itself; a client already gone made that write fail
+    with an ERROR and a traceback. It is one INFO line, like any client that disconnects."""
+    request = (b"POST /webhooks/orders HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+               b"Content-Type: application/json\r\nContent-Length: 10\r\n\r\n")
+    before = events(daemon)
+    for _ in range(30):
+        with socket.create_connection(("127.0.0.1", daemon.port), timeout=10) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            sock.sendall(request)  # ...and reset at once, before reading the 100 Continue
+    assert daemon.request("GET", "/health")[0] == 200
+    assert events(daemon) == before
+    assert_clean_log(daemon)
