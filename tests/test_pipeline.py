@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 
 from runnerd import actions, daemon, db, handlers, models, runs, worker
+from runnerd import cache as cache_store
 from runnerd.actions import cache as cache_action
 from runnerd.actions import echo, event, http
 
@@ -65,9 +66,7 @@ class Pipeline:
         return [e for e in found if topic is None or e.topic == topic]
 
     async def cache(self, key: str) -> Any:
-        from runnerd import cache
-
-        return await self.db.read(lambda tx: cache.get(tx, key, self.clock()))
+        return await self.db.read(lambda tx: cache_store.get(tx, key, self.clock()))
 
 
 @pytest.fixture
