@@ -36,7 +36,7 @@ def patch_taskid() -> None:
 
 def patch_cache64() -> None:
     """PRAGMA cache_size = -65536 (64 MiB page cache per connection instead of 2 MiB)."""
-    from runnerd import db
+    from runnerd.store import db
 
     orig = db._pragmas
 
@@ -49,7 +49,7 @@ def patch_cache64() -> None:
 
 def patch_noworker() -> None:
     """No worker: the ingest ceiling with nothing else competing for the core (not a fix)."""
-    from runnerd import worker
+    from runnerd.engine import worker
 
     async def run(self: Any, stop: Any, *, grace: float = 20.0) -> None:
         await stop.wait()

@@ -320,7 +320,7 @@ def make_history(db: Path, runs_total: int, *, now: float | None = None,
     trees, as the daemon writes them), spread over the last 10 days (inside retention, so the
     janitor keeps them). Direct SQL, one transaction, synchronous off: seconds, not minutes."""
     sys.path.insert(0, str(ROOT))
-    from runnerd import db as rdb  # the schema comes from runnerd's own migrations
+    from runnerd.store import db as rdb
 
     now = time.time() if now is None else now
     rng = random.Random(seed)

@@ -28,7 +28,8 @@ _LINE = re.compile(r" \(([^()]*?)(?::\d+)?\)$")
 #: Parts of the pipeline: a label and a function-name pattern matched against each frame.
 PARTS = [
     ("HTTP server (aiohttp request handling, total)", r"RequestHandler\._handle_request"),
-    ("  webhook handler (runnerd/webhook.py _webhook)", r"^_webhook \(runnerd/webhook\.py"),
+    ("  webhook handler (runnerd/web/webhooks.py _webhook)",
+     r"^_webhook \(runnerd/web/webhooks\.py"),
     ("  ingest.submit (waiting excluded)", r"^Ingest\.submit "),
     ("aiohttp protocol parsing (data_received)", r"data_received"),
     ("worker._turn (claim/finish round trip)", r"^Worker\._turn "),
@@ -39,8 +40,8 @@ PARTS = [
     ("    variables / event.to_liquid", r"^Handlers\.variables "),
     ("  action_run", r"^Handlers\.action_run "),
     ("runs.finish_and_claim (on the db thread)", r"^finish_and_claim "),
-    ("  runs.finish", r"^finish \(runnerd/runs\.py"),
-    ("  runs.claim", r"^claim \(runnerd/runs\.py"),
+    ("  runs.finish", r"^finish \(runnerd/queue/runs\.py"),
+    ("  runs.claim", r"^claim \(runnerd/queue/runs\.py"),
     ("    event_chain / event_by_id lookups", r"^Tx\.(all|one) "),
     ("runs.insert_events (on the db thread)", r"^insert_events "),
     ("db COMMIT (fsync) / _transaction", r"^_transaction "),

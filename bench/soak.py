@@ -89,7 +89,7 @@ def file_size(path: Path) -> int:
 
 def claim_sql() -> tuple[str, str]:
     """(name, SQL) of the claim statement in runnerd/sql/queries.sql."""
-    from runnerd import sql
+    from runnerd.store import sql
 
     for name in ("claim", "claim_runs"):
         if name in sql.queries:
@@ -101,8 +101,8 @@ def claim_sql() -> tuple[str, str]:
 def claim_probe(path: Path, history: int, *, due: int = 1000, reps: int = 200,
                 log: Log = print) -> dict[str, Any]:
     """Plan and time the claim with `due` due runs and `history` finished runs in the table."""
-    from runnerd import db as rdb
-    from runnerd import sql
+    from runnerd.store import db as rdb
+    from runnerd.store import sql
 
     made: dict[str, Any] = {}
     if history:
@@ -291,7 +291,9 @@ class Stream:
 def prune_loop(config_path: str, every: float) -> int:
     """`retention.prune` (the code of `runnerd prune`) every `every` seconds until SIGTERM; one JSON
     line of counts per prune on stdout."""
-    from runnerd import config, db, retention
+    from runnerd import config
+    from runnerd.queue import retention
+    from runnerd.store import db
 
     settings = config.load(config_path, {})
     stop = threading.Event()
@@ -312,7 +314,7 @@ def prune_loop(config_path: str, every: float) -> int:
 
 #: Starts `runnerd run` with the janitor's period (scheduler.JANITOR_SECONDS, 60 s) replaced by
 #: the first argument: with retention in seconds, the janitor must come round in seconds too.
-LAUNCH = ("import sys; from runnerd import cli, scheduler; "
+LAUNCH = ("import sys; from runnerd import cli; from runnerd.engine import scheduler; "
           "scheduler.JANITOR_SECONDS = float(sys.argv.pop(1)); sys.exit(cli.main(sys.argv[1:]))")
 
 

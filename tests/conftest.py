@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from prometheus_client import parser
 
-from runnerd import db
+from runnerd.store import db
 
 ROOT = Path(__file__).resolve().parent.parent
 

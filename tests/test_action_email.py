@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 
-from runnerd import actions, config, db, errors
+from runnerd import actions, config, errors
 from runnerd.actions import email as email_action
-from runnerd.actions import mail as mail_action
+from runnerd.actions import message as mail_action
+from runnerd.store import db
 from tests import helpers_servers
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256))

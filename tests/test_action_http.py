@@ -13,8 +13,8 @@ import aiohttp
 import pytest
 from aiohttp import test_utils, web
 
-from runnerd import config, errors, targets
-from runnerd.actions import guard
+from runnerd import config, errors
+from runnerd.actions import guard, targets
 from runnerd.actions import http as http_action
 from tests import helpers_servers
 

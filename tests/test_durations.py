@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from runnerd import durations
+from runnerd.config import durations
 
 
 @pytest.mark.parametrize(("text", "seconds"), [

@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
-from runnerd import config, errors, render
-from runnerd.filters import sizes
+from runnerd import config, errors
+from runnerd.liquid import render
+from runnerd.liquid.filters import sizes
 
 CAP = 65_536
 #: The test renderer's own allocations (compile, context, the error) stay well under this; an

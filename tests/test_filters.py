@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from runnerd import errors, filters, render
-from runnerd.filters import arrays, data, dates, text
+from runnerd import errors
+from runnerd.liquid import filters, render
+from runnerd.liquid.filters import arrays, data, dates, text
 
 NOW = 1_700_000_000.0  # Tuesday 2023-11-14T22:13:20Z
 CHICAGO = dates.zone("America/Chicago")

@@ -15,7 +15,12 @@ from pathlib import Path
 
 from aiohttp import test_utils
 
-from runnerd import actions, daemon, db, heartbeat, ingest, notify, state, webhook
+from runnerd import actions, daemon
+from runnerd.daemon import sd_notify
+from runnerd.monitoring import heartbeat
+from runnerd.queue import ingest
+from runnerd.store import db
+from runnerd.web import context, webhooks
 
 from .conftest import Daemon
 
@@ -49,7 +54,7 @@ async def test_beat_writes_the_row_and_feeds_the_watchdog(database: db.Database,
     dead: list[str] = []
     writable = [True]
     with notify_socket() as (path, sock):
-        beat = heartbeat.Heartbeat(database, notifier=notify.Notifier(path), clock=clock,
+        beat = heartbeat.Heartbeat(database, notifier=sd_notify.Notifier(path), clock=clock,
                                    active_runs=lambda: 3, db_writable=lambda: writable[0],
                                    dead_components=lambda: dead)
         assert await beat.beat(clock()) is True
@@ -71,7 +76,7 @@ async def test_beat_writes_the_row_and_feeds_the_watchdog(database: db.Database,
 
 
 async def test_the_probe_sees_a_stalled_loop(database: db.Database, clock) -> None:
-    beat = heartbeat.Heartbeat(database, notifier=notify.Notifier(None), clock=clock,
+    beat = heartbeat.Heartbeat(database, notifier=sd_notify.Notifier(None), clock=clock,
                                lag_threshold=0.2)
     stop = asyncio.Event()
     probe = asyncio.create_task(beat._probe(stop))
@@ -96,13 +101,13 @@ def test_watchdog_interval() -> None:
 async def test_health_503_names_the_reason(database: db.Database, tmp_path: Path, clock) -> None:
     path = tmp_path / "c.yaml"
     path.write_text(f"database: {tmp_path / 'test.db'}\n")
-    st = state.State(db=database, registry=daemon.load(str(path), {}),
+    st = context.State(db=database, registry=daemon.load(str(path), {}),
                      ingest=ingest.Ingest(database, on_commit=lambda n: None),
                      executors=actions.Registry(), clock=clock)
     dead: list[str] = []
-    st.heartbeat = heartbeat.Heartbeat(database, notifier=notify.Notifier(None), clock=clock,
+    st.heartbeat = heartbeat.Heartbeat(database, notifier=sd_notify.Notifier(None), clock=clock,
                                        dead_components=lambda: dead)
-    async with test_utils.TestClient(test_utils.TestServer(webhook.make_app(st))) as client:
+    async with test_utils.TestClient(test_utils.TestServer(webhooks.make_app(st))) as client:
         resp = await client.get("/health")
         assert resp.status == 503 and (await resp.json())["problems"] == ["no heartbeat yet"]
         await st.heartbeat.beat(clock())

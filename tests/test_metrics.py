@@ -7,7 +7,9 @@ from typing import Any
 
 from prometheus_client import parser
 
-from runnerd import metrics, models, runs
+from runnerd import models
+from runnerd.monitoring import metrics
+from runnerd.queue import runs
 
 from .conftest import Daemon, scrape, value, wait_until
 

@@ -14,7 +14,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from runnerd import config, cron, db, models, monitors, runs, taskstatus
+from runnerd import config, models
+from runnerd.monitoring import cron, monitors, taskstatus
+from runnerd.queue import runs
+from runnerd.store import db
 
 from .conftest import Daemon, wait_until
 from .helpers_servers import refused_port, smtp_server

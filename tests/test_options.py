@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from runnerd import options
+from runnerd.tasks import options
 
 
 def test_plain_key() -> None:

@@ -13,10 +13,13 @@ from typing import Any
 import aiohttp
 import pytest
 
-from runnerd import actions, daemon, db, handlers, models, runs, worker
-from runnerd import cache as cache_store
+from runnerd import actions, daemon, models
 from runnerd.actions import cache as cache_action
 from runnerd.actions import echo, event, http
+from runnerd.engine import run_kinds, worker
+from runnerd.queue import runs
+from runnerd.store import cache as cache_store
+from runnerd.store import db
 
 from .conftest import Clock, free_port
 
@@ -37,7 +40,7 @@ class Pipeline:
         for ex in (cache_action.CacheExecutor(), echo.EchoExecutor(), event.EventExecutor(),
                    http.HttpExecutor(self.session, self.reg.settings.http)):
             self.executors.add(ex)
-        self.handlers = handlers.Handlers(lambda: self.reg, self.executors,
+        self.handlers = run_kinds.Handlers(lambda: self.reg, self.executors,
                                           reader=self.reader, clock=self.clock)
         self.worker = worker.Worker(self.db, self.handlers.for_kind(), concurrency=4,
                                     clock=self.clock)
@@ -380,7 +383,7 @@ async def test_loop_protection_fails_a_run_identical_to_its_predecessor(pipeline
     def of(name: str) -> list[tuple[str, str | None]]:
         return [(r.state.value, r.error) for r in tasks if r.task_name == name]
 
-    from runnerd.handlers import LOOP_ERROR
+    from runnerd.engine.run_kinds import LOOP_ERROR
 
     # Its first run emits the event; the second would emit the very same one: failed, ended.
     assert of("Echo chamber") == [("succeeded", None), ("failed", LOOP_ERROR)]
@@ -551,7 +554,7 @@ async def test_task_runs_stored_by_the_ingest_are_rendered_as_handed_over(pipeli
                                                                          clock) -> None:
     import asyncio
 
-    from runnerd import ingest
+    from runnerd.queue import ingest
 
     p = await pipeline("""
         tasks:

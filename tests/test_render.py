@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from runnerd import config, errors, models, render
+from runnerd import config, errors, models
+from runnerd.liquid import render
 
 NOW = 1_700_000_000.0  # 2023-11-14T22:13:20Z
 

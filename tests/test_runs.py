@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from runnerd import db, errors, models, retention, runs, sql
+from runnerd import errors, models
 from runnerd.models import RunKind, RunState
+from runnerd.queue import retention, runs
+from runnerd.store import db, sql
 
 
 async def add_event(database: db.Database, now: float, **kw: object) -> models.Event:

@@ -7,7 +7,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from runnerd import db, scheduler
+from runnerd.engine import scheduler
+from runnerd.store import db
 
 UTC = ZoneInfo("UTC")
 PARIS = ZoneInfo("Europe/Paris")

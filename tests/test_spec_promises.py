@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from runnerd import db
+from runnerd.store import db
 
 from .conftest import Daemon, scrape, value, wait_until
 from .reliability.helpers import Target

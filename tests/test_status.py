@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from runnerd import status
+from runnerd.web import status
 
 from .conftest import Daemon, require
 

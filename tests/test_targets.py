@@ -12,8 +12,7 @@ from typing import Any
 import pytest
 from aiohttp import abc
 
-from runnerd import targets
-from runnerd.actions import guard
+from runnerd.actions import guard, targets
 
 
 def policy(allow: tuple[str, ...] = (), deny: tuple[str, ...] = (),

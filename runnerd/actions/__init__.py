@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from runnerd import models
 
 if TYPE_CHECKING:
-    from runnerd import db
+    from runnerd.store import db
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

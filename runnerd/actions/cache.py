@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from runnerd import actions, cache, db, errors, models
+from runnerd import actions, errors, models
+from runnerd.store import cache, db
 
 #: command -> names of its positional arguments after the command itself.
 COMMANDS: dict[str, tuple[str, ...]] = {

@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING, Any
 import aiosmtplib
 
 from runnerd import actions, config, errors
-from runnerd.actions import mail as mail_
+from runnerd.actions import message as mail_
 
 if TYPE_CHECKING:
-    from runnerd import db
+    from runnerd.store import db
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,8 @@ import datetime as dt
 import uuid
 from typing import Any
 
-from runnerd import actions, config, errors, runs
+from runnerd import actions, config, errors
+from runnerd.queue import runs
 
 ALLOWED = {"topic", "data", "run_at", "task_id", "task_ids"}
 

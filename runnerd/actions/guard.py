@@ -24,7 +24,7 @@ import aiohttp
 import yarl
 from aiohttp import abc
 
-from runnerd import targets
+from runnerd.actions import targets
 
 
 class Refused(Exception):

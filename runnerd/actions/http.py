@@ -36,8 +36,8 @@ from typing import Any
 import aiohttp
 import yarl
 
-from runnerd import actions, config, errors, models, targets
-from runnerd.actions import guard
+from runnerd import actions, config, errors, models
+from runnerd.actions import guard, targets
 
 logger = logging.getLogger(__name__)
 

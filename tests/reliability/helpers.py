@@ -19,7 +19,10 @@ from typing import Any
 
 from aiohttp import test_utils, web
 
-from runnerd import actions, daemon, db, ingest, state, webhook
+from runnerd import actions, daemon
+from runnerd.queue import ingest
+from runnerd.store import db
+from runnerd.web import context, webhooks
 
 from ..conftest import wait_until
 
@@ -181,12 +184,12 @@ class InProcess:
         self.registry = daemon.load(str(self.config), {})
         self.db = await db.Database(self.registry.settings.database).open()
         await self.db.migrate()
-        self.state = state.State(db=self.db, registry=self.registry,
+        self.state = context.State(db=self.db, registry=self.registry,
                                  ingest=ingest.Ingest(self.db, on_commit=lambda n: None),
                                  executors=actions.Registry())
         self._stop = asyncio.Event()
         self._ingest = asyncio.create_task(self.state.ingest.run(self._stop))
-        self.client = test_utils.TestClient(test_utils.TestServer(webhook.make_app(self.state)))
+        self.client = test_utils.TestClient(test_utils.TestServer(webhooks.make_app(self.state)))
         await self.client.start_server()
         return self
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from bench import procs
-from runnerd import sql
+from runnerd.store import sql
 
 from ..conftest import Daemon, require
 from .helpers import Loader, orders_config, tmpfs, wait_for

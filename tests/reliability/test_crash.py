@@ -14,7 +14,8 @@ import threading
 import time
 from typing import Any
 
-from runnerd import db, ops
+from runnerd.queue import operator
+from runnerd.store import db
 
 from .. import helpers_servers
 from ..conftest import Daemon
@@ -205,7 +206,7 @@ def test_after_a_crash_stored_events_are_routed_while_slow_emails_hold_every_slo
             database = await db.Database(d.db_path).open()
             try:
                 for i in range(n):
-                    await ops.send(database, "user/orders/ready", {"i": i}, source="cli",
+                    await operator.send(database, "user/orders/ready", {"i": i}, source="cli",
                                    now=time.time())
             finally:
                 await database.close()

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import time
 
-from runnerd import models, runs
+from runnerd import models
+from runnerd.queue import runs
 
 from ..conftest import Daemon
 from ..helpers_servers import refused_port

@@ -36,10 +36,11 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import event as note
 from hypothesis import strategies as st
 
-from runnerd import cli, config, daemon, errors, models, render
+from runnerd import cli, config, daemon, errors, models
 from runnerd.actions import cache as cache_action
 from runnerd.actions import echo, email, event
 from runnerd.actions import http as http_action
+from runnerd.liquid import render
 
 from ..conftest import Daemon, wait_until
 from ..helpers_servers import context, refused_port

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from bench import procs, soak
-from runnerd import db
+from runnerd.store import db
 
 from ..conftest import Daemon
 from .helpers import Loader, orders_config, wait_for

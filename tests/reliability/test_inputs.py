@@ -147,9 +147,9 @@ def test_a_client_that_disconnects_mid_body_gets_one_info_line(daemon: Daemon) -
                                 if "the client disconnected" in line] if daemon.logs().count(
         "the client disconnected") >= 20 else None, message="20 disconnect lines")
     assert len(lines) == 20, lines
-    assert "INFO runnerd.webhook: POST /webhooks/orders: the client disconnected after 10 of " \
+    assert "INFO runnerd.web.webhooks: POST /webhooks/orders: the client disconnected after 10 of " \
            "1000 body bytes; nothing stored" in lines
-    assert "INFO runnerd.webhook: POST /api/events: the client disconnected after 10 of 1000 " \
+    assert "INFO runnerd.web.webhooks: POST /api/events: the client disconnected after 10 of 1000 " \
            "body bytes; nothing stored" in lines
     assert_clean_log(daemon)
     assert events(daemon) == before

@@ -1,0 +1,40 @@
+"""What every CLI command shares: the failure exit code, JSON output, a database for one command.
+
+The package (`runnerd.cli`) imports `cli.monitoring` to register its commands; both import this
+module, which imports neither, so there is no import cycle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from runnerd import config
+from runnerd.store import db
+
+EXIT_FAIL = 1
+
+
+def print_json(value: Any) -> None:
+    """Print `value` as indented JSON, non-ASCII characters as they are."""
+    print(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+def with_db(settings: config.Settings, fn: Callable[[db.Database], Awaitable[Any]]) -> Any:
+    """Run `fn` on the database (closed afterwards) in a new event loop; its result.
+
+    Only `runnerd run` creates and migrates the database: a missing, empty or older one is a
+    DatabaseError saying so, never a new file left where the daemon would not look.
+    """
+
+    async def main() -> Any:
+        database = await db.Database(settings.database).open(create=False)
+        try:
+            await database.require_migrated()
+            return await fn(database)
+        finally:
+            await database.close()
+
+    return asyncio.run(main())

@@ -1,0 +1,539 @@
+"""The YAML configuration: one frozen dataclass per section, validated at load.
+
+`load(path, environ)` reads the file, substitutes `${VAR}` from `environ`, checks every key and
+raises one `ConfigError` listing every problem, each naming its key path. Liquid is compiled
+elsewhere (`registry`), so this module stays free of the template engine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import uuid
+import zoneinfo
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from runnerd import errors
+from runnerd.actions import targets
+from runnerd.config import yamlread
+
+#: task.id is uuid5(TASK_NAMESPACE, name): stable across restarts and machines.
+TASK_NAMESPACE = uuid.UUID("6f1d3c52-6d0a-4f6e-9a53-2b7c5e4a9d10")
+
+# \Z, not $: a $ also matches before a trailing newline, so "user/a/b\n" would pass.
+USER_TOPIC = re.compile(r"^user/[a-z0-9_\-.]+/[a-z0-9_\-.]+\Z")
+TOPIC = re.compile(r"^[a-z0-9_\-.]+/[a-z0-9_\-.]+/[a-z0-9_\-.]+\Z")
+NAME = re.compile(r"^[A-Za-z0-9_\-.]+\Z")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Listen:
+    """`listen:` where the HTTP listener binds."""
+
+    host: str = "127.0.0.1"
+    port: int = 8787
+    max_body_bytes: int = 1_048_576
+    #: a request's headers must be complete this long after its first byte, or the connection
+    #: is closed (slow-loris)
+    header_timeout: float = 10.0
+    #: a request body (webhook, ping, API) must arrive within this, or 408 and nothing stored
+    body_timeout: float = 30.0
+    #: a connection with no request under way (idle keep-alive, or silent since it opened)
+    #: is closed after this
+    keepalive_timeout: float = 15.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Smtp:
+    """`email.smtp:` the mail relay."""
+
+    host: str = "localhost"
+    port: int = 25
+    username: str | None = None
+    password: str | None = dataclasses.field(default=None, repr=False)
+    starttls: str = "auto"  # auto | always | never
+    tls: bool = False  # implicit TLS (port 465)
+    verify: bool = True  # verify the server's certificate
+    timeout: float = 30.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Email:
+    """`email:` how the email action delivers."""
+
+    transport: str = "smtp"  # smtp | outbox
+    sender: str = "runnerd@localhost"  # the `from` key
+    smtp: Smtp = Smtp()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Http:
+    """`http:` defaults of the http action, and where it may connect (`targets`)."""
+
+    timeout: float = 30.0
+    max_response_bytes: int = 1_048_576
+    allow: tuple[targets.Entry, ...] = ()
+    deny: tuple[targets.Entry, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Limits:
+    """`limits:` caps on one task render, so a bad task cannot take the daemon down."""
+
+    loop_iterations: int = 100_000
+    output_bytes: int = 1_048_576
+    render_seconds: float = 5.0
+    nesting: int = 30
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Monitoring:
+    """`monitoring:` where alerts go, how often, and how many pings are taken."""
+
+    mail_recipients: tuple[str, ...] = ()
+    #: at most one alert (email and event) per monitor per this many seconds; 0: every change
+    alert_interval: float = 600.0
+    #: pings per minute one monitor takes, and one client address sends (0: no limit)
+    ping_rate: int = 30
+    ping_rate_per_client: int = 300
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Webhook:
+    """One entry of `webhooks:`: POST /webhooks/{name} creates an event on `topic`."""
+
+    name: str
+    topic: str
+    mode: str = "auto"  # auto | full
+    secret: str | None = dataclasses.field(default=None, repr=False)
+    #: how far `X-Runnerd-Timestamp` may be from now (seconds), when a signed request sends it
+    tolerance: float = 300.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Monitor:
+    """One entry of `monitors:`: a dead man's switch for pings (`name`) or a task (`task`)."""
+
+    name: str
+    grace: float
+    period: float | None = None
+    schedule: str | None = None
+    task: str | None = None
+    #: when set, a ping must carry it (`?key=` or X-Runnerd-Ping-Key)
+    ping_key: str | None = dataclasses.field(default=None, repr=False)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Task:
+    """One task: Liquid code subscribed to topics (subscriptions are rendered by `registry`)."""
+
+    name: str
+    code: str
+    subscriptions: str = ""  # the template: one per line, optional +N.unit offsets
+    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    enabled: bool = True
+    preview_events: tuple[Mapping[str, Any], ...] = ()
+    source: str = ""  # where it was defined, for messages: "tasks[0]" or a file path
+    #: a stable UUID derived from the name (computed once: it is read on every run)
+    id: str = dataclasses.field(init=False, default="")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "id", str(uuid.uuid5(TASK_NAMESPACE, self.name)))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Settings:
+    """The whole configuration file."""
+
+    path: Path
+    database: Path
+    timezone: str = "UTC"
+    listen: Listen = Listen()
+    admin_token: str | None = dataclasses.field(default=None, repr=False)
+    concurrency: int = 8
+    retention_days: float = 15
+    retention_days_failed: float = 90
+    shutdown_grace: float = 20.0
+    email: Email = Email()
+    http: Http = Http()
+    limits: Limits = Limits()
+    monitoring: Monitoring = Monitoring()
+    webhooks: tuple[Webhook, ...] = ()
+    monitors: tuple[Monitor, ...] = ()
+    tasks: tuple[Task, ...] = ()
+    tasks_dir: Path | None = None
+
+    @property
+    def tz(self) -> zoneinfo.ZoneInfo:
+        """The configured timezone."""
+        return zoneinfo.ZoneInfo(self.timezone)
+
+    def webhook(self, name: str) -> Webhook | None:
+        """The webhook called `name`, if configured."""
+        return next((w for w in self.webhooks if w.name == name), None)
+
+
+def _timezone(value: Any) -> str | None:
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):  # "America" is a directory
+        return f"unknown timezone {value!r} (expected an IANA name such as UTC or Europe/Paris)"
+    return None
+
+
+def load(path: str | os.PathLike[str], environ: Mapping[str, str]) -> Settings:
+    """Read and validate the configuration file; raise ConfigError listing every problem."""
+    settings, problems = parse(path, environ)
+    if problems:
+        raise errors.ConfigError(problems)
+    return settings
+
+
+#: libyaml's safe loader when PyYAML has it (60 ms → 4 ms for a file of 100 tasks), else PyYAML's.
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def parse(path: str | os.PathLike[str], environ: Mapping[str, str]) -> tuple[Settings, list[str]]:
+    """Read the file; return the settings (defaults where a key was bad) and every problem.
+
+    ConfigError only when the file cannot be read or is not YAML at all.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise errors.ConfigError(f"{path}: cannot read the configuration: {exc.strerror}") from exc
+    try:
+        raw = yaml.load(text, Loader=_LOADER)  # a safe loader (_LOADER)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        why = getattr(exc, "problem", None) or str(exc)  # str(exc) quotes the text over lines
+        raise errors.ConfigError(f"{path}: not valid YAML{where}: {' '.join(why.split())}"
+                                 ) from exc
+    except Exception as exc:  # PyYAML's constructors fail in their own ways: `!!timestamp x`
+        raise errors.ConfigError(f"{path}: not valid YAML: {type(exc).__name__}: "
+                                 f"{' '.join(str(exc).split())[:200]}") from exc
+    reader = yamlread.Reader()
+    raw = yamlread.substitute(raw, "", environ, reader)
+    return _settings(raw, path.resolve(), reader), reader.problems
+
+
+_TOP = {"database", "timezone", "listen", "admin_token", "concurrency", "retention_days",
+        "retention_days_failed", "shutdown_grace", "email", "http", "limits", "monitoring",
+        "webhooks", "monitors", "tasks", "tasks_dir"}
+
+
+def _settings(raw: Any, path: Path, r: yamlread.Reader) -> Settings:
+    top = r.section(raw, "", _TOP)
+    base = path.parent
+    database = r.get(top, "", "database", str, None)
+    if database is None:
+        r.problem("database", "required: the path of the SQLite file")
+    tasks_dir = r.get(top, "", "tasks_dir", str, None)
+    tasks = _tasks(top.get("tasks"), base, r)
+    if tasks_dir is not None:
+        tasks_dir_path = base / tasks_dir
+        if not tasks_dir_path.is_dir():
+            r.problem("tasks_dir", f"not a directory: {tasks_dir_path}")
+        else:
+            tasks += _exports(tasks_dir_path, r)
+    yamlread.unique([t.name for t in tasks], "tasks", "task name", r)
+    settings = Settings(
+        path=path,
+        database=base / (database or "runnerd.db"),
+        timezone=r.get(top, "", "timezone", str, "UTC", _timezone),
+        listen=_listen(top.get("listen"), r),
+        admin_token=r.get(top, "", "admin_token", str, None) or None,
+        concurrency=r.get(top, "", "concurrency", int, 8, yamlread.positive),
+        retention_days=r.get(top, "", "retention_days", float, 15.0, yamlread.positive),
+        retention_days_failed=r.get(top, "", "retention_days_failed", float, 90.0,
+                                    yamlread.positive),
+        shutdown_grace=r.duration(top, "", "shutdown_grace", 20.0),
+        email=_email(top.get("email"), r),
+        http=_http(top.get("http"), r),
+        limits=_limits(top.get("limits"), r),
+        monitoring=_monitoring(top.get("monitoring"), r),
+        webhooks=_webhooks(top.get("webhooks"), r),
+        monitors=_monitors(top.get("monitors"), {t.name for t in tasks}, r),
+        tasks=tuple(tasks),
+        tasks_dir=base / tasks_dir if tasks_dir else None,
+    )
+    return settings
+
+
+def _listen(raw: Any, r: yamlread.Reader) -> Listen:
+    timeouts = ("header_timeout", "body_timeout", "keepalive_timeout")
+    s = r.section(raw, "listen", {"host", "port", "max_body_bytes", *timeouts})
+    return Listen(
+        host=r.get(s, "listen", "host", str, "127.0.0.1"),
+        port=r.get(s, "listen", "port", int, 8787, _port),
+        max_body_bytes=r.get(s, "listen", "max_body_bytes", int, 1_048_576, yamlread.positive),
+        **{key: r.duration(s, "listen", key, getattr(_LISTEN, key), _finite_positive)
+           for key in timeouts},
+    )
+
+
+_LISTEN = Listen()  # the defaults
+
+
+def _finite_positive(value: float) -> str | None:
+    return None if 0 < value < math.inf else f"expected a duration greater than 0, got {value!r}"
+
+
+def _port(value: Any) -> str | None:
+    return None if 0 <= value <= 65535 else f"expected a port from 0 to 65535, got {value}"
+
+
+def _email(raw: Any, r: yamlread.Reader) -> Email:
+    s = r.section(raw, "email", {"transport", "from", "smtp"})
+    m = r.section(s.get("smtp"), "email.smtp", {"host", "port", "username", "password",
+                                                  "starttls", "tls", "verify", "timeout"})
+    p = "email.smtp"
+    smtp = Smtp(
+        host=r.get(m, p, "host", str, "localhost"),
+        port=r.get(m, p, "port", int, 25, _port),
+        username=r.get(m, p, "username", str, None),
+        password=r.get(m, p, "password", str, None),
+        starttls=r.get(m, p, "starttls", str, "auto", yamlread.one_of("auto", "always", "never")),
+        tls=r.get(m, p, "tls", bool, False),
+        verify=r.get(m, p, "verify", bool, True),
+        timeout=r.duration(m, p, "timeout", 30.0),
+    )
+    return Email(
+        transport=r.get(s, "email", "transport", str, "smtp", yamlread.one_of("smtp", "outbox")),
+        sender=r.get(s, "email", "from", str, "runnerd@localhost"),
+        smtp=smtp,
+    )
+
+
+def _http(raw: Any, r: yamlread.Reader) -> Http:
+    s = r.section(raw, "http", {"timeout", "max_response_bytes", "allow", "deny"})
+    return Http(
+        timeout=r.duration(s, "http", "timeout", 30.0),
+        max_response_bytes=r.get(s, "http", "max_response_bytes", int, 1_048_576,
+                                 yamlread.positive),
+        allow=_targets(s, "allow", r),
+        deny=_targets(s, "deny", r),
+    )
+
+
+def _targets(s: dict[str, Any], key: str, r: yamlread.Reader) -> tuple[targets.Entry, ...]:
+    """`http.allow` or `http.deny`: addresses, networks and host names (`targets.parse`)."""
+    out = []
+    for i, item in enumerate(r.get(s, "http", key, list, [])):
+        path = f"http.{key}[{i}]"
+        if not isinstance(item, str):
+            r.problem(path, f"expected a string, got {yamlread.describe(item)}")
+            continue
+        try:
+            out.append(targets.parse(item))
+        except ValueError as exc:
+            r.problem(path, str(exc))
+    return tuple(out)
+
+
+def _limits(raw: Any, r: yamlread.Reader) -> Limits:
+    s = r.section(raw, "limits", {"loop_iterations", "output_bytes", "render_seconds", "nesting"})
+    return Limits(
+        loop_iterations=r.get(s, "limits", "loop_iterations", int, 100_000, yamlread.positive),
+        output_bytes=r.get(s, "limits", "output_bytes", int, 1_048_576, yamlread.positive),
+        render_seconds=r.duration(s, "limits", "render_seconds", 5.0),
+        nesting=r.get(s, "limits", "nesting", int, 30, yamlread.positive),
+    )
+
+
+def _monitoring(raw: Any, r: yamlread.Reader) -> Monitoring:
+    s = r.section(raw, "monitoring", {"mail_recipients", "alert_interval", "ping_rate",
+                                      "ping_rate_per_client"})
+    recipients = r.get(s, "monitoring", "mail_recipients", (list, str), [])
+    if isinstance(recipients, str):
+        recipients = [x.strip() for x in recipients.split(",") if x.strip()]
+    for i, item in enumerate(recipients):
+        if not isinstance(item, str) or "@" not in item:
+            r.problem(f"monitoring.mail_recipients[{i}]",
+                      f"expected an email address, got {item!r}")
+    return Monitoring(
+        mail_recipients=tuple(str(x) for x in recipients),
+        alert_interval=r.duration(s, "monitoring", "alert_interval", 600.0),
+        ping_rate=r.get(s, "monitoring", "ping_rate", int, 30, _not_negative),
+        ping_rate_per_client=r.get(s, "monitoring", "ping_rate_per_client", int, 300,
+                                   _not_negative),
+    )
+
+
+def _not_negative(value: Any) -> str | None:
+    return None if value >= 0 else f"must be 0 (no limit) or more, got {value!r}"
+
+
+def _webhooks(raw: Any, r: yamlread.Reader) -> tuple[Webhook, ...]:
+    out = []
+    items = yamlread.items(raw, "webhooks", r)
+    yamlread.unique([str(item.get("name")) for _, item in items], "webhooks", "webhook name", r)
+    for p, item in items:
+        s = r.section(item, p, {"name", "topic", "mode", "secret", "tolerance"})
+        name = r.get(s, p, "name", str, None, _name_check)
+        topic = r.get(s, p, "topic", str, None, _user_topic)
+        if name is None or topic is None:
+            if "name" not in s or "topic" not in s:
+                r.problem(p, "needs a name and a topic")
+            continue
+        out.append(Webhook(
+            name=name, topic=topic,
+            mode=r.get(s, p, "mode", str, "auto", yamlread.one_of("auto", "full")),
+            secret=r.get(s, p, "secret", str, None, _secret("a webhook without a signature")),
+            tolerance=r.duration(s, p, "tolerance", 300.0),
+        ))
+    return tuple(out)
+
+
+def _secret(without: str) -> Callable[[Any], str | None]:
+    """A check: not empty (`secret: ${VAR}` with VAR set but empty must not quietly accept
+    every request); the message names what removing the key gives: `without`."""
+    def check(value: Any) -> str | None:
+        return None if value else f"empty: remove the key for {without}"
+
+    return check
+
+
+def _name_check(value: Any) -> str | None:
+    return None if NAME.match(value) else (
+        f"bad name {value!r}: use letters, digits, '_', '-' and '.'")
+
+
+def _user_topic(value: Any) -> str | None:
+    return None if USER_TOPIC.match(value) else (
+        f"bad topic {value!r}: expected user/<subject>/<verb> (lower case)")
+
+
+def _monitors(raw: Any, task_names: set[str], r: yamlread.Reader) -> tuple[Monitor, ...]:
+    out = []
+    for p, item in yamlread.items(raw, "monitors", r):
+        s = r.section(item, p, {"name", "task", "period", "schedule", "grace", "ping_key"})
+        task = r.get(s, p, "task", str, None)
+        name = r.get(s, p, "name", str, None, _name_check)
+        if task is not None and task not in task_names:
+            r.problem(f"{p}.task", f"no task named {task!r} in this configuration")
+        if (name is None) == (task is None):
+            r.problem(p, "needs exactly one of name (pinged by an external job) or task")
+            continue
+        period = r.duration(s, p, "period", None)
+        schedule = r.get(s, p, "schedule", str, None, _cron_check)
+        bad_schedule = schedule is None and "schedule" in s  # reported by _cron_check
+        if (period is None) == (schedule is None) and not bad_schedule:
+            r.problem(p, "needs exactly one of period or schedule")
+        ping_key = r.get(s, p, "ping_key", str, None, _secret("a monitor anyone may ping"))
+        if ping_key is not None and task is not None:
+            r.problem(f"{p}.ping_key", "only for ping monitors (name:): a task monitor is fed "
+                                       "by its task's runs")
+        out.append(Monitor(name=name or str(task), task=task, period=period, schedule=schedule,
+                           grace=r.duration(s, p, "grace", 3600.0), ping_key=ping_key))
+    yamlread.unique([m.name for m in out], "monitors", "monitor name", r)
+    return tuple(out)
+
+
+def _cron_check(value: Any) -> str | None:
+    # stdlib only; imported here as config is imported by everything
+    from runnerd.monitoring import cron
+
+    try:
+        cron.parse(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+_TASK_KEYS = {"name", "enabled", "subscriptions", "options", "code", "code_file",
+              "preview_events"}
+
+
+def _tasks(raw: Any, base: Path, r: yamlread.Reader) -> list[Task]:
+    out = []
+    for p, item in yamlread.items(raw, "tasks", r):
+        s = r.section(item, p, _TASK_KEYS)
+        name = r.get(s, p, "name", str, None)
+        if not name:
+            r.problem(f"{p}.name", "required")
+            continue
+        code = r.get(s, p, "code", str, None)
+        code_file = r.get(s, p, "code_file", str, None)
+        if (code is None) == (code_file is None):
+            r.problem(p, f"task {name!r} needs exactly one of code or code_file")
+            continue
+        source = p
+        if code_file is not None:
+            file = base / code_file
+            try:
+                code = file.read_text(encoding="utf-8")
+                source = str(file)
+            except OSError as exc:
+                r.problem(f"{p}.code_file", f"cannot read {file}: {exc.strerror}")
+                continue
+        subs = r.get(s, p, "subscriptions", (str, list), "")
+        if isinstance(subs, list):
+            subs = "\n".join(str(x) for x in subs)
+        options = r.get(s, p, "options", dict, {})
+        previews = r.get(s, p, "preview_events", list, [])
+        out.append(Task(
+            name=name, code=str(code), subscriptions=subs, options=options,
+            enabled=r.get(s, p, "enabled", bool, True),
+            preview_events=tuple(x for x in previews if isinstance(x, dict)),
+            source=source,
+        ))
+    return out
+
+
+def _exports(directory: Path, r: yamlread.Reader) -> list[Task]:
+    """Every `*.json` in tasks_dir is a Mechanic task export."""
+    out = []
+    for file in sorted(directory.glob("*.json")):
+        try:
+            data = json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            r.problem(f"tasks_dir: {file.name}", f"not a readable JSON task export: {exc}")
+            continue
+        try:
+            out.append(task_from_export(data, source=str(file)))
+        except ValueError as exc:
+            r.problem(f"tasks_dir: {file.name}", str(exc))
+    return out
+
+
+#: Export keys that only make sense on Shopify: loading such a task is refused, not half-done.
+SHOPIFY_ONLY = ("online_store_javascript", "order_status_javascript")
+
+
+def task_from_export(data: Any, *, source: str) -> Task:
+    """A Mechanic task export (`name`, `script`, `subscriptions[_template]`, `options`) → Task."""
+    if not isinstance(data, dict):
+        raise ValueError("a task export is a JSON object")
+    for key in ("name", "script"):
+        if not isinstance(data.get(key), str) or not data[key]:
+            raise ValueError(f"missing {key!r} (a string)")
+    for key in SHOPIFY_ONLY:
+        if data.get(key):
+            raise ValueError(f"not supported: {key} (Shopify storefront JavaScript)")
+    subs = data.get("subscriptions_template")
+    if not isinstance(subs, str):
+        listed = data.get("subscriptions") or []
+        if not isinstance(listed, list):
+            raise ValueError("'subscriptions' must be a list of strings")
+        subs = "\n".join(str(x) for x in listed)
+    options = data.get("options") or {}
+    if not isinstance(options, dict):
+        raise ValueError("'options' must be an object")
+    previews = data.get("preview_event_definitions") or []
+    events = tuple(
+        {"topic": d.get("event_attributes", d).get("topic"),
+         "data": d.get("event_attributes", d).get("data")}
+        for d in previews if isinstance(d, dict)
+    )
+    return Task(name=data["name"], code=data["script"], subscriptions=subs, options=options,
+                enabled=bool(data.get("enabled", True)), preview_events=events, source=source)

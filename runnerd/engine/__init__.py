@@ -1,0 +1,1 @@
+"""Performing runs: the worker's claim loop, what each kind of run does, the scheduler."""

@@ -1,0 +1,293 @@
+"""What each kind of run does: event → task runs; task → render → action runs; action → executor.
+
+A handler never writes: it returns a `runs.Outcome` that the worker records in its next batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Callable
+from typing import Any, cast
+
+from runnerd import actions, errors, models
+from runnerd.liquid import render
+from runnerd.models import RunKind
+from runnerd.queue import runs
+from runnerd.store import cache, sql
+from runnerd.tasks import registry
+
+logger = logging.getLogger(__name__)
+
+LOOP_ERROR = ("loop protection: this run's actions are identical to those of the task's run on "
+              "the parent event; none was performed")
+
+
+class Handlers:
+    """The three handlers, sharing the current registry, the executors and the clock."""
+
+    def __init__(
+        self,
+        get_registry: Callable[[], registry.Registry],
+        executors: actions.Registry,
+        *,
+        reader: sqlite3.Connection | None,
+        clock: Callable[[], float],
+        on_routed: Callable[[int], None] | None = None,
+    ) -> None:
+        self.get_registry = get_registry
+        self.on_routed = on_routed
+        self.executors = executors
+        #: the action types performed in the transaction that finishes their task run
+        self.inline_types = frozenset(name for name, ex in executors.items() if ex.inline)
+        #: a read-only connection for this (the event loop's) thread: the cache a render
+        #: reads and the loop protection's lookup; None in previews
+        self.reader = reader
+        self.clock = clock
+
+    def for_kind(self) -> dict[RunKind, Callable[[runs.Job], Any]]:
+        """The mapping the worker dispatches on."""
+        return {RunKind.EVENT: self.event_run, RunKind.TASK: self.task_run,
+                RunKind.ACTION: self.action_run}
+
+    def route(self, event: models.Event, now: float) -> tuple[list[str], list[dict[str, Any]]]:
+        """One task run per enabled subscribed task (delayed by its offset), and their names.
+
+        The daemon routes the events it stores in the storing transaction (`runs.Router`), and
+        those stored elsewhere (the CLI) or for later in its worker's transaction once they are
+        due (`runs.route_due`); `event_run` does it for a worker without a router.
+        """
+        reg = self.get_registry()
+        tz = reg.settings.tz
+        children, names = [], []
+        for compiled, sub in reg.subscribers(event):
+            run_at = sub.offset.apply(now, tz) if sub.offset else None
+            children.append(runs.run_row(RunKind.TASK, event.id, now, run_at=run_at,
+                                         task_name=compiled.name))
+            names.append(compiled.name)
+        return names, children
+
+    def committed(self, event_runs: int) -> None:
+        """Routed event runs were committed: count them like the worker's."""
+        if self.on_routed is not None:
+            self.on_routed(event_runs)
+
+    async def event_run(self, job: runs.Job) -> runs.Outcome:
+        """Create the task runs of the event (see `route`)."""
+        now = self.clock()
+        names, children = self.route(job.event, now)
+        return runs.Outcome(job.run, ok=True, result={"tasks": names}, children=children,
+                            finished_at=now)
+
+    def variables(self, compiled: registry.Compiled, event: models.Event,
+                  parent: dict[str, Any] | None, now: float,
+                  *, preview: bool = False) -> dict[str, Any]:
+        """The Liquid environment of a task run (Mechanic's)."""
+        return task_variables(self.get_registry().renderer, compiled, event, parent,
+                              cache.View(None if preview else self.reader, now),
+                              preview=preview)
+
+    async def task_run(self, job: runs.Job) -> runs.Outcome:
+        """Render the task; only a render with no error creates its action runs."""
+        run, now = job.run, self.clock()
+        reg = self.get_registry()
+        compiled = reg.tasks.get(run.task_name or "")
+        follow_up = self._task_error(job, compiled)
+        if compiled is None or not compiled.task.enabled:
+            why = "was removed from the configuration" if compiled is None else "is disabled"
+            return runs.Outcome(run, ok=False, error=f"task {run.task_name!r} {why}",
+                                follow_up=follow_up, finished_at=now)
+        try:
+            result = reg.renderer.render(compiled.template,
+                                         self.variables(compiled, job.event, job.parent, now))
+            if not result.errors:
+                for spec in result.actions:
+                    self._validate(spec)
+        except (errors.RenderError, errors.InvalidAction) as exc:
+            return runs.Outcome(run, ok=False, error=exc.message, follow_up=follow_up,
+                                finished_at=self.clock())
+        summary = {"logs": result.logs, "errors": result.errors,
+                   "actions": len(result.actions)}
+        if not result.errors and self._repeats_predecessor(compiled.name, job.event,
+                                                           result.actions):
+            return runs.Outcome(run, ok=False, result=summary, error=LOOP_ERROR,
+                                follow_up=follow_up, finished_at=self.clock())
+        if result.errors:
+            message = "; ".join(e if isinstance(e, str) else models.dumps(e)
+                                for e in result.errors)
+            return runs.Outcome(run, ok=False, result=summary, error=message,
+                                follow_up=follow_up, finished_at=self.clock())
+        finished = self.clock()
+        children = [
+            runs.run_row(RunKind.ACTION, job.event.id, finished, task_name=compiled.name,
+                         action_type=spec.type, options=spec.options, meta=spec.meta,
+                         perform_event=spec.perform_event, task_run_id=run.id)
+            for spec in result.actions
+        ]
+        return runs.Outcome(run, ok=True, result=summary, children=children,
+                            follow_up=follow_up, finished_at=finished,
+                            inline_types=self.inline_types,
+                            perform_inline=lambda child: self._perform_now(
+                                runs.Job(child, job.event), compiled))
+
+    def _repeats_predecessor(self, task_name: str, event: models.Event,
+                             specs: list[models.ActionSpec]) -> bool:
+        """Mechanic's loop protection: True when this run's actions are identical to those of
+        the same task's run on the parent event (a task answering its own event or
+        mechanic/actions/perform with the same actions would otherwise run forever)."""
+        if not specs or event.parent_id is None or self.reader is None:
+            return False
+        before = self.reader.execute(sql.queries["predecessor_actions"], {
+            "parent_id": event.parent_id, "task_name": task_name}).fetchall()
+        return [(r["action_type"], r["options"]) for r in before] == [
+            (spec.type, models.dumps(spec.options)) for spec in specs]
+
+    def _validate(self, spec: models.ActionSpec) -> None:
+        executor = self.executors.get(spec.type)
+        if executor is None:
+            known = ", ".join(sorted(self.executors))
+            raise errors.InvalidAction(f"unknown action type {spec.type!r} (known: {known})")
+        executor.validate(spec.options)
+
+    async def action_run(self, job: runs.Job) -> runs.Outcome:
+        """Perform the action with its original options."""
+        run = job.run
+        reg = self.get_registry()
+        compiled = reg.tasks.get(run.task_name or "")
+        executor = self.executors.get(run.action_type or "")
+        follow_up = self._action_follow_up(job, compiled, executor)
+        now = self.clock()
+        if compiled is None or not compiled.task.enabled:
+            why = "was removed from the configuration" if compiled is None else "is disabled"
+            return runs.Outcome(run, ok=False, error=f"task {run.task_name!r} {why}",
+                                follow_up=follow_up, finished_at=now)
+        if executor is None:
+            return runs.Outcome(run, ok=False, error=f"unknown action type {run.action_type!r}",
+                                follow_up=follow_up, finished_at=now)
+        ctx = actions.Context(run=run, event=job.event, task_id=compiled.id, now=now)
+        try:
+            result = await executor.perform(run.options, ctx)
+        except (errors.ActionFailed, errors.InvalidAction) as exc:
+            return self._action_failed(run, exc, follow_up)
+        return self._action_done(run, result, follow_up)
+
+    def _perform_now(self, job: runs.Job, compiled: registry.Compiled) -> runs.Outcome:
+        """An in-process action run, performed on the database thread in the transaction that
+        finishes its task run (see `runs.Outcome.perform_inline`): the task was just rendered,
+        and its actions validated, so only performing is left."""
+        run = job.run
+        executor = self.executors[run.action_type or ""]
+        follow_up = self._action_follow_up(job, compiled, executor)
+        ctx = actions.Context(run=run, event=job.event, task_id=compiled.id, now=self.clock())
+        try:
+            result = cast(actions.InProcess, executor).perform_now(run.options, ctx)
+        except (errors.ActionFailed, errors.InvalidAction) as exc:
+            return self._action_failed(run, exc, follow_up)
+        return self._action_done(run, result, follow_up)
+
+    def _action_failed(self, run: models.Run, exc: errors.ActionFailed | errors.InvalidAction,
+                       follow_up: Callable[[models.Run], list[models.Event]]) -> runs.Outcome:
+        retryable = isinstance(exc, errors.ActionFailed) and exc.retryable
+        return runs.Outcome(run, ok=False, error=exc.message, retryable=retryable,
+                            follow_up=follow_up, finished_at=self.clock())
+
+    def _action_done(self, run: models.Run, result: Any,
+                     follow_up: Callable[[models.Run], list[models.Event]]) -> runs.Outcome:
+        if isinstance(result, actions.Deferred):
+            return runs.Outcome(run, ok=True, deferred=result.apply, follow_up=follow_up,
+                                finished_at=self.clock())
+        return runs.Outcome(run, ok=True, result=result, follow_up=follow_up,
+                            finished_at=self.clock())
+
+    def _task_error(self, job: runs.Job,
+                    compiled: registry.Compiled | None) -> Callable[[models.Run], list[models.Event]]:
+        """mechanic/errors/task when the task run fails (never for an error-handling task)."""
+
+        def follow_up(final: models.Run) -> list[models.Event]:
+            if final.state is not models.RunState.FAILED or job.event.topic in models.ERROR_TOPICS:
+                return []
+            data = {"message": final.error, "event": _event_summary(job.event),
+                    "task": _task_summary(job.run.task_name, compiled, final)}
+            return [runs.new_event("mechanic/errors/task", data, "runnerd", self.clock(),
+                                   parent_id=job.event.id)]
+
+        return follow_up
+
+    def _action_follow_up(
+        self, job: runs.Job, compiled: registry.Compiled | None,
+        executor: actions.Executor | None,
+    ) -> Callable[[models.Run], list[models.Event]]:
+        """mechanic/actions/perform to the task (if it subscribes); mechanic/errors/action."""
+
+        def follow_up(final: models.Run) -> list[models.Event]:
+            wants_perform = (
+                compiled is not None and models.PERFORM_TOPIC in compiled.topics
+                and final.perform_event and (executor is None or executor.perform_event)
+            )
+            failed = final.state is models.RunState.FAILED
+            if not wants_perform and not failed:
+                return []  # the common case: nothing to tell, nothing to build
+            now, events = self.clock(), []
+            options = self.executors.redact(final.action_type, final.options)
+            action = {"type": final.action_type, "options": options, "meta": final.meta,
+                      "run": _run_summary(final)}
+            if wants_perform and compiled is not None:
+                events.append(runs.new_event(models.PERFORM_TOPIC, action, "runnerd", now,
+                                             parent_id=job.event.id, task_ids=[compiled.id]))
+            if failed and job.event.topic not in models.ERROR_TOPICS:
+                data = {"message": final.error, "event": _event_summary(job.event),
+                        "task": _task_summary(final.task_name, compiled, None),
+                        "action": action}
+                events.append(runs.new_event("mechanic/errors/action", data, "runnerd", now,
+                                             parent_id=job.event.id))
+            return events
+
+        return follow_up
+
+
+def task_variables(renderer: render.Renderer, compiled: registry.Compiled, event: models.Event,
+                   parent: dict[str, Any] | None, cache_view: cache.View,
+                   *, preview: bool = False) -> dict[str, Any]:
+    """`event`, `task`, `options`, `cache` and the subject variable, as Mechanic gives them.
+
+    Option values that hold Liquid are rendered first, with everything but `options`.
+    """
+    event_obj = event.to_liquid(parent)
+    if preview:
+        event_obj["preview"] = True
+    variables: dict[str, Any] = {"event": event_obj, "task": compiled.liquid(),
+                                 "cache": cache_view}
+    if event.topic == models.PERFORM_TOPIC:
+        variables["action"] = event.data
+    elif event.topic in models.ERROR_TOPICS:
+        variables["error"] = event.data
+    opts = dict(compiled.task.options)
+    for key in compiled.liquid_options:
+        opts[key] = renderer.render_text(opts[key], variables,
+                                         name=f"{compiled.name} (option {key})")
+    variables["options"] = opts
+    return variables
+
+
+def _run_summary(run: models.Run) -> dict[str, Any]:
+    return {"id": run.id, "ok": run.state is models.RunState.SUCCEEDED, "error": run.error,
+            "result": run.result, "attempts": run.attempts,
+            "started_at": models.iso(run.started_at), "finished_at": models.iso(run.finished_at)}
+
+
+def _event_summary(event: models.Event) -> dict[str, Any]:
+    return {"id": event.id, "topic": event.topic, "source": event.source,
+            "created_at": models.iso(event.created_at),
+            "webhook_request_id": event.webhook_request_id}
+
+
+def _task_summary(name: str | None, compiled: registry.Compiled | None,
+                  run: models.Run | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": name}
+    if compiled is not None:
+        out.update(id=compiled.id, enabled=compiled.task.enabled,
+                   subscriptions=[s.topic + (str(s.offset) if s.offset else "")
+                                  for s in compiled.subscriptions])
+    if run is not None:
+        out["run"] = _run_summary(run)
+    return out

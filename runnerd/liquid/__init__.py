@@ -1,0 +1,1 @@
+"""Task Liquid: the renderer, the tags runnerd adds and Mechanic's filters."""

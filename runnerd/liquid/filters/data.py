@@ -1,0 +1,274 @@
+"""Data filters: JSON, JSONL, CSV, base64, gzip, digests and HMACs (pure functions).
+
+Every filter takes the piped value first and raises `ValueError` (or `TypeError`) with a short
+message on bad input; the renderer names the filter and the line.
+"""
+
+from __future__ import annotations
+
+import base64 as b64
+import binascii
+import csv as csvlib
+import datetime as dt
+import decimal
+import gzip as gziplib
+import hashlib
+import hmac
+import io
+import json as jsonlib
+import math
+import zlib
+from collections.abc import Mapping
+from typing import Any
+
+from runnerd.liquid.filters import sizes
+
+
+def plain(value: Any) -> Any:
+    """`value` as plain JSON data: dicts with str keys, lists, str, int, float, bool, None.
+
+    Objects with `__liquid__` (Liquid's undefined, regex matches) become what it returns,
+    other mappings dicts, other iterables lists, dates ISO 8601 text. Always returns new
+    containers, so the result never aliases the input.
+    """
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
+        raise ValueError(f"{value} is not a JSON number")
+    if hasattr(value, "__liquid__"):
+        return plain(value.__liquid__())
+    if isinstance(value, Mapping):
+        return {k if isinstance(k, str) else _key(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, range, set, frozenset)):
+        return [plain(v) for v in value]
+    if isinstance(value, decimal.Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, (dt.datetime, dt.date, dt.time)):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def _key(key: Any) -> str:
+    if key is None:
+        return ""
+    if isinstance(key, bool):
+        return "true" if key else "false"
+    return str(key)
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON of `plain(value)`, as Ruby's `to_json` writes it."""
+    return jsonlib.dumps(plain(value), separators=(",", ":"), ensure_ascii=False)
+
+
+def json(value: Any) -> str:
+    """`json`: the value as JSON text."""
+    return dumps(value)
+
+
+def parse_json(value: Any, silent: Any = False) -> Any:
+    """`parse_json`: JSON text to a value; invalid JSON raises unless `silent: true` (then nil)."""
+    try:
+        if not isinstance(value, str):
+            raise ValueError(f"expected JSON text, got {kind(value)}")
+        return jsonlib.loads(value)
+    except ValueError as exc:
+        if silent is True:
+            return None
+        raise ValueError(f"invalid JSON: {exc}") from None
+
+
+def jsonl(value: Any) -> str:
+    """`jsonl`: an array as JSON lines (one compact JSON value per line)."""
+    if not isinstance(value, (list, tuple, range)):
+        raise ValueError(f"expected an array, got {kind(value)}")
+    return "\n".join(dumps(item) for item in value)
+
+
+def parse_jsonl(value: Any) -> list[Any]:
+    """`parse_jsonl`: JSON lines to an array (blank lines are skipped)."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected JSON lines text, got {kind(value)}")
+    out = []
+    for number, line in enumerate(value.splitlines(), start=1):
+        if line.strip():
+            try:
+                out.append(jsonlib.loads(line))
+            except ValueError as exc:
+                raise ValueError(f"invalid JSON on line {number}: {exc}") from None
+    return out
+
+
+def csv(value: Any, delimiter: Any = ",", include_bom: Any = False) -> str:
+    """`csv`: an array of arrays as CSV text (Ruby's quoting; each row ends with a newline)."""
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"expected an array of arrays, got {kind(value)}")
+    sep = _delimiter(delimiter)
+    lines = []
+    for row in value:
+        if not isinstance(row, (list, tuple)):
+            raise ValueError(f"expected an array of arrays, found a row that is {kind(row)}")
+        lines.append(sep.join(_csv_field(field, sep) for field in row) + "\n")
+    return ("\ufeff" if include_bom is True else "") + "".join(lines)
+
+
+def _csv_field(field: Any, sep: str) -> str:
+    if field is None or hasattr(field, "__liquid__") and field.__liquid__() is None:
+        return ""
+    if isinstance(field, bool):
+        text = "true" if field else "false"
+    elif isinstance(field, (dict, list)):
+        text = dumps(field)
+    else:
+        text = str(field)
+    if text == "" or any(c in text for c in (sep, '"', "\r", "\n")):
+        return '"' + text.replace('"', '""') + '"'
+    return text
+
+
+def parse_csv(value: Any, headers: Any = False, delimiter: Any = ",") -> list[Any]:
+    """`parse_csv`: CSV text to an array of arrays, or of hashes with `headers: true`."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected CSV text, got {kind(value)}")
+    reader = csvlib.reader(io.StringIO(value.removeprefix("\ufeff"), newline=""),
+                           delimiter=_delimiter(delimiter), strict=True)
+    try:
+        rows = [row for row in reader if row]
+    except csvlib.Error as exc:
+        raise ValueError(f"invalid CSV: {exc}") from None
+    if headers is not True:
+        return rows
+    if not rows:
+        return []
+    names = rows[0]
+    return [{name: (row[i] if i < len(row) else None) for i, name in enumerate(names)}
+            for row in rows[1:]]
+
+
+def _delimiter(delimiter: Any) -> str:
+    if not isinstance(delimiter, str) or len(delimiter) != 1:
+        raise ValueError(f"delimiter must be one character, got {delimiter!r}")
+    return delimiter
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (dict, list)):
+        raise ValueError(f"expected text, got {kind(value)}")
+    return str(value)
+
+
+def _b64decode(value: Any, *, urlsafe: bool) -> bytes:
+    text = "".join(_text(value).split())
+    text += "=" * (-len(text) % 4)
+    try:
+        if urlsafe:
+            return b64.b64decode(text.replace("-", "+").replace("_", "/"), validate=True)
+        return b64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("invalid base64 text") from None
+
+
+def base64_encode(value: Any) -> str:
+    """`base64_encode` (alias `base64`): UTF-8 text as standard base64."""
+    return b64.b64encode(_text(value).encode()).decode("ascii")
+
+
+def base64_decode(value: Any) -> str:
+    """`base64_decode` (alias `decode_base64`): base64 to text (invalid UTF-8 is replaced)."""
+    return _b64decode(value, urlsafe=False).decode("utf-8", "replace")
+
+
+def base64_url_safe_encode(value: Any) -> str:
+    """`base64_url_safe_encode` (alias `base64url`): URL-safe base64, padded."""
+    return b64.urlsafe_b64encode(_text(value).encode()).decode("ascii")
+
+
+def base64_url_safe_decode(value: Any) -> str:
+    """`base64_url_safe_decode` (alias `decode_base64url`): URL-safe base64 to text."""
+    return _b64decode(value, urlsafe=True).decode("utf-8", "replace")
+
+
+def gzip(value: Any) -> str:
+    """`gzip`: text compressed with gzip, as base64 (Mechanic's form for binary data)."""
+    return b64.b64encode(gziplib.compress(_text(value).encode(), mtime=0)).decode("ascii")
+
+
+def gunzip(value: Any, force_utf8: Any = True, *, limit: int) -> str:
+    """`gunzip`: base64 gzip data to text; invalid UTF-8 is replaced unless `force_utf8: false`.
+
+    Inflates at most `limit` bytes (TooLarge past that), so a small bomb never fills memory."""
+    raw = _b64decode(value, urlsafe=False)
+    out = bytearray()
+    try:
+        while raw:  # one gzip member after another, as gzip.decompress reads them
+            inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            out += inflater.decompress(raw, limit + 1 - len(out))
+            if len(out) > limit:
+                raise sizes.TooLarge
+            if not inflater.eof:
+                raise zlib.error("truncated")
+            raw = inflater.unused_data
+    except zlib.error:
+        raise ValueError("not gzip data") from None
+    if force_utf8 is False:
+        try:
+            return out.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError("the data is not UTF-8 text") from None
+    return out.decode("utf-8", "replace")
+
+
+def _digest(name: str) -> Any:
+    def digest(value: Any) -> str:
+        return hashlib.new(name, _text(value).encode()).hexdigest()
+
+    digest.__name__ = name
+    digest.__doc__ = f"`{name}`: the hex {name.upper()} digest of the text."
+    return digest
+
+
+def _hmac(name: str) -> Any:
+    def sign(value: Any, key: Any) -> str:
+        if key is None:
+            raise ValueError("missing key")
+        return hmac.new(_text(key).encode(), _text(value).encode(), name).hexdigest()
+
+    sign.__name__ = f"hmac_{name}"
+    sign.__doc__ = f"`hmac_{name}: key`: the hex HMAC-{name.upper()} of the text."
+    return sign
+
+
+md5 = _digest("md5")
+sha1 = _digest("sha1")
+sha256 = _digest("sha256")
+sha512 = _digest("sha512")
+hmac_sha1 = _hmac("sha1")
+hmac_sha256 = _hmac("sha256")
+hmac_sha512 = _hmac("sha512")
+
+
+def kind(value: Any) -> str:
+    """How a value is named in filter error messages."""
+    if value is None:
+        return "nil"
+    if isinstance(value, Mapping):
+        return "a hash"
+    if isinstance(value, (list, tuple, range)):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float, decimal.Decimal)):
+        return "a number"
+    return type(value).__name__

@@ -1,0 +1,1 @@
+"""Monitoring: monitor states and alerts, cron schedules, heartbeat, metrics, ping limits."""

@@ -1,0 +1,96 @@
+"""Group commit for incoming events: many concurrent webhook requests, one transaction.
+
+`submit(event)` returns only once the event and its event run are committed, so a webhook may
+answer 204. While one batch is being written, new submissions gather for the next one. The task
+runs routed in a batch's transaction are handed to `offer` once it is committed (the worker
+renders them without fetching them first: `Worker.offer`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from runnerd import errors, models
+from runnerd.queue import runs
+from runnerd.store import db
+
+logger = logging.getLogger(__name__)
+
+
+class Ingest:
+    """Batches events into as few commits as the load allows."""
+
+    def __init__(self, database: db.Database, *, on_commit: Callable[[int], None],
+                 clock: Callable[[], float] = time.time, max_batch: int = 1000) -> None:
+        self.db = database
+        self.on_commit = on_commit
+        self.clock = clock
+        self.max_batch = max_batch
+        self._pending: list[tuple[models.Event, asyncio.Future[None]]] = []
+        self._ready = asyncio.Event()
+        self._closed = False
+        self.healthy = True  #: False while the last batch could not be stored (for /health)
+        #: set by the daemon: receives the due task runs of each committed batch
+        self.offer: Callable[[list[runs.Job]], None] | None = None
+
+    @property
+    def closed(self) -> bool:
+        """True once the ingest refuses new events (shutdown)."""
+        return self._closed
+
+    async def submit(self, event: models.Event) -> None:
+        """Store `event` durably; DatabaseError if it could not be stored."""
+        if self._closed:
+            raise errors.DatabaseError("runnerd is shutting down")
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((event, future))
+        self._ready.set()
+        await future
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Commit batches until `stop`, then commit what is pending and refuse new events."""
+        while True:
+            if not self._pending:
+                if stop.is_set():
+                    break
+                self._ready.clear()
+                waiters = [asyncio.ensure_future(self._ready.wait()),
+                           asyncio.ensure_future(stop.wait())]
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                for waiter in waiters:
+                    waiter.cancel()
+                continue
+            await self._commit()
+        self._closed = True
+
+    async def _commit(self) -> None:
+        batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch:]
+        events = [event for event, _ in batch]
+        now = self.clock()
+        try:
+            jobs = await self.db.write(lambda tx: runs.insert_events(tx, events, now))
+        except Exception as exc:  # noqa: BLE001 - whatever failed, the ingest must live on
+            if not isinstance(exc, errors.DatabaseError):
+                # Not SQLite saying no (e.g. data it cannot encode): a bug, but one bad batch
+                # must not take the listener down; its senders get 503 and may retry.
+                logger.exception("cannot store %d event(s)", len(events),
+                                 extra={"action": "ingest_failed"})
+                exc = errors.DatabaseError(f"cannot store the event: {type(exc).__name__}")
+            else:
+                logger.error("cannot store %d event(s): %s", len(events), exc,
+                             extra={"action": "ingest_failed"})
+            self.healthy = False
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        self.healthy = True
+        for _, future in batch:
+            if not future.done():
+                future.set_result(None)
+        if jobs and self.offer is not None:
+            self.offer(jobs)
+        self.on_commit(len(events))

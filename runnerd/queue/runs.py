@@ -1,0 +1,487 @@
+"""The run queue: the only writer of `runs.state`.
+
+Every function takes a `db.Tx` and runs inside one transaction on the database thread, so the
+worker can finish a batch of runs and claim the next batch in a single commit.
+
+    scheduled --(run_at comes)--> due --(claim)--> started --> succeeded
+                                   ^                  |  \\--> failed --(manual retry)--> due
+                                   |                  \\--> scheduled (automatic retry, backoff)
+                                   \\--(crash or stop: requeue, the attempt counts)
+
+Task runs are never claimed: the worker renders them while they are `due` and `finish` takes
+them straight from `due` to their final state (see `due_task_runs`). Nor are event runs in the
+daemon: they are routed where they are stored (`insert_events`) or, when they come due later,
+in the worker's transaction (`route_due`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+import sqlite3
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol, cast
+
+from runnerd import errors, models
+from runnerd.models import RunKind, RunState
+from runnerd.monitoring import taskstatus
+from runnerd.store import db
+
+logger = logging.getLogger(__name__)
+
+#: 4 automatic retries after the first attempt, at about 30 s, 76 s, 152 s and 308 s.
+BACKOFF = (30.0, 76.0, 152.0, 308.0)
+MAX_ATTEMPTS = len(BACKOFF) + 1
+JITTER = 0.1  # +/- 10 %
+
+
+def backoff(attempt: int, rand: Callable[[], float] = random.random) -> float:
+    """Seconds to wait after failed attempt number `attempt` (1-based), with jitter."""
+    base = BACKOFF[min(attempt, len(BACKOFF)) - 1]
+    return base * (1 + JITTER * (2 * rand() - 1))
+
+
+def new_event(
+    topic: str,
+    data: Any,
+    source: str,
+    now: float,
+    *,
+    parent_id: str | None = None,
+    webhook_request_id: str | None = None,
+    task_ids: Sequence[str] | None = None,
+    run_at: float | None = None,
+    data_json: str | None = None,
+) -> models.Event:
+    """A new event (not stored yet); `data_json`: `data` as received JSON text, if it was."""
+    return models.Event(
+        id=models.new_id(), topic=topic, data=data, source=source, created_at=now,
+        parent_id=parent_id, webhook_request_id=webhook_request_id,
+        task_ids=tuple(task_ids) if task_ids is not None else None, run_at=run_at,
+        data_json=data_json,
+    )
+
+
+def run_row(
+    kind: RunKind,
+    event_id: str,
+    now: float,
+    *,
+    run_at: float | None = None,
+    task_name: str | None = None,
+    action_type: str | None = None,
+    options: Any = None,
+    meta: Any = None,
+    perform_event: bool = True,
+    task_run_id: int | None = None,
+) -> dict[str, Any]:
+    """Parameters of `insert_run`: due now, or scheduled when `run_at` is in the future."""
+    at = now if run_at is None or run_at < now else run_at
+    return {
+        "kind": str(kind),
+        "state": str(RunState.SCHEDULED if at > now else RunState.DUE),
+        "priority": models.PRIORITY[kind],
+        "run_at": at,
+        "event_id": event_id,
+        "task_name": task_name,
+        "action_type": action_type,
+        "options": None if kind is not RunKind.ACTION else models.dumps(options),
+        "meta": None if meta is None else models.dumps(meta),
+        "perform_event": int(perform_event),
+        "task_run_id": task_run_id,
+        "created_at": now,
+        "result": None,
+        "attempts": 0,
+        "started_at": None,
+        "finished_at": None,
+    }
+
+
+class Router(Protocol):
+    """Performs event runs where events are stored, or in the worker's transaction once they
+    are due (the daemon's `handlers.Handlers`)."""
+
+    def route(self, event: models.Event, now: float) -> tuple[list[str], list[dict[str, Any]]]:
+        """The names of the tasks that receive `event`, and their task runs (`run_row`s)."""
+
+    def committed(self, event_runs: int) -> None:
+        """`event_runs` event runs performed by `route` were committed (metrics)."""
+
+
+def performed_event_run(event: models.Event, names: list[str], now: float) -> dict[str, Any]:
+    """An event run already performed: its task runs are stored beside it."""
+    row = run_row(RunKind.EVENT, event.id, now)
+    row.update(state=_SUCCEEDED, attempts=1, started_at=now, finished_at=now,
+               result=_routed_result(names))
+    return row
+
+
+def _routed_result(names: list[str]) -> str:
+    """An event run's result (JSON): the names of the tasks it made task runs for."""
+    return models.dumps({"tasks": names}) if names else _NO_TASKS
+
+
+_SUCCEEDED = str(RunState.SUCCEEDED)
+_DUE = str(RunState.DUE)
+_STARTED = str(RunState.STARTED)
+_NO_TASKS = models.dumps({"tasks": []})  #: most webhook events of a busy daemon: computed once
+
+
+def insert_events(tx: db.Tx, events: Iterable[models.Event], now: float) -> list[Job]:
+    """Store events, each with its event run (due now or at the event's `run_at`).
+
+    In the daemon (`tx.router` set) an event due now is routed in this same transaction: its
+    event run is stored `succeeded` with its task runs, saving a claim and a finish per event.
+    Routing is pure CPU (the registry's subscription index), so the result is the same as
+    when the worker performs the event run a moment later.
+
+    Returns the jobs of the task runs stored due for events without a parent: the caller may
+    hand them to the worker once committed (`Worker.offer`), which saves fetching them again.
+    """
+    events = list(events)
+    if not events:
+        return []
+    router: Router | None = tx.router
+    tx.executemany("insert_event", [
+        {"id": e.id, "topic": e.topic,
+         "data": e.data_json if e.data_json is not None else models.dumps(e.data),
+         "source": e.source,
+         "parent_id": e.parent_id, "webhook_request_id": e.webhook_request_id,
+         "task_ids": None if e.task_ids is None else models.dumps(list(e.task_ids)),
+         "created_at": e.created_at}
+        for e in events
+    ])
+    if router is None:
+        tx.executemany("insert_run", [run_row(RunKind.EVENT, e.id, now, run_at=e.run_at)
+                                      for e in events])
+        return []
+    rows, ready = [], []
+    for e in events:
+        if e.run_at is not None and e.run_at > now:
+            rows.append(run_row(RunKind.EVENT, e.id, now, run_at=e.run_at))
+            continue
+        names, task_runs = router.route(e, now)
+        rows.append(performed_event_run(e, names, now))
+        for row in task_runs:
+            if row["state"] == _DUE and e.parent_id is None:  # its Job needs no ancestors
+                ready.append((row, e))
+            else:
+                rows.append(row)
+        tx.routed += 1
+    tx.executemany("insert_run", rows)
+    jobs = []
+    for row, e in ready:  # one by one: a job needs its run's id
+        row = {**row, "error": None, "id": tx.execute("insert_run", row).lastrowid}
+        jobs.append(Job(models.Run.from_row(cast(sqlite3.Row, row)), e))
+    return jobs
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Job:
+    """A claimed run with what performing it needs."""
+
+    run: models.Run
+    event: models.Event
+    parent: dict[str, Any] | None = None  #: `event.parent` for Liquid (task runs only)
+
+
+#: `event.parent` goes this many generations up (Mechanic's chains are short).
+PARENT_GENERATIONS = 5
+
+
+def promote(tx: db.Tx, now: float) -> None:
+    """`scheduled` runs whose time came become `due`."""
+    tx.execute("promote_scheduled", {"now": now})
+
+
+def claim(tx: db.Tx, limit: int, now: float) -> list[Job]:
+    """Promote scheduled runs whose time came, then start up to `limit` due action and event
+    runs (the runs that take a worker slot), by priority. Task runs are never claimed (see
+    `due_task_runs`), and event runs are not where a router routes them (`route_due`)."""
+    promote(tx, now)
+    if limit <= 0:
+        return []
+    event_limit = 0 if tx.router is not None else limit
+    return _jobs(tx, tx.all("claim_runs", {"now": now, "limit": limit,
+                                           "event_limit": event_limit}))
+
+
+def route_due(tx: db.Tx, limit: int, now: float) -> int:
+    """Route up to `limit` due event runs, oldest first, with the daemon's router (`tx.router`):
+    each goes from `due` straight to `succeeded`, its task runs stored beside it, as
+    `insert_events` does for the events it stores. Returns how many were routed.
+
+    These are the events stored elsewhere (the CLI) or for later. Routing is CPU work (a lookup
+    in memory), so an event run takes no worker slot: slow action runs holding every slot never
+    hold up the task runs of waiting events.
+    """
+    router: Router | None = tx.router
+    if router is None or limit <= 0:
+        return 0
+    rows = tx.all("due_event_runs", {"limit": limit})
+    if not rows:
+        return 0
+    events = _events(tx, {row["event_id"] for row in rows})
+    finished, task_runs = [], []
+    for row in rows:
+        names, children = router.route(events[row["event_id"]], now)
+        finished.append({"id": row["id"], "from": _DUE, "state": _SUCCEEDED, "error": None,
+                         "result": _routed_result(names), "now": now, "started_at": now,
+                         "attempts": row["attempts"] + 1})
+        task_runs.extend(children)
+    tx.executemany("finish_run", finished)
+    tx.executemany("insert_run", task_runs)
+    tx.routed += len(rows)
+    return len(rows)
+
+
+def due_task_runs(tx: db.Tx, limit: int) -> list[Job]:
+    """Up to `limit` due task runs, oldest first, left `due`.
+
+    A task run is pure CPU (a render), so the worker renders these one at a time between its
+    transactions instead of giving each a slot: `begin` marks a run's attempt in memory, and
+    `finish` records it straight from `due`. A crash during the render leaves it due, to be
+    rendered again.
+    """
+    if limit <= 0:
+        return []
+    return _jobs(tx, tx.all("due_task_runs", {"limit": limit}))
+
+
+def begin(job: Job, now: float) -> Job:
+    """A due task run's attempt, started now (written when the run is finished)."""
+    run = dataclasses.replace(job.run, attempts=job.run.attempts + 1, started_at=now)
+    return Job(run, job.event, job.parent)
+
+
+def _jobs(tx: db.Tx, rows: list[sqlite3.Row]) -> list[Job]:
+    """Jobs for these `runs` rows in queue order, with their events (and the ancestors of task
+    runs' events) fetched batch-wide."""
+    # RETURNING has no order: restore the queue's.
+    claimed = sorted((models.Run.from_row(r) for r in rows),
+                     key=lambda r: (-r.priority, r.run_at, r.id))
+    events = _events(tx, {run.event_id for run in claimed})
+    # Task runs see `event.parent`: fetch the ancestors a generation at a time, batch-wide.
+    parents = {events[run.event_id].parent_id for run in claimed if run.kind is RunKind.TASK}
+    for _ in range(PARENT_GENERATIONS):
+        wanted = {i for i in parents if i is not None and i not in events}
+        if not wanted:
+            break
+        found = _events(tx, wanted)
+        events.update(found)
+        parents = {e.parent_id for e in found.values()}
+    jobs = []
+    for run in claimed:
+        event = events[run.event_id]
+        parent = _parent(event, events) if run.kind is RunKind.TASK else None
+        jobs.append(Job(run, event, parent))
+    return jobs
+
+
+def _events(tx: db.Tx, ids: set[str]) -> dict[str, models.Event]:
+    rows = tx.all("events_by_ids", {"ids": models.dumps(sorted(ids))}) if ids else []
+    return {row["id"]: models.Event.from_row(row) for row in rows}
+
+
+def _parent(event: models.Event, events: dict[str, models.Event]) -> dict[str, Any] | None:
+    """`event.parent` for Liquid: the ancestors (at most PARENT_GENERATIONS), nested."""
+    chain: list[models.Event] = []
+    at = events.get(event.parent_id) if event.parent_id is not None else None
+    while at is not None and len(chain) < PARENT_GENERATIONS:
+        chain.append(at)
+        at = events.get(at.parent_id) if at.parent_id is not None else None
+    parent = None
+    for ancestor in reversed(chain):
+        parent = ancestor.to_liquid(parent)
+    return parent
+
+
+@dataclasses.dataclass(slots=True)
+class Outcome:
+    """How performing a run went, and what to write when it is finished."""
+
+    run: models.Run
+    ok: bool
+    result: Any = None
+    error: str | None = None
+    retryable: bool = False
+    #: computes the result inside the finishing transaction (cache, event, outbox actions)
+    deferred: Callable[[db.Tx], Any] | None = None
+    #: runs to create when the run succeeds (task runs of an event run, action runs of a task run)
+    children: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    #: events to create once the run is final (error events, mechanic/actions/perform)
+    follow_up: Callable[[models.Run], list[models.Event]] | None = None
+    finished_at: float = 0.0
+    #: action types whose children are performed where they are stored (in-process executors)
+    inline_types: frozenset[str] = frozenset()
+    #: performs such a child, given its stored run (`started`): its outcome is then finished
+    #: in this same transaction, so it needs no claim, no slot and no commit of its own
+    perform_inline: Callable[[models.Run], Outcome] | None = None
+
+
+def finish(tx: db.Tx, outcome: Outcome, now: float,
+           rand: Callable[[], float] = random.random, *,
+           performed: list[Outcome] | None = None) -> models.Run | None:
+    """Record an outcome: succeeded, failed, or scheduled for an automatic retry.
+
+    Returns the run as recorded, or None when it was no longer in the state it was read in
+    (`started`, or `due` for a task run rendered between the worker's turns: lost race). Children
+    performed in place (`Outcome.perform_inline`) are finished here too and their outcomes
+    appended to `performed`.
+    """
+    run, ok, result, error = outcome.run, outcome.ok, outcome.result, outcome.error
+    retryable = outcome.retryable
+    finished_at = outcome.finished_at or now
+    if ok and outcome.deferred is not None:
+        try:
+            with tx.savepoint():
+                result = outcome.deferred(tx)
+        except errors.RunnerdError as exc:
+            ok, error, retryable = False, exc.message, False
+    was = {"id": run.id, "from": str(run.state), "started_at": run.started_at,
+           "attempts": run.attempts}
+    if not ok and retryable and run.attempts < MAX_ATTEMPTS:
+        retry_at = finished_at + backoff(run.attempts, rand)
+        if tx.execute("retry_later", {**was, "run_at": retry_at, "error": error}).rowcount == 0:
+            return None
+        tx.execute("insert_attempt", {"run_id": run.id, "attempt": run.attempts,
+                                      "started_at": run.started_at, "finished_at": finished_at,
+                                      "error": error})
+        return dataclasses.replace(run, state=RunState.SCHEDULED, run_at=retry_at, error=error)
+    state = RunState.SUCCEEDED if ok else RunState.FAILED
+    done = tx.execute("finish_run", {**was, "state": str(state), "error": error,
+                                     "result": models.dumps(result), "now": finished_at})
+    if done.rowcount == 0:
+        logger.warning("run %s was no longer %s when it finished", run.id, run.state,
+                       extra={"action": "stale_finish", "run_id": run.id})
+        return None
+    final = dataclasses.replace(run, state=state, result=result, error=error,
+                                finished_at=finished_at)
+    if ok and outcome.children:
+        _store_children(tx, outcome, now, rand, [] if performed is None else performed)
+    events = outcome.follow_up(final) if outcome.follow_up is not None else []
+    if run.kind is RunKind.TASK and run.task_name is not None:
+        # task_status changes with the run's final state, in this same transaction (SPEC §8);
+        # a monitor flipping to or from down adds its runnerd/monitors/* event.
+        events = [*events, *taskstatus.record(tx, run.task_name, str(state), finished_at, error)]
+    insert_events(tx, events, now)
+    return final
+
+
+def _store_children(tx: db.Tx, outcome: Outcome, now: float, rand: Callable[[], float],
+                    performed: list[Outcome]) -> None:
+    """Insert the children in order; those of an in-process type are performed at once."""
+    queued: list[dict[str, Any]] = []
+    for row in outcome.children:
+        if (outcome.perform_inline is None or row["state"] != _DUE
+                or row["action_type"] not in outcome.inline_types):
+            queued.append(row)
+            continue
+        if queued:
+            tx.executemany("insert_run", queued)
+            queued = []
+        row = {**row, "state": _STARTED, "attempts": 1, "started_at": now, "error": None}
+        row["id"] = tx.execute("insert_run", row).lastrowid
+        child = outcome.perform_inline(models.Run.from_row(cast(sqlite3.Row, row)))
+        if finish(tx, child, now, rand, performed=performed) is not None:
+            performed.append(child)
+    if queued:
+        tx.executemany("insert_run", queued)
+
+
+def finish_and_claim(tx: db.Tx, outcomes: Sequence[Outcome], limit: int, now: float,
+                     performed: list[Outcome] | None = None, renders: int = 0,
+                     routes: int = 0) -> tuple[list[Job], list[Job], int]:
+    """The worker's one transaction per turn: record what finished, claim what is next.
+
+    Returns the claimed jobs (at most `limit`), up to `renders` due task runs (those of the up
+    to `routes` event runs routed here included: `route_due`), and how many event runs were
+    routed. Outcomes are recorded first, so a task run rendered in the last turn is never handed
+    out again. `performed` receives the outcomes of the action runs performed in place."""
+    for outcome in outcomes:
+        finish(tx, outcome, now, performed=performed)
+    jobs = claim(tx, limit, now)
+    routed = route_due(tx, routes, now)
+    return jobs, due_task_runs(tx, renders), routed
+
+
+def requeue_started(tx: db.Tx) -> int:
+    """Every `started` run back to `due` (start-up after a crash); return how many."""
+    return tx.execute("requeue_started").rowcount
+
+
+def requeue(tx: db.Tx, run_ids: Iterable[int]) -> None:
+    """These `started` runs back to `due` (interrupted by a stop)."""
+    tx.executemany("requeue_run", [{"id": i} for i in run_ids])
+
+
+def get(tx: db.Tx, run_id: int) -> models.Run:
+    """The run, or NotFound."""
+    row = tx.one("run_by_id", {"id": run_id})
+    if row is None:
+        raise errors.NotFound(f"no run with id {run_id}")
+    return models.Run.from_row(row)
+
+
+def attempts(tx: db.Tx, run_id: int) -> list[dict[str, Any]]:
+    """The failed attempts recorded for a run."""
+    return [{"attempt": r["attempt"], "started_at": models.iso(r["started_at"]),
+             "finished_at": models.iso(r["finished_at"]), "error": r["error"]}
+            for r in tx.all("attempts_of_run", {"id": run_id})]
+
+
+def select(tx: db.Tx, *, state: str | None = None, kind: str | None = None,
+           task: str | None = None, limit: int = 50) -> list[models.Run]:
+    """Runs, newest first, filtered."""
+    rows = tx.all("list_runs", {"state": state, "kind": kind, "task": task, "limit": limit})
+    return [models.Run.from_row(r) for r in rows]
+
+
+def retry(tx: db.Tx, run_id: int, now: float) -> models.Run:
+    """Put a failed task or action run back to `due` (task runs re-render the current code)."""
+    run = get(tx, run_id)
+    if tx.execute("retry_failed_run", {"id": run_id, "now": now}).rowcount == 0:
+        if run.kind is RunKind.EVENT:
+            raise errors.InvalidInput(f"run {run_id} is an event run: only task and action "
+                                      "runs can be retried")
+        raise errors.InvalidInput(f"run {run_id} is {run.state}: only failed runs can be retried")
+    return get(tx, run_id)
+
+
+def cancel(tx: db.Tx, run_id: int, now: float) -> models.Run:
+    """Fail a run that has not started yet, with the error `cancelled`."""
+    run = get(tx, run_id)
+    if tx.execute("cancel_run", {"id": run_id, "now": now}).rowcount == 0:
+        raise errors.InvalidInput(f"run {run_id} is {run.state}: only queued runs "
+                                  "(unscheduled, scheduled, due) can be cancelled")
+    return get(tx, run_id)
+
+
+def queue_lag(tx: db.Tx, now: float) -> float:
+    """Seconds the oldest due run has waited (0 when none is due)."""
+    oldest = tx.one("oldest_due")
+    return 0.0 if oldest is None or oldest["run_at"] is None else max(0.0, now - oldest["run_at"])
+
+
+def stats(tx: db.Tx, now: float) -> dict[str, Any]:
+    """Queue depth by kind and state, lag, what waits most, and the last day's outcomes."""
+    counts: dict[str, dict[str, int]] = {k.value: {} for k in RunKind}
+    for row in tx.all("queue_counts"):
+        counts[row["kind"]][row["state"]] = row["n"]
+    finished: dict[str, dict[str, int]] = {k.value: {} for k in RunKind}
+    for row in tx.all("finished_counts_since", {"since": now - 86400}):
+        finished[row["kind"]][row["state"]] = row["n"]
+    lag = queue_lag(tx, now)
+
+    def top(name: str) -> list[dict[str, Any]]:
+        return [{"name": r["name"], "runs": r["n"]} for r in tx.all(name)]
+
+    return {
+        "queue": counts,
+        "lag_seconds": round(lag, 3),
+        "last_24h": finished,
+        "top_waiting_tasks": top("top_waiting_tasks"),
+        "top_waiting_actions": top("top_waiting_actions"),
+        "top_waiting_topics": top("top_waiting_topics"),
+    }

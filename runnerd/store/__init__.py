@@ -1,0 +1,1 @@
+"""The storage seam: the database file, its schema and every SQL statement."""

@@ -1,0 +1,383 @@
+"""The SQLite file: pragmas, migrations, the one write path, reads, and the daemon's lock file.
+
+A transaction is a plain function `fn(tx)` run whole on the connection's own thread, between
+`BEGIN IMMEDIATE` and `COMMIT`: one thread hop per transaction instead of one per statement, so a
+batch of a hundred runs costs one await. Every write goes through `Database.write`, whose
+connection thread runs one function at a time: transactions can never interleave (with aiosqlite,
+another coroutine's statement issued inside an open transaction would silently join it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import sqlite3
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiosqlite
+
+from runnerd import errors
+from runnerd.store import dbfiles, sql
+
+T = TypeVar("T")
+
+
+def _on_thread(conn: aiosqlite.Connection, fn: Callable[..., T], *args: Any,
+               **kwargs: Any) -> Awaitable[T]:
+    """`fn(sqlite3_connection, *args, **kwargs)` on `conn`'s thread, in one hop (to await).
+
+    aiosqlite's private `Connection._execute` (pinned to aiosqlite 0.22 in pyproject.toml): its
+    public API hops to the thread once per statement, and a transaction is many statements.
+    """
+    execute: Callable[..., Awaitable[T]] = conn._execute
+    return execute(fn, conn._conn, *args, **kwargs)
+
+
+Params = Mapping[str, Any] | None
+
+
+class Tx:
+    """Named queries on one connection, inside one transaction (runs on the db thread)."""
+
+    __slots__ = ("conn", "router", "routed")
+
+    def __init__(self, conn: sqlite3.Connection, router: Any = None) -> None:
+        self.conn = conn
+        #: the daemon's event router (`runs.Router`): events it stores are routed in the same
+        #: transaction; None in the CLI, whose events the daemon's worker routes
+        self.router = router
+        self.routed = 0  #: event runs performed in this transaction by `router`
+
+    def execute(self, name: str, params: Params = None) -> sqlite3.Cursor:
+        """Run the named query."""
+        return self.conn.execute(sql.queries[name], params or {})
+
+    def executemany(self, name: str, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Run the named query once per parameter mapping."""
+        self.conn.executemany(sql.queries[name], rows)
+
+    @contextlib.contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """A nested transaction: an exception inside undoes only its writes, then propagates."""
+        self.conn.execute("SAVEPOINT sp")
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK TO sp")
+            self.conn.execute("RELEASE sp")
+            raise
+        self.conn.execute("RELEASE sp")
+
+    def all(self, name: str, params: Params = None) -> list[sqlite3.Row]:
+        """All rows of the named query."""
+        return self.execute(name, params).fetchall()
+
+    def one(self, name: str, params: Params = None) -> sqlite3.Row | None:
+        """The first row of the named query, or None."""
+        row: sqlite3.Row | None = self.execute(name, params).fetchone()
+        return row
+
+
+def _pragmas(conn: sqlite3.Connection, *, readonly: bool = False, wal: bool = True) -> None:
+    conn.row_factory = sqlite3.Row
+    # WAL lets sqlite3 users and CLI commands read while the daemon writes; FULL makes a
+    # committed event survive a power cut (the promise behind every 204).
+    if wal and not readonly:
+        conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute("PRAGMA busy_timeout = 5000")
+    conn.execute("PRAGMA foreign_keys = ON")
+    if readonly:
+        conn.execute("PRAGMA query_only = 1")
+
+
+def _seal(conn: sqlite3.Connection) -> None:
+    """Move the WAL's frames into the database file this connection opened and empty the WAL
+    (best effort: a reader of the file now under the name may keep it from finishing)."""
+    with contextlib.suppress(sqlite3.Error):
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+def _wrap(exc: sqlite3.Error, path: Path) -> errors.DatabaseError:
+    return errors.DatabaseError(f"database error: {exc} ({path})")
+
+
+def _unavailable(exc: sqlite3.DatabaseError) -> bool:
+    """SQLite refused for a reason outside the program (full, locked, read-only, I/O, corrupt),
+    not a bug in a statement (IntegrityError, ProgrammingError…), which must stay loud."""
+    return isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError
+
+
+def _transaction(conn: sqlite3.Connection, fn: Callable[[Tx], T], mode: str,
+                 router: Any = None) -> T:
+    conn.execute(f"BEGIN {mode}")
+    tx = Tx(conn, router)
+    try:
+        result = fn(tx)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    if tx.routed:
+        router.committed(tx.routed)
+    return result
+
+
+def _group(conn: sqlite3.Connection, fns: list[Callable[[Tx], Any]],
+           router: Any) -> list[tuple[bool, Any]]:
+    """Several writers' functions in one `BEGIN IMMEDIATE … COMMIT`, each in a savepoint.
+
+    One function's exception undoes only its own writes and is handed back to its caller; the
+    others commit. Returns (True, result) or (False, exception) per function; raises (nothing
+    committed) when BEGIN or COMMIT fails, or when SQLite abandoned the transaction itself.
+    """
+    if len(fns) == 1:
+        try:
+            return [(True, _transaction(conn, fns[0], "IMMEDIATE", router))]
+        except sqlite3.DatabaseError as exc:
+            if _unavailable(exc):
+                raise  # the transaction could not happen: every caller gets it
+            return [(False, exc)]
+        except Exception as exc:  # noqa: BLE001 - handed back to the caller
+            return [(False, exc)]
+    conn.execute("BEGIN IMMEDIATE")
+    out: list[tuple[bool, Any]] = []
+    routed = 0
+    try:
+        for fn in fns:
+            tx = Tx(conn, router)
+            conn.execute("SAVEPOINT w")
+            try:
+                result = fn(tx)
+            except Exception as exc:  # noqa: BLE001 - handed back to the caller
+                if not conn.in_transaction:
+                    raise  # SQLite rolled everything back (a full disk, an I/O error)
+                conn.execute("ROLLBACK TO w")
+                conn.execute("RELEASE w")
+                out.append((False, exc))
+                continue
+            conn.execute("RELEASE w")
+            out.append((True, result))
+            routed += tx.routed
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    if routed:
+        router.committed(routed)
+    return out
+
+
+class Database:
+    """One writer connection and one reader connection on the same file.
+
+    Writes are coalesced: functions passed to `write` while a transaction is on the writer
+    thread wait, and then run together in the next one (each in its own savepoint), so the
+    ingest, the worker, the scheduler and the monitors share one commit (one fsync) instead of
+    queueing for one each.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        #: set by the daemon: routes the events written through this database (`runs.Router`)
+        self.router: Any = None
+        self._queue: list[tuple[Callable[[Tx], Any], asyncio.Future[Any]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self.files = dbfiles.Watch(path)  #: the files opened (see `watch`)
+        self._sealed: Awaitable[None] | None = None
+
+    @property
+    def gone(self) -> str | None:
+        """Why the database's files are no longer the ones opened; None while they are."""
+        return self.files.gone
+
+    def watch(self) -> None:
+        """From now on, notice the database's deletion or replacement (`check_files`).
+
+        Called once the database is migrated (its -wal and -shm exist then).
+        """
+        self.files.record()
+
+    def check_files(self) -> str | None:
+        """None while the files are the ones opened; else why not (`dbfiles.Watch.check`).
+
+        The first time, the WAL is emptied into the file opened: a -wal left under the
+        database's name would replay the daemon's pages onto whatever file is there at the next
+        start (SQLite does not delete a WAL whose database has moved).
+        """
+        if self.files.gone is None and self.files.check() is not None and (
+                self._writer is not None):
+            self._sealed = asyncio.ensure_future(_on_thread(self._writer, _seal))
+        return self.files.gone
+
+    async def open(self, *, create: bool = True) -> Database:
+        """Open both connections and set the pragmas; create the file (0600) unless `create` is
+        False, which opens only a database that exists (DatabaseError saying so otherwise)."""
+        target: str | Path = self.path
+        if not create:
+            if not self.path.exists():
+                raise dbfiles.missing(self.path)
+            target = self.path.absolute().as_uri() + "?mode=rw"  # SQLite must not create it
+        try:
+            if create:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                dbfiles.create_private(self.path)
+            self._writer = await aiosqlite.connect(target, isolation_level=None, uri=not create)
+            # WAL is a property of the file: set by the daemon, never written by a command
+            # into a file it is about to refuse
+            await _on_thread(self._writer, _pragmas, wal=create)
+            self._reader = await aiosqlite.connect(target, isolation_level=None, uri=not create)
+            await _on_thread(self._reader, _pragmas, readonly=True)
+        except (sqlite3.Error, OSError) as exc:
+            await self.close()
+            raise errors.DatabaseError(f"cannot open database {self.path}: {exc}") from exc
+        return self
+
+    async def close(self) -> None:
+        """Close both connections."""
+        if self._sealed is not None:
+            await self._sealed
+        for conn in (self._reader, self._writer):
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await conn.close()
+        self._writer = self._reader = None
+
+    async def write(self, fn: Callable[[Tx], T]) -> T:
+        """Run `fn(tx)` atomically in a `BEGIN IMMEDIATE` transaction, returning once it is
+        committed; DatabaseError if SQLite fails. `fn` may share the transaction with other
+        writers' functions (see the class): its own exception undoes only its own writes."""
+        if self._writer is None:
+            raise errors.DatabaseError("database is closed")
+        if self.gone is not None:
+            raise errors.DatabaseError(self.gone)
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.append((fn, future))
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush())
+        try:
+            return await future
+        except sqlite3.DatabaseError as exc:
+            if not _unavailable(exc):
+                raise
+            raise _wrap(exc, self.path) from exc
+
+    async def _flush(self) -> None:
+        try:
+            while self._queue:
+                batch, self._queue = self._queue, []
+                try:
+                    if self._writer is None:
+                        raise errors.DatabaseError("database is closed")
+                    # the whole transaction is one hop to the connection's thread
+                    outcomes = await _on_thread(
+                        self._writer, _group, [fn for fn, _ in batch], self.router)
+                    # Committed, but to the file the daemon opened: is it still the database?
+                    # (three stat calls, ~3 µs each, per group commit; never a 204 otherwise)
+                    if (gone := self.check_files()) is not None:
+                        raise errors.DatabaseError(gone)
+                except Exception as exc:  # noqa: BLE001 - nothing of the batch was stored
+                    outcomes = [(False, exc)] * len(batch)
+                for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
+                    if future.done():  # its caller was cancelled
+                        continue
+                    if ok:
+                        future.set_result(value)
+                    else:
+                        future.set_exception(value)
+        finally:
+            self._flusher = None
+
+    async def read(self, fn: Callable[[Tx], T]) -> T:
+        """Run `fn(tx)` on the read-only connection, in one snapshot."""
+        if self._reader is None:
+            raise errors.DatabaseError("database is closed")
+        if self.gone is not None:
+            raise errors.DatabaseError(self.gone)
+        try:
+            return await _on_thread(self._reader, _transaction, fn, "DEFERRED")
+        except sqlite3.DatabaseError as exc:
+            if not _unavailable(exc):
+                raise
+            raise _wrap(exc, self.path) from exc
+
+    async def migrate(self) -> int:
+        """Apply the pending numbered migrations; return the schema version."""
+        if self._writer is None:
+            raise errors.DatabaseError("database is closed")
+        try:
+            return await _on_thread(self._writer, migrate_sync)
+        except sqlite3.DatabaseError as exc:
+            raise errors.DatabaseError(f"cannot migrate database {self.path}: {exc}") from exc
+
+    async def require_migrated(self) -> None:
+        """DatabaseError unless every migration was applied: the commands other than
+        `runnerd run` neither create nor migrate a database (the daemon may be running)."""
+        version = await self.read(lambda tx: _user_version(tx.conn))
+        latest = max(number for number, _, _ in sql.migrations())
+        if version < latest:
+            what = "is empty" if version == 0 else (
+                f"has schema version {version}, older than this runnerd's {latest}")
+            raise errors.DatabaseError(f"database {self.path} {what} (start the daemon with "
+                                       "'runnerd run' to migrate it)")
+
+    def sync_reader(self) -> sqlite3.Connection:
+        """A plain read-only connection for the event loop's thread (cache reads while rendering)."""
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        _pragmas(conn, readonly=True)
+        return conn
+
+
+def _user_version(conn: sqlite3.Connection) -> int:
+    """The number of the last migration applied (0: none)."""
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def migrate_sync(conn: sqlite3.Connection) -> int:
+    """Apply migrations on a plain connection; each one commits together with its version."""
+    version = _user_version(conn)
+    for number, name, script in sql.migrations():
+        if number <= version:
+            continue
+        try:
+            conn.executescript(
+                f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;"
+            )
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise sqlite3.DatabaseError(f"migration {name} failed: {exc}") from exc
+        version = number
+    return version
+
+
+@contextlib.contextmanager
+def lock(db_path: Path) -> Iterator[None]:
+    """Hold `<db>.lock` for the daemon's lifetime; AlreadyRunning if another process holds it."""
+    lock_path = db_path.with_name(db_path.name + ".lock")
+    try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, dbfiles.MODE)
+    except OSError as exc:
+        raise errors.DatabaseError(f"cannot create lock file {lock_path}: {exc.strerror}") from exc
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise errors.AlreadyRunning(
+                f"another runnerd (pid {holder}) is already running on {db_path}"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)

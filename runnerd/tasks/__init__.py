@@ -1,0 +1,1 @@
+"""Tasks: the configured tasks' registry, Mechanic's option keys, previews, task exports."""

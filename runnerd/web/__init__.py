@@ -1,0 +1,1 @@
+"""The HTTP listener: webhooks, the admin API, the public endpoints and the status page."""

@@ -1,0 +1,135 @@
+"""The operations endpoints (no token): /ping/*, /health, /metrics and /status.
+
+A ping is refused before anything is recorded when its client address or (once its ping key, if
+the monitor has one, is right) its monitor is over `monitoring.ping_rate_per_client` or
+`monitoring.ping_rate` (429), or when the key is missing or wrong (401). A wrong key does not
+use up the monitor's own rate, so guessing cannot starve the real job's pings.
+"""
+
+from __future__ import annotations
+
+import hmac
+import math
+
+from aiohttp import web
+
+from runnerd import config, errors
+from runnerd.monitoring import metrics, monitors, ratelimit
+from runnerd.web import status, webhooks
+
+PING_METHODS = frozenset({"GET", "POST", "HEAD"})
+PING_KEY_HEADER = "X-Runnerd-Ping-Key"
+#: Pings taken per monitor name and per client address (`ratelimit`, in this process).
+MONITOR_BUCKETS = web.AppKey("monitor_buckets", ratelimit.Buckets)
+CLIENT_BUCKETS = web.AppKey("client_buckets", ratelimit.Buckets)
+
+
+def add_routes(app: web.Application) -> None:
+    """Register the routes."""
+    app[MONITOR_BUCKETS] = ratelimit.Buckets()
+    app[CLIENT_BUCKETS] = ratelimit.Buckets()
+    app.router.add_route("*", "/ping/{name}", ping)
+    app.router.add_route("*", "/ping/{name}/{kind:start|fail}", ping)
+    app.router.add_route("GET", "/health", health)
+    app.router.add_route("GET", "/metrics", prometheus)
+    app.router.add_route("GET", "/status", status_page)
+
+
+def _text(status_code: int, text: str) -> web.Response:
+    return web.Response(status=status_code, text=text + "\n")
+
+
+def _too_many(wait: float, whose: str) -> web.Response:
+    return web.Response(status=429, text=f"too many pings {whose}: retry later\n",
+                        headers={"Retry-After": str(max(1, math.ceil(wait)))})
+
+
+def _key_ok(request: web.Request, monitor: config.Monitor) -> bool:
+    """The monitor has no ping key, or the request carries it (compared in constant time)."""
+    if monitor.ping_key is None:
+        return True
+    given = request.headers.get(PING_KEY_HEADER) or request.query.get("key") or ""
+    return hmac.compare_digest(given.encode(), monitor.ping_key.encode())
+
+
+def _refusal(request: web.Request, monitor: config.Monitor) -> web.Response | None:
+    """405, 429 or 401 for a ping that must not be recorded; None to record it."""
+    if request.method not in PING_METHODS:
+        return web.Response(status=405, text="use GET or POST\n",
+                            headers={"Allow": "GET, POST, HEAD"})
+    st = request.app[webhooks.STATE]
+    rates, now = st.settings.monitoring, st.clock()
+    client = request.remote or "unknown"
+    if wait := request.app[CLIENT_BUCKETS].take(client, rates.ping_rate_per_client, now):
+        return _too_many(wait, f"from {client}")
+    if not _key_ok(request, monitor):
+        return _text(401, f"missing or wrong ping key for monitor {monitor.name!r} "
+                          f"(?key= or {PING_KEY_HEADER})")
+    if wait := request.app[MONITOR_BUCKETS].take(monitor.name, rates.ping_rate, now):
+        return _too_many(wait, f"for monitor {monitor.name!r}")
+    return None
+
+
+async def ping(request: web.Request) -> web.StreamResponse:
+    """GET/POST /ping/{name}[/start|/fail] → 200 "OK" (404 for an unknown monitor; 405, 429,
+    401 refused)."""
+    st = request.app[webhooks.STATE]
+    name = request.match_info["name"]
+    monitor = monitors.ping_monitor(st.settings, name)
+    if monitor is None:
+        return _text(404, f"no ping monitor named {name!r}")
+    if (refused := _refusal(request, monitor)) is not None:
+        return refused
+    try:
+        body = await webhooks.read_body(request, st.settings.listen)
+    except webhooks.BodyRefused as exc:
+        return _text(exc.status, exc.message)
+    kind = monitors.PING_STATUS[request.match_info.get("kind", "")]
+    try:
+        events = await monitors.ping(st.db, name, kind, body, st.clock())
+    except errors.DatabaseError as exc:
+        return _text(503, f"not recorded: {exc.message}")
+    if events:
+        if st.worker is not None:
+            st.worker.wakeup.set()
+        if st.monitors is not None:
+            st.monitors.alerts_wakeup.set()
+    return _text(200, "OK")
+
+
+async def health(request: web.Request) -> web.StreamResponse:
+    """GET /health → 200 with the facts when healthy, 503 with the reasons when not."""
+    st = request.app[webhooks.STATE]
+    beat = st.heartbeat
+    if beat is None:
+        return web.json_response({"status": "unhealthy", "problems": ["no heartbeat"]},
+                                 status=503)
+    facts = beat.facts(st.clock())
+    facts["monitors_last_tick"] = (None if st.monitors is None or st.monitors.last_tick is None
+                                   else round(st.clock() - st.monitors.last_tick, 3))
+    return web.json_response(facts, status=200 if facts["status"] == "ok" else 503)
+
+
+async def prometheus(request: web.Request) -> web.StreamResponse:
+    """GET /metrics: the Prometheus text format."""
+    st = request.app[webhooks.STATE]
+    if st.metrics is None:
+        return _text(404, "metrics are not enabled")
+    try:
+        await st.metrics.refresh(st.db, st.clock())
+    except errors.DatabaseError:
+        pass  # serve the last snapshot; runnerd_worker_healthy says what is wrong
+    return web.Response(body=st.metrics.render(), headers={"Content-Type": metrics.CONTENT_TYPE})
+
+
+async def status_page(request: web.Request) -> web.StreamResponse:
+    """GET /status: the human status page."""
+    st = request.app[webhooks.STATE]
+    now = st.clock()
+    try:
+        data = await st.db.read(lambda tx: status.gather(tx, now))
+    except errors.DatabaseError as exc:
+        return _text(503, f"database unavailable: {exc.message}")
+    beat = st.heartbeat
+    facts = beat.facts(now) if beat is not None else {"status": "unhealthy", "problems": []}
+    return web.Response(text=status.render(data, facts, now), content_type="text/html")
