@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import textwrap
 from pathlib import Path
 
@@ -38,6 +39,38 @@ def test_defaults(tmp_path: Path) -> None:
     assert (s.listen.host, s.listen.port, s.listen.max_body_bytes) == ("127.0.0.1", 8787, 1048576)
     assert (s.concurrency, s.retention_days, s.retention_days_failed) == (8, 15, 90)
     assert s.admin_token is None and s.timezone == "UTC"
+
+
+def _fields_at_default(value: object) -> list[str]:
+    """The fields of the dataclass `value` that differ (in value or type) from their defaults;
+    nested sections (`email.smtp`) are compared field by field."""
+    out = []
+    for field in dataclasses.fields(value):  # type: ignore[arg-type]
+        if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            continue  # required: no default to drift from
+        default = (field.default_factory() if field.default is dataclasses.MISSING
+                   else field.default)
+        got = getattr(value, field.name)
+        if dataclasses.is_dataclass(default):
+            out += [f"{field.name}.{x}" for x in _fields_at_default(got)]
+        elif (got, type(got)) != (default, type(default)):
+            out.append(field.name)
+    return out
+
+
+def test_an_absent_key_reads_as_its_dataclass_default(tmp_path: Path) -> None:
+    """Defaults are written once, on the dataclasses: a reader that kept a copy of its own would
+    drift from them. Every section and every kind of list entry, with only its required keys."""
+    s = load(tmp_path, """\
+        database: x.db
+        webhooks: [{name: w, topic: user/a/b}]
+        monitors: [{name: m, period: 1h}]
+        tasks: [{name: t, code: ""}]
+        """)
+    assert _fields_at_default(s) == ["webhooks", "monitors", "tasks"]  # given above
+    assert _fields_at_default(s.webhooks[0]) == []
+    assert _fields_at_default(s.monitors[0]) == ["period"]  # given: one of period or schedule
+    assert _fields_at_default(s.tasks[0]) == ["source", "id"]  # set by the reader, not keys
 
 
 def test_every_problem_is_listed_with_its_key_path(tmp_path: Path) -> None:

@@ -122,7 +122,7 @@ class Monitor:
     """One entry of `monitors:`: a dead man's switch for pings (`name`) or a task (`task`)."""
 
     name: str
-    grace: float
+    grace: float = 3600.0
     period: float | None = None
     schedule: str | None = None
     task: str | None = None
@@ -158,8 +158,8 @@ class Settings:
     listen: Listen = Listen()
     admin_token: str | None = dataclasses.field(default=None, repr=False)
     concurrency: int = 8
-    retention_days: float = 15
-    retention_days_failed: float = 90
+    retention_days: float = 15.0
+    retention_days_failed: float = 90.0
     shutdown_grace: float = 20.0
     email: Email = Email()
     http: Http = Http()
@@ -178,6 +178,18 @@ class Settings:
     def webhook(self, name: str) -> Webhook | None:
         """The webhook called `name`, if configured."""
         return next((w for w in self.webhooks if w.name == name), None)
+
+
+def _default(cls: type, name: str) -> Any:
+    """The default of field `name` of the dataclass `cls`: every default is written once, there.
+
+    A field with a `default_factory` gets a fresh value from it. (A reader's `None` for a key
+    without a default means "absent", not a default.)
+    """
+    field = next(f for f in dataclasses.fields(cls) if f.name == name)
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return field.default
 
 
 def _timezone(value: Any) -> str | None:
@@ -249,14 +261,14 @@ def _settings(raw: Any, path: Path, r: yamlread.Reader) -> Settings:
     settings = Settings(
         path=path,
         database=base / (database or "runnerd.db"),
-        timezone=r.get(top, "", "timezone", str, "UTC", _timezone),
+        timezone=r.get(top, "", "timezone", str, _default(Settings, "timezone"), _timezone),
         listen=_listen(top.get("listen"), r),
         admin_token=r.get(top, "", "admin_token", str, None) or None,
-        concurrency=r.get(top, "", "concurrency", int, 8, yamlread.positive),
-        retention_days=r.get(top, "", "retention_days", float, 15.0, yamlread.positive),
-        retention_days_failed=r.get(top, "", "retention_days_failed", float, 90.0,
-                                    yamlread.positive),
-        shutdown_grace=r.duration(top, "", "shutdown_grace", 20.0),
+        concurrency=r.get(top, "", "concurrency", int, _default(Settings, "concurrency"),
+                          yamlread.positive),
+        **{key: r.get(top, "", key, float, _default(Settings, key), yamlread.positive)
+           for key in ("retention_days", "retention_days_failed")},
+        shutdown_grace=r.duration(top, "", "shutdown_grace", _default(Settings, "shutdown_grace")),
         email=_email(top.get("email"), r),
         http=_http(top.get("http"), r),
         limits=_limits(top.get("limits"), r),
@@ -273,15 +285,13 @@ def _listen(raw: Any, r: yamlread.Reader) -> Listen:
     timeouts = ("header_timeout", "body_timeout", "keepalive_timeout")
     s = r.section(raw, "listen", {"host", "port", "max_body_bytes", *timeouts})
     return Listen(
-        host=r.get(s, "listen", "host", str, "127.0.0.1"),
-        port=r.get(s, "listen", "port", int, 8787, _port),
-        max_body_bytes=r.get(s, "listen", "max_body_bytes", int, 1_048_576, yamlread.positive),
-        **{key: r.duration(s, "listen", key, getattr(_LISTEN, key), _finite_positive)
+        host=r.get(s, "listen", "host", str, _default(Listen, "host")),
+        port=r.get(s, "listen", "port", int, _default(Listen, "port"), _port),
+        max_body_bytes=r.get(s, "listen", "max_body_bytes", int,
+                             _default(Listen, "max_body_bytes"), yamlread.positive),
+        **{key: r.duration(s, "listen", key, _default(Listen, key), _finite_positive)
            for key in timeouts},
     )
-
-
-_LISTEN = Listen()  # the defaults
 
 
 def _finite_positive(value: float) -> str | None:
@@ -298,18 +308,20 @@ def _email(raw: Any, r: yamlread.Reader) -> Email:
                                                   "starttls", "tls", "verify", "timeout"})
     p = "email.smtp"
     smtp = Smtp(
-        host=r.get(m, p, "host", str, "localhost"),
-        port=r.get(m, p, "port", int, 25, _port),
-        username=r.get(m, p, "username", str, None),
-        password=r.get(m, p, "password", str, None),
-        starttls=r.get(m, p, "starttls", str, "auto", yamlread.one_of("auto", "always", "never")),
-        tls=r.get(m, p, "tls", bool, False),
-        verify=r.get(m, p, "verify", bool, True),
-        timeout=r.duration(m, p, "timeout", 30.0),
+        host=r.get(m, p, "host", str, _default(Smtp, "host")),
+        port=r.get(m, p, "port", int, _default(Smtp, "port"), _port),
+        username=r.get(m, p, "username", str, _default(Smtp, "username")),
+        password=r.get(m, p, "password", str, _default(Smtp, "password")),
+        starttls=r.get(m, p, "starttls", str, _default(Smtp, "starttls"),
+                       yamlread.one_of("auto", "always", "never")),
+        tls=r.get(m, p, "tls", bool, _default(Smtp, "tls")),
+        verify=r.get(m, p, "verify", bool, _default(Smtp, "verify")),
+        timeout=r.duration(m, p, "timeout", _default(Smtp, "timeout")),
     )
     return Email(
-        transport=r.get(s, "email", "transport", str, "smtp", yamlread.one_of("smtp", "outbox")),
-        sender=r.get(s, "email", "from", str, "runnerd@localhost"),
+        transport=r.get(s, "email", "transport", str, _default(Email, "transport"),
+                        yamlread.one_of("smtp", "outbox")),
+        sender=r.get(s, "email", "from", str, _default(Email, "sender")),
         smtp=smtp,
     )
 
@@ -317,9 +329,9 @@ def _email(raw: Any, r: yamlread.Reader) -> Email:
 def _http(raw: Any, r: yamlread.Reader) -> Http:
     s = r.section(raw, "http", {"timeout", "max_response_bytes", "allow", "deny"})
     return Http(
-        timeout=r.duration(s, "http", "timeout", 30.0),
-        max_response_bytes=r.get(s, "http", "max_response_bytes", int, 1_048_576,
-                                 yamlread.positive),
+        timeout=r.duration(s, "http", "timeout", _default(Http, "timeout")),
+        max_response_bytes=r.get(s, "http", "max_response_bytes", int,
+                                 _default(Http, "max_response_bytes"), yamlread.positive),
         allow=_targets(s, "allow", r),
         deny=_targets(s, "deny", r),
     )
@@ -328,7 +340,7 @@ def _http(raw: Any, r: yamlread.Reader) -> Http:
 def _targets(s: dict[str, Any], key: str, r: yamlread.Reader) -> tuple[targets.Entry, ...]:
     """`http.allow` or `http.deny`: addresses, networks and host names (`targets.parse`)."""
     out = []
-    for i, item in enumerate(r.get(s, "http", key, list, [])):
+    for i, item in enumerate(r.get(s, "http", key, list, _default(Http, key))):
         path = f"http.{key}[{i}]"
         if not isinstance(item, str):
             r.problem(path, f"expected a string, got {yamlread.describe(item)}")
@@ -343,17 +355,18 @@ def _targets(s: dict[str, Any], key: str, r: yamlread.Reader) -> tuple[targets.E
 def _limits(raw: Any, r: yamlread.Reader) -> Limits:
     s = r.section(raw, "limits", {"loop_iterations", "output_bytes", "render_seconds", "nesting"})
     return Limits(
-        loop_iterations=r.get(s, "limits", "loop_iterations", int, 100_000, yamlread.positive),
-        output_bytes=r.get(s, "limits", "output_bytes", int, 1_048_576, yamlread.positive),
-        render_seconds=r.duration(s, "limits", "render_seconds", 5.0),
-        nesting=r.get(s, "limits", "nesting", int, 30, yamlread.positive),
+        **{key: r.get(s, "limits", key, int, _default(Limits, key), yamlread.positive)
+           for key in ("loop_iterations", "output_bytes", "nesting")},
+        render_seconds=r.duration(s, "limits", "render_seconds",
+                                  _default(Limits, "render_seconds")),
     )
 
 
 def _monitoring(raw: Any, r: yamlread.Reader) -> Monitoring:
     s = r.section(raw, "monitoring", {"mail_recipients", "alert_interval", "ping_rate",
                                       "ping_rate_per_client"})
-    recipients = r.get(s, "monitoring", "mail_recipients", (list, str), [])
+    recipients = r.get(s, "monitoring", "mail_recipients", (list, str),
+                       _default(Monitoring, "mail_recipients"))
     if isinstance(recipients, str):
         recipients = [x.strip() for x in recipients.split(",") if x.strip()]
     for i, item in enumerate(recipients):
@@ -362,10 +375,10 @@ def _monitoring(raw: Any, r: yamlread.Reader) -> Monitoring:
                       f"expected an email address, got {item!r}")
     return Monitoring(
         mail_recipients=tuple(str(x) for x in recipients),
-        alert_interval=r.duration(s, "monitoring", "alert_interval", 600.0),
-        ping_rate=r.get(s, "monitoring", "ping_rate", int, 30, _not_negative),
-        ping_rate_per_client=r.get(s, "monitoring", "ping_rate_per_client", int, 300,
-                                   _not_negative),
+        alert_interval=r.duration(s, "monitoring", "alert_interval",
+                                  _default(Monitoring, "alert_interval")),
+        **{key: r.get(s, "monitoring", key, int, _default(Monitoring, key), _not_negative)
+           for key in ("ping_rate", "ping_rate_per_client")},
     )
 
 
@@ -387,9 +400,11 @@ def _webhooks(raw: Any, r: yamlread.Reader) -> tuple[Webhook, ...]:
             continue
         out.append(Webhook(
             name=name, topic=topic,
-            mode=r.get(s, p, "mode", str, "auto", yamlread.one_of("auto", "full")),
-            secret=r.get(s, p, "secret", str, None, _secret("a webhook without a signature")),
-            tolerance=r.duration(s, p, "tolerance", 300.0),
+            mode=r.get(s, p, "mode", str, _default(Webhook, "mode"),
+                       yamlread.one_of("auto", "full")),
+            secret=r.get(s, p, "secret", str, _default(Webhook, "secret"),
+                         _secret("a webhook without a signature")),
+            tolerance=r.duration(s, p, "tolerance", _default(Webhook, "tolerance")),
         ))
     return tuple(out)
 
@@ -434,7 +449,8 @@ def _monitors(raw: Any, task_names: set[str], r: yamlread.Reader) -> tuple[Monit
             r.problem(f"{p}.ping_key", "only for ping monitors (name:): a task monitor is fed "
                                        "by its task's runs")
         out.append(Monitor(name=name or str(task), task=task, period=period, schedule=schedule,
-                           grace=r.duration(s, p, "grace", 3600.0), ping_key=ping_key))
+                           grace=r.duration(s, p, "grace", _default(Monitor, "grace")),
+                           ping_key=ping_key))
     yamlread.unique([m.name for m in out], "monitors", "monitor name", r)
     return tuple(out)
 
@@ -476,14 +492,14 @@ def _tasks(raw: Any, base: Path, r: yamlread.Reader) -> list[Task]:
             except OSError as exc:
                 r.problem(f"{p}.code_file", f"cannot read {file}: {exc.strerror}")
                 continue
-        subs = r.get(s, p, "subscriptions", (str, list), "")
+        subs = r.get(s, p, "subscriptions", (str, list), _default(Task, "subscriptions"))
         if isinstance(subs, list):
             subs = "\n".join(str(x) for x in subs)
-        options = r.get(s, p, "options", dict, {})
-        previews = r.get(s, p, "preview_events", list, [])
+        options = r.get(s, p, "options", dict, _default(Task, "options"))
+        previews = r.get(s, p, "preview_events", list, _default(Task, "preview_events"))
         out.append(Task(
             name=name, code=str(code), subscriptions=subs, options=options,
-            enabled=r.get(s, p, "enabled", bool, True),
+            enabled=r.get(s, p, "enabled", bool, _default(Task, "enabled")),
             preview_events=tuple(x for x in previews if isinstance(x, dict)),
             source=source,
         ))
