@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import socket
 import sqlite3
@@ -48,6 +49,14 @@ class Clock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+@pytest.fixture
+def example_config(tmp_path: Path) -> Path:
+    """A copy of config.example.yaml in `tmp_path`. The example is the user's file (`scripts/run`
+    starts on it): tests read a copy, so nothing is ever written beside it (its database path is
+    relative), and they assert nothing an edit may change."""
+    return Path(shutil.copy(ROOT / "config.example.yaml", tmp_path / "config.example.yaml"))
 
 
 @pytest.fixture

@@ -11,7 +11,9 @@ import sys
 import urllib.parse
 from pathlib import Path
 
-from .conftest import ROOT, Daemon
+from runnerd import config
+
+from .conftest import Daemon
 
 COUNTER = """
 webhooks:
@@ -172,12 +174,13 @@ tasks:
     assert not (tmp_path / "x.db").exists()
 
 
-def test_check_command(tmp_path: Path) -> None:
-    out = subprocess.run([sys.executable, "-m", "runnerd", "check", "-c",
-                          str(ROOT / "config.example.yaml")],
+def test_check_command(example_config: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "runnerd", "check", "-c", str(example_config)],
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
-    assert "OK: 2 task(s)" in out.stdout
+    tasks = config.load(example_config, {}).tasks
+    assert f"OK: {len(tasks)} task(s)" in out.stdout
+    assert not list(example_config.parent.glob("*.db"))  # check creates no database
 
 
 def test_dead_mans_switch_on_trigger_and_scheduler(make_daemon) -> None:
