@@ -1,11 +1,13 @@
-"""Logging to stderr for journald (which adds the timestamps)."""
+"""Logging to stderr: each line with a timestamp, unless stderr is journald's (it adds its own)."""
 
 from __future__ import annotations
 
 import logging
+import os
 import re
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
 #: Seconds during which an error that repeats is written once (then one line with the count).
@@ -112,12 +114,32 @@ def _summary(record: logging.LogRecord, count: int, interval: float) -> logging.
         "msg": f"{record.getMessage()} (repeated {count} times in {interval:g} s)"})
 
 
-def log_config(verbose: bool = False) -> dict[str, Any]:
-    """A `logging.config.dictConfig` mapping."""
+def under_journald(stream: TextIO, environ: Mapping[str, str]) -> bool:
+    """Whether `stream` is connected to journald. systemd sets `JOURNAL_STREAM` to the device and
+    inode (`dev:inode`) of the stream it connected; a process that inherits the variable but
+    writes elsewhere (`> file`) is not connected to it."""
+    try:
+        device, inode = (int(x) for x in environ.get("JOURNAL_STREAM", "").split(":"))
+        stat = os.fstat(stream.fileno())
+    except (ValueError, OSError):  # not set or malformed; a stream with no file descriptor
+        return False
+    return (stat.st_dev, stat.st_ino) == (device, inode)
+
+
+#: A line: `2026-01-31T14:05:09.123 INFO runnerd.web.app: listening on …` (local time), without
+#: the timestamp under journald.
+_FORMAT = "%(levelname)s %(name)s: %(message)s"
+_TIMESTAMPED = "%(asctime)s.%(msecs)03d " + _FORMAT
+
+
+def log_config(verbose: bool, environ: Mapping[str, str]) -> dict[str, Any]:
+    """A `logging.config.dictConfig` mapping that writes to stderr (`environ`: the process's)."""
+    journald = under_journald(sys.stderr, environ)
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "formatters": {"plain": {"format": "%(levelname)s %(name)s: %(message)s"}},
+        "formatters": {"plain": {"format": _FORMAT if journald else _TIMESTAMPED,
+                                 "datefmt": "%Y-%m-%dT%H:%M:%S"}},
         "filters": {"client_errors": {"()": ClientErrors}},
         "handlers": {"stderr": {"class": "runnerd.logs.RepeatLimiter", "formatter": "plain",
                                 "stream": "ext://sys.stderr"}},

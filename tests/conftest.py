@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -25,6 +26,8 @@ from prometheus_client import parser
 from runnerd.store import db
 
 ROOT = Path(__file__).resolve().parent.parent
+#: What starts a log line when stderr is not journald's (`runnerd.logs`).
+TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3} ")
 
 
 def require(available: bool, reason: str) -> None:
@@ -161,6 +164,10 @@ class Daemon:
 
     def logs(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def log_lines(self) -> list[str]:
+        """The log's lines, each without the timestamp it starts with (`runnerd.logs`)."""
+        return [TIMESTAMP.sub("", line, count=1) for line in self.logs().splitlines()]
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         assert self.proc is not None

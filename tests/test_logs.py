@@ -1,18 +1,44 @@
-"""logs.RepeatLimiter: a repeated error is written once per interval, then once with its count."""
+"""runnerd.logs: a timestamp on each line unless under journald; a repeated error is written once
+per interval, then once with its count."""
 
 from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from runnerd import logs
 
-from .conftest import Clock
+from .conftest import TIMESTAMP, Clock, Daemon
 
 Limited = tuple[logs.RepeatLimiter, io.StringIO, logging.Logger]
+
+
+@pytest.mark.parametrize("journal_stream", ["absent", "its stderr", "another stream"])
+def test_log_lines_carry_a_timestamp_unless_stderr_is_journalds(
+        make_daemon: Callable[..., Daemon], journal_stream: str) -> None:
+    """journald stamps each line itself: systemd names the stream it connected in
+    JOURNAL_STREAM (`dev:inode`). A process that inherited the variable but writes to a file of
+    its own still stamps its lines."""
+    d = make_daemon("")
+    d.log.touch()  # the daemon's stderr (appended to)
+    if journal_stream == "its stderr":
+        stat = os.stat(d.log)
+        d.env["JOURNAL_STREAM"] = f"{stat.st_dev}:{stat.st_ino}"
+    elif journal_stream == "another stream":
+        stat = os.stat(d.tmp / "runnerd.yaml")
+        d.env["JOURNAL_STREAM"] = f"{stat.st_dev}:{stat.st_ino}"
+    else:
+        d.env.pop("JOURNAL_STREAM", None)
+    d.start()
+    assert d.stop() == 0
+    lines = d.logs().splitlines()
+    assert any("runnerd listening on" in line for line in lines), lines
+    stamped = [bool(TIMESTAMP.match(line)) for line in lines]
+    assert stamped == [journal_stream != "its stderr"] * len(lines), lines
 
 
 @pytest.fixture

@@ -109,8 +109,8 @@ def _parse_json_arg(text: str | None, what: str) -> Any:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `runnerd` console script."""
     args = _parser().parse_args(argv)
-    logging.config.dictConfig(logs.log_config(args.verbose))
     environ = dict(os.environ)
+    logging.config.dictConfig(logs.log_config(args.verbose, environ))
     path = _config_path(args, environ)
     try:
         return COMMANDS[_canonical(args.command)](args, path, environ)

@@ -197,14 +197,14 @@ def test_disk_full_under_webhook_load_logs_each_error_once_per_interval(make_dae
         for loader in loaders:
             loader.stop()
     refused = sum(x.statuses.get(503, 0) for x in loaders)
-    errors = [line for line in d.logs().splitlines() if line.startswith("ERROR")]
+    errors = [line for line in d.log_lines() if line.startswith("ERROR")]
     print(f"disk full: {refused} webhooks refused, {len(errors)} ERROR lines")
     # one line per distinct error (the ingest, the worker, the heartbeat…), not one per batch
     assert 1 <= len(errors) <= 6, "\n".join(errors[:20])
     filler.unlink()
     assert d.stop() == 0
     # at exit, each suppressed error is written once more with its count
-    counted = [line for line in d.logs().splitlines() if "times in 10 s)" in line]
+    counted = [line for line in d.log_lines() if "times in 10 s)" in line]
     assert any(line.startswith("ERROR runnerd.queue.ingest: cannot store") for line in counted), counted
     assert sum(int(line.rsplit("(repeated ", 1)[1].split()[0]) for line in counted) >= 100
 
@@ -235,7 +235,7 @@ def test_a_database_deleted_or_replaced_under_the_daemon_gets_503_not_204(make_d
     status, _, body = d.request("GET", "/health")
     problem = f"database file {d.db_path} was {how}"
     assert status == 503 and json.loads(body)["problems"][0].startswith(problem), body
-    lines = [line for line in d.logs().splitlines() if problem in line]
+    lines = [line for line in d.log_lines() if problem in line]
     assert lines and lines[0].startswith(f"ERROR runnerd.store.dbfiles: {problem}"), d.logs()
     if how == "deleted":  # the commands do not make a new file under the daemon either
         out = d.cli("runs")

@@ -143,7 +143,7 @@ def test_a_client_that_disconnects_mid_body_gets_one_info_line(daemon: Daemon) -
     for head in requests * 5:
         with socket.create_connection(("127.0.0.1", daemon.port), timeout=10) as sock:
             sock.sendall(head + b"0123456789")
-    lines = wait_until(lambda: [line for line in daemon.logs().splitlines()
+    lines = wait_until(lambda: [line for line in daemon.log_lines()
                                 if "the client disconnected" in line] if daemon.logs().count(
         "the client disconnected") >= 20 else None, message="20 disconnect lines")
     assert len(lines) == 20, lines
