@@ -57,7 +57,7 @@ def check_topic(topic: str) -> str | None:
         return (f"unknown scheduler topic {topic!r} (10min, 15min, 20min, 30min, Nmin for N "
                 "dividing 60, hourly, daily, monday..sunday, monthly)")
     if topic.startswith("shopify/") or topic.startswith("mechanic/"):
-        return f"not supported: {topic!r} (runnerd has no Shopify; see the README's topic list)"
+        return f"not supported: {topic!r} (runnerd has no Shopify; see docs/topics-and-runs.md)"
     return f"bad topic {topic!r}: expected user/<subject>/<verb> or a mechanic/ or runnerd/ topic"
 
 
