@@ -183,6 +183,18 @@ def test_check_command(example_config: Path) -> None:
     assert not list(example_config.parent.glob("*.db"))  # check creates no database
 
 
+def test_output_to_a_closed_pipe_is_no_traceback(example_config: Path) -> None:
+    """`runnerd … | head`: the reader may go away before the command prints; exit quietly."""
+    proc = subprocess.Popen([sys.executable, "-m", "runnerd", "check", "-c", str(example_config)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # long before the command has started and printed
+    with proc.stderr:
+        err = proc.stderr.read().decode()
+    assert proc.wait(timeout=30) == 1
+    assert err == "", err
+
+
 def test_dead_mans_switch_on_trigger_and_scheduler(make_daemon) -> None:
     d: Daemon = make_daemon("""
 tasks:

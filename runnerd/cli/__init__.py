@@ -123,6 +123,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return shared.EXIT_FAIL
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `runnerd runs --json | head`: the reader has gone, so say nothing
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's flush at exit must not fail again
+        return shared.EXIT_FAIL
 
 
 def _line(text: str) -> str:
