@@ -243,3 +243,15 @@ def make_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
         if d.proc is not None and d.proc.poll() is None:
             d.proc.kill()
             d.proc.wait(timeout=10)
+
+
+def serve(d: Daemon) -> Iterator[Daemon]:
+    """Start `d` for a module's tests (a module-scoped fixture yields from this); it must stop
+    cleanly afterwards, and is killed if it did not."""
+    d.start()
+    try:
+        yield d
+        assert d.stop() == 0, d.logs()
+    finally:
+        if d.proc is not None and d.proc.poll() is None:
+            d.kill()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from ..conftest import Daemon, wait_until
+from ..conftest import Daemon, serve, wait_until
 
 TOKEN = "hostile-admin"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -95,13 +95,7 @@ tasks:
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    d = Daemon(tmp_path_factory.mktemp("hostile"), config()).start()
-    try:
-        yield d
-        assert d.stop() == 0, d.logs()
-    finally:
-        if d.proc is not None and d.proc.poll() is None:
-            d.kill()
+    yield from serve(Daemon(tmp_path_factory.mktemp("hostile"), config()))
 
 
 def send(d: Daemon, topic_: str, data: object = None) -> str:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from ..conftest import Daemon, wait_until
+from ..conftest import Daemon, serve, wait_until
 
 TOKEN = "inputs-admin"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -46,17 +46,6 @@ tasks:
       {{% for i in (1..event.data) %}}{{% assign a = array | push: a %}}{{% endfor %}}
       {{% action "echo", a %}}
 """
-
-
-def serve(d: Daemon) -> Iterator[Daemon]:
-    """Start `d` for a module's tests; it must stop cleanly afterwards."""
-    d.start()
-    try:
-        yield d
-        assert d.stop() == 0, d.logs()
-    finally:
-        if d.proc is not None and d.proc.poll() is None:
-            d.kill()
 
 
 @pytest.fixture(scope="module")

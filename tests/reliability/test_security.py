@@ -34,7 +34,7 @@ import pytest
 from runnerd import config, errors
 from runnerd.actions import event as event_action
 
-from ..conftest import Daemon, create_database, free_port, wait_until
+from ..conftest import Daemon, create_database, free_port, serve, wait_until
 from ..helpers_servers import authenticator, refused_port, smtp_server
 from .helpers import Target
 
@@ -119,13 +119,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory, servers: dict[str, Any]
            ) -> Iterator[Daemon]:
     body = (CONFIG.replace("SMTP_PORT", str(servers["smtp"].port))
             .replace("REFUSED", str(servers["refused"])).replace("TARGET", servers["target"].url))
-    d = VerboseDaemon(tmp_path_factory.mktemp("security"), body, env=SECRETS).start()
-    try:
-        yield d
-        assert d.stop() == 0, d.logs()
-    finally:
-        if d.proc is not None and d.proc.poll() is None:
-            d.kill()
+    yield from serve(VerboseDaemon(tmp_path_factory.mktemp("security"), body, env=SECRETS))
 
 
 def sign(body: bytes, secret: str = SECRETS["HOOK"], timestamp: str | None = None) -> str:
