@@ -334,9 +334,9 @@ async def test_concurrent_writes_share_a_commit_and_fail_alone(database: db.Data
     groups: list[int] = []
     real_group = db._group
 
-    def counting_group(conn, fns, router):  # type: ignore[no-untyped-def]
+    def counting_group(conn, fns):  # type: ignore[no-untyped-def]
         groups.append(len(fns))
-        return real_group(conn, fns, router)
+        return real_group(conn, fns)
 
     monkeypatch.setattr(db, "_group", counting_group)
 
