@@ -243,8 +243,7 @@ class Worker:
                 kept.append(job)
             if not handed_back:
                 break
-            tx.executemany("defer_run", [{"id": i, "run_at": now + DEFER_SECONDS}
-                                         for i in handed_back])
+            runs.defer(tx, handed_back, now + DEFER_SECONDS)
             self.deferred += len(handed_back)
             if not rounds:
                 break

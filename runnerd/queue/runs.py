@@ -1,5 +1,4 @@
-"""The run queue: every change of `runs.state` is one of its functions (the worker's lane
-hand-back, `defer_run`, is the one statement written elsewhere: engine/worker.py).
+"""The run queue: the only writer of `runs.state` (every state change is one of its functions).
 
 Every function takes a `db.Tx` and runs inside one transaction on the database thread, so the
 worker can finish a batch of runs and claim the next batch in a single commit. The queue knows
@@ -409,6 +408,12 @@ def finish_and_claim(tx: db.Tx, outcomes: Sequence[Outcome], limit: int, now: fl
     jobs = claim(tx, limit, now, event_runs=False)
     routed = route_due(tx, route, routes, now)
     return jobs, due_task_runs(tx, renders), routed
+
+
+def defer(tx: db.Tx, run_ids: Iterable[int], run_at: float) -> None:
+    """These claimed runs back to `scheduled` until `run_at`, unperformed: the claim's attempt
+    does not count (the worker's lanes: their target already has its share of the slots)."""
+    tx.executemany("defer_run", [{"id": i, "run_at": run_at} for i in run_ids])
 
 
 def requeue_started(tx: db.Tx) -> int:
