@@ -619,7 +619,6 @@ async def test_task_runs_stored_by_the_ingest_are_rendered_as_handed_over(pipeli
 async def test_a_task_run_offered_while_it_renders_is_rendered_once(tmp_path: Path, clock,
                                                                     caplog) -> None:
     """The ingest's offer and a turn's fetch may both bring a task run: it renders once."""
-    import asyncio
 
     database = await db.Database(tmp_path / "once.db").open()
     await database.migrate()
