@@ -248,7 +248,7 @@ class Worker:
             if not rounds:
                 break
             # Handed-back runs are scheduled in the future, so this claim takes the next ones.
-            jobs = runs.claim(tx, len(handed_back), now, event_runs=False)
+            jobs = runs.claim(tx, len(handed_back), now)
         return kept, task_jobs, routed
 
     async def _outcome(self, job: runs.Job) -> runs.Outcome:

@@ -200,10 +200,11 @@ def promote(tx: db.Tx, now: float) -> None:
     tx.execute("promote_scheduled", {"now": now})
 
 
-def claim(tx: db.Tx, limit: int, now: float, *, event_runs: bool = True) -> list[Job]:
-    """Promote scheduled runs whose time came, then start up to `limit` due action runs (and
-    event runs unless `event_runs` is False: the worker routes those, `route_due`), by
-    priority. Task runs are never claimed (see `due_task_runs`)."""
+def claim(tx: db.Tx, limit: int, now: float, *, event_runs: bool = False) -> list[Job]:
+    """Promote scheduled runs whose time came, then start up to `limit` due action runs, by
+    priority. Task runs are never claimed (see `due_task_runs`), nor event runs: the worker
+    routes those (`route_due`); `event_runs=True` claims them too, for the queue's own tests of
+    the claim order (nothing performs a claimed event run)."""
     promote(tx, now)
     if limit <= 0:
         return []
@@ -405,7 +406,7 @@ def finish_and_claim(tx: db.Tx, outcomes: Sequence[Outcome], limit: int, now: fl
     `performed` receives the outcomes of the action runs performed in place."""
     for outcome in outcomes:
         finish(tx, outcome, now, performed=performed)
-    jobs = claim(tx, limit, now, event_runs=False)
+    jobs = claim(tx, limit, now)
     routed = route_due(tx, route, routes, now)
     return jobs, due_task_runs(tx, renders), routed
 
