@@ -27,7 +27,7 @@ LOOP_ERROR = ("loop protection: this run's actions are identical to those of the
 
 
 class Handlers:
-    """The three handlers, sharing the current registry, the executors and the clock."""
+    """The code of the three run kinds, sharing the registry in force, executors and clock."""
 
     def __init__(
         self,

@@ -135,8 +135,8 @@ async def trigger_task(request: web.Request) -> web.StreamResponse:
     text = body.get("text") if isinstance(body, dict) else None
     if text is not None and not isinstance(text, str):
         raise errors.InvalidInput("text must be a string")
-    event_id = await operator.trigger(st.db, st.config.registry, request.match_info["name"], text=text,
-                                 source="api", now=st.clock())
+    event_id = await operator.trigger(st.db, st.config.registry, request.match_info["name"],
+                                      text=text, source="api", now=st.clock())
     _wake(request)
     return web.json_response({"id": event_id}, status=201)
 
