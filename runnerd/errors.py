@@ -4,7 +4,6 @@
     ├── ConfigError            bad configuration (one or more lines, each naming a key path)
     ├── DatabaseError          the database cannot be opened, locked or written
     │   └── AlreadyRunning     another daemon holds the database's lock file
-    ├── StaleTransition        a run was not in the state a move expected (a lost race)
     ├── NotFound               no such run, task, webhook or monitor
     ├── InvalidInput           a bad argument from the command line or the HTTP API
     ├── RenderError            a task's Liquid failed at render time (or hit a limit)
@@ -41,10 +40,6 @@ class DatabaseError(RunnerdError):
 
 class AlreadyRunning(DatabaseError):
     """Another runnerd daemon is using this database."""
-
-
-class StaleTransition(RunnerdError):
-    """The run was not in the expected state."""
 
 
 class NotFound(RunnerdError):

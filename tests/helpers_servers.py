@@ -170,4 +170,4 @@ def context(run_id: int = 1, now: float | None = None) -> actions.Context:
         meta=None, perform_event=True, result=None, error=None, attempts=1, created_at=now,
         started_at=now, finished_at=None,
     )
-    return actions.Context(run=run, event=event, task_id=None, now=now)
+    return actions.Context(run=run, event=event, now=now)

@@ -18,9 +18,7 @@ from aiohttp import test_utils
 from runnerd import actions, daemon
 from runnerd.daemon import sd_notify
 from runnerd.monitoring import heartbeat
-from runnerd.queue import ingest
 from runnerd.store import db
-from runnerd.web import context, webhooks
 
 from .conftest import Daemon
 
@@ -101,16 +99,14 @@ def test_watchdog_interval() -> None:
 async def test_health_503_names_the_reason(database: db.Database, tmp_path: Path, clock) -> None:
     path = tmp_path / "c.yaml"
     path.write_text(f"database: {tmp_path / 'test.db'}\n")
-    st = context.State(db=database, registry=daemon.load(str(path), {}),
-                     ingest=ingest.Ingest(database, on_commit=lambda n: None),
-                     executors=actions.Registry(), clock=clock)
     dead: list[str] = []
-    st.heartbeat = heartbeat.Heartbeat(database, notifier=sd_notify.Notifier(None), clock=clock,
-                                       dead_components=lambda: dead)
-    async with test_utils.TestClient(test_utils.TestServer(webhooks.make_app(st))) as client:
+    parts = daemon.build(daemon.load(str(path), {}), database, actions.Registry(), None,
+                         clock=clock, notifier=sd_notify.Notifier(None), environ={},
+                         dead_components=lambda: dead)
+    async with test_utils.TestClient(test_utils.TestServer(parts.app)) as client:
         resp = await client.get("/health")
         assert resp.status == 503 and (await resp.json())["problems"] == ["no heartbeat yet"]
-        await st.heartbeat.beat(clock())
+        await parts.heartbeat.beat(clock())
         resp = await client.get("/health")
         facts = await resp.json()
         assert resp.status == 200 and facts["status"] == "ok" and facts["problems"] == []

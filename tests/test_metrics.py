@@ -75,12 +75,12 @@ def outcome(kind: models.RunKind, ok: bool, attempts: int, retryable: bool) -> r
 
 
 def test_only_final_outcomes_count() -> None:
-    m = metrics.Metrics(healthy=lambda: False, last_ticks=lambda: {"mechanic/scheduler/10min": 5})
+    m = metrics.Metrics()
     m.finished([outcome(models.RunKind.ACTION, False, 1, True),  # an automatic retry: not final
                 outcome(models.RunKind.ACTION, False, runs.MAX_ATTEMPTS, True),
                 outcome(models.RunKind.TASK, True, 1, False)])
     m.webhook(413)
-    text = m.render().decode()
+    text = m.render(healthy=False, last_ticks={"mechanic/scheduler/10min": 5}).decode()
     families = {f.name: f for f in parser.text_string_to_metric_families(text)}
     assert value(families, "runnerd_runs", "runnerd_runs_total", kind="action",
                  state="failed") == 1
@@ -101,8 +101,9 @@ def test_bucket_bounds_are_inclusive_and_routed_event_runs_count() -> None:
     edge = outcome(models.RunKind.ACTION, True, 1, False)  # started 10.0, finished 12.5
     on_bound = dataclasses.replace(edge.run, started_at=0.0)
     m.finished([edge, runs.Outcome(on_bound, ok=True, finished_at=metrics.BUCKETS[0])])
-    m.routed(2)  # event runs performed by the storing transaction, on the database thread
-    families = {f.name: f for f in parser.text_string_to_metric_families(m.render().decode())}
+    m.routed(2)  # event runs routed by the ingest's or the worker's transaction
+    text = m.render(healthy=True, last_ticks={}).decode()
+    families = {f.name: f for f in parser.text_string_to_metric_families(text)}
 
     def bucket(kind: str, le: str) -> float:
         return value(families, "runnerd_run_duration_seconds",

@@ -29,10 +29,9 @@ import pytest
 from aiohttp import web
 
 from runnerd import actions, config, daemon, models
+from runnerd.daemon import sd_notify
 from runnerd.monitoring import monitors, ratelimit, taskstatus
-from runnerd.queue import ingest
 from runnerd.store import db, sql
-from runnerd.web import context, webhooks
 
 from .conftest import Clock, Daemon, wait_until
 from .helpers_servers import smtp_server
@@ -206,9 +205,9 @@ async def ping_listener(tmp_path: Path, body: str, clock: Clock
     registry = daemon.load(str(path), {})
     database = await db.Database(registry.settings.database).open()
     await database.migrate()
-    st = context.State(db=database, registry=registry, executors=actions.Registry(),
-                     ingest=ingest.Ingest(database, on_commit=lambda n: None), clock=clock)
-    runner = web.AppRunner(webhooks.make_app(st), access_log=None)
+    parts = daemon.build(registry, database, actions.Registry(), None, clock=clock,
+                         notifier=sd_notify.Notifier(None), environ={})
+    runner = web.AppRunner(parts.app, access_log=None)
     await runner.setup()
     try:
         for host in ("127.0.0.1", "::1"):

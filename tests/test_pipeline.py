@@ -16,34 +16,49 @@ import pytest
 from runnerd import actions, daemon, models
 from runnerd.actions import cache as cache_action
 from runnerd.actions import echo, event, http
-from runnerd.engine import run_kinds, worker
+from runnerd.daemon import sd_notify
+from runnerd.engine import worker
 from runnerd.queue import runs
 from runnerd.store import cache as cache_store
 from runnerd.store import db
+from runnerd.tasks import registry
 
 from .conftest import Clock, free_port
 
 
 class Pipeline:
+    """The daemon's parts as `daemon.build` wires them, on a real database, without the
+    listener: the test drives the worker (and the ingest) itself."""
+
     def __init__(self, tmp_path: Path, clock: Clock, body: str) -> None:
         self.path = tmp_path / "c.yaml"
-        self.path.write_text(f"database: {tmp_path / 'p.db'}\n" + textwrap.dedent(body))
-        self.reg = daemon.load(str(self.path), {})
+        self.path.write_text(f"database: {tmp_path / 'p.db'}\nconcurrency: 4\n"
+                             + textwrap.dedent(body))
+        self.first = daemon.load(str(self.path), {})
         self.clock = clock
 
+    @property
+    def reg(self) -> registry.Registry:
+        """The configuration in force."""
+        return self.parts.config.registry
+
+    @reg.setter
+    def reg(self, new: registry.Registry) -> None:
+        self.parts.config.swap(new)  # what a reload does
+
     async def open(self) -> Pipeline:
-        self.db = await db.Database(self.reg.settings.database).open()
+        self.db = await db.Database(self.first.settings.database).open()
         await self.db.migrate()
         self.reader = self.db.sync_reader()
         self.session = aiohttp.ClientSession()
         self.executors = actions.Registry()
         for ex in (cache_action.CacheExecutor(), echo.EchoExecutor(), event.EventExecutor(),
-                   http.HttpExecutor(self.session, self.reg.settings.http)):
+                   http.HttpExecutor(self.session, self.first.settings.http)):
             self.executors.add(ex)
-        self.handlers = run_kinds.Handlers(lambda: self.reg, self.executors,
-                                          reader=self.reader, clock=self.clock)
-        self.worker = worker.Worker(self.db, self.handlers.for_kind(), concurrency=4,
-                                    clock=self.clock)
+        self.parts = daemon.build(self.first, self.db, self.executors, self.reader,
+                                  clock=self.clock, notifier=sd_notify.Notifier(None), environ={})
+        self.handlers = self.parts.engine.kinds
+        self.worker = self.parts.engine.worker
         return self
 
     async def close(self) -> None:
@@ -310,6 +325,8 @@ async def test_task_and_trigger_variables(pipeline) -> None:
 
 
 async def test_the_daemon_routes_events_in_the_storing_transaction(pipeline, clock) -> None:
+    import asyncio
+
     p = await pipeline("""
         tasks:
           - name: Now
@@ -319,11 +336,17 @@ async def test_the_daemon_routes_events_in_the_storing_transaction(pipeline, clo
             subscriptions: user/orders/ready+1.hour
             code: '{% action "echo", later: true %}'
     """)
-    committed: list[int] = []
-    p.handlers.on_routed = committed.append
-    p.db.router = p.handlers
-    e = await p.send("user/orders/ready", {"n": 1})
-    future = await p.send("user/orders/ready", {"n": 2}, run_at=clock() + 60)
+    stop = asyncio.Event()
+    ingesting = asyncio.create_task(p.parts.ingest.run(stop))
+    e = runs.new_event("user/orders/ready", {"n": 1}, "webhook", clock())
+    future = runs.new_event("user/orders/ready", {"n": 2}, "webhook", clock(),
+                            run_at=clock() + 60)
+    try:
+        for each in (e, future):
+            await p.parts.ingest.submit(each)
+    finally:
+        stop.set()
+        await ingesting
     # Routed at once: the event run is already succeeded, its task runs wait beside it.
     stored = {(r.event_id, r.kind.value, r.task_name): r for r in await p.runs()}
     event_run = stored[(e.id, "event", None)]
@@ -333,17 +356,18 @@ async def test_the_daemon_routes_events_in_the_storing_transaction(pipeline, clo
     assert stored[(e.id, "task", "Later")].state == "scheduled"
     # An event for later is routed by the worker when it comes due, with the registry of then.
     assert stored[(future.id, "event", None)].state == "scheduled"
-    assert committed == [1]
+    assert p.parts.metrics._routed == 1
     # A transaction that fails stores nothing and counts nothing.
-    bad = runs.new_event("user/orders/ready", {"n": 3}, "cli", clock())
+    bad = runs.new_event("user/orders/ready", {"n": 3}, "webhook", clock())
 
     def fail(tx: db.Tx) -> None:
-        runs.insert_events(tx, [bad], clock())
+        p.parts.engine.store_events(tx, [bad], clock())
         raise RuntimeError("rolled back")
 
     with pytest.raises(RuntimeError):
         await p.db.write(fail)
-    assert committed == [1] and len(await p.runs()) == 4
+    assert p.parts.metrics._routed == 1 and len(await p.runs()) == len(stored)
+    assert len(stored) == 4
     assert await p.drain() == 2  # the Now task run and its echo action
     clock.advance(3600)
     # The first event's Later task and its echo; the second event's event run, its Now task
@@ -394,6 +418,11 @@ async def test_loop_protection_fails_a_run_identical_to_its_predecessor(pipeline
     assert len([r for r in await p.runs(kind="action") if r.task_name == "Perform loop"]) == 1
 
 
+def no_tasks(event: models.Event, now: float) -> tuple[list[str], list[dict[str, Any]]]:
+    """A `runs.Route` for workers built by hand: no task subscribes."""
+    return [], []
+
+
 async def test_concurrency_caps_the_runs_started_at_once(tmp_path: Path, clock) -> None:
     import asyncio
 
@@ -407,16 +436,20 @@ async def test_concurrency_caps_the_runs_started_at_once(tmp_path: Path, clock) 
         await release.wait()
         return runs.Outcome(job.run, ok=True, finished_at=clock())
 
-    w = worker.Worker(database, {kind: slow for kind in models.RunKind}, concurrency=2,
+    w = worker.Worker(database, {kind: slow for kind in models.RunKind}, no_tasks, concurrency=2,
                       clock=clock, lane=None)
     events = [runs.new_event("user/cap/test", i, "cli", clock()) for i in range(5)]
     await database.write(lambda tx: runs.insert_events(tx, events, clock()))
+    await database.write(lambda tx: tx.executemany("insert_run", [
+        runs.run_row(models.RunKind.ACTION, e.id, clock(), task_name="t", action_type="echo",
+                     options={}) for e in events]))
     stop = asyncio.Event()
     loop_task = asyncio.create_task(w.run(stop, grace=5))
 
     async def count(state: str) -> int:
         return (await database.read(lambda tx: tx.conn.execute(
-            "SELECT COUNT(*) FROM runs WHERE state = ?", (state,)).fetchone()))[0]
+            "SELECT COUNT(*) FROM runs WHERE state = ? AND kind = 'action'",
+            (state,)).fetchone()))[0]
 
     try:
         async with asyncio.timeout(10):
@@ -457,7 +490,7 @@ async def test_task_runs_take_no_slot_and_go_from_due_to_final(tmp_path: Path, c
         return runs.Outcome(job.run, ok=True, finished_at=clock())
 
     w = worker.Worker(database, {models.RunKind.ACTION: slow_action, models.RunKind.TASK: render},
-                      concurrency=1, clock=clock, lane=None)
+                      no_tasks, concurrency=1, clock=clock, lane=None)
     batches: list[list[str]] = []
     w.on_finished = lambda outcomes: batches.append([o.run.kind.value for o in outcomes])
     monkeypatch.setattr(worker, "RENDER_BATCH_SECONDS", 0.0)  # one render per turn
@@ -502,8 +535,8 @@ async def test_task_runs_take_no_slot_and_go_from_due_to_final(tmp_path: Path, c
 
 async def test_event_runs_coming_due_are_routed_while_actions_hold_every_slot(pipeline,
                                                                             clock) -> None:
-    """In the daemon (a router), an event run that comes due is routed in the worker's
-    transaction: an action run holding the only slot holds up neither it nor its task run."""
+    """An event run that comes due is routed in the worker's transaction: an action run
+    holding the only slot holds up neither it nor its task run."""
     import asyncio
 
     p = await pipeline("""
@@ -522,8 +555,7 @@ async def test_event_runs_coming_due_are_routed_while_actions_hold_every_slot(pi
         return runs.Outcome(job.run, ok=True, finished_at=clock())
 
     w = worker.Worker(p.db, {**p.handlers.for_kind(), models.RunKind.ACTION: slow_action},
-                      concurrency=1, clock=clock, lane=None)
-    p.db.router = p.handlers
+                      p.handlers.route, concurrency=1, clock=clock, lane=None)
     later = [await p.send("user/orders/ready", {"key": f"k{n}", "n": n}, run_at=clock() + 60)
              for n in range(3)]
     await p.send("user/slow/call")
@@ -543,7 +575,7 @@ async def test_event_runs_coming_due_are_routed_while_actions_hold_every_slot(pi
         release.set()
         stop.set()
         await loop_task
-    assert w.routed == 3
+    assert w.routed == 4  # the three, and the event of the http run
     routed = {r.event_id: r for r in await p.runs(kind="event")}
     assert [(routed[e.id].state.value, routed[e.id].attempts, routed[e.id].result)
             for e in later] == [("succeeded", 1, {"tasks": ["Keep"]})] * 3
@@ -554,18 +586,13 @@ async def test_task_runs_stored_by_the_ingest_are_rendered_as_handed_over(pipeli
                                                                          clock) -> None:
     import asyncio
 
-    from runnerd.queue import ingest
-
     p = await pipeline("""
         tasks:
           - name: Keep
             subscriptions: user/orders/ready
             code: '{% action "cache", "set", event.data.key, event.data.n %}'
     """)
-    p.db.router = p.handlers
-    committed: list[int] = []
-    ing = ingest.Ingest(p.db, on_commit=committed.append, clock=clock)
-    ing.offer = p.worker.offer
+    ing = p.parts.ingest
     assert await p.drain() == 0  # a worker takes offers once a fetch found nothing older
     stop = asyncio.Event()
     loops = [asyncio.create_task(ing.run(stop)), asyncio.create_task(p.worker.run(stop, grace=5))]
@@ -586,13 +613,12 @@ async def test_task_runs_stored_by_the_ingest_are_rendered_as_handed_over(pipeli
     actions = await p.runs(kind="action")
     assert [(a.state.value, a.task_run_id) for a in actions] == [
         ("succeeded", t.id) for t in tasks]
-    assert committed == [1, 1, 1]
+    assert p.parts.metrics._routed == 3
 
 
 async def test_a_task_run_offered_while_it_renders_is_rendered_once(tmp_path: Path, clock,
                                                                     caplog) -> None:
     """The ingest's offer and a turn's fetch may both bring a task run: it renders once."""
-    import asyncio
 
     database = await db.Database(tmp_path / "once.db").open()
     await database.migrate()
@@ -604,26 +630,16 @@ async def test_a_task_run_offered_while_it_renders_is_rendered_once(tmp_path: Pa
         w.offer(stored)  # the same run, handed over while the fetched copy renders
         return runs.Outcome(job.run, ok=True, finished_at=clock())
 
-    async def nothing(job: runs.Job) -> runs.Outcome:
-        return runs.Outcome(job.run, ok=True, finished_at=clock())
+    def route(event: models.Event, now: float) -> tuple[list[str], list[dict[str, Any]]]:
+        return ["t"], [runs.run_row(models.RunKind.TASK, event.id, now, task_name="t")]
 
-    w = worker.Worker(database, {models.RunKind.TASK: render, models.RunKind.EVENT: nothing},
-                      concurrency=2, clock=clock, lane=None)
-
-    class Route:
-        routed = 0
-
-        def route(self, event: models.Event, now: float) -> tuple[list[str], list[dict]]:
-            return ["t"], [runs.run_row(models.RunKind.TASK, event.id, now, task_name="t")]
-
-        def committed(self, n: int) -> None:
-            self.routed += n
-
-    database.router = Route()
+    w = worker.Worker(database, {models.RunKind.TASK: render}, route, concurrency=2,
+                      clock=clock, lane=None)
     try:
         assert await w.run_until_idle() == 0  # caught up: offers are taken from now on
         event = runs.new_event("user/once/test", None, "webhook", clock())
-        stored.extend(await database.write(lambda tx: runs.insert_events(tx, [event], clock())))
+        stored.extend((await database.write(
+            lambda tx: runs.insert_events(tx, [event], clock(), route))).jobs)
         assert len(stored) == 1 and stored[0].run.state is models.RunState.DUE
         assert await w.run_until_idle() == 1  # fetched (no offer yet), offered while rendering
         rows = await database.read(lambda tx: tx.conn.execute(
@@ -647,8 +663,8 @@ async def test_offers_wait_behind_older_due_task_runs(tmp_path: Path, clock,
         order.append(job.run.id)
         return runs.Outcome(job.run, ok=True, finished_at=clock())
 
-    w = worker.Worker(database, {models.RunKind.TASK: render}, concurrency=2, clock=clock,
-                      lane=None)
+    w = worker.Worker(database, {models.RunKind.TASK: render}, no_tasks, concurrency=2,
+                      clock=clock, lane=None)
     monkeypatch.setattr(worker, "RENDER_BATCH", 2)
     event = runs.new_event("user/order/test", None, "cli", clock())
     await database.write(lambda tx: runs.insert_events(tx, [event], clock()))

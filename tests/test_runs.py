@@ -35,7 +35,7 @@ def test_every_query_name_used_exists() -> None:
 
 async def test_event_gets_a_due_event_run(database: db.Database, clock) -> None:
     event = await add_event(database, clock())
-    jobs = await database.write(lambda tx: runs.claim(tx, 10, clock()))
+    jobs = await database.write(lambda tx: runs.claim(tx, 10, clock(), event_runs=True))
     assert [(j.run.kind, j.run.state, j.run.attempts) for j in jobs] == [
         (RunKind.EVENT, RunState.STARTED, 1)]
     assert jobs[0].event == event
@@ -49,7 +49,7 @@ async def test_claim_order_is_action_then_event_then_fifo(database: db.Database,
                           options={"n": i}) for i in range(2)]
     await add_runs(database, rows)
     clock.advance(10)
-    jobs = await database.write(lambda tx: runs.claim(tx, 10, clock()))
+    jobs = await database.write(lambda tx: runs.claim(tx, 10, clock(), event_runs=True))
     order = [(j.run.kind.value, j.run.task_name, j.run.options) for j in jobs]
     # Task runs take no slot: they are never claimed, but rendered between turns (FIFO).
     assert order == [("action", "t", {"n": 0}), ("action", "t", {"n": 1}),
@@ -66,7 +66,7 @@ async def test_due_task_runs_are_left_due_and_never_take_a_claim(database: db.Da
     await add_runs(database, [runs.run_row(RunKind.TASK, event.id, now, task_name=f"t{i}")
                               for i in range(50)])
     # A backlog of task runs does not stand between a free slot and the event run behind it.
-    (job,) = await database.write(lambda tx: runs.claim(tx, 1, now))
+    (job,) = await database.write(lambda tx: runs.claim(tx, 1, now, event_runs=True))
     assert job.run.kind is RunKind.EVENT
     first = await database.write(lambda tx: runs.due_task_runs(tx, 3))
     again = await database.write(lambda tx: runs.due_task_runs(tx, 3))
@@ -90,8 +90,8 @@ async def test_due_task_runs_are_left_due_and_never_take_a_claim(database: db.Da
 async def test_claim_respects_limit(database: db.Database, clock) -> None:
     for _ in range(5):
         await add_event(database, clock())
-    first = await database.write(lambda tx: runs.claim(tx, 2, clock()))
-    second = await database.write(lambda tx: runs.claim(tx, 10, clock()))
+    first = await database.write(lambda tx: runs.claim(tx, 2, clock(), event_runs=True))
+    second = await database.write(lambda tx: runs.claim(tx, 10, clock(), event_runs=True))
     assert len(first) == 2 and len(second) == 3
     assert {j.run.id for j in first}.isdisjoint({j.run.id for j in second})
 
@@ -99,11 +99,11 @@ async def test_claim_respects_limit(database: db.Database, clock) -> None:
 async def test_scheduled_run_becomes_due_at_run_at(database: db.Database, clock) -> None:
     now = clock()
     await add_event(database, now, run_at=now + 60)
-    assert await database.write(lambda tx: runs.claim(tx, 10, now)) == []
+    assert await database.write(lambda tx: runs.claim(tx, 10, now, event_runs=True)) == []
     row = await database.read(lambda tx: tx.all("list_runs", {
         "state": None, "kind": None, "task": None, "limit": 5}))
     assert row[0]["state"] == "scheduled"
-    jobs = await database.write(lambda tx: runs.claim(tx, 10, now + 60))
+    jobs = await database.write(lambda tx: runs.claim(tx, 10, now + 60, event_runs=True))
     assert len(jobs) == 1
 
 
@@ -150,7 +150,7 @@ async def test_transient_failures_retry_four_times_at_documented_delays(
     await add_event(database, clock())
     expected = [30, 76, 152, 308]
     for attempt in range(1, 6):
-        jobs = await database.write(lambda tx: runs.claim(tx, 1, clock()))
+        jobs = await database.write(lambda tx: runs.claim(tx, 1, clock(), event_runs=True))
         assert len(jobs) == 1 and jobs[0].run.attempts == attempt
         run = jobs[0].run
         final = await database.write(lambda tx: runs.finish(
@@ -162,7 +162,7 @@ async def test_transient_failures_retry_four_times_at_documented_delays(
             assert final.run_at == pytest.approx(clock() + expected[attempt - 1])
             # not due a second early, due exactly at run_at
             assert await database.write(lambda tx: runs.claim(
-                tx, 1, final.run_at - 1)) == []
+                tx, 1, final.run_at - 1, event_runs=True)) == []
             clock.now = final.run_at
         else:
             assert final.state is RunState.FAILED
@@ -178,7 +178,7 @@ def test_backoff_jitter_stays_within_ten_percent() -> None:
 
 async def test_permanent_failure_fails_at_once(database: db.Database, clock) -> None:
     await add_event(database, clock())
-    jobs = await database.write(lambda tx: runs.claim(tx, 1, clock()))
+    jobs = await database.write(lambda tx: runs.claim(tx, 1, clock(), event_runs=True))
     final = await database.write(lambda tx: runs.finish(
         tx, _outcome(jobs[0].run, ok=False, error="bad", retryable=False), clock()))
     assert final is not None and final.state is RunState.FAILED and final.attempts == 1
@@ -186,7 +186,7 @@ async def test_permanent_failure_fails_at_once(database: db.Database, clock) -> 
 
 async def test_deferred_failure_rolls_back_its_writes(database: db.Database, clock) -> None:
     await add_event(database, clock())
-    jobs = await database.write(lambda tx: runs.claim(tx, 1, clock()))
+    jobs = await database.write(lambda tx: runs.claim(tx, 1, clock(), event_runs=True))
 
     def deferred(tx: db.Tx) -> None:
         tx.execute("cache_set", {"key": "k", "value": "1", "expires_at": clock() + 60})
@@ -220,15 +220,15 @@ async def test_manual_retry_and_cancel(database: db.Database, clock) -> None:
 
 async def test_requeue_started_counts_the_attempt(database: db.Database, clock) -> None:
     await add_event(database, clock())
-    await database.write(lambda tx: runs.claim(tx, 1, clock()))
+    await database.write(lambda tx: runs.claim(tx, 1, clock(), event_runs=True))
     assert await database.write(runs.requeue_started) == 1
-    jobs = await database.write(lambda tx: runs.claim(tx, 1, clock()))
+    jobs = await database.write(lambda tx: runs.claim(tx, 1, clock(), event_runs=True))
     assert jobs[0].run.attempts == 2
 
 
 async def test_finish_of_a_run_no_longer_started_is_ignored(database: db.Database, clock) -> None:
     await add_event(database, clock())
-    jobs = await database.write(lambda tx: runs.claim(tx, 1, clock()))
+    jobs = await database.write(lambda tx: runs.claim(tx, 1, clock(), event_runs=True))
     await database.write(runs.requeue_started)
     assert await database.write(lambda tx: runs.finish(
         tx, _outcome(jobs[0].run, ok=True), clock())) is None
@@ -238,7 +238,7 @@ async def test_prune_keeps_recent_and_failed_longer(database: db.Database, clock
     now = clock()
     ok_event = await add_event(database, now)
     bad_event = await add_event(database, now)
-    jobs = await database.write(lambda tx: runs.claim(tx, 10, now))
+    jobs = await database.write(lambda tx: runs.claim(tx, 10, now, event_runs=True))
     for job in jobs:
         ok = job.event.id == ok_event.id
         await database.write(lambda tx, j=job, ok=ok: runs.finish(
@@ -334,9 +334,9 @@ async def test_concurrent_writes_share_a_commit_and_fail_alone(database: db.Data
     groups: list[int] = []
     real_group = db._group
 
-    def counting_group(conn, fns, router):  # type: ignore[no-untyped-def]
+    def counting_group(conn, fns):  # type: ignore[no-untyped-def]
         groups.append(len(fns))
-        return real_group(conn, fns, router)
+        return real_group(conn, fns)
 
     monkeypatch.setattr(db, "_group", counting_group)
 

@@ -35,7 +35,6 @@ class Context:
 
     run: models.Run
     event: models.Event
-    task_id: str | None
     now: float
 
 

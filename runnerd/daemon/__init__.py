@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import dataclasses
 import gc
 import logging
 import signal
@@ -27,13 +28,13 @@ from runnerd import actions, config, errors
 from runnerd.actions import cache as cache_action
 from runnerd.actions import echo, email, event, guard, http, targets
 from runnerd.daemon import sd_notify
-from runnerd.engine import run_kinds, scheduler, worker
+from runnerd.engine import paths, scheduler
 from runnerd.liquid import render
 from runnerd.monitoring import heartbeat, metrics, monitors
 from runnerd.queue import ingest, runs
 from runnerd.store import db, dbfiles
 from runnerd.tasks import registry
-from runnerd.web import context, listener, webhooks
+from runnerd.web import app, context, listener
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +126,57 @@ def _settle_memory() -> None:
     trim(0)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Parts:
+    """The running daemon's parts, built by `build`."""
+
+    config: context.Current
+    engine: paths.Engine
+    ingest: ingest.Ingest
+    scheduler: scheduler.Scheduler
+    monitors: monitors.Monitors
+    heartbeat: heartbeat.Heartbeat
+    metrics: metrics.Metrics
+    app: web.Application
+
+
+def build(reg: registry.Registry, database: db.Database, executors: actions.Registry,
+          reader: sqlite3.Connection | None, *, clock: Callable[[], float],
+          notifier: sd_notify.Notifier, environ: Mapping[str, str],
+          dead_components: Callable[[], list[str]] = list) -> Parts:
+    """Every part of the daemon, each built with what it uses (the tests build theirs here).
+
+    `reader`: the event loop's read-only connection (cache reads while rendering).
+    """
+    current = context.Current(reg)
+    counters = metrics.Metrics()
+    engine = paths.Engine(database, current.get_registry, executors, reader=reader,
+                          concurrency=reg.settings.concurrency, clock=clock,
+                          on_finished=counters.finished, on_routed=counters.routed)
+    worker_ = engine.worker
+    beat = heartbeat.Heartbeat(database, notifier=notifier, clock=clock,
+                               interval=heartbeat.watchdog_interval(environ),
+                               active_runs=lambda: worker_.active,
+                               db_writable=lambda: worker_.healthy,
+                               dead_components=dead_components)
+    queue = ingest.Ingest(database, store=engine.store_events, on_stored=engine.events_stored,
+                          clock=clock)
+    ticks = scheduler.Scheduler(database, current.get_registry, on_fire=engine.wake,
+                                clock=clock)
+    watch = monitors.Monitors(database, lambda: current.settings, clock=clock,
+                              on_event=engine.wake)
+
+    def pinged() -> None:
+        engine.wake()
+        watch.alerts_wakeup.set()
+
+    application = app.make_app(
+        context.Webhooks(current, queue, clock, on_webhook=counters.webhook),
+        context.Api(current, database, executors, clock, wake=engine.wake),
+        context.Ops(current, database, clock, beat, watch, counters, ticks, wake=pinged))
+    return Parts(current, engine, queue, ticks, watch, beat, counters, application)
+
+
 class Daemon:
     """One running runnerd."""
 
@@ -135,7 +187,7 @@ class Daemon:
         self.clock = clock
         self.stop = asyncio.Event()
         self.notifier = sd_notify.Notifier(environ.get("NOTIFY_SOCKET"))
-        self.state: context.State | None = None
+        self.parts: Parts | None = None
 
     async def run(self) -> int:
         """Run until a signal; return the exit code."""
@@ -171,42 +223,14 @@ class Daemon:
                      executors: actions.Registry, reader: sqlite3.Connection) -> None:
         settings = reg.settings
         halt = asyncio.Event()
-        wakeups: list[Callable[[], None]] = []
-
-        def wake(*_: Any) -> None:
-            for fn in wakeups:
-                fn()
-
-        st = context.State(db=database, registry=reg, executors=executors,
-                         ingest=ingest.Ingest(database, on_commit=wake, clock=self.clock),
-                         clock=self.clock)
-        self.state = st
-        hs = run_kinds.Handlers(st.get_registry, executors, reader=reader,
-                               clock=self.clock)
         components: dict[str, asyncio.Task[None]] = {}
-        st.heartbeat = beat = heartbeat.Heartbeat(
-            database, notifier=self.notifier, clock=self.clock,
-            interval=heartbeat.watchdog_interval(self.environ),
-            active_runs=lambda: st.worker.active if st.worker is not None else 0,
-            db_writable=lambda: st.worker.healthy if st.worker is not None else True,
-            dead_components=lambda: [] if self.stop.is_set() else [
-                name for name, task in components.items() if task.done()])
-        st.scheduler = scheduler.Scheduler(database, st.get_registry, on_fire=wake,
-                                           clock=self.clock)
-        st.metrics = metrics.Metrics(healthy=lambda: not beat.problems(self.clock()),
-                                     last_ticks=lambda: st.scheduler.last_tick
-                                     if st.scheduler is not None else {})
-        st.worker = worker.Worker(database, hs.for_kind(), concurrency=settings.concurrency,
-                                  clock=self.clock, on_finished=st.metrics.finished)
-        # Events the daemon stores are routed in the storing transaction (runs.insert_events).
-        hs.on_routed = st.metrics.routed
-        database.router = hs
-        st.ingest.offer = st.worker.offer
-        wakeups.append(st.worker.wakeup.set)
-        st.monitors = monitors.Monitors(database, lambda: st.settings, clock=self.clock,
-                                        on_event=wake)
-        runner = listener.Runner(webhooks.make_app(st, on_webhook=st.metrics.webhook),
-                                 settings.listen)
+        parts = build(reg, database, executors, reader, clock=self.clock,
+                      notifier=self.notifier, environ=self.environ,
+                      dead_components=lambda: [] if self.stop.is_set() else [
+                          name for name, task in components.items() if task.done()])
+        self.parts = parts
+        beat, worker_ = parts.heartbeat, parts.engine.worker
+        runner = listener.Runner(parts.app, settings.listen)
         loop = asyncio.get_running_loop()
         self._install_signals(loop)
         try:
@@ -214,12 +238,12 @@ class Daemon:
                 # The worker stops taking work at the signal itself: its grace runs while the
                 # listener drains, not after it (a keep-alive client can hold that for seconds).
                 for name, coro, until in (
-                        ("ingest", st.ingest.run(halt), halt),
-                        ("worker", st.worker.run(self.stop, grace=settings.shutdown_grace),
+                        ("ingest", parts.ingest.run(halt), halt),
+                        ("worker", worker_.run(self.stop, grace=settings.shutdown_grace),
                          self.stop),
-                        ("scheduler", st.scheduler.run(halt), halt),
-                        ("monitors", st.monitors.run(halt), halt),
-                        ("alerts", st.monitors.run_alerts(halt), halt),
+                        ("scheduler", parts.scheduler.run(halt), halt),
+                        ("monitors", parts.monitors.run(halt), halt),
+                        ("alerts", parts.monitors.run_alerts(halt), halt),
                         ("heartbeat", beat.run(halt), halt)):
                     components[name] = tg.create_task(_supervise(name, coro, until), name=name)
                 # /health answers 200 from the first request on, and READY=1 implies it.
@@ -271,8 +295,8 @@ class Daemon:
 
     def reload(self) -> bool:
         """Re-read the configuration; keep the old one if the new file is invalid."""
-        st = self.state
-        if st is None:
+        parts = self.parts
+        if parts is None:
             return False
         self.notifier.send("RELOADING=1")
         try:
@@ -282,17 +306,16 @@ class Daemon:
                 logger.error("reload rejected: %s", problem, extra={"action": "reload_rejected"})
             self.notifier.send("READY=1")
             return False
-        changed = restart_only_changes(st.settings, new.settings)
+        changed = restart_only_changes(parts.config.settings, new.settings)
         if changed:
             logger.warning("%s changed: that needs a restart; the rest is reloaded",
                            ", ".join(changed), extra={"action": "reload_partial"})
-        st.swap(new)
+        parts.config.swap(new)
         _settle_memory()
         logger.info("configuration reloaded: %d task(s)", len(new.tasks),
                     extra={"action": "reloaded"})
         self.notifier.send("READY=1")
-        if st.worker is not None:
-            st.worker.wakeup.set()
+        parts.engine.wake()
         return True
 
 

@@ -1,6 +1,9 @@
 """What each kind of run does: event → task runs; task → render → action runs; action → executor.
 
-A handler never writes: it returns a `runs.Outcome` that the worker records in its next batch.
+The one place each is performed: `route` (an event run), `task_run`, and `action_run` /
+`action_run_now` (an action run, awaited or, for an in-process executor, synchronously). Where
+and when they are called is the engine's choice (see the package docstring). A handler never
+writes: it returns task runs to store or a `runs.Outcome` that the worker records.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ LOOP_ERROR = ("loop protection: this run's actions are identical to those of the
 
 
 class Handlers:
-    """The three handlers, sharing the current registry, the executors and the clock."""
+    """The code of the three run kinds, sharing the registry in force, executors and clock."""
 
     def __init__(
         self,
@@ -33,10 +36,8 @@ class Handlers:
         *,
         reader: sqlite3.Connection | None,
         clock: Callable[[], float],
-        on_routed: Callable[[int], None] | None = None,
     ) -> None:
         self.get_registry = get_registry
-        self.on_routed = on_routed
         self.executors = executors
         #: the action types performed in the transaction that finishes their task run
         self.inline_types = frozenset(name for name, ex in executors.items() if ex.inline)
@@ -46,16 +47,16 @@ class Handlers:
         self.clock = clock
 
     def for_kind(self) -> dict[RunKind, Callable[[runs.Job], Any]]:
-        """The mapping the worker dispatches on."""
-        return {RunKind.EVENT: self.event_run, RunKind.TASK: self.task_run,
-                RunKind.ACTION: self.action_run}
+        """The runs the worker performs as jobs (event runs are routed: `route`)."""
+        return {RunKind.TASK: self.task_run, RunKind.ACTION: self.action_run}
 
     def route(self, event: models.Event, now: float) -> tuple[list[str], list[dict[str, Any]]]:
-        """One task run per enabled subscribed task (delayed by its offset), and their names.
+        """Perform an event run: one task run per enabled subscribed task (delayed by its
+        offset), and their names (a `runs.Route`).
 
-        The daemon routes the events it stores in the storing transaction (`runs.Router`), and
-        those stored elsewhere (the CLI) or for later in its worker's transaction once they are
-        due (`runs.route_due`); `event_run` does it for a worker without a router.
+        Called on the database thread, inside the transaction that stores the event (the
+        ingest's batch: `runs.insert_events`) or that finds its event run due (the worker's
+        turn: `runs.route_due`).
         """
         reg = self.get_registry()
         tz = reg.settings.tz
@@ -66,18 +67,6 @@ class Handlers:
                                          task_name=compiled.name))
             names.append(compiled.name)
         return names, children
-
-    def committed(self, event_runs: int) -> None:
-        """Routed event runs were committed: count them like the worker's."""
-        if self.on_routed is not None:
-            self.on_routed(event_runs)
-
-    async def event_run(self, job: runs.Job) -> runs.Outcome:
-        """Create the task runs of the event (see `route`)."""
-        now = self.clock()
-        names, children = self.route(job.event, now)
-        return runs.Outcome(job.run, ok=True, result={"tasks": names}, children=children,
-                            finished_at=now)
 
     def variables(self, compiled: registry.Compiled, event: models.Event,
                   parent: dict[str, Any] | None, now: float,
@@ -127,8 +116,8 @@ class Handlers:
         return runs.Outcome(run, ok=True, result=summary, children=children,
                             follow_up=follow_up, finished_at=finished,
                             inline_types=self.inline_types,
-                            perform_inline=lambda child: self._perform_now(
-                                runs.Job(child, job.event), compiled))
+                            perform_inline=lambda child: self.action_run_now(
+                                runs.Job(child, job.event)))
 
     def _repeats_predecessor(self, task_name: str, event: models.Event,
                              specs: list[models.ActionSpec]) -> bool:
@@ -150,10 +139,36 @@ class Handlers:
         executor.validate(spec.options)
 
     async def action_run(self, job: runs.Job) -> runs.Outcome:
-        """Perform the action with its original options."""
+        """Perform the action with its original options (a claimed run)."""
+        start = self._start_action(job)
+        if isinstance(start, runs.Outcome):
+            return start
+        executor, ctx, follow_up = start
+        try:
+            result = await executor.perform(job.run.options, ctx)
+        except (errors.ActionFailed, errors.InvalidAction) as exc:
+            return self._action_failed(job.run, exc, follow_up)
+        return self._action_done(job.run, result, follow_up)
+
+    def action_run_now(self, job: runs.Job) -> runs.Outcome:
+        """`action_run` for an in-process executor, synchronously: on the database thread, in
+        the transaction that finishes its task run (see `runs.Outcome.perform_inline`)."""
+        start = self._start_action(job)
+        if isinstance(start, runs.Outcome):
+            return start
+        executor, ctx, follow_up = start
+        try:
+            result = cast(actions.InProcess, executor).perform_now(job.run.options, ctx)
+        except (errors.ActionFailed, errors.InvalidAction) as exc:
+            return self._action_failed(job.run, exc, follow_up)
+        return self._action_done(job.run, result, follow_up)
+
+    def _start_action(self, job: runs.Job) -> runs.Outcome | tuple[
+            actions.Executor, actions.Context, Callable[[models.Run], list[models.Event]]]:
+        """The executor, context and follow-up of an action run, or its failed outcome (its
+        task was removed or disabled, its type is unknown)."""
         run = job.run
-        reg = self.get_registry()
-        compiled = reg.tasks.get(run.task_name or "")
+        compiled = self.get_registry().tasks.get(run.task_name or "")
         executor = self.executors.get(run.action_type or "")
         follow_up = self._action_follow_up(job, compiled, executor)
         now = self.clock()
@@ -164,26 +179,7 @@ class Handlers:
         if executor is None:
             return runs.Outcome(run, ok=False, error=f"unknown action type {run.action_type!r}",
                                 follow_up=follow_up, finished_at=now)
-        ctx = actions.Context(run=run, event=job.event, task_id=compiled.id, now=now)
-        try:
-            result = await executor.perform(run.options, ctx)
-        except (errors.ActionFailed, errors.InvalidAction) as exc:
-            return self._action_failed(run, exc, follow_up)
-        return self._action_done(run, result, follow_up)
-
-    def _perform_now(self, job: runs.Job, compiled: registry.Compiled) -> runs.Outcome:
-        """An in-process action run, performed on the database thread in the transaction that
-        finishes its task run (see `runs.Outcome.perform_inline`): the task was just rendered,
-        and its actions validated, so only performing is left."""
-        run = job.run
-        executor = self.executors[run.action_type or ""]
-        follow_up = self._action_follow_up(job, compiled, executor)
-        ctx = actions.Context(run=run, event=job.event, task_id=compiled.id, now=self.clock())
-        try:
-            result = cast(actions.InProcess, executor).perform_now(run.options, ctx)
-        except (errors.ActionFailed, errors.InvalidAction) as exc:
-            return self._action_failed(run, exc, follow_up)
-        return self._action_done(run, result, follow_up)
+        return executor, actions.Context(run=run, event=job.event, now=now), follow_up
 
     def _action_failed(self, run: models.Run, exc: errors.ActionFailed | errors.InvalidAction,
                        follow_up: Callable[[models.Run], list[models.Event]]) -> runs.Outcome:

@@ -1,17 +1,17 @@
 """The claim loop: one transaction per turn records what finished and claims what is next.
 
-Action and event runs are performed as asyncio tasks, at most `concurrency` at once. Task runs
-take no slot: a render is CPU work on this thread, so the worker renders the due task runs one at
-a time right after each turn (for at most `RENDER_BATCH_SECONDS`, yielding to the event loop
-between renders) and records them in the next turn, straight from `due`. The task runs of a
-webhook batch are handed over by the ingest as soon as it commits (`offer`): the worker renders
-them before its next turn instead of fetching them in it, which takes one transaction off a
-webhook's way to its actions. Event runs take no slot in the daemon either: routing is a lookup
-in memory, so the turn's transaction routes the due ones (`runs.route_due`) and fetches their
-task runs with the others; slow action runs holding every slot hold up neither. The worker
-knows nothing of Liquid or SMTP: it gets a handler per run kind. It wakes when the webhook, the
-scheduler or a finished run says there is work, and polls so that scheduled runs and retries
-come due.
+Action runs are performed as asyncio tasks, at most `concurrency` at once. Task runs take no
+slot: a render is CPU work on this thread, so the worker renders the due task runs one at a time
+right after each turn (for at most `RENDER_BATCH_SECONDS`, yielding to the event loop between
+renders) and records them in the next turn, straight from `due`. Task runs may also be handed
+over (`offer`: the engine's fast path for a webhook batch, see the package docstring): the
+worker renders them before its next turn instead of fetching them in it. Event runs take no slot
+and are never claimed: routing is a lookup in memory, so the turn's transaction routes the due
+ones with the engine's `route` (`runs.route_due`) and fetches their task runs with the others;
+slow action runs holding every slot hold up neither. The worker performs no run itself: it gets
+a handler per run kind it performs (task, action), the event router and a lane function. It
+wakes when the webhook, the scheduler or a finished run says there is work, and polls so that
+scheduled runs and retries come due.
 
 Lanes: a run may belong to a lane (an http action run: its target host). At most `lane_cap` runs
 of one lane are started at once; a claimed run over the cap is handed back, `scheduled` a moment
@@ -49,16 +49,8 @@ DEFER_ROUNDS = 8
 #: stay due for the next turn): a burst is recorded in steps, never one long transaction.
 RENDER_BATCH = 64
 RENDER_BATCH_SECONDS = 0.05
-#: Due event runs routed per turn (in the daemon, whose database has a router).
+#: Due event runs routed per turn.
 ROUTE_BATCH = 64
-
-
-def http_lane(run: models.Run) -> str | None:
-    """The default lanes: an http action run's target host."""
-    # only its URL parsing: the worker stays executor-agnostic
-    from runnerd.actions import http
-
-    return http.lane(run.action_type, run.options)
 
 
 def default_lane_cap(concurrency: int) -> int:
@@ -73,16 +65,20 @@ class Worker:
         self,
         database: db.Database,
         handlers: Mapping[models.RunKind, Handler],
+        route: runs.Route,
         *,
         concurrency: int,
         clock: Callable[[], float] = time.time,
         poll: float = POLL_SECONDS,
         on_finished: Callable[[list[runs.Outcome]], None] | None = None,
-        lane: Lane | None = http_lane,
+        on_routed: Callable[[int], None] | None = None,
+        lane: Lane | None = None,
         lane_cap: int | None = None,
     ) -> None:
         self.db = database
-        self.handlers = handlers
+        self.handlers = handlers  #: task and action runs (event runs are routed: `route`)
+        self.route = route
+        self.on_routed = on_routed
         self.concurrency = concurrency
         self.clock = clock
         self.poll = poll
@@ -191,6 +187,8 @@ class Worker:
         self._held.difference_update(o.run.id for o in done if o.run.kind is models.RunKind.TASK)
         self.performed_inline += len(performed)
         self.routed += routed
+        if routed and self.on_routed is not None:
+            self.on_routed(routed)
         if routed == routes > 0:
             self.wakeup.set()  # a full batch may have left more due event runs behind
         if (done or performed) and self.on_finished is not None:
@@ -228,8 +226,8 @@ class Worker:
                           ) -> tuple[list[runs.Job], list[runs.Job], int]:
         """On the db thread: finish, claim, route, and hand back claimed runs whose lane is
         full. Returns the claimed jobs kept, the task runs to render and the event runs routed."""
-        jobs, task_jobs, routed = runs.finish_and_claim(tx, done, limit, now, performed,
-                                                        renders, routes)
+        jobs, task_jobs, routed = runs.finish_and_claim(tx, done, limit, now, self.route,
+                                                        performed, renders, routes)
         if self.lane is None or not jobs:
             return jobs, task_jobs, routed
         kept: list[runs.Job] = []
@@ -245,8 +243,7 @@ class Worker:
                 kept.append(job)
             if not handed_back:
                 break
-            tx.executemany("defer_run", [{"id": i, "run_at": now + DEFER_SECONDS}
-                                         for i in handed_back])
+            runs.defer(tx, handed_back, now + DEFER_SECONDS)
             self.deferred += len(handed_back)
             if not rounds:
                 break

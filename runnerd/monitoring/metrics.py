@@ -65,16 +65,15 @@ class _Histogram:
 class Metrics:
     """The daemon's counters, and the collector that exposes them with the scrape-time facts."""
 
-    def __init__(self, *, healthy: Callable[[], bool] = lambda: True,
-                 last_ticks: Callable[[], Mapping[str, float]] = dict) -> None:
-        self.healthy = healthy
-        self.last_ticks = last_ticks
+    def __init__(self) -> None:
+        #: scrape-time facts given to `render`: is the daemon healthy, the scheduler's last ticks
+        self.healthy = True
+        self.last_ticks: Mapping[str, float] = {}
         kinds = [k.value for k in models.RunKind]
         self._runs = {(kind, state): 0 for kind in kinds for state in FINAL_STATES}
         self._durations = {kind: _Histogram() for kind in kinds}
         self._webhooks: dict[str, int] = {}
-        #: event runs performed where their events were stored: counted by the database thread
-        #: alone (`routed`), so no addition ever races the event loop's
+        #: event runs routed by the ingest and the worker (`routed`, once committed)
         self._routed = 0
         self.snapshot: dict[str, Any] = {}
         self._snapshot_at: float | None = None
@@ -92,8 +91,8 @@ class Metrics:
                 self._durations[kind].observe(max(0.0, outcome.finished_at - run.started_at))
 
     def routed(self, event_runs: int) -> None:
-        """Event runs performed where their events were stored (see `runs.insert_events`): each
-        succeeded in no time."""
+        """Event runs routed in a committed transaction (`runs.insert_events`,
+        `runs.route_due`): each succeeded in no time."""
         self._routed += event_runs
 
     def webhook(self, code: int) -> None:
@@ -110,10 +109,12 @@ class Metrics:
         self.snapshot = await database.read(lambda tx: snapshot(tx, now))
         self._snapshot_at = at
 
-    def render(self) -> bytes:
-        """The exposition text."""
+    def render(self, *, healthy: bool, last_ticks: Mapping[str, float]) -> bytes:
+        """The exposition text, with the scrape-time facts: is the daemon healthy (/health), and
+        when each scheduler topic last fired."""
         import prometheus_client  # first scrape only: ~20 ms that start-up need not pay
 
+        self.healthy, self.last_ticks = healthy, last_ticks
         if self._registry is None:
             self._registry = prometheus_client.CollectorRegistry(auto_describe=True)
             self._registry.register(self)
@@ -160,10 +161,10 @@ class Metrics:
         yield events
         yield core.GaugeMetricFamily("runnerd_worker_healthy",
                                      "1 when the daemon is healthy (see /health)",
-                                     value=1.0 if self.healthy() else 0.0)
+                                     value=1.0 if self.healthy else 0.0)
         ticks = core.GaugeMetricFamily("runnerd_scheduler_last_tick_timestamp_seconds",
                                        "When each scheduler topic last fired (Unix time)",
                                        labels=["topic"])
-        for topic, at in sorted(self.last_ticks().items()):
+        for topic, at in sorted(self.last_ticks.items()):
             ticks.add_metric([topic], at)
         yield ticks

@@ -89,7 +89,7 @@ def _context(now: float) -> Any:
                      priority=3, run_at=now, event_id="", task_name=None, action_type="email",
                      options=None, meta=None, perform_event=False, result=None, error=None,
                      attempts=1, created_at=now, started_at=now, finished_at=None)
-    return actions.Context(run=run, event=event, task_id=None, now=now)
+    return actions.Context(run=run, event=event, now=now)
 
 
 async def send_mail(database: db.Database, settings: config.Email,

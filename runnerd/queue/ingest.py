@@ -1,9 +1,9 @@
 """Group commit for incoming events: many concurrent webhook requests, one transaction.
 
 `submit(event)` returns only once the event and its event run are committed, so a webhook may
-answer 204. While one batch is being written, new submissions gather for the next one. The task
-runs routed in a batch's transaction are handed to `offer` once it is committed (the worker
-renders them without fetching them first: `Worker.offer`).
+answer 204. While one batch is being written, new submissions gather for the next one. How a
+batch is stored is the engine's `store` (it routes the events in the same transaction), and
+what it stored goes to the engine's `on_stored` once committed (see runnerd/engine/).
 """
 
 from __future__ import annotations
@@ -23,18 +23,18 @@ logger = logging.getLogger(__name__)
 class Ingest:
     """Batches events into as few commits as the load allows."""
 
-    def __init__(self, database: db.Database, *, on_commit: Callable[[int], None],
+    def __init__(self, database: db.Database, *,
+                 store: Callable[[db.Tx, list[models.Event], float], runs.Stored],
+                 on_stored: Callable[[runs.Stored], None],
                  clock: Callable[[], float] = time.time, max_batch: int = 1000) -> None:
         self.db = database
-        self.on_commit = on_commit
+        self.store = store  #: the transaction function that stores a batch
+        self.on_stored = on_stored  #: called with what `store` returned, once committed
         self.clock = clock
         self.max_batch = max_batch
         self._pending: list[tuple[models.Event, asyncio.Future[None]]] = []
         self._ready = asyncio.Event()
         self._closed = False
-        self.healthy = True  #: False while the last batch could not be stored (for /health)
-        #: set by the daemon: receives the due task runs of each committed batch
-        self.offer: Callable[[list[runs.Job]], None] | None = None
 
     @property
     def closed(self) -> bool:
@@ -71,7 +71,7 @@ class Ingest:
         events = [event for event, _ in batch]
         now = self.clock()
         try:
-            jobs = await self.db.write(lambda tx: runs.insert_events(tx, events, now))
+            stored = await self.db.write(lambda tx: self.store(tx, events, now))
         except Exception as exc:  # noqa: BLE001 - whatever failed, the ingest must live on
             if not isinstance(exc, errors.DatabaseError):
                 # Not SQLite saying no (e.g. data it cannot encode): a bug, but one bad batch
@@ -82,15 +82,11 @@ class Ingest:
             else:
                 logger.error("cannot store %d event(s): %s", len(events), exc,
                              extra={"action": "ingest_failed"})
-            self.healthy = False
             for _, future in batch:
                 if not future.done():
                     future.set_exception(exc)
             return
-        self.healthy = True
         for _, future in batch:
             if not future.done():
                 future.set_result(None)
-        if jobs and self.offer is not None:
-            self.offer(jobs)
-        self.on_commit(len(events))
+        self.on_stored(stored)

@@ -1,17 +1,18 @@
-"""The run queue: the only writer of `runs.state`.
+"""The run queue: the only writer of `runs.state` (every state change is one of its functions).
 
 Every function takes a `db.Tx` and runs inside one transaction on the database thread, so the
-worker can finish a batch of runs and claim the next batch in a single commit.
+worker can finish a batch of runs and claim the next batch in a single commit. The queue knows
+nothing of tasks: performing an event run is a `Route` the engine passes in.
 
     scheduled --(run_at comes)--> due --(claim)--> started --> succeeded
                                    ^                  |  \\--> failed --(manual retry)--> due
                                    |                  \\--> scheduled (automatic retry, backoff)
                                    \\--(crash or stop: requeue, the attempt counts)
 
-Task runs are never claimed: the worker renders them while they are `due` and `finish` takes
-them straight from `due` to their final state (see `due_task_runs`). Nor are event runs in the
-daemon: they are routed where they are stored (`insert_events`) or, when they come due later,
-in the worker's transaction (`route_due`).
+Task runs are never claimed by the worker: it renders them while they are `due` and `finish`
+takes them straight from `due` to their final state (see `due_task_runs`). Nor are event runs:
+the engine routes them with its `Route` where they are stored (`insert_events`, the ingest) or,
+once due, in the worker's transaction (`route_due`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import logging
 import random
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 from runnerd import errors, models
 from runnerd.models import RunKind, RunState
@@ -98,15 +99,9 @@ def run_row(
     }
 
 
-class Router(Protocol):
-    """Performs event runs where events are stored, or in the worker's transaction once they
-    are due (the daemon's `handlers.Handlers`)."""
-
-    def route(self, event: models.Event, now: float) -> tuple[list[str], list[dict[str, Any]]]:
-        """The names of the tasks that receive `event`, and their task runs (`run_row`s)."""
-
-    def committed(self, event_runs: int) -> None:
-        """`event_runs` event runs performed by `route` were committed (metrics)."""
+#: Performs an event run: the names of the tasks that receive the event, and their task runs
+#: (`run_row`s). The engine's (`run_kinds.Handlers.route`), passed in by the caller.
+Route = Callable[[models.Event, float], tuple[list[str], list[dict[str, Any]]]]
 
 
 def performed_event_run(event: models.Event, names: list[str], now: float) -> dict[str, Any]:
@@ -128,21 +123,31 @@ _STARTED = str(RunState.STARTED)
 _NO_TASKS = models.dumps({"tasks": []})  #: most webhook events of a busy daemon: computed once
 
 
-def insert_events(tx: db.Tx, events: Iterable[models.Event], now: float) -> list[Job]:
+@dataclasses.dataclass(frozen=True, slots=True)
+class Stored:
+    """What `insert_events` routed: the jobs of the due task runs of events without a parent
+    (the caller may hand them to the worker once committed: `Worker.offer`), and how many
+    event runs it performed."""
+
+    jobs: list[Job]
+    routed: int
+
+
+NOTHING_ROUTED = Stored([], 0)
+
+
+def insert_events(tx: db.Tx, events: Iterable[models.Event], now: float,
+                  route: Route | None = None) -> Stored:
     """Store events, each with its event run (due now or at the event's `run_at`).
 
-    In the daemon (`tx.router` set) an event due now is routed in this same transaction: its
-    event run is stored `succeeded` with its task runs, saving a claim and a finish per event.
-    Routing is pure CPU (the registry's subscription index), so the result is the same as
-    when the worker performs the event run a moment later.
-
-    Returns the jobs of the task runs stored due for events without a parent: the caller may
-    hand them to the worker once committed (`Worker.offer`), which saves fetching them again.
+    With `route` (the engine's ingest), an event due now is routed in this same transaction:
+    its event run is stored `succeeded` with its task runs, saving the worker a turn per
+    event. Routing is pure CPU (the registry's subscription index), so the result is the same
+    as when the worker routes the event run a moment later (`route_due`).
     """
     events = list(events)
     if not events:
-        return []
-    router: Router | None = tx.router
+        return NOTHING_ROUTED
     tx.executemany("insert_event", [
         {"id": e.id, "topic": e.topic,
          "data": e.data_json if e.data_json is not None else models.dumps(e.data),
@@ -152,29 +157,29 @@ def insert_events(tx: db.Tx, events: Iterable[models.Event], now: float) -> list
          "created_at": e.created_at}
         for e in events
     ])
-    if router is None:
+    if route is None:
         tx.executemany("insert_run", [run_row(RunKind.EVENT, e.id, now, run_at=e.run_at)
                                       for e in events])
-        return []
-    rows, ready = [], []
+        return NOTHING_ROUTED
+    rows, ready, routed = [], [], 0
     for e in events:
         if e.run_at is not None and e.run_at > now:
             rows.append(run_row(RunKind.EVENT, e.id, now, run_at=e.run_at))
             continue
-        names, task_runs = router.route(e, now)
+        names, task_runs = route(e, now)
         rows.append(performed_event_run(e, names, now))
         for row in task_runs:
             if row["state"] == _DUE and e.parent_id is None:  # its Job needs no ancestors
                 ready.append((row, e))
             else:
                 rows.append(row)
-        tx.routed += 1
+        routed += 1
     tx.executemany("insert_run", rows)
     jobs = []
     for row, e in ready:  # one by one: a job needs its run's id
         row = {**row, "error": None, "id": tx.execute("insert_run", row).lastrowid}
         jobs.append(Job(models.Run.from_row(cast(sqlite3.Row, row)), e))
-    return jobs
+    return Stored(jobs, routed)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -195,29 +200,29 @@ def promote(tx: db.Tx, now: float) -> None:
     tx.execute("promote_scheduled", {"now": now})
 
 
-def claim(tx: db.Tx, limit: int, now: float) -> list[Job]:
-    """Promote scheduled runs whose time came, then start up to `limit` due action and event
-    runs (the runs that take a worker slot), by priority. Task runs are never claimed (see
-    `due_task_runs`), and event runs are not where a router routes them (`route_due`)."""
+def claim(tx: db.Tx, limit: int, now: float, *, event_runs: bool = False) -> list[Job]:
+    """Promote scheduled runs whose time came, then start up to `limit` due action runs, by
+    priority. Task runs are never claimed (see `due_task_runs`), nor event runs: the worker
+    routes those (`route_due`); `event_runs=True` claims them too, for the queue's own tests of
+    the claim order (nothing performs a claimed event run)."""
     promote(tx, now)
     if limit <= 0:
         return []
-    event_limit = 0 if tx.router is not None else limit
     return _jobs(tx, tx.all("claim_runs", {"now": now, "limit": limit,
-                                           "event_limit": event_limit}))
+                                           "event_limit": limit if event_runs else 0}))
 
 
-def route_due(tx: db.Tx, limit: int, now: float) -> int:
-    """Route up to `limit` due event runs, oldest first, with the daemon's router (`tx.router`):
-    each goes from `due` straight to `succeeded`, its task runs stored beside it, as
-    `insert_events` does for the events it stores. Returns how many were routed.
+def route_due(tx: db.Tx, route: Route, limit: int, now: float) -> int:
+    """Route up to `limit` due event runs, oldest first, with `route`: each goes from `due`
+    straight to `succeeded`, its task runs stored beside it, as `insert_events` does for the
+    events it routes. Returns how many were routed.
 
-    These are the events stored elsewhere (the CLI) or for later. Routing is CPU work (a lookup
-    in memory), so an event run takes no worker slot: slow action runs holding every slot never
-    hold up the task runs of waiting events.
+    These are the events stored without a route (the CLI, the API, the scheduler, the
+    monitors, follow-up events) or for later. Routing is CPU work (a lookup in memory), so an
+    event run takes no worker slot: slow action runs holding every slot never hold up the task
+    runs of waiting events.
     """
-    router: Router | None = tx.router
-    if router is None or limit <= 0:
+    if limit <= 0:
         return 0
     rows = tx.all("due_event_runs", {"limit": limit})
     if not rows:
@@ -225,14 +230,13 @@ def route_due(tx: db.Tx, limit: int, now: float) -> int:
     events = _events(tx, {row["event_id"] for row in rows})
     finished, task_runs = [], []
     for row in rows:
-        names, children = router.route(events[row["event_id"]], now)
+        names, children = route(events[row["event_id"]], now)
         finished.append({"id": row["id"], "from": _DUE, "state": _SUCCEEDED, "error": None,
                          "result": _routed_result(names), "now": now, "started_at": now,
                          "attempts": row["attempts"] + 1})
         task_runs.extend(children)
     tx.executemany("finish_run", finished)
     tx.executemany("insert_run", task_runs)
-    tx.routed += len(rows)
     return len(rows)
 
 
@@ -391,19 +395,26 @@ def _store_children(tx: db.Tx, outcome: Outcome, now: float, rand: Callable[[], 
 
 
 def finish_and_claim(tx: db.Tx, outcomes: Sequence[Outcome], limit: int, now: float,
-                     performed: list[Outcome] | None = None, renders: int = 0,
+                     route: Route, performed: list[Outcome] | None = None, renders: int = 0,
                      routes: int = 0) -> tuple[list[Job], list[Job], int]:
     """The worker's one transaction per turn: record what finished, claim what is next.
 
-    Returns the claimed jobs (at most `limit`), up to `renders` due task runs (those of the up
-    to `routes` event runs routed here included: `route_due`), and how many event runs were
-    routed. Outcomes are recorded first, so a task run rendered in the last turn is never handed
-    out again. `performed` receives the outcomes of the action runs performed in place."""
+    Returns the claimed action runs (at most `limit`), up to `renders` due task runs (those of
+    the up to `routes` event runs routed here with `route` included: `route_due`), and how many
+    event runs were routed. Outcomes are recorded first, so a task run rendered in the last turn
+    is never handed out again, and the events they store are routed in this same transaction.
+    `performed` receives the outcomes of the action runs performed in place."""
     for outcome in outcomes:
         finish(tx, outcome, now, performed=performed)
     jobs = claim(tx, limit, now)
-    routed = route_due(tx, routes, now)
+    routed = route_due(tx, route, routes, now)
     return jobs, due_task_runs(tx, renders), routed
+
+
+def defer(tx: db.Tx, run_ids: Iterable[int], run_at: float) -> None:
+    """These claimed runs back to `scheduled` until `run_at`, unperformed: the claim's attempt
+    does not count (the worker's lanes: their target already has its share of the slots)."""
+    tx.executemany("defer_run", [{"id": i, "run_at": run_at} for i in run_ids])
 
 
 def requeue_started(tx: db.Tx) -> int:

@@ -43,14 +43,10 @@ Params = Mapping[str, Any] | None
 class Tx:
     """Named queries on one connection, inside one transaction (runs on the db thread)."""
 
-    __slots__ = ("conn", "router", "routed")
+    __slots__ = ("conn",)
 
-    def __init__(self, conn: sqlite3.Connection, router: Any = None) -> None:
+    def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
-        #: the daemon's event router (`runs.Router`): events it stores are routed in the same
-        #: transaction; None in the CLI, whose events the daemon's worker routes
-        self.router = router
-        self.routed = 0  #: event runs performed in this transaction by `router`
 
     def execute(self, name: str, params: Params = None) -> sqlite3.Cursor:
         """Run the named query."""
@@ -112,10 +108,9 @@ def _unavailable(exc: sqlite3.DatabaseError) -> bool:
     return isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError
 
 
-def _transaction(conn: sqlite3.Connection, fn: Callable[[Tx], T], mode: str,
-                 router: Any = None) -> T:
+def _transaction(conn: sqlite3.Connection, fn: Callable[[Tx], T], mode: str) -> T:
     conn.execute(f"BEGIN {mode}")
-    tx = Tx(conn, router)
+    tx = Tx(conn)
     try:
         result = fn(tx)
         conn.execute("COMMIT")
@@ -123,13 +118,10 @@ def _transaction(conn: sqlite3.Connection, fn: Callable[[Tx], T], mode: str,
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
-    if tx.routed:
-        router.committed(tx.routed)
     return result
 
 
-def _group(conn: sqlite3.Connection, fns: list[Callable[[Tx], Any]],
-           router: Any) -> list[tuple[bool, Any]]:
+def _group(conn: sqlite3.Connection, fns: list[Callable[[Tx], Any]]) -> list[tuple[bool, Any]]:
     """Several writers' functions in one `BEGIN IMMEDIATE … COMMIT`, each in a savepoint.
 
     One function's exception undoes only its own writes and is handed back to its caller; the
@@ -138,7 +130,7 @@ def _group(conn: sqlite3.Connection, fns: list[Callable[[Tx], Any]],
     """
     if len(fns) == 1:
         try:
-            return [(True, _transaction(conn, fns[0], "IMMEDIATE", router))]
+            return [(True, _transaction(conn, fns[0], "IMMEDIATE"))]
         except sqlite3.DatabaseError as exc:
             if _unavailable(exc):
                 raise  # the transaction could not happen: every caller gets it
@@ -147,10 +139,9 @@ def _group(conn: sqlite3.Connection, fns: list[Callable[[Tx], Any]],
             return [(False, exc)]
     conn.execute("BEGIN IMMEDIATE")
     out: list[tuple[bool, Any]] = []
-    routed = 0
     try:
         for fn in fns:
-            tx = Tx(conn, router)
+            tx = Tx(conn)
             conn.execute("SAVEPOINT w")
             try:
                 result = fn(tx)
@@ -163,14 +154,11 @@ def _group(conn: sqlite3.Connection, fns: list[Callable[[Tx], Any]],
                 continue
             conn.execute("RELEASE w")
             out.append((True, result))
-            routed += tx.routed
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
-    if routed:
-        router.committed(routed)
     return out
 
 
@@ -187,8 +175,6 @@ class Database:
         self.path = path
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
-        #: set by the daemon: routes the events written through this database (`runs.Router`)
-        self.router: Any = None
         self._queue: list[tuple[Callable[[Tx], Any], asyncio.Future[Any]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self.files = dbfiles.Watch(path)  #: the files opened (see `watch`)
@@ -279,7 +265,7 @@ class Database:
                         raise errors.DatabaseError("database is closed")
                     # the whole transaction is one hop to the connection's thread
                     outcomes = await _on_thread(
-                        self._writer, _group, [fn for fn, _ in batch], self.router)
+                        self._writer, _group, [fn for fn, _ in batch])
                     # Committed, but to the file the daemon opened: is it still the database?
                     # (three stat calls, ~3 µs each, per group commit; never a 204 otherwise)
                     if (gone := self.check_files()) is not None:

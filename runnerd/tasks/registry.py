@@ -145,7 +145,6 @@ class Registry:
         if problems:
             raise errors.ConfigError(problems)
         self.tasks: Mapping[str, Compiled] = compiled
-        self.by_id = {c.id: c for c in compiled.values()}
         index: dict[str, list[tuple[Compiled, Subscription]]] = {}
         for c in compiled.values():
             for sub in c.subscriptions:

@@ -10,13 +10,15 @@ from aiohttp import web
 
 from runnerd import errors, models
 from runnerd.queue import operator, runs
-from runnerd.web import webhooks
+from runnerd.web import context, webhooks
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+VIEW = web.AppKey("api", context.Api)
 
 
-def add_routes(app: web.Application) -> None:
+def add_routes(app: web.Application, view: context.Api) -> None:
     """Register the /api/* routes."""
+    app[VIEW] = view
     routes = [
         ("GET", "/api/runs", list_runs),
         ("GET", "/api/runs/{id}", show_run),
@@ -32,7 +34,7 @@ def add_routes(app: web.Application) -> None:
 
 def _guarded(handler: Handler) -> Handler:
     async def guarded(request: web.Request) -> web.StreamResponse:
-        token = request.app[webhooks.STATE].settings.admin_token
+        token = request.app[VIEW].config.settings.admin_token
         if token is None:
             return web.json_response({"error": "the admin API is disabled (no admin_token)"},
                                      status=404)
@@ -55,7 +57,7 @@ def _guarded(handler: Handler) -> Handler:
 
 
 async def _body(request: web.Request) -> Any:
-    raw = await webhooks.read_body(request, request.app[webhooks.STATE].settings.listen)
+    raw = await webhooks.read_body(request, request.app[VIEW].config.settings.listen)
     if not raw.strip():
         return {}
     try:  # the webhooks' rule: no NaN, no 1e400, not too deep
@@ -65,14 +67,12 @@ async def _body(request: web.Request) -> Any:
 
 
 def _wake(request: web.Request) -> None:
-    st = request.app[webhooks.STATE]
-    if st.worker is not None:
-        st.worker.wakeup.set()
+    request.app[VIEW].wake()
 
 
 async def list_runs(request: web.Request) -> web.StreamResponse:
     """GET /api/runs?state=&kind=&task=&limit="""
-    st = request.app[webhooks.STATE]
+    st = request.app[VIEW]
     q = request.query
     state, kind, task = q.get("state") or None, q.get("kind") or None, q.get("task") or None
     limit = operator.check_filters(state, kind, task, q.get("limit", "50"))
@@ -87,7 +87,7 @@ async def list_runs(request: web.Request) -> web.StreamResponse:
 
 async def show_run(request: web.Request) -> web.StreamResponse:
     """GET /api/runs/{id}"""
-    st = request.app[webhooks.STATE]
+    st = request.app[VIEW]
     run_id = operator.parse_run_id(request.match_info["id"])
     executors = st.executors
     return web.json_response(await st.db.read(
@@ -96,7 +96,7 @@ async def show_run(request: web.Request) -> web.StreamResponse:
 
 async def _move(request: web.Request, action: str) -> dict[str, Any]:
     """`retry` or `cancel` the run named in the path; the moved run."""
-    st = request.app[webhooks.STATE]
+    st = request.app[VIEW]
     run_id = operator.parse_run_id(request.match_info["id"])
     return await operator.move_run(st.db, action, run_id, st.clock(), st.executors.redact)
 
@@ -115,7 +115,7 @@ async def cancel_run(request: web.Request) -> web.StreamResponse:
 
 async def post_event(request: web.Request) -> web.StreamResponse:
     """POST /api/events {"topic": ..., "data": ...} → 201 {"id": ...}"""
-    st = request.app[webhooks.STATE]
+    st = request.app[VIEW]
     body = await _body(request)
     if not isinstance(body, dict) or "topic" not in body:
         raise errors.InvalidInput('expected {"topic": ..., "data": ...}')
@@ -130,20 +130,20 @@ async def post_event(request: web.Request) -> web.StreamResponse:
 
 async def trigger_task(request: web.Request) -> web.StreamResponse:
     """POST /api/tasks/{name}/trigger [{"text": ...}] → 201 {"id": ...}"""
-    st = request.app[webhooks.STATE]
+    st = request.app[VIEW]
     body = await _body(request)
     text = body.get("text") if isinstance(body, dict) else None
     if text is not None and not isinstance(text, str):
         raise errors.InvalidInput("text must be a string")
-    event_id = await operator.trigger(st.db, st.registry, request.match_info["name"], text=text,
-                                 source="api", now=st.clock())
+    event_id = await operator.trigger(st.db, st.config.registry, request.match_info["name"],
+                                      text=text, source="api", now=st.clock())
     _wake(request)
     return web.json_response({"id": event_id}, status=201)
 
 
 async def queue(request: web.Request) -> web.StreamResponse:
     """GET /api/queue"""
-    st = request.app[webhooks.STATE]
+    st = request.app[VIEW]
     now = st.clock()
     return web.json_response(await st.db.read(lambda tx: runs.stats(tx, now)))
 

@@ -15,17 +15,19 @@ from aiohttp import web
 
 from runnerd import config, errors
 from runnerd.monitoring import metrics, monitors, ratelimit
-from runnerd.web import status, webhooks
+from runnerd.web import context, status, webhooks
 
 PING_METHODS = frozenset({"GET", "POST", "HEAD"})
 PING_KEY_HEADER = "X-Runnerd-Ping-Key"
 #: Pings taken per monitor name and per client address (`ratelimit`, in this process).
 MONITOR_BUCKETS = web.AppKey("monitor_buckets", ratelimit.Buckets)
 CLIENT_BUCKETS = web.AppKey("client_buckets", ratelimit.Buckets)
+VIEW = web.AppKey("ops", context.Ops)
 
 
-def add_routes(app: web.Application) -> None:
+def add_routes(app: web.Application, view: context.Ops) -> None:
     """Register the routes."""
+    app[VIEW] = view
     app[MONITOR_BUCKETS] = ratelimit.Buckets()
     app[CLIENT_BUCKETS] = ratelimit.Buckets()
     app.router.add_route("*", "/ping/{name}", ping)
@@ -57,8 +59,8 @@ def _refusal(request: web.Request, monitor: config.Monitor) -> web.Response | No
     if request.method not in PING_METHODS:
         return web.Response(status=405, text="use GET or POST\n",
                             headers={"Allow": "GET, POST, HEAD"})
-    st = request.app[webhooks.STATE]
-    rates, now = st.settings.monitoring, st.clock()
+    st = request.app[VIEW]
+    rates, now = st.config.settings.monitoring, st.clock()
     client = request.remote or "unknown"
     if wait := request.app[CLIENT_BUCKETS].take(client, rates.ping_rate_per_client, now):
         return _too_many(wait, f"from {client}")
@@ -73,15 +75,15 @@ def _refusal(request: web.Request, monitor: config.Monitor) -> web.Response | No
 async def ping(request: web.Request) -> web.StreamResponse:
     """GET/POST /ping/{name}[/start|/fail] → 200 "OK" (404 for an unknown monitor; 405, 429,
     401 refused)."""
-    st = request.app[webhooks.STATE]
+    st = request.app[VIEW]
     name = request.match_info["name"]
-    monitor = monitors.ping_monitor(st.settings, name)
+    monitor = monitors.ping_monitor(st.config.settings, name)
     if monitor is None:
         return _text(404, f"no ping monitor named {name!r}")
     if (refused := _refusal(request, monitor)) is not None:
         return refused
     try:
-        body = await webhooks.read_body(request, st.settings.listen)
+        body = await webhooks.read_body(request, st.config.settings.listen)
     except webhooks.BodyRefused as exc:
         return _text(exc.status, exc.message)
     kind = monitors.PING_STATUS[request.match_info.get("kind", "")]
@@ -90,46 +92,39 @@ async def ping(request: web.Request) -> web.StreamResponse:
     except errors.DatabaseError as exc:
         return _text(503, f"not recorded: {exc.message}")
     if events:
-        if st.worker is not None:
-            st.worker.wakeup.set()
-        if st.monitors is not None:
-            st.monitors.alerts_wakeup.set()
+        st.wake()
     return _text(200, "OK")
 
 
 async def health(request: web.Request) -> web.StreamResponse:
     """GET /health → 200 with the facts when healthy, 503 with the reasons when not."""
-    st = request.app[webhooks.STATE]
-    beat = st.heartbeat
-    if beat is None:
-        return web.json_response({"status": "unhealthy", "problems": ["no heartbeat"]},
-                                 status=503)
-    facts = beat.facts(st.clock())
-    facts["monitors_last_tick"] = (None if st.monitors is None or st.monitors.last_tick is None
+    st = request.app[VIEW]
+    facts = st.heartbeat.facts(st.clock())
+    facts["monitors_last_tick"] = (None if st.monitors.last_tick is None
                                    else round(st.clock() - st.monitors.last_tick, 3))
     return web.json_response(facts, status=200 if facts["status"] == "ok" else 503)
 
 
 async def prometheus(request: web.Request) -> web.StreamResponse:
     """GET /metrics: the Prometheus text format."""
-    st = request.app[webhooks.STATE]
-    if st.metrics is None:
-        return _text(404, "metrics are not enabled")
+    st = request.app[VIEW]
+    now = st.clock()
     try:
-        await st.metrics.refresh(st.db, st.clock())
+        await st.metrics.refresh(st.db, now)
     except errors.DatabaseError:
         pass  # serve the last snapshot; runnerd_worker_healthy says what is wrong
-    return web.Response(body=st.metrics.render(), headers={"Content-Type": metrics.CONTENT_TYPE})
+    body = st.metrics.render(healthy=not st.heartbeat.problems(now),
+                             last_ticks=st.scheduler.last_tick)
+    return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})
 
 
 async def status_page(request: web.Request) -> web.StreamResponse:
     """GET /status: the human status page."""
-    st = request.app[webhooks.STATE]
+    st = request.app[VIEW]
     now = st.clock()
     try:
         data = await st.db.read(lambda tx: status.gather(tx, now))
     except errors.DatabaseError as exc:
         return _text(503, f"database unavailable: {exc.message}")
-    beat = st.heartbeat
-    facts = beat.facts(now) if beat is not None else {"status": "unhealthy", "problems": []}
+    facts = st.heartbeat.facts(now)
     return web.Response(text=status.render(data, facts, now), content_type="text/html")

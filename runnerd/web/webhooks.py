@@ -1,8 +1,8 @@
-"""The HTTP listener: webhooks (verify, parse, group-commit, 204) and the app that holds the routes.
+"""Webhooks: verify, parse, group-commit, 204; and reading a request body within the limits.
 
 The listener is one part of the daemon's loop (`AppRunner(handle_signals=False)` + `TCPSite`),
-never `run_app`. Handlers validate, hand the event to the ingest queue and answer once it is
-committed; nothing is stored for a request that gets an error.
+never `run_app`; web/app.py builds the application. Handlers validate, hand the event to the
+ingest queue and answer once it is committed; nothing is stored for a request that gets an error.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import base64
 import hashlib
 import hmac
 import logging
-from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -23,26 +22,16 @@ from runnerd.web import context
 
 logger = logging.getLogger(__name__)
 
-STATE = web.AppKey("state", context.State)
-#: Called with the status code of every webhook request (metrics).
-ON_WEBHOOK: web.AppKey[Callable[[int], None]] = web.AppKey("on_webhook")
+VIEW = web.AppKey("webhooks", context.Webhooks)
 SIGNATURE_HEADER = "X-Runnerd-Signature"
 #: Optional, with a signature: Unix seconds, signed as `<timestamp>.<body>` (replay protection).
 TIMESTAMP_HEADER = "X-Runnerd-Timestamp"
 
 
-def make_app(st: context.State, *, on_webhook: Callable[[int], None] | None = None) -> web.Application:
-    """The aiohttp application with every route of runnerd."""
-    # the admin API and the operations endpoints live beside; imported here: one entry point
-    from runnerd.web import api, endpoints
-
-    app = web.Application(client_max_size=st.settings.listen.max_body_bytes)
-    app[STATE] = st
-    app[ON_WEBHOOK] = on_webhook or (lambda code: None)
+def add_routes(app: web.Application, view: context.Webhooks) -> None:
+    """Register /webhooks/{name}."""
+    app[VIEW] = view
     app.router.add_route("*", "/webhooks/{name}", handle_webhook)
-    api.add_routes(app)
-    endpoints.add_routes(app)
-    return app
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -183,21 +172,22 @@ def full_data(request: web.Request, body: bytes, request_id: str, webhook: str) 
 async def handle_webhook(request: web.Request) -> web.StreamResponse:
     """POST /webhooks/{name} → 204 + X-Request-Id once the event is committed."""
     response = await _webhook(request)
-    request.app[ON_WEBHOOK](response.status)
+    request.app[VIEW].on_webhook(response.status)
     return response
 
 
 async def _webhook(request: web.Request) -> web.StreamResponse:
-    st = request.app[STATE]
+    st = request.app[VIEW]
     name = request.match_info["name"]
-    hook = st.settings.webhook(name)
+    settings = st.config.settings
+    hook = settings.webhook(name)
     if hook is None:
         return _error(404, f"no webhook named {name!r}")
     if request.method != "POST":
         return web.json_response({"error": "only POST is allowed"}, status=405,
                                  headers={"Allow": "POST"})
     try:
-        body = await read_body(request, st.settings.listen)
+        body = await read_body(request, settings.listen)
     except BodyRefused as exc:
         return _error(exc.status, exc.message)
     if hook.secret is not None:

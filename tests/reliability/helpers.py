@@ -13,6 +13,7 @@ import json
 import socket
 import textwrap
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,9 +21,8 @@ from typing import Any
 from aiohttp import test_utils, web
 
 from runnerd import actions, daemon
-from runnerd.queue import ingest
+from runnerd.daemon import sd_notify
 from runnerd.store import db
-from runnerd.web import context, webhooks
 
 from ..conftest import wait_until
 
@@ -174,7 +174,8 @@ def orders_config(*actions: str, concurrency: int = 4, extra: str = "") -> str:
 
 
 class InProcess:
-    """The webhook app on a real State and database, with its ingest running, in this loop."""
+    """The daemon's app (`daemon.build`) on a real database, with its ingest running, in this
+    loop."""
 
     def __init__(self, tmp: Path, body: str) -> None:
         self.config = tmp / "inproc.yaml"
@@ -184,12 +185,11 @@ class InProcess:
         self.registry = daemon.load(str(self.config), {})
         self.db = await db.Database(self.registry.settings.database).open()
         await self.db.migrate()
-        self.state = context.State(db=self.db, registry=self.registry,
-                                 ingest=ingest.Ingest(self.db, on_commit=lambda n: None),
-                                 executors=actions.Registry())
+        self.parts = daemon.build(self.registry, self.db, actions.Registry(), None,
+                                  clock=time.time, notifier=sd_notify.Notifier(None), environ={})
         self._stop = asyncio.Event()
-        self._ingest = asyncio.create_task(self.state.ingest.run(self._stop))
-        self.client = test_utils.TestClient(test_utils.TestServer(webhooks.make_app(self.state)))
+        self._ingest = asyncio.create_task(self.parts.ingest.run(self._stop))
+        self.client = test_utils.TestClient(test_utils.TestServer(self.parts.app))
         await self.client.start_server()
         return self
 
