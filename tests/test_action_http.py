@@ -14,8 +14,9 @@ import pytest
 from aiohttp import test_utils, web
 
 from runnerd import config, errors
-from runnerd.actions import guard, targets
+from runnerd.actions import guard
 from runnerd.actions import http as http_action
+from runnerd.config import targets
 from tests import helpers_servers
 
 BINARY = bytes(range(256)) * 4

@@ -16,8 +16,7 @@ from pathlib import Path
 from aiohttp import test_utils
 
 from runnerd import actions, daemon
-from runnerd.daemon import sd_notify
-from runnerd.monitoring import heartbeat
+from runnerd.monitoring import heartbeat, sd_notify
 from runnerd.store import db
 
 from .conftest import Daemon

@@ -42,3 +42,38 @@ def test_the_handler_modules_do_not_import_each_other_or_the_app() -> None:
     for name in ("webhooks", "api", "endpoints", "status", "context"):
         assert not imported(web / f"{name}.py") & app, name
     assert not imported(web / "webhooks.py") & {"runnerd.web.api", "runnerd.web.endpoints"}
+
+
+#: The layers, top first. A package may import only the packages after it (and the shared
+#: modules models, errors and logs, which import nothing of runnerd's packages).
+LAYERS = ("cli", "daemon", "web", "engine", "monitoring", "actions", "queue", "tasks", "liquid",
+          "config", "store")
+
+
+def package_imports() -> dict[str, set[str]]:
+    """Each package's imports of the other packages."""
+    out: dict[str, set[str]] = {}
+    for package in LAYERS:
+        for path in (ROOT / package).rglob("*.py"):
+            for name in imported(path):
+                parts = name.split(".")
+                if len(parts) > 1 and parts[1] in LAYERS and parts[1] != package:
+                    out.setdefault(package, set()).add(parts[1])
+    return out
+
+
+def test_imports_flow_one_way_down_the_layers() -> None:
+    """No package imports one above it, so there is no import cycle between packages."""
+    upward = sorted(f"{package} imports {other}"
+                    for package, others in package_imports().items() for other in others
+                    if LAYERS.index(other) < LAYERS.index(package))
+    assert upward == []
+
+
+def test_every_package_is_in_a_layer() -> None:
+    packages = {p.name for p in ROOT.iterdir() if (p / "__init__.py").exists()}
+    assert packages == set(LAYERS)
+    shared = {"models", "errors", "logs"}
+    for name in shared:
+        assert not {m for m in imported(ROOT / f"{name}.py")
+                    if m.split(".")[1:2] and m.split(".")[1] in LAYERS}, name

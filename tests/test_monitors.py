@@ -15,8 +15,9 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from runnerd import config, models
-from runnerd.monitoring import cron, monitors, taskstatus
-from runnerd.queue import runs
+from runnerd.config import cron
+from runnerd.monitoring import monitors
+from runnerd.queue import runs, taskstatus
 from runnerd.store import db
 
 from .conftest import Daemon, wait_until

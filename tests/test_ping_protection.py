@@ -29,8 +29,8 @@ import pytest
 from aiohttp import web
 
 from runnerd import actions, config, daemon, models
-from runnerd.daemon import sd_notify
-from runnerd.monitoring import monitors, ratelimit, taskstatus
+from runnerd.monitoring import monitors, ratelimit, sd_notify
+from runnerd.queue import taskstatus
 from runnerd.store import db, sql
 
 from .conftest import Clock, Daemon, wait_until

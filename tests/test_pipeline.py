@@ -16,8 +16,8 @@ import pytest
 from runnerd import actions, daemon, models
 from runnerd.actions import cache as cache_action
 from runnerd.actions import echo, event, http
-from runnerd.daemon import sd_notify
 from runnerd.engine import worker
+from runnerd.monitoring import sd_notify
 from runnerd.queue import runs
 from runnerd.store import cache as cache_store
 from runnerd.store import db

@@ -94,7 +94,7 @@ def test_unit_verifies(tmp_path: Path) -> None:
 def test_notify_never_blocks_when_nobody_reads() -> None:
     # The heartbeat sends WATCHDOG=1 from the event loop: a reader that stopped reading fills
     # the socket's queue, and a blocking send would then freeze the whole daemon.
-    from runnerd.daemon.sd_notify import Notifier
+    from runnerd.monitoring.sd_notify import Notifier
 
     with notify_socket() as (path, _sock):
         notifier = Notifier(path)

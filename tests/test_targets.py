@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 from aiohttp import abc
 
-from runnerd.actions import guard, targets
+from runnerd.actions import guard
+from runnerd.config import targets
 
 
 def policy(allow: tuple[str, ...] = (), deny: tuple[str, ...] = (),

@@ -24,7 +24,7 @@ import aiohttp
 import yarl
 from aiohttp import abc
 
-from runnerd.actions import targets
+from runnerd.config import targets
 
 
 class Refused(Exception):

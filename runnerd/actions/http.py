@@ -37,7 +37,8 @@ import aiohttp
 import yarl
 
 from runnerd import actions, config, errors, models
-from runnerd.actions import guard, targets
+from runnerd.actions import guard
+from runnerd.config import targets
 
 logger = logging.getLogger(__name__)
 

@@ -300,7 +300,7 @@ def cmd_cache(args: argparse.Namespace, path: str, environ: dict[str, str]) -> i
 
 def cmd_preview(args: argparse.Namespace, path: str, environ: dict[str, str]) -> int:
     from runnerd import actions, daemon
-    from runnerd.tasks import preview
+    from runnerd.engine import preview
 
     reg = daemon.load(path, environ)
     has_data = args.data is not None or args.data_file is not None

@@ -14,7 +14,8 @@ from typing import Any
 
 from runnerd import config, errors
 from runnerd.cli import shared
-from runnerd.monitoring import heartbeat, monitors, taskstatus
+from runnerd.monitoring import heartbeat, monitors
+from runnerd.queue import taskstatus
 from runnerd.store import db
 
 Add = Callable[..., argparse.ArgumentParser]

@@ -2,7 +2,9 @@
 
 `load(path, environ)` reads the file, substitutes `${VAR}` from `environ`, checks every key and
 raises one `ConfigError` listing every problem, each naming its key path. Liquid is compiled
-elsewhere (`registry`), so this module stays free of the template engine.
+elsewhere (`registry`), so this module stays free of the template engine. Beside it, the pure
+vocabularies a configuration is written in: `durations`, `cron` (monitor schedules) and
+`targets` (`http.allow`/`http.deny` entries); `yamlread` collects the problems.
 """
 
 from __future__ import annotations
@@ -21,8 +23,7 @@ from typing import Any
 import yaml
 
 from runnerd import errors
-from runnerd.actions import targets
-from runnerd.config import yamlread
+from runnerd.config import targets, yamlread
 
 #: task.id is uuid5(TASK_NAMESPACE, name): stable across restarts and machines.
 TASK_NAMESPACE = uuid.UUID("6f1d3c52-6d0a-4f6e-9a53-2b7c5e4a9d10")
@@ -457,7 +458,7 @@ def _monitors(raw: Any, task_names: set[str], r: yamlread.Reader) -> tuple[Monit
 
 def _cron_check(value: Any) -> str | None:
     # stdlib only; imported here as config is imported by everything
-    from runnerd.monitoring import cron
+    from runnerd.config import cron
 
     try:
         cron.parse(value)

@@ -26,11 +26,11 @@ from aiohttp import web
 
 from runnerd import actions, config, errors
 from runnerd.actions import cache as cache_action
-from runnerd.actions import echo, email, event, guard, http, targets
-from runnerd.daemon import sd_notify
+from runnerd.actions import echo, email, event, guard, http
+from runnerd.config import targets
 from runnerd.engine import paths, scheduler
 from runnerd.liquid import render
-from runnerd.monitoring import heartbeat, metrics, monitors
+from runnerd.monitoring import heartbeat, metrics, monitors, sd_notify
 from runnerd.queue import ingest, runs
 from runnerd.store import db, dbfiles
 from runnerd.tasks import registry

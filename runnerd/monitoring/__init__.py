@@ -1,1 +1,2 @@
-"""Monitoring: monitor states and alerts, cron schedules, heartbeat, metrics, ping limits."""
+"""Monitoring: monitor ticks and alert mails, the heartbeat and systemd's watchdog, metrics, ping
+limits. Monitor states themselves live in queue/taskstatus.py, written where runs finish."""

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from runnerd import errors, models
-from runnerd.daemon import sd_notify
+from runnerd.monitoring import sd_notify
 from runnerd.store import db
 
 logger = logging.getLogger(__name__)

@@ -27,8 +27,7 @@ from typing import Any
 from runnerd import config, errors, models
 from runnerd.actions import email
 from runnerd.actions import message as mail_
-from runnerd.monitoring import taskstatus
-from runnerd.queue import runs
+from runnerd.queue import runs, taskstatus
 from runnerd.store import db
 
 logger = logging.getLogger(__name__)

@@ -1,1 +1,2 @@
-"""The run queue: runs and their states, the ingest's group commit, operator moves, retention."""
+"""The run queue: runs and their states, the ingest's group commit, task and monitor status rows
+(`taskstatus`, updated in the transactions that finish runs), operator moves, retention."""

@@ -26,7 +26,7 @@ from typing import Any, cast
 
 from runnerd import errors, models
 from runnerd.models import RunKind, RunState
-from runnerd.monitoring import taskstatus
+from runnerd.queue import taskstatus
 from runnerd.store import db
 
 logger = logging.getLogger(__name__)

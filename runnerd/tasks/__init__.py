@@ -1,1 +1,1 @@
-"""Tasks: the configured tasks' registry, Mechanic's option keys, previews, task exports."""
+"""Tasks: the configured tasks' registry, Mechanic's option keys, task exports (`runnerd import`)."""

@@ -21,7 +21,7 @@ from typing import Any
 from aiohttp import test_utils, web
 
 from runnerd import actions, daemon
-from runnerd.daemon import sd_notify
+from runnerd.monitoring import sd_notify
 from runnerd.store import db
 
 from ..conftest import wait_until

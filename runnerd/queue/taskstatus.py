@@ -35,7 +35,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from runnerd import config, errors, models
-from runnerd.monitoring import cron
+from runnerd.config import cron
 from runnerd.store import db
 
 DOWN_TOPIC = "runnerd/monitors/down"
