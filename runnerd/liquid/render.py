@@ -36,7 +36,7 @@ from liquid import output as lqout
 from liquid import token as lqtok
 
 from runnerd import config, errors, models
-from runnerd.liquid import filters, tags
+from runnerd.liquid import compat, filters, tags
 
 #: What `Renderer.compile` returns: a parsed template bound to the renderer's Environment.
 Template = liquid.BoundTemplate
@@ -117,9 +117,12 @@ def _wrap(name: str, func: Callable[..., Any], *, pure: bool,
     """A filter that names itself in errors and refuses, before building it, a result longer
     than the output cap (`filters.sizes`); pure filters see Liquid's undefined as None."""
     size = filters.sizes.SIZES.get(name)
+    as_text = name in compat.TEXT_FILTERS
     cap, iterations = limits.output_bytes, limits.loop_iterations
 
     def call(left: Any, *args: Any, **kwargs: Any) -> Any:
+        if as_text:
+            left, args = compat.ruby_arguments(name, left, args)
         if pure:
             left, args, kwargs = _defined(left), tuple(map(_defined, args)), (
                 {k: _defined(v) for k, v in kwargs.items()} if kwargs else kwargs)
@@ -198,6 +201,7 @@ class Renderer:
                  clock: Callable[[], float] = time.time) -> None:
         self.timezone = timezone
         self.limits = limits
+        compat.install()
         env_class = type("_Environment", (liquid.Environment,), {
             "block_nesting_limit": limits.nesting,
             "context_depth_limit": limits.nesting + 8,  # the parse-time nesting check comes first
@@ -225,10 +229,12 @@ class Renderer:
     def compile(self, source: str, *, name: str) -> Template:
         """Parse once; a syntax error is a one-line `ConfigError` naming the task and line."""
         try:
-            return self._env.from_string(source, name=name)
+            template = self._env.from_string(source, name=name)
         except Exception as exc:  # noqa: BLE001 - the parser may fail in any way on bad input
             raise errors.ConfigError(
                 f"task {name!r}: {_located(exc, None, self.limits)}") from None
+        compat.mechanic_comparisons(template.nodes)
+        return template
 
     def render(self, template: Template, variables: Mapping[str, Any]) -> RenderResult:
         """Render a task: the action, log and error objects, in order. Raises `RenderError`."""

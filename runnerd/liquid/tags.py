@@ -25,7 +25,7 @@ from liquid.builtin import output
 from liquid.builtin.tags import for_tag
 
 from runnerd import config, models
-from runnerd.liquid import filters
+from runnerd.liquid import compat, filters
 
 CONTROL = ("__perform_event", "__meta")  #: action arguments that steer, not options
 _MISSING = object()  # a sentinel no variable can hold
@@ -163,6 +163,13 @@ class _OutputNode(output.OutputNode):
 class OutputTag(output.Output):
     node_class = _OutputNode
 
+    def parse(self, stream: liquid.TokenStream) -> output.OutputNode:
+        """`{{ … }}`, with keywords read in context (`compat`: `{{ limit }}` is a name)."""
+        token = stream.eat(lqtok.TOKEN_OUTPUT)
+        expression = stream.expect(lqtok.TOKEN_EXPRESSION)
+        return self.node_class(token, lqexpr.FilteredExpression.parse(
+            self.env, liquid.TokenStream(compat.tokenize(expression.value, expression))))
+
 
 # --- assign: Mechanic's extended form, by value (copy on write) ------------------------------
 
@@ -293,9 +300,30 @@ def _parse_args(env: liquid.Environment, tokens: liquid.TokenStream) -> tuple[li
         if current.kind == lqtok.TOKEN_WORD and tokens.peek.kind == lqtok.TOKEN_COLON:
             next(tokens)
             next(tokens)
-            named.append((current.value, _parse_value(env, tokens)))
+            named.append((current.value, _parse_value(env, _up_to_next_pair(tokens))))
         else:
             positional.append(_parse_value(env, tokens))
+
+
+def _up_to_next_pair(tokens: liquid.TokenStream) -> liquid.TokenStream:
+    """The tokens of one `name: value` pair's value, which ends where `, name:` starts (so
+    `a: x | times: 100.0 | divided_by: y, b: z` gives `b` to the tag, not to `divided_by`);
+    `tokens` moves past them."""
+    depth, end, items = 0, tokens.pos, tokens.tokens
+    while end < len(items):
+        kind = items[end].kind
+        if kind in (lqtok.TOKEN_LBRACKET, lqtok.TOKEN_LPAREN):
+            depth += 1
+        elif kind in (lqtok.TOKEN_RBRACKET, lqtok.TOKEN_RPAREN):
+            depth -= 1
+        elif (kind == lqtok.TOKEN_COMMA and not depth and end + 2 < len(items)
+              and items[end + 1].kind == lqtok.TOKEN_WORD
+              and items[end + 2].kind == lqtok.TOKEN_COLON):
+            break
+        end += 1
+    value = liquid.TokenStream(iter(items[tokens.pos:end]))
+    tokens.pos = end
+    return value
 
 
 def _parse_value(env: liquid.Environment, tokens: liquid.TokenStream) -> Any:

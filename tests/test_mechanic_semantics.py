@@ -1,0 +1,110 @@
+"""Mechanic's Liquid semantics where python-liquid's defaults differ (issue 18, items 1-5)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from runnerd.liquid import render
+
+NOW = 1_700_000_000.0
+
+
+@pytest.fixture(scope="module")
+def renderer() -> render.Renderer:
+    return render.Renderer(timezone="UTC", clock=lambda: NOW)
+
+
+def text(renderer: render.Renderer, source: str, **variables: Any) -> str:
+    return renderer.render_text(source, variables, name="demo")
+
+
+def logs(renderer: render.Renderer, source: str, **variables: Any) -> list[Any]:
+    return renderer.render(renderer.compile(source, name="demo"), variables).logs
+
+
+# --- 1. blank is Rails' blank? -------------------------------------------------------------
+
+@pytest.mark.parametrize("value", [None, False, "", "  \n", [], {}])
+def test_blank_values(renderer: render.Renderer, value: Any) -> None:
+    source = ("{% if x == blank %}eq{% endif %}{% if blank == x %}EQ{% endif %}"
+              "{% if x != blank %}ne{% endif %}{% unless x == blank %}un{% endunless %}")
+    assert text(renderer, source, x=value) == "eqEQ"
+
+
+def test_missing_variable_and_unset_option_are_blank(renderer: render.Renderer) -> None:
+    source = ("{% if options.days != blank %}+{{ options.days }}.days{% endif %}"
+              "{% if nothing == blank %}missing{% endif %}")
+    assert text(renderer, source, options={}) == "missing"
+    assert text(renderer, source, options={"days": 3}) == "+3.daysmissing"
+
+
+@pytest.mark.parametrize("value", [0, 1, True, " x ", [None], {"a": None}])
+def test_not_blank_values(renderer: render.Renderer, value: Any) -> None:
+    assert text(renderer, "{% if x != blank %}ne{% endif %}{% if x == blank %}eq{% endif %}",
+                x=value) == "ne"
+
+
+def test_blank_inside_mechanic_tags_and_loops(renderer: render.Renderer) -> None:
+    source = ("{% for i in (1..2) %}{% log %}{% if x == blank %}\"blank\"{% else %}\"set\""
+              "{% endif %}{% endlog %}{% endfor %}")
+    assert logs(renderer, source) == ["blank", "blank"]
+
+
+def test_empty_keeps_its_meaning(renderer: render.Renderer) -> None:
+    # `empty` is not `blank`: nil and whitespace are not empty (Ruby Liquid)
+    source = "{% if x == empty %}e{% else %}n{% endif %}"
+    assert [text(renderer, source, x=v) for v in ("", " ", None, [], {})] == [
+        "e", "n", "n", "e", "e"]
+
+
+# --- 2. keyword-like variable names ---------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["limit", "offset", "in", "with", "required", "cols",
+                                  "reversed", "for", "as", "if", "else"])
+def test_keyword_names_assign_and_read(renderer: render.Renderer, name: str) -> None:
+    source = (f"{{% assign {name} = 7 %}}{{{{ {name} }}}}|{{{{ {name} | plus: 1 }}}}|"
+              f"{{% if {name} > 5 %}}big{{% endif %}}|{{{{ h.{name} }}}}|{{% log v: {name} %}}")
+    assert text(renderer, source, h={name: "k"}) == "7|8|big|k|"
+    assert logs(renderer, source, h={}) == [{"v": 7}]
+
+
+def test_for_keywords_still_work_next_to_names(renderer: render.Renderer) -> None:
+    source = ("{% assign limit = 2 %}{% assign offset = 1 %}"
+              "{% for x in (1..5) reversed limit: limit offset: offset %}{{ x }}{% endfor %}"
+              "{% for limit in (1..2) %}{{ limit }}{% endfor %}"
+              "{% for x in (1..3) reversed %}{{ x }}{% endfor %}")
+    assert text(renderer, source) == "3212321"  # slice first, then reverse
+
+
+# --- 3. nil and false in text filters -------------------------------------------------------
+
+def test_nil_and_false_in_text_filters(renderer: render.Renderer) -> None:
+    source = ('{{ "a" | append: nil }}|{{ "a" | append: false }}|{{ "a" | prepend: x }}|'
+              '{{ false | append: "x" }}|{{ nil | append: "x" }}|{{ "a" | append: true }}')
+    assert text(renderer, source) == "a|afalse|a|falsex|x|atrue"
+
+
+def test_unset_option_in_a_recipient_list(renderer: render.Renderer) -> None:
+    source = ('{% assign to = "a@example.com" | append: "," | append: options.cc %}'
+              '{{ to }}|{{ list | join: "," }}')
+    assert text(renderer, source, options={}, list=["a", None, False, "b"]) == (
+        "a@example.com,|a,,false,b")
+
+
+# --- 4. filter chains in mapped tag arguments ------------------------------------------------
+
+def test_filter_chain_ends_at_the_next_pair(renderer: render.Renderer) -> None:
+    source = ('{% log a: x | times: 100.0 | divided_by: y, b: z %}'
+              '{% action "echo", n: "2024-01-02" | date: "%d", m: list[1], o: "x" %}')
+    result = renderer.render(renderer.compile(source, name="demo"),
+                             {"x": 5, "y": 2, "z": "zed", "list": [1, 2]})
+    assert result.logs == [{"a": 250.0, "b": "zed"}]
+    assert result.actions[0].options == {"n": "02", "m": 2, "o": "x"}
+
+
+def test_filter_keyword_arguments_without_a_following_pair(renderer: render.Renderer) -> None:
+    source = '{% log a: "1,2,3" | split: "," | in_groups: 2, fill_with: false %}'
+    # `fill_with:` follows a comma: it is read as the tag's next pair, as in Mechanic
+    assert logs(renderer, source) == [{"a": [["1", "2"], ["3", None]], "fill_with": False}]
