@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from runnerd import config, errors
 from runnerd.liquid import render
 
 NOW = 1_700_000_000.0
@@ -108,3 +109,43 @@ def test_filter_keyword_arguments_without_a_following_pair(renderer: render.Rend
     source = '{% log a: "1,2,3" | split: "," | in_groups: 2, fill_with: false %}'
     # `fill_with:` follows a comma: it is read as the tag's next pair, as in Mechanic
     assert logs(renderer, source) == [{"a": [["1", "2"], ["3", None]], "fill_with": False}]
+
+
+# --- 5. the output stream of JSON objects ---------------------------------------------------
+
+def test_json_objects_written_as_text_are_collected_in_order(renderer: render.Renderer) -> None:
+    source = ('{"log": "first"}\n{% log "second" %}\n'
+              '{"action": {"type": "echo", "options": {{ data | json }}, "meta": {"m": 1}}}\n'
+              '{% action "echo", "tag" %}\n{"error": {"message": "{{ data.a }}"}}\n'
+              '{"log": {{ data.a | json }}}')
+    result = renderer.render(renderer.compile(source, name="demo"), {"data": {"a": "x"}})
+    assert result.logs == ["first", "second", "x"]
+    assert [(a.type, a.options, a.meta) for a in result.actions] == [
+        ("echo", {"a": "x"}, {"m": 1}), ("echo", "tag", None)]
+    assert result.errors == [{"message": "x"}]
+
+
+def test_text_that_is_not_an_object_is_ignored(renderer: render.Renderer) -> None:
+    source = 'hello {"log": "not read: text before it"}\n[1, 2]\n{"other": 1}{"log": "read"}'
+    result = renderer.render(renderer.compile('{"log": "a"} {"x": 1, "log": 2} ' + source,
+                                              name="demo"), {})
+    assert result.logs == ["a"]
+    result = renderer.render(renderer.compile('{"other": 1}{"log": "read"} junk {"log": "no"}',
+                                              name="demo"), {})
+    assert result.logs == ["read"]
+
+
+def test_a_bad_action_written_as_text_fails_the_render(renderer: render.Renderer) -> None:
+    with pytest.raises(errors.RenderError, match="action: the type must be a non-empty string"):
+        renderer.render(renderer.compile('{"action": {"options": {}}}', name="demo"), {})
+
+
+def test_text_objects_count_towards_the_output_limit() -> None:
+    small = render.Renderer(limits=config.Limits(output_bytes=64))
+    with pytest.raises(errors.RenderError, match="output_bytes"):
+        small.render(small.compile('{"log": "' + "x" * 80 + '"}', name="demo"), {})
+
+
+def test_text_objects_before_a_break_outside_a_loop_stand(renderer: render.Renderer) -> None:
+    result = renderer.render(renderer.compile('{"log": 1}{% break %}{"log": 2}', name="demo"), {})
+    assert result.logs == [1]

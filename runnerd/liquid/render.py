@@ -1,13 +1,16 @@
 """Task Liquid: one Environment with Mechanic's tags and filters; a render collects objects.
 
-A render returns the `action`, `log` and `error` objects its tags recorded, in order; static text
-and `{{ }}` output only count towards the output limit. On top of standard Liquid (lax
-undefined, strict syntax) the Environment has:
+A render returns the `action`, `log` and `error` objects its tags recorded and those it wrote as
+text (`{"log": …}`: Mechanic reads task output as a stream of JSON objects; other text is
+ignored, see `tags.stream_objects`), in order; all text counts towards the output limit. On top
+of standard Liquid (lax undefined, strict syntax) the Environment has:
 
 - `{% action %}` in all of Mechanic's forms, `{% log %}` and `{% error %}` (see `tags`);
 - `{% assign x["k"] = v %}` / `{% assign a[a.size] = v %}` / nested paths (see `tags`);
 - `{% break %}` outside any loop, which ends the render keeping what was collected;
 - the keywords `newline`, `array` and `hash`, and the filters of `runnerd.filters`;
+- Mechanic's (Ruby's) meaning of `blank`, of keyword-like names and of nil/false as text
+  (see `compat`);
 - limits (`config.Limits`): loop iterations per render, output bytes (text plus collected
   objects; also caps each captured/assigned value and, before it is built, each filter result
   that could outgrow its input: `filters.sizes`), block nesting and render seconds (checked on
@@ -51,17 +54,6 @@ class RenderResult:
     actions: list[models.ActionSpec]
     logs: list[Any]
     errors: list[Any]  #: values of `{% error %}`; any => the task run fails
-
-
-class _Sink(lqout.LimitedStringIO):
-    """The top-level output of a task render: counted against the limit, never stored."""
-
-    def write(self, s: str, /) -> int:
-        if s:
-            self.size += len(s) if s.isascii() else len(s.encode())
-            if self.size > self.limit:
-                raise lqerr.OutputStreamLimitError("output stream limit reached", token=None)
-        return len(s)
 
 
 def _line(token: lqtok.Token | None) -> int | None:
@@ -238,7 +230,7 @@ class Renderer:
 
     def render(self, template: Template, variables: Mapping[str, Any]) -> RenderResult:
         """Render a task: the action, log and error objects, in order. Raises `RenderError`."""
-        state = self._run(template, variables, _Sink(limit=self.limits.output_bytes))
+        state = self._run(template, variables, tags.TaskSink(limit=self.limits.output_bytes))
         return RenderResult(actions=state.actions, logs=state.logs, errors=state.errors)
 
     def render_text(self, source: str, variables: Mapping[str, Any], *, name: str) -> str:
@@ -263,12 +255,15 @@ class Renderer:
         try:
             armed = _ALARM.arm(state)
             try:
-                for node in template.nodes:
-                    node.render(context, buffer)
+                try:
+                    for node in template.nodes:
+                        node.render(context, buffer)
+                except lqerr.LiquidInterrupt:
+                    pass  # `break`/`continue` outside a loop: the render ends, what it
+                    # collected stands
+                state.collect_text()
             finally:
                 _ALARM.disarm(armed)  # may raise the limit itself, when the alarm was due
-        except lqerr.LiquidInterrupt:
-            pass  # `break`/`continue` outside a loop: the render ends, what it collected stands
         except Exception as exc:  # noqa: BLE001 - no other exception type may escape a render
             fallback = node.token if node is not None else None
             raise errors.RenderError(_located(exc, fallback, self.limits)) from exc

@@ -44,6 +44,49 @@ class TagError(lqerr.LiquidError):
     """An action, log or error tag could not build its object."""
 
 
+class TaskSink(lqout.LimitedStringIO):
+    """The top-level output of a task render: counted against the limit, kept only until
+    `State.collect_text` reads the JSON objects written in it."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit=limit)
+        self.pending: list[str] = []
+
+    def write(self, s: str, /) -> int:
+        if s:
+            self.size += len(s) if s.isascii() else len(s.encode())
+            if self.size > self.limit:
+                raise lqerr.OutputStreamLimitError("output stream limit reached", token=None)
+            self.pending.append(s)
+        return len(s)
+
+
+_DECODER = json.JSONDecoder()
+_KINDS = {"action": "actions", "log": "logs", "error": "errors"}
+
+
+def stream_objects(text: str) -> list[tuple[str, Any]]:
+    """The `{"action": …}`, `{"log": …}` and `{"error": …}` objects of a task's text output,
+    in order (Mechanic reads task output as a stream of JSON objects). Other JSON values are
+    not objects a task can emit, and text that is not JSON ends the reading of that stretch of
+    text: both are ignored, as text outside the tags always was in runnerd."""
+    found: list[tuple[str, Any]] = []
+    index, end = 0, len(text)
+    while True:
+        while index < end and text[index].isspace():
+            index += 1
+        if index >= end or text[index] != "{":
+            return found
+        try:
+            value, index = _DECODER.raw_decode(text, index)
+        except ValueError:
+            return found
+        if isinstance(value, dict) and len(value) == 1:
+            ((key, inner),) = value.items()
+            if key in _KINDS:
+                found.append((key, inner))
+
+
 class State:
     """Per-render state shared by the nodes through the context."""
 
@@ -77,8 +120,22 @@ class State:
             raise TagError(f"{what}: a value nested more than {models.MAX_JSON_DEPTH} levels "
                            "deep", token=token)
 
+    def collect_text(self) -> None:
+        """Collect the objects the task wrote as text since the last call (`stream_objects`);
+        the text was counted as it was written."""
+        sink = self.sink
+        if not isinstance(sink, TaskSink) or not sink.pending:
+            return
+        text = "".join(sink.pending)
+        sink.pending.clear()
+        for kind, value in stream_objects(text):
+            item = action_spec(value, None) if kind == "action" else value
+            cast(list[Any], getattr(self, _KINDS[kind])).append(item)
+
     def record(self, kind: str, value: Any, size: int, token: lqtok.Token) -> None:
-        """Collect an object; its JSON size counts towards the output limit."""
+        """Collect an object, after those written as text before it; its JSON size counts
+        towards the output limit."""
+        self.collect_text()
         self.sink.size += size
         if self.sink.size > self.sink.limit:
             raise Limit("output_bytes", self.limits.output_bytes, token)
@@ -397,41 +454,53 @@ class _ObjectNode(lqast.Node):
         return 0
 
     def _action(self, context: liquid.RenderContext, buffer: TextIO) -> models.ActionSpec:
+        state = cast(Context, context).state
+        if self.type is None:
+            spec = action_spec(self._json(context, buffer), self.token)
+            state.check_room((spec.options, spec.meta), self.token, "action")
+            return spec
         named = {name: expr.evaluate(context) for name, expr in self.named}
         perform = named.pop("__perform_event", True)
         meta = named.pop("__meta", None)
         options: Any
-        if self.type is None:
-            obj = self._json(context, buffer)
-            if not isinstance(obj, dict):
-                raise TagError('action: the block must be a JSON object like {"type": …, '
-                                '"options": …}', token=self.token)
-            type_, options = obj.get("type"), obj.get("options")
-            meta, perform = obj.get("meta", meta), obj.get("__perform_event", perform)
-        else:
-            type_ = self.type.evaluate(context)
-            if self.body is not None:
-                options = self._json(context, buffer)
-            elif self.positional:
-                values = [expr.evaluate(context) for expr in self.positional]
-                if len(values) == 2 and isinstance(values[0], Mapping):
-                    options, meta = values  # {% action "http", options, meta %}
-                else:
-                    options = values[0] if len(values) == 1 else values
-            elif named and set(named) <= {"options", "meta"} and "options" in named:
-                options, meta = named["options"], named.get("meta", meta)
+        type_ = self.type.evaluate(context)
+        if self.body is not None:
+            options = self._json(context, buffer)
+        elif self.positional:
+            values = [expr.evaluate(context) for expr in self.positional]
+            if len(values) == 2 and isinstance(values[0], Mapping):
+                options, meta = values  # {% action "http", options, meta %}
             else:
-                options = named
-        if not isinstance(type_, str) or not type_:
-            raise TagError(f"action: the type must be a non-empty string, got {type_!r}",
-                            token=self.token)
-        if isinstance(options, Mapping) and any(k in options for k in CONTROL):
-            options = dict(options)
-            perform = options.pop("__perform_event", perform)
-            meta = options.pop("__meta", meta)
-        cast(Context, context).state.check_room((options, meta), self.token, "action")
-        return models.ActionSpec(type=type_, options=filters.plain(options),
-                                 meta=filters.plain(meta), perform_event=perform is not False)
+                options = values[0] if len(values) == 1 else values
+        elif named and set(named) <= {"options", "meta"} and "options" in named:
+            options, meta = named["options"], named.get("meta", meta)
+        else:
+            options = named
+        state.check_room((options, meta), self.token, "action")
+        return _spec(type_, options, meta, perform, self.token)
+
+
+def _spec(type_: Any, options: Any, meta: Any, perform: Any,
+          token: lqtok.Token | None) -> models.ActionSpec:
+    if not isinstance(type_, str) or not type_:
+        raise TagError(f"action: the type must be a non-empty string, got {type_!r}",
+                       token=token)
+    if isinstance(options, Mapping) and any(k in options for k in CONTROL):
+        options = dict(options)
+        perform = options.pop("__perform_event", perform)
+        meta = options.pop("__meta", meta)
+    return models.ActionSpec(type=type_, options=filters.plain(options),
+                             meta=filters.plain(meta), perform_event=perform is not False)
+
+
+def action_spec(obj: Any, token: lqtok.Token | None) -> models.ActionSpec:
+    """The action of an action object's JSON (`{"type": …, "options": …, "meta": …}`), as a
+    `{% action %}` block or a task's text output holds it."""
+    if not isinstance(obj, dict):
+        raise TagError('action: an action must be a JSON object like {"type": …, '
+                       '"options": …}', token=token)
+    return _spec(obj.get("type"), obj.get("options"), obj.get("meta"),
+                 obj.get("__perform_event", True), token)
 
 
 class _ObjectTag(liquid.Tag):
