@@ -154,8 +154,6 @@ def test_month_ends_clamp() -> None:
 
 
 @pytest.mark.parametrize(("value", "options", "why"), [
-    ("not a date", {}, "cannot read a date"),
-    (True, {}, "cannot read a date"),
     ("now", {"advance": "1 fortnight"}, "amount of time"),
     ("now", {"advance": "soon"}, "amount of time"),
     ("now", {"advance": "1.5 months"}, "whole numbers"),
@@ -172,8 +170,36 @@ def test_date_bad_input(value: Any, options: dict[str, Any], why: str) -> None:
 
 
 def test_date_errors_through_the_renderer(renderer: render.Renderer) -> None:
-    assert liquid_error(renderer, '{{ "garbage" | date: "%F" }}').startswith(
-        "line 1: filter 'date': cannot read a date")
+    assert liquid_error(renderer, '{{ "now" | date: "%F", advance: "soon" }}').startswith(
+        "line 1: filter 'date': cannot read an amount of time")
+
+
+@pytest.mark.parametrize("value", ["not a date", "garbage", True, "31/31/2024"])
+def test_date_passes_what_it_cannot_read_through(value: Any) -> None:
+    # Shopify's date filter returns what it cannot read unchanged; Mechanic's too
+    assert date(value, "%F") == value
+    assert date(value, "%F", tz="UTC", advance="1 day") == value
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("12/31/2024", "2024-12-31T00:00:00-06:00"),
+    ("06-12-2026", "2026-12-06T00:00:00-06:00"),  # what `date: "%d-%m-%Y"` writes
+    ("2000 Jan 01 00:00:00 UTC", "1999-12-31T18:00:00-06:00"),
+    ("31.01.2024 13:05", "2024-01-31T13:05:00-06:00"),
+    ("January 5, 2024 3:04 PM", "2024-01-05T15:04:00-06:00"),
+    ("Fri Jan 05 2024", "2024-01-05T00:00:00-06:00"),
+])
+def test_date_reads_what_mechanics_parser_reads(value: str, expected: str) -> None:
+    assert date(value, zone=CHICAGO) == expected
+
+
+def test_date_tz_converts_from_the_task_zone() -> None:
+    # Mechanic's docs, in America/Chicago: "2000-01-01" | date: tz: "UTC"
+    assert date("2000-01-01", zone=CHICAGO, tz="UTC") == "2000-01-01T06:00:00Z"
+    assert date("2000-01-01T00:00:00Z", zone=CHICAGO, tz="Asia/Tokyo") == (
+        "2000-01-01T09:00:00+09:00")
+    assert date("2000-01-01", "%F", zone=CHICAGO, tz="UTC", beginning_of_day=True) == (
+        "2000-01-01")
 
 
 def test_parse_date() -> None:
