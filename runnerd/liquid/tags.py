@@ -281,11 +281,14 @@ def _disown(owned: dict[int, Any], value: Any) -> None:
 
 def _writable(obj: Any, key: Any, owned: dict[int, Any], mine: bool,
               token: lqtok.Token) -> Any:
-    if mine and owned.get(id(obj), _MISSING) is obj:
+    index = isinstance(key, int) and not isinstance(key, bool)
+    empty = obj is None or isinstance(obj, liquid.Undefined) or (
+        isinstance(obj, (list, tuple)) and not obj)  # `array`, given a key, is a hash
+    if mine and owned.get(id(obj), _MISSING) is obj and not (empty and not index):
         return obj
     new: Any
-    if obj is None or isinstance(obj, liquid.Undefined):
-        new = [] if isinstance(key, int) and not isinstance(key, bool) else {}
+    if empty:
+        new = [] if index else {}
     elif isinstance(obj, Mapping):
         new = dict(obj.items())
     elif isinstance(obj, (list, tuple)):

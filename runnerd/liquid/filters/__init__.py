@@ -35,7 +35,6 @@ PURE: dict[str, Filter] = {
     "base64_decode": data.base64_decode,
     "base64_url_safe_encode": data.base64_url_safe_encode,
     "base64_url_safe_decode": data.base64_url_safe_decode,
-    "gzip": data.gzip,
     "md5": data.md5,
     "sha1": data.sha1,
     "sha256": data.sha256,
@@ -79,12 +78,16 @@ plain = data.plain
 
 def table(*, timezone: str, clock: Callable[[], float], output_cap: int) -> dict[str, Filter]:
     """Every filter by Liquid name, `date`/`parse_date` bound to `timezone` and `clock`
-    (epoch seconds, read only when a template asks for "now"), `gunzip` and `scan` to
+    (epoch seconds, read only when a template asks for "now", and by `gzip` for its header),
+    `gunzip` and `scan` to
     `output_cap` (characters; `sizes.TooLarge` past it)."""
     tz: dt.tzinfo = dates.zone(timezone)
 
     def gunzip(value: Any, force_utf8: Any = True) -> str:
         return data.gunzip(value, force_utf8, limit=output_cap)
+
+    def gzip(value: Any) -> data.Binary:
+        return data.gzip(value, mtime=int(clock()))
 
     def scan(value: Any, pattern: Any) -> list[Any]:
         return text.scan(value, pattern, limit=output_cap)
@@ -95,4 +98,5 @@ def table(*, timezone: str, clock: Callable[[], float], output_cap: int) -> dict
     def parse_date(value: Any, fmt: Any) -> str | None:
         return dates.parse_date(value, fmt, tz=tz)
 
-    return {**PURE, "date": date, "parse_date": parse_date, "gunzip": gunzip, "scan": scan}
+    return {**PURE, "date": date, "parse_date": parse_date, "gunzip": gunzip, "scan": scan,
+            "gzip": gzip}

@@ -172,12 +172,13 @@ def sample(value: Any, number: Any = None) -> Any:
 
 
 def _natural(text: Any) -> tuple[Any, ...]:
-    parts = _NATURAL.split("" if text is None else str(text).lower())
+    parts = _NATURAL.split("" if text is None else str(text))
     return tuple((0, int(p), p) if i % 2 else (1, 0, p) for i, p in enumerate(parts))
 
 
 def sort_naturally(value: Any, key: Any = None) -> list[Any]:
-    """`sort_naturally[: key]`: sorted so that "a2" < "a10", case-insensitively."""
+    """`sort_naturally[: key]`: sorted so that "a2" < "a10" (numbers by value, the text
+    between them case-sensitively, as the `naturally` gem Mechanic uses)."""
     items = list(_array(value))
     if key is None:
         return sorted(items, key=_natural)
