@@ -149,3 +149,32 @@ def test_text_objects_count_towards_the_output_limit() -> None:
 def test_text_objects_before_a_break_outside_a_loop_stand(renderer: render.Renderer) -> None:
     result = renderer.render(renderer.compile('{"log": 1}{% break %}{"log": 2}', name="demo"), {})
     assert result.logs == [1]
+
+
+# --- 9. messages in Liquid's words ----------------------------------------------------------
+
+@pytest.mark.parametrize(("source", "message"), [
+    ('{{ "x" | concat: 1 }}', "line 1: filter 'concat': expected an array to add, got a number"),
+    ("{{ x | concat: x }}", "line 1: filter 'concat': expected an array to add, got nil"),
+    ('{{ "a" | append: "b", "c" }}', "line 1: filter 'append': takes 1 argument, got 2"),
+    ('{{ "a" | append }}', "line 1: filter 'append': missing an argument"),
+    ('{{ "a" | split: ",", bad: 1 }}', "line 1: filter 'split': unknown option 'bad'"),
+    ("{{ 1 | abs: 1 }}", "line 1: filter 'abs': takes 0 arguments, got 1"),
+    ('{{ "abc" | truncate: "x" }}', "line 1: filter 'truncate': expected an integer, found a string"),
+    ("{{ 1 | divided_by: 0 }}", "line 1: filter 'divided_by': can't divide by 0"),
+    ("{% assign h = hash %}\n{% assign h[line_item] = 1 %}", "line 2: assign: the key is nil"),
+    ('{% if list > "b" %}{% endif %}',
+     "line 1: '<' and '>' are not supported between a string and an array"),
+    ('{{ "x" | slice: nil }}', "line 1: filter 'slice': start must be an integer, got nil"),
+])
+def test_messages_use_liquid_words(renderer: render.Renderer, source: str, message: str) -> None:
+    with pytest.raises(errors.RenderError) as caught:
+        text(renderer, source, list=[1])
+    assert str(caught.value) == message
+    for python in ("None", "Undefined(", "positional", "keyword", "__init__", "'str'", "list'"):
+        assert python not in str(caught.value)
+
+
+def test_concat_reads_nil_and_single_values_as_arrays(renderer: render.Renderer) -> None:
+    source = '{{ x | concat: list | join: "," }}|{{ "a" | concat: list | join: "," }}'
+    assert text(renderer, source, list=[1, 2]) == "1,2|a,1,2"

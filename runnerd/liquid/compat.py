@@ -15,10 +15,13 @@
   on either side this meaning.
 - **nil and false in text filters**: Ruby's `to_s` makes nil `""` and false `"false"`, never
   Python's `None`/`False` (`ruby_text`).
+- **Messages in Liquid's words** (`liquid_terms`): nil, true, false, string, array, hash and
+  number, never Python's names for them or a Python function's signature.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -175,3 +178,49 @@ def ruby_arguments(name: str, left: Any, args: tuple[Any, ...]) -> tuple[Any, tu
         items = [ruby_text(item) for item in left] if isinstance(left, (list, tuple)) else left
         return items, tuple(map(ruby_text, args))
     return ruby_text(left), tuple(map(ruby_text, args))
+
+
+# --- messages in Liquid's words ------------------------------------------------------------
+
+_KINDS = {"str": "a string", "list": "an array", "tuple": "an array", "dict": "a hash",
+          "int": "a number", "float": "a number", "Decimal": "a number", "bool": "a boolean",
+          "NoneType": "nil", "Undefined": "nil", "range": "a range"}
+_PYTHON = re.compile(
+    r"(?:\w+\(\) )?takes (?:from (\d+) to )?(\d+) positional arguments? but (\d+) (?:was|were) given"
+    r"|(?:\w+\(\) )?missing \d+ required (?:positional|keyword-only) arguments?: .*"
+    r"|(?:\w+\(\) )?got an unexpected keyword argument '(\w+)'"
+    r"|(?:\w+\(\) )?got multiple values for argument '(\w+)'"
+    r"|Undefined\(([^)]*)\)"
+    r"|'(" + "|".join(_KINDS) + r")'|(?<=found )(" + "|".join(_KINDS) + r")\b"
+    r"|\b(None|True|False)\b")
+
+
+def _arguments(low: str | None, high: str, given: str) -> str:
+    # Python counts the piped value as the first argument; Liquid does not
+    wanted = f"{int(low) - 1} to {int(high) - 1}" if low else str(int(high) - 1)
+    return f"takes {wanted} argument{'' if wanted == '1' else 's'}, got {int(given) - 1}"
+
+
+def _term(found: re.Match[str]) -> str:
+    low, high, given, unknown, twice, undefined, quoted, bare, constant = found.groups()
+    text = found.group(0)
+    if high:
+        return _arguments(low, high, given)
+    if "required" in text:
+        return "missing an argument"
+    if unknown:
+        return f"unknown option {unknown!r}"
+    if twice:
+        return f"the argument {twice!r} is given twice"
+    if undefined is not None:
+        return "nil"
+    if quoted or bare:
+        return _KINDS[quoted or bare]
+    return {"None": "nil", "True": "true", "False": "false"}[constant]
+
+
+def liquid_terms(message: str) -> str:
+    """`message` in Liquid's words: `None` is nil, `'str'` a string, `Undefined(x)` nil, and a
+    Python signature error (`append() takes 2 positional arguments but 3 were given`) says
+    what Liquid's arguments were (`takes 1 argument, got 2`)."""
+    return _PYTHON.sub(_term, message)

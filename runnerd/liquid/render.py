@@ -80,6 +80,7 @@ def _located(exc: BaseException, fallback: lqtok.Token | None, limits: config.Li
     token = getattr(exc, "token", None) or fallback
     line = _line(token)
     text = _UNCLOSED.sub(r"missing {% \1 %}", " ".join(_message(exc, limits).split()))
+    text = compat.liquid_terms(text)
     return f"line {line}: {text}" if line else text
 
 
@@ -102,6 +103,14 @@ def _locate_errors(tag: liquid.Tag) -> None:
 
 def _defined(value: Any) -> Any:
     return None if isinstance(value, liquid.Undefined) else value
+
+
+def _own(name: str, text: str) -> str:
+    """A filter's message without the filter's name in front (the renderer names it)."""
+    for prefix in (f"{name}: ", f"{name} "):
+        if text.startswith(prefix):
+            return text[len(prefix):]
+    return text
 
 
 def _wrap(name: str, func: Callable[..., Any], *, pure: bool,
@@ -129,11 +138,13 @@ def _wrap(name: str, func: Callable[..., Any], *, pure: bool,
         except (lqerr.ResourceLimitError, RecursionError):
             raise
         except lqerr.LiquidError as exc:
-            raise lqerr.FilterArgumentError(f"filter {name!r}: {exc.message}", token=None) from exc
+            raise lqerr.FilterArgumentError(f"filter {name!r}: {_own(name, str(exc.message))}",
+                                            token=None) from exc
         except Exception as exc:  # noqa: BLE001 - any filter failure is the template's fault
             text = str(exc) if isinstance(exc, (ValueError, TypeError)) else (
                 f"{type(exc).__name__}: {exc}")
-            raise lqerr.FilterArgumentError(f"filter {name!r}: {text}", token=None) from exc
+            raise lqerr.FilterArgumentError(f"filter {name!r}: {_own(name, text)}",
+                                            token=None) from exc
 
     for flag in ("with_context", "with_environment"):
         if getattr(func, flag, False):

@@ -311,8 +311,10 @@ def _item(container: Any, key: Any) -> Any:
 
 
 def _store(container: Any, key: Any, value: Any, cap: int, token: lqtok.Token) -> None:
-    if isinstance(key, liquid.Undefined) or key is None or isinstance(key, (dict, list)):
-        raise TagError(f"assign: invalid key {key!r}", token=token)
+    if isinstance(key, liquid.Undefined) or key is None:
+        raise TagError("assign: the key is nil", token=token)
+    if isinstance(key, (dict, list)):
+        raise TagError(f"assign: a key cannot be {filters.data.kind(key)}", token=token)
     if isinstance(container, dict):
         container[key] = value
         return

@@ -63,6 +63,7 @@ PURE: dict[str, Filter] = {
     "except": arrays.except_,
     "slice": arrays.slice_,
     "compact": arrays.compact,
+    "concat": arrays.concat,
     "sum": arrays.sum_,
     "index_by": arrays.index_by,
     "in_groups": arrays.in_groups,
@@ -79,8 +80,7 @@ plain = data.plain
 def table(*, timezone: str, clock: Callable[[], float], output_cap: int) -> dict[str, Filter]:
     """Every filter by Liquid name, `date`/`parse_date` bound to `timezone` and `clock`
     (epoch seconds, read only when a template asks for "now", and by `gzip` for its header),
-    `gunzip` and `scan` to
-    `output_cap` (characters; `sizes.TooLarge` past it)."""
+    `gunzip` and `scan` to `output_cap` (characters; `sizes.TooLarge` past it)."""
     tz: dt.tzinfo = dates.zone(timezone)
 
     def gunzip(value: Any, force_utf8: Any = True) -> str:

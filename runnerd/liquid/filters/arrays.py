@@ -88,6 +88,15 @@ def _int(value: Any, what: str) -> int:
         raise ValueError(f"{what} must be an integer, got {value!r}") from None
 
 
+def concat(value: Any, other: Any) -> list[Any]:
+    """`concat: array`: the array followed by the other one (nil is an empty array, another
+    single value a one-item array, as Liquid's input iterator reads them)."""
+    if not isinstance(other, _ARRAY):
+        raise ValueError(f"expected an array to add, got {data.kind(other)}")
+    items = [] if value is None else list(value) if isinstance(value, _ARRAY) else [value]
+    return items + list(other)
+
+
 def compact(value: Any, key: Any = None) -> Any:
     """`compact`: an array without nils (or without items whose `key` is nil), or a hash
     without nil values."""
