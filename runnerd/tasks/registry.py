@@ -134,6 +134,9 @@ class Registry:
         self.settings = settings
         self.renderer = renderer
         problems: list[str] = []
+        #: what a user should know that does not stop loading (a task disabled until its
+        #: required options are filled), one line each
+        self.notes: list[str] = []
         compiled: dict[str, Compiled] = {}
         for task in settings.tasks:
             try:
@@ -154,6 +157,7 @@ class Registry:
 
     def _compile(self, task: config.Task, problems: list[str]) -> Compiled:
         where = f"{task.source}: task {task.name!r}"
+        task = dataclasses.replace(task, options=options.coerce(task.options))
         text = self.renderer.render_text(task.subscriptions, {"options": dict(task.options)},
                                          name=f"{task.name} (subscriptions)")
         subs, sub_problems = parse_subscriptions(text)
@@ -163,7 +167,11 @@ class Registry:
         for key in referenced_options(task.code, task.subscriptions):
             if key not in values and options.parse_key(key).required:
                 values[key] = None  # validate() reports it as required
-        problems.extend(f"{task.source}: {p}" for p in options.validate(values, task=task.name))
+        problems.extend(f"{task.source}: {p}" for p in options.validate(
+            values, task=task.name, required=task.enabled))
+        if not task.enabled and (unset := options.missing(values)):
+            self.notes.append(f"{where}: disabled until its required options are filled: "
+                              f"{', '.join(unset)} (under options:, then set enabled: true)")
         liquid_options = tuple(k for k in options.text_keys(task.options)
                                if "{{" in task.options[k] or "{%" in task.options[k])
         for key in liquid_options:
