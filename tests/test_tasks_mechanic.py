@@ -275,3 +275,53 @@ def test_import_of_an_export_with_empty_required_options(tmp_path: Path) -> None
         "enabled: false", "enabled: true"))
     with pytest.raises(errors.ConfigError, match="'recipient__email_required' is required"):
         daemon.load(str(converted), {})
+
+
+def test_check_finds_unknown_filters_and_action_types_without_running(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+        tasks:
+          - name: Static
+            subscriptions: user/a/b
+            code: |
+              {% permissions %}
+              read_orders, {{ shop.domain | nothing }}
+              {% endpermissions %}
+              {% assign x = "a" | upcase | shoutify %}
+              {% log v: x | shopify, w: 1 %}
+              {% if x %}{% action "htp", url: "x" %}{% endif %}
+              {% action "http" %}{"method": "get", "url": "http://127.0.0.1:1/"}{% endaction %}
+              {% for i in (1..2) %}{{ i | nope: 1 }}{% endfor %}
+              {% action kind, url: "x" %}
+    """)
+    out = cli("check", "-c", str(path))
+    assert out.returncode == 1
+    assert out.stderr.splitlines() == [
+        "runnerd: config: tasks[0]: task 'Static': line 4: unknown filter 'shoutify'",
+        "runnerd: config: tasks[0]: task 'Static': line 5: needs Shopify: the 'shopify' filter",
+        "runnerd: config: tasks[0]: task 'Static': line 6: unknown action type 'htp' (known: "
+        "cache, echo, email, event, http)",
+        "runnerd: config: tasks[0]: task 'Static': line 8: unknown filter 'nope'"]
+
+
+def test_permissions_block_is_accepted_and_never_rendered(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+        tasks:
+          - name: Scoped
+            subscriptions: user/a/b
+            code: |
+              {% permissions %}
+                read_orders
+                {% assign scope = "write_products" %}{{ scope | upcase }}
+              {% endpermissions %}
+              {% log scope %}
+    """)
+    out = cli("preview", "Scoped", "--json", "-c", str(path))
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["logs"] == [None]  # the block's assign never ran
+    unclosed = write(tmp_path, """
+        tasks:
+          - name: Open
+            subscriptions: user/a/b
+            code: "{% permissions %}read_orders"
+    """)
+    assert "missing {% endpermissions %}" in cli("check", "-c", str(unclosed)).stderr

@@ -33,6 +33,8 @@ from liquid import token as lqtok
 from liquid.builtin import expressions as lqexpr
 from liquid.builtin.expressions import logical, primitive
 
+from runnerd.liquid import tree
+
 #: Keyword tokens that are plain names wherever a keyword could not stand.
 NAMES = frozenset({
     lqtok.TOKEN_IN, lqtok.TOKEN_OFFSET, lqtok.TOKEN_LIMIT, lqtok.TOKEN_REVERSED,
@@ -120,34 +122,13 @@ _BLANK_CLASSES: dict[type, type] = {logical.EqExpression: _BlankEq,
                                      logical.NeExpression: _BlankNe}
 
 
-def _parts(obj: object) -> Iterator[object]:
-    """The attributes of a node or expression (slots and instance dictionary)."""
-    for cls in type(obj).__mro__:
-        for name in getattr(cls, "__slots__", ()):
-            if not name.startswith("__"):
-                yield getattr(obj, name, None)
-    yield from getattr(obj, "__dict__", {}).values()
-
-
 def mechanic_comparisons(nodes: list[lqast.Node]) -> None:
     """Give every `== blank` / `!= blank` comparison in `nodes` (at any depth, in any tag)
     Rails' meaning of blank. Changes the parsed nodes in place; run once per compile."""
-    stack: list[object] = list(nodes)
-    seen: set[int] = set()
-    while stack:
-        obj = stack.pop()
-        if id(obj) in seen:
-            continue
-        seen.add(id(obj))
-        if isinstance(obj, (list, tuple)):
-            stack.extend(obj)
-            continue
-        if not isinstance(obj, (lqast.Node, lqexpression.Expression, lqast.BlockNode)):
-            continue
+    for obj in tree.walk(nodes):
         if isinstance(obj, (logical.EqExpression, logical.NeExpression)) and any(
                 isinstance(side, primitive.Blank) for side in (obj.left, obj.right)):
             obj.__class__ = _BLANK_CLASSES[type(obj)]
-        stack.extend(_parts(obj))
 
 
 # --- nil and false as text -----------------------------------------------------------------

@@ -39,7 +39,7 @@ from liquid import output as lqout
 from liquid import token as lqtok
 
 from runnerd import config, errors, models
-from runnerd.liquid import compat, filters, tags
+from runnerd.liquid import compat, filters, static, tags, tree
 
 #: What `Renderer.compile` returns: a parsed template bound to the renderer's Environment.
 Template = liquid.BoundTemplate
@@ -54,12 +54,6 @@ class RenderResult:
     actions: list[models.ActionSpec]
     logs: list[Any]
     errors: list[Any]  #: values of `{% error %}`; any => the task run fails
-
-
-def _line(token: lqtok.Token | None) -> int | None:
-    if token is None or token.start_index < 0:
-        return None
-    return token.source.count("\n", 0, token.start_index) + 1
 
 
 def _message(exc: BaseException, limits: config.Limits) -> str:
@@ -78,7 +72,7 @@ def _message(exc: BaseException, limits: config.Limits) -> str:
 
 def _located(exc: BaseException, fallback: lqtok.Token | None, limits: config.Limits) -> str:
     token = getattr(exc, "token", None) or fallback
-    line = _line(token)
+    line = tree.line(token)
     text = _UNCLOSED.sub(r"missing {% \1 %}", " ".join(_message(exc, limits).split()))
     text = compat.liquid_terms(text)
     return f"line {line}: {text}" if line else text
@@ -238,6 +232,22 @@ class Renderer:
                 f"task {name!r}: {_located(exc, None, self.limits)}") from None
         compat.mechanic_comparisons(template.nodes)
         return template
+
+    def check(self, template: Template, action_types: frozenset[str]) -> list[str]:
+        """What would fail when `template` runs, found without running it, one line each in
+        line order: unknown filters and literal action types not in `action_types`; a Shopify
+        filter or action is named as needing Shopify."""
+        found: list[tuple[int, str]] = []
+        for name, line in static.filters(template.nodes):
+            if name not in self._env.filters:
+                found.append((line or 0, "needs Shopify: the 'shopify' filter" if name == "shopify"
+                               else f"unknown filter {name!r}"))
+        for kind, line in static.action_types(template.nodes):
+            if kind not in action_types:
+                found.append((line or 0, "needs Shopify: the 'shopify' action" if kind == "shopify"
+                               else f"unknown action type {kind!r} (known: "
+                               f"{', '.join(sorted(action_types))})"))
+        return [f"line {line}: {what}" if line else what for line, what in sorted(found)]
 
     def render(self, template: Template, variables: Mapping[str, Any]) -> RenderResult:
         """Render a task: the action, log and error objects, in order. Raises `RenderError`."""

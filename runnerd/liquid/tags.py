@@ -22,7 +22,7 @@ from liquid import stringify
 from liquid import token as lqtok
 from liquid.builtin import expressions as lqexpr
 from liquid.builtin import output
-from liquid.builtin.tags import for_tag
+from liquid.builtin.tags import comment_tag, for_tag
 
 from runnerd import config, models
 from runnerd.liquid import compat, filters
@@ -411,7 +411,7 @@ def _size(value: Any) -> int:
     return len(text) if text.isascii() else len(text.encode())
 
 
-class _ObjectNode(lqast.Node):
+class ObjectNode(lqast.Node):
     """`{% action %}`, `{% log %}` or `{% error %}`: build the object and collect it."""
 
     __slots__ = ("kind", "type", "positional", "named", "body")
@@ -521,13 +521,13 @@ class _ObjectTag(liquid.Tag):
     def parse(self, stream: liquid.TokenStream) -> lqast.Node:
         token = stream.eat(lqtok.TOKEN_TAG)
         if stream.current.kind != lqtok.TOKEN_EXPRESSION:
-            return _ObjectNode(token, self.name, None, [], [], self._body(stream))
+            return ObjectNode(token, self.name, None, [], [], self._body(stream))
         positional, named = _parse_args(self.env, stream.into_inner(tag=token, eat=False))
         if self.name != "action":
             if positional and named:
                 raise lqerr.LiquidSyntaxError(
                     f"{self.name}: use either a value or name: value pairs", token=token)
-            return _ObjectNode(token, self.name, None, positional, named, None)
+            return ObjectNode(token, self.name, None, positional, named, None)
         if not positional:
             raise lqerr.LiquidSyntaxError("action: expected the action type first", token=token)
         type_, rest = positional[0], positional[1:]
@@ -539,7 +539,7 @@ class _ObjectTag(liquid.Tag):
         if not rest and not mapped and (not named or _block_follows(stream)):
             next(stream)
             body = self._body(stream)
-        return _ObjectNode(token, self.name, type_, rest, named, body)
+        return ObjectNode(token, self.name, type_, rest, named, body)
 
 
 class ActionTag(_ObjectTag):
@@ -554,5 +554,22 @@ class ErrorTag(_ObjectTag):
     name, end = "error", "enderror"
 
 
+class PermissionsTag(liquid.Tag):
+    """`{% permissions %}…{% endpermissions %}`: the Shopify access scopes a Mechanic task
+    declares. runnerd has no Shopify: the block is accepted and ignored, its text never read
+    as Liquid (as in Mechanic, which reads it as plain text)."""
+
+    name, end = "permissions", "endpermissions"
+    block = True
+
+    def parse(self, stream: liquid.TokenStream) -> lqast.Node:
+        token = stream.eat(lqtok.TOKEN_TAG)
+        while not (stream.current.kind == lqtok.TOKEN_TAG and stream.current.value == self.end):
+            if stream.current.kind == lqtok.TOKEN_EOF:
+                raise lqerr.LiquidSyntaxError("missing {% endpermissions %}", token=token)
+            next(stream)
+        return comment_tag.CommentNode(token, text="")
+
+
 #: What `Renderer` adds to its Environment (replacing Liquid's own `assign`, `for` and output).
-TAGS = (ActionTag, LogTag, ErrorTag, AssignTag, ForTag, OutputTag)
+TAGS = (ActionTag, LogTag, ErrorTag, AssignTag, ForTag, OutputTag, PermissionsTag)
