@@ -18,7 +18,7 @@ import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
-from runnerd.liquid.filters import arrays, data, dates, sizes, text
+from runnerd.liquid.filters import arrays, browser, data, dates, formats, money, sizes, text
 
 Filter = Callable[..., Any]
 
@@ -42,6 +42,12 @@ PURE: dict[str, Filter] = {
     "hmac_sha1": data.hmac_sha1,
     "hmac_sha256": data.hmac_sha256,
     "hmac_sha512": data.hmac_sha512,
+    "rsa_sha256": data.rsa_sha256,
+    "rsa_sha512": data.rsa_sha512,
+    "parse_xml": formats.parse_xml,
+    "graphql_arguments": formats.graphql_arguments,
+    "currency": money.currency,
+    "browser": browser.browser,
     # deprecated aliases (Mechanic still accepts them)
     "base64": data.base64_encode,
     "decode_base64": data.base64_decode,
@@ -54,6 +60,7 @@ PURE: dict[str, Filter] = {
     "split": text.split,
     "replace": text.replace,
     "newline_to_br": text.newline_to_br,
+    "url_param_escape": text.url_param_escape,
     "handleize": text.handleize,
     "handle": text.handleize,
     "pluralize": text.pluralize,

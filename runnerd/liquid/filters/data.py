@@ -1,4 +1,5 @@
-"""Data filters: JSON, JSONL, CSV, base64, gzip, digests and HMACs (pure functions).
+"""Data filters: JSON, JSONL, CSV, base64, gzip, digests, HMACs and RSA signatures (pure
+functions).
 
 Every filter takes the piped value first and raises `ValueError` (or `TypeError`) with a short
 message on bad input; the renderer names the filter and the line.
@@ -20,6 +21,10 @@ import math
 import zlib
 from collections.abc import Mapping
 from typing import Any
+
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from runnerd.liquid.filters import sizes
 
@@ -281,6 +286,24 @@ def _hmac(name: str) -> Any:
     return sign
 
 
+def _rsa(name: str) -> Any:
+    def sign(value: Any, key: Any, binary: Any = False) -> str:
+        try:
+            private = serialization.load_pem_private_key(to_bytes(key), password=None)
+        except (ValueError, TypeError, UnsupportedAlgorithm):
+            raise ValueError("the key is not an RSA private key in PEM form") from None
+        if not isinstance(private, rsa.RSAPrivateKey):
+            raise ValueError("the key is not an RSA private key in PEM form")
+        algorithm = hashes.SHA256() if name == "sha256" else hashes.SHA512()
+        signature = private.sign(to_bytes(value), padding.PKCS1v15(), algorithm)
+        return Binary.of(signature) if binary is True else signature.hex()
+
+    sign.__name__ = f"rsa_{name}"
+    sign.__doc__ = (f"`rsa_{name}: key_pem[, binary: true]`: the RSASSA-PKCS1-v1_5 SHA-"
+                    f"{name[3:]} signature of the text, hex (binary with `binary: true`).")
+    return sign
+
+
 md5 = _digest("md5")
 sha1 = _digest("sha1")
 sha256 = _digest("sha256")
@@ -288,6 +311,8 @@ sha512 = _digest("sha512")
 hmac_sha1 = _hmac("sha1")
 hmac_sha256 = _hmac("sha256")
 hmac_sha512 = _hmac("sha512")
+rsa_sha256 = _rsa("sha256")
+rsa_sha512 = _rsa("sha512")
 
 
 def kind(value: Any) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import re
+import urllib.parse
 from typing import Any
 
 from runnerd.liquid.filters import sizes
@@ -205,6 +206,16 @@ def replace(value: Any, search: Any, replacement: Any = "") -> str:
 def newline_to_br(value: Any) -> str:
     """`newline_to_br`: `<br />` before each line break (`\\r?\\n`)."""
     return re.sub(r"\r?\n", "<br />\n", _text(value))
+
+
+#: What `url_param_escape` leaves as it is: URL-safe characters, less `&` (Shopify's filter).
+_PARAM_SAFE = "-_.~!*'();:@=+$,/?#[]"
+
+
+def url_param_escape(value: Any) -> str:
+    """`url_param_escape`: the text with URL-unsafe characters and `&` percent-encoded
+    (`Health & Love` is `Health%20%26%20Love`), for a URL's query parameter."""
+    return urllib.parse.quote(_text(value), safe=_PARAM_SAFE)
 
 
 def handleize(value: Any) -> str:
