@@ -53,6 +53,13 @@ def test_blank_inside_mechanic_tags_and_loops(renderer: render.Renderer) -> None
     assert logs(renderer, source) == ["blank", "blank"]
 
 
+@pytest.mark.parametrize(("value", "expected"), [(None, "B"), ("  ", "B"), (False, "B"),
+                                                  (0, "Z"), ("a", "N")])
+def test_when_blank_in_a_case(renderer: render.Renderer, value: Any, expected: str) -> None:
+    source = "{% case x %}{% when blank %}B{% when 0 %}Z{% else %}N{% endcase %}"
+    assert text(renderer, source, x=value) == expected
+
+
 def test_empty_keeps_its_meaning(renderer: render.Renderer) -> None:
     # `empty` is not `blank`: nil and whitespace are not empty (Ruby Liquid)
     source = "{% if x == empty %}e{% else %}n{% endif %}"

@@ -32,6 +32,7 @@ from liquid import stream as lqstream
 from liquid import token as lqtok
 from liquid.builtin import expressions as lqexpr
 from liquid.builtin.expressions import logical, primitive
+from liquid.builtin.tags import case_tag
 
 from runnerd.liquid import tree
 
@@ -118,17 +119,37 @@ class _BlankNe(_BlankEq):
         return not await super().evaluate_async(context)
 
 
+class _BlankWhen(case_tag._AnyExpression):
+    """`{% when … %}` alternatives of a `case`, `blank` among them with Rails' meaning."""
+
+    __slots__ = ()
+
+    def evaluate(self, context: liquid.RenderContext) -> list[bool]:
+        left = self.left.evaluate(context)
+        return [is_blank(left) if isinstance(right, primitive.Blank)
+                else logical._eq(left, right.evaluate(context)) for right in self.expressions]
+
+    async def evaluate_async(self, context: liquid.RenderContext) -> list[bool]:
+        left = await self.left.evaluate_async(context)
+        return [is_blank(left) if isinstance(right, primitive.Blank)
+                else logical._eq(left, await right.evaluate_async(context))
+                for right in self.expressions]
+
+
 _BLANK_CLASSES: dict[type, type] = {logical.EqExpression: _BlankEq,
                                      logical.NeExpression: _BlankNe}
 
 
 def mechanic_comparisons(nodes: list[lqast.Node]) -> None:
-    """Give every `== blank` / `!= blank` comparison in `nodes` (at any depth, in any tag)
-    Rails' meaning of blank. Changes the parsed nodes in place; run once per compile."""
+    """Give every `== blank` / `!= blank` comparison and `{% when blank %}` in `nodes` (at any
+    depth, in any tag) Rails' meaning of blank. Changes the parsed nodes in place; run once per compile."""
     for obj in tree.walk(nodes):
         if isinstance(obj, (logical.EqExpression, logical.NeExpression)) and any(
                 isinstance(side, primitive.Blank) for side in (obj.left, obj.right)):
             obj.__class__ = _BLANK_CLASSES[type(obj)]
+        elif type(obj) is case_tag._AnyExpression and any(
+                isinstance(right, primitive.Blank) for right in obj.expressions):
+            obj.__class__ = _BlankWhen
 
 
 # --- nil and false as text -----------------------------------------------------------------
