@@ -356,3 +356,11 @@ async def test_outbox_writes_the_message_in_the_run_transaction(tmp_path: Path) 
     assert message["Message-ID"] == result["message_id"]
     assert message["Bcc"] is None
     assert message.get_body(("plain",)).get_content() == "Hi\n"
+
+
+def test_a_subject_captured_with_line_breaks_is_trimmed() -> None:
+    # {% capture subject %}\n  Order ready\n{% endcapture %}: Mechanic sends "Order ready"
+    mail = mail_action.Mail(options(subject="\n  Order ready\n", from_display_name="\r\nShop \n"))
+    assert (mail.subject, mail.display_name) == ("Order ready", "Shop")
+    with pytest.raises(errors.InvalidAction, match="must not contain line breaks"):
+        mail_action.Mail(options(subject="\nOrder\nready\n"))

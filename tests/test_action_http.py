@@ -507,3 +507,15 @@ async def test_see_other_turns_a_post_into_a_get_without_body(server: Any, execu
         "method": "post", "url": url(server, "/to?code=307&url=/echo"), "body": {"a": 1},
     }, helpers_servers.context())
     assert kept["body"]["method"] == "POST" and json.loads(kept["body"]["body"]) == {"a": 1}
+
+
+@pytest.mark.parametrize(("given", "verify", "error_on_5xx"), [
+    ({"verify": "false", "error_on_5xx": "true"}, False, True),
+    ({"verify": "true", "error_on_5xx": "false"}, True, False),
+    ({"verify": False, "error_on_5xx": True}, False, True),
+    ({}, True, False),
+])
+def test_boolean_options_as_text(given: dict[str, Any], verify: bool, error_on_5xx: bool) -> None:
+    # Mechanic accepts "true"/"false" text: `"verify": "{{ options.verify__boolean }}"`
+    request = http_action.Request({"method": "get", "url": "http://x.test/", **given}, 10)
+    assert (request.verify, request.error_on_5xx) == (verify, error_on_5xx)

@@ -132,3 +132,57 @@ def test_text_keys() -> None:
         "key__secret": "s",
     }
     assert options.text_keys(values) == ["subject", "body__multiline", "to__email_required"]
+
+
+@pytest.mark.parametrize(("key", "kind", "item", "modifiers"), [
+    ("weights__keyval_number", "keyval", "number", set()),
+    ("sizes__array_number_required", "array", "number", {"required"}),
+    ("contacts__keyval_email", "keyval", None, {"email"}),
+    ("snippet__code_multiline", "code", None, set()),
+])
+def test_typed_items_and_shapes(key: str, kind: str, item: str | None,
+                                modifiers: set[str]) -> None:
+    spec = options.parse_key(key)
+    assert (spec.type, spec.item, spec.modifiers) == (kind, item, frozenset(modifiers))
+
+
+@pytest.mark.parametrize("key", [
+    "aggregate__select_o1_first_o2_last_o3_sum__userform__required",
+    "aggregate__select_o1_first_o2_last_o3_sum_userform_required",
+])
+def test_modifiers_after_choices(key: str) -> None:
+    # Mechanic's options page: both spellings mean the same
+    spec = options.parse_key(key)
+    assert (spec.type, spec.choices, spec.modifiers) == (
+        "select", ("first", "last", "sum"), frozenset({"userform", "required"}))
+
+
+def test_values_stored_as_text_are_coerced() -> None:
+    coerced = options.coerce({
+        "count__number": "5", "ratio__number": "2.5", "pct__range_min0_max100": " 40 ",
+        "on__boolean": "true", "off__boolean": "false", "text": "5",
+        "weights__keyval_number": {"a": "1", "b": "1.5"}, "sizes__array_number": ["2", 3],
+        "bad__number": "many"})
+    assert coerced == {
+        "count__number": 5, "ratio__number": 2.5, "pct__range_min0_max100": 40,
+        "on__boolean": True, "off__boolean": False, "text": "5",
+        "weights__keyval_number": {"a": 1, "b": 1.5}, "sizes__array_number": [2, 3],
+        "bad__number": "many"}
+    assert options.validate(coerced, task="t") == ["task 't': option 'bad__number' must be a "
+                                                   "number (got 'many')"]
+
+
+def test_typed_items_are_checked() -> None:
+    assert options.validate({"w__keyval_number": {"a": "x"}, "s__array_number": [1, "y"],
+                             "c__keyval_email": {"ann": "nope"}}, task="t") == [
+        "task 't': option 'w__keyval_number' must hold numbers (got 'x')",
+        "task 't': option 's__array_number' must hold numbers (got 'y')",
+        "task 't': option 'c__keyval_email' must be an email address (got 'nope')"]
+
+
+def test_required_options_of_a_disabled_task() -> None:
+    values = {"to__email_required": None, "note": ""}
+    assert options.missing(values) == ["to__email_required"]
+    assert options.validate(values, task="t", required=False) == []
+    assert options.validate(values, task="t") == [
+        "task 't': option 'to__email_required' is required"]

@@ -328,8 +328,8 @@ def test_assign_pads_arrays_with_nil(renderer: render.Renderer) -> None:
 
 @pytest.mark.parametrize(("source", "why"), [
     ('{% assign s = "text" %}{% assign s["k"] = 1 %}', "cannot set"),
-    ('{% assign a = array %}{% assign a["k"] = 1 %}', "must be an integer"),
-    ('{% assign h = hash %}{% assign h[nope] = 1 %}', "invalid key"),
+    ('{% assign a = array | push: 1 %}{% assign a["k"] = 1 %}', "must be an integer"),
+    ('{% assign h = hash %}{% assign h[nope] = 1 %}', "the key is nil"),
     ('{% assign a = array %}{% assign a[-5] = 1 %}', "out of range"),
     ('{% assign a = array %}{% assign a[100000000] = 1 %}', "out of range"),
 ])

@@ -241,3 +241,87 @@ def test_sighup_reload_under_load_loses_nothing(make_daemon) -> None:
     assert before + after == total  # every accepted event counted once, old or new code
     assert d.query("SELECT COUNT(*) FROM runs WHERE state != 'succeeded'")[0][0] == 0
     assert d.stop() == 0
+
+
+def test_import_of_an_export_with_empty_required_options(tmp_path: Path) -> None:
+    # Mechanic's library exports ship required options empty: imported, but disabled
+    out = cli("import", str(EXPORTS / "reminder-empty-options.json"))
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.strip().endswith(
+        "task 'Daily reminder' is disabled until its required options are filled: "
+        "recipient__email_required, subject__required (under options:, then set enabled: true)")
+    assert out.stdout.startswith("# task 'Daily reminder' is disabled")
+    converted = tmp_path / "tasks.yaml"
+    converted.write_text(f"database: {tmp_path / 'x.db'}\n" + out.stdout)
+    reg = daemon.load(str(converted), {})
+    task = reg.tasks["Daily reminder"].task
+    assert task.enabled is False
+    assert task.options["repeat__number"] == 3  # a number given as text is a number
+    assert reg.notes == ["tasks[0]: task 'Daily reminder': disabled until its required "
+                         "options are filled: recipient__email_required, subject__required "
+                         "(under options:, then set enabled: true)"]
+    checked = cli("check", "-c", str(converted))
+    assert checked.returncode == 0, checked.stderr
+    assert "note: " in checked.stdout and "recipient__email_required" in checked.stdout
+    # filled in and enabled, it loads with no note; enabled but empty, it is an error
+    filled = out.stdout.replace("recipient__email_required: null",
+                                "recipient__email_required: a@example.com").replace(
+        "subject__required: null", "subject__required: Hello").replace(
+        "enabled: false", "enabled: true")
+    converted.write_text(f"database: {tmp_path / 'x.db'}\n" + filled)
+    reg = daemon.load(str(converted), {})
+    assert reg.tasks["Daily reminder"].task.enabled and reg.notes == []
+    converted.write_text(f"database: {tmp_path / 'x.db'}\n" + out.stdout.replace(
+        "enabled: false", "enabled: true"))
+    with pytest.raises(errors.ConfigError, match="'recipient__email_required' is required"):
+        daemon.load(str(converted), {})
+
+
+def test_check_finds_unknown_filters_and_action_types_without_running(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+        tasks:
+          - name: Static
+            subscriptions: user/a/b
+            code: |
+              {% permissions %}
+              read_orders, {{ shop.domain | nothing }}
+              {% endpermissions %}
+              {% assign x = "a" | upcase | shoutify %}
+              {% log v: x | shopify, w: 1 %}
+              {% if x %}{% action "htp", url: "x" %}{% endif %}
+              {% action "http" %}{"method": "get", "url": "http://127.0.0.1:1/"}{% endaction %}
+              {% for i in (1..2) %}{{ i | nope: 1 }}{% endfor %}
+              {% action kind, url: "x" %}
+    """)
+    out = cli("check", "-c", str(path))
+    assert out.returncode == 1
+    assert out.stderr.splitlines() == [
+        "runnerd: config: tasks[0]: task 'Static': line 4: unknown filter 'shoutify'",
+        "runnerd: config: tasks[0]: task 'Static': line 5: needs Shopify: the 'shopify' filter",
+        "runnerd: config: tasks[0]: task 'Static': line 6: unknown action type 'htp' (known: "
+        "cache, echo, email, event, http)",
+        "runnerd: config: tasks[0]: task 'Static': line 8: unknown filter 'nope'"]
+
+
+def test_permissions_block_is_accepted_and_never_rendered(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+        tasks:
+          - name: Scoped
+            subscriptions: user/a/b
+            code: |
+              {% permissions %}
+                read_orders
+                {% assign scope = "write_products" %}{{ scope | upcase }}
+              {% endpermissions %}
+              {% log scope %}
+    """)
+    out = cli("preview", "Scoped", "--json", "-c", str(path))
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["logs"] == [None]  # the block's assign never ran
+    unclosed = write(tmp_path, """
+        tasks:
+          - name: Open
+            subscriptions: user/a/b
+            code: "{% permissions %}read_orders"
+    """)
+    assert "missing {% endpermissions %}" in cli("check", "-c", str(unclosed)).stderr

@@ -92,9 +92,13 @@ def _safe_url(url: yarl.URL) -> str:
 
 
 def _flag(options: Mapping[str, Any], key: str, default: bool) -> bool:
+    """A boolean option; `"true"`/`"false"` text counts, as Mechanic accepts it (a task often
+    writes `"verify": "{{ options.verify__boolean }}"`)."""
     value = options.get(key)
     if value is None:
         return default
+    if isinstance(value, str) and value in ("true", "false"):
+        return value == "true"
     if not isinstance(value, bool):
         raise _invalid(f"{key!r} must be true or false")
     return value

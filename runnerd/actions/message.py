@@ -79,8 +79,10 @@ def _text(options: Mapping[str, Any], key: str, *, header: bool) -> str:
         raise _invalid(f"{key!r} is missing")
     if not isinstance(value, str):
         raise _invalid(f"{key!r} must be a string, got {type(value).__name__}")
-    if header and ("\r" in value or "\n" in value):
-        raise _invalid(f"{key!r} must not contain line breaks")
+    if header:  # Mechanic trims a header captured with line breaks around it
+        value = value.strip()
+        if "\r" in value or "\n" in value:
+            raise _invalid(f"{key!r} must not contain line breaks")
     return value
 
 

@@ -151,6 +151,8 @@ def cmd_check(args: argparse.Namespace, path: str, environ: dict[str, str]) -> i
     s = reg.settings
     print(f"{path}: OK: {len(reg.tasks)} task(s), {len(s.webhooks)} webhook(s), "
           f"{len(s.monitors)} monitor(s); database {s.database}")
+    for note in reg.notes:
+        print(f"note: {note}")
     return 0
 
 
@@ -341,7 +343,10 @@ def cmd_preview(args: argparse.Namespace, path: str, environ: dict[str, str]) ->
 def cmd_import(args: argparse.Namespace, path: str, environ: dict[str, str]) -> int:
     from runnerd.tasks import mechanic_export
 
-    print(mechanic_export.export_to_yaml(args.file), end="")
+    text, notes = mechanic_export.export_to_yaml(args.file)
+    print(text, end="")
+    for note in notes:
+        print(f"runnerd: {note}", file=sys.stderr)
     return 0
 
 

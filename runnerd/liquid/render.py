@@ -1,13 +1,16 @@
 """Task Liquid: one Environment with Mechanic's tags and filters; a render collects objects.
 
-A render returns the `action`, `log` and `error` objects its tags recorded, in order; static text
-and `{{ }}` output only count towards the output limit. On top of standard Liquid (lax
-undefined, strict syntax) the Environment has:
+A render returns the `action`, `log` and `error` objects its tags recorded and those it wrote as
+text (`{"log": …}`: Mechanic reads task output as a stream of JSON objects; other text is
+ignored, see `tags.stream_objects`), in order; all text counts towards the output limit. On top
+of standard Liquid (lax undefined, strict syntax) the Environment has:
 
 - `{% action %}` in all of Mechanic's forms, `{% log %}` and `{% error %}` (see `tags`);
 - `{% assign x["k"] = v %}` / `{% assign a[a.size] = v %}` / nested paths (see `tags`);
 - `{% break %}` outside any loop, which ends the render keeping what was collected;
 - the keywords `newline`, `array` and `hash`, and the filters of `runnerd.filters`;
+- Mechanic's (Ruby's) meaning of `blank`, of keyword-like names and of nil/false as text
+  (see `compat`);
 - limits (`config.Limits`): loop iterations per render, output bytes (text plus collected
   objects; also caps each captured/assigned value and, before it is built, each filter result
   that could outgrow its input: `filters.sizes`), block nesting and render seconds (checked on
@@ -36,7 +39,7 @@ from liquid import output as lqout
 from liquid import token as lqtok
 
 from runnerd import config, errors, models
-from runnerd.liquid import filters, tags
+from runnerd.liquid import compat, filters, static, tags, tree
 
 #: What `Renderer.compile` returns: a parsed template bound to the renderer's Environment.
 Template = liquid.BoundTemplate
@@ -51,23 +54,6 @@ class RenderResult:
     actions: list[models.ActionSpec]
     logs: list[Any]
     errors: list[Any]  #: values of `{% error %}`; any => the task run fails
-
-
-class _Sink(lqout.LimitedStringIO):
-    """The top-level output of a task render: counted against the limit, never stored."""
-
-    def write(self, s: str, /) -> int:
-        if s:
-            self.size += len(s) if s.isascii() else len(s.encode())
-            if self.size > self.limit:
-                raise lqerr.OutputStreamLimitError("output stream limit reached", token=None)
-        return len(s)
-
-
-def _line(token: lqtok.Token | None) -> int | None:
-    if token is None or token.start_index < 0:
-        return None
-    return token.source.count("\n", 0, token.start_index) + 1
 
 
 def _message(exc: BaseException, limits: config.Limits) -> str:
@@ -86,8 +72,9 @@ def _message(exc: BaseException, limits: config.Limits) -> str:
 
 def _located(exc: BaseException, fallback: lqtok.Token | None, limits: config.Limits) -> str:
     token = getattr(exc, "token", None) or fallback
-    line = _line(token)
+    line = tree.line(token)
     text = _UNCLOSED.sub(r"missing {% \1 %}", " ".join(_message(exc, limits).split()))
+    text = compat.liquid_terms(text)
     return f"line {line}: {text}" if line else text
 
 
@@ -112,14 +99,25 @@ def _defined(value: Any) -> Any:
     return None if isinstance(value, liquid.Undefined) else value
 
 
+def _own(name: str, text: str) -> str:
+    """A filter's message without the filter's name in front (the renderer names it)."""
+    for prefix in (f"{name}: ", f"{name} "):
+        if text.startswith(prefix):
+            return text[len(prefix):]
+    return text
+
+
 def _wrap(name: str, func: Callable[..., Any], *, pure: bool,
           limits: config.Limits) -> Callable[..., Any]:
     """A filter that names itself in errors and refuses, before building it, a result longer
     than the output cap (`filters.sizes`); pure filters see Liquid's undefined as None."""
     size = filters.sizes.SIZES.get(name)
+    as_text = name in compat.TEXT_FILTERS
     cap, iterations = limits.output_bytes, limits.loop_iterations
 
     def call(left: Any, *args: Any, **kwargs: Any) -> Any:
+        if as_text:
+            left, args = compat.ruby_arguments(name, left, args)
         if pure:
             left, args, kwargs = _defined(left), tuple(map(_defined, args)), (
                 {k: _defined(v) for k, v in kwargs.items()} if kwargs else kwargs)
@@ -134,11 +132,13 @@ def _wrap(name: str, func: Callable[..., Any], *, pure: bool,
         except (lqerr.ResourceLimitError, RecursionError):
             raise
         except lqerr.LiquidError as exc:
-            raise lqerr.FilterArgumentError(f"filter {name!r}: {exc.message}", token=None) from exc
+            raise lqerr.FilterArgumentError(f"filter {name!r}: {_own(name, str(exc.message))}",
+                                            token=None) from exc
         except Exception as exc:  # noqa: BLE001 - any filter failure is the template's fault
             text = str(exc) if isinstance(exc, (ValueError, TypeError)) else (
                 f"{type(exc).__name__}: {exc}")
-            raise lqerr.FilterArgumentError(f"filter {name!r}: {text}", token=None) from exc
+            raise lqerr.FilterArgumentError(f"filter {name!r}: {_own(name, text)}",
+                                            token=None) from exc
 
     for flag in ("with_context", "with_environment"):
         if getattr(func, flag, False):
@@ -198,6 +198,7 @@ class Renderer:
                  clock: Callable[[], float] = time.time) -> None:
         self.timezone = timezone
         self.limits = limits
+        compat.install()
         env_class = type("_Environment", (liquid.Environment,), {
             "block_nesting_limit": limits.nesting,
             "context_depth_limit": limits.nesting + 8,  # the parse-time nesting check comes first
@@ -225,14 +226,32 @@ class Renderer:
     def compile(self, source: str, *, name: str) -> Template:
         """Parse once; a syntax error is a one-line `ConfigError` naming the task and line."""
         try:
-            return self._env.from_string(source, name=name)
+            template = self._env.from_string(source, name=name)
         except Exception as exc:  # noqa: BLE001 - the parser may fail in any way on bad input
             raise errors.ConfigError(
                 f"task {name!r}: {_located(exc, None, self.limits)}") from None
+        compat.mechanic_comparisons(template.nodes)
+        return template
+
+    def check(self, template: Template, action_types: frozenset[str]) -> list[str]:
+        """What would fail when `template` runs, found without running it, one line each in
+        line order: unknown filters and literal action types not in `action_types`; a Shopify
+        filter or action is named as needing Shopify."""
+        found: list[tuple[int, str]] = []
+        for name, line in static.filters(template.nodes):
+            if name not in self._env.filters:
+                found.append((line or 0, "needs Shopify: the 'shopify' filter" if name == "shopify"
+                               else f"unknown filter {name!r}"))
+        for kind, line in static.action_types(template.nodes):
+            if kind not in action_types:
+                found.append((line or 0, "needs Shopify: the 'shopify' action" if kind == "shopify"
+                               else f"unknown action type {kind!r} (known: "
+                               f"{', '.join(sorted(action_types))})"))
+        return [f"line {line}: {what}" if line else what for line, what in sorted(found)]
 
     def render(self, template: Template, variables: Mapping[str, Any]) -> RenderResult:
         """Render a task: the action, log and error objects, in order. Raises `RenderError`."""
-        state = self._run(template, variables, _Sink(limit=self.limits.output_bytes))
+        state = self._run(template, variables, tags.TaskSink(limit=self.limits.output_bytes))
         return RenderResult(actions=state.actions, logs=state.logs, errors=state.errors)
 
     def render_text(self, source: str, variables: Mapping[str, Any], *, name: str) -> str:
@@ -257,12 +276,15 @@ class Renderer:
         try:
             armed = _ALARM.arm(state)
             try:
-                for node in template.nodes:
-                    node.render(context, buffer)
+                try:
+                    for node in template.nodes:
+                        node.render(context, buffer)
+                except lqerr.LiquidInterrupt:
+                    pass  # `break`/`continue` outside a loop: the render ends, what it
+                    # collected stands
+                state.collect_text()
             finally:
                 _ALARM.disarm(armed)  # may raise the limit itself, when the alarm was due
-        except lqerr.LiquidInterrupt:
-            pass  # `break`/`continue` outside a loop: the render ends, what it collected stands
         except Exception as exc:  # noqa: BLE001 - no other exception type may escape a render
             fallback = node.token if node is not None else None
             raise errors.RenderError(_located(exc, fallback, self.limits)) from exc

@@ -22,10 +22,10 @@ from liquid import stringify
 from liquid import token as lqtok
 from liquid.builtin import expressions as lqexpr
 from liquid.builtin import output
-from liquid.builtin.tags import for_tag
+from liquid.builtin.tags import comment_tag, for_tag
 
 from runnerd import config, models
-from runnerd.liquid import filters
+from runnerd.liquid import compat, filters
 
 CONTROL = ("__perform_event", "__meta")  #: action arguments that steer, not options
 _MISSING = object()  # a sentinel no variable can hold
@@ -42,6 +42,49 @@ class Limit(lqerr.ResourceLimitError):
 
 class TagError(lqerr.LiquidError):
     """An action, log or error tag could not build its object."""
+
+
+class TaskSink(lqout.LimitedStringIO):
+    """The top-level output of a task render: counted against the limit, kept only until
+    `State.collect_text` reads the JSON objects written in it."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit=limit)
+        self.pending: list[str] = []
+
+    def write(self, s: str, /) -> int:
+        if s:
+            self.size += len(s) if s.isascii() else len(s.encode())
+            if self.size > self.limit:
+                raise lqerr.OutputStreamLimitError("output stream limit reached", token=None)
+            self.pending.append(s)
+        return len(s)
+
+
+_DECODER = json.JSONDecoder()
+_KINDS = {"action": "actions", "log": "logs", "error": "errors"}
+
+
+def stream_objects(text: str) -> list[tuple[str, Any]]:
+    """The `{"action": …}`, `{"log": …}` and `{"error": …}` objects of a task's text output,
+    in order (Mechanic reads task output as a stream of JSON objects). Other JSON values are
+    not objects a task can emit, and text that is not JSON ends the reading of that stretch of
+    text: both are ignored, as text outside the tags always was in runnerd."""
+    found: list[tuple[str, Any]] = []
+    index, end = 0, len(text)
+    while True:
+        while index < end and text[index].isspace():
+            index += 1
+        if index >= end or text[index] != "{":
+            return found
+        try:
+            value, index = _DECODER.raw_decode(text, index)
+        except ValueError:
+            return found
+        if isinstance(value, dict) and len(value) == 1:
+            ((key, inner),) = value.items()
+            if key in _KINDS:
+                found.append((key, inner))
 
 
 class State:
@@ -77,8 +120,22 @@ class State:
             raise TagError(f"{what}: a value nested more than {models.MAX_JSON_DEPTH} levels "
                            "deep", token=token)
 
+    def collect_text(self) -> None:
+        """Collect the objects the task wrote as text since the last call (`stream_objects`);
+        the text was counted as it was written."""
+        sink = self.sink
+        if not isinstance(sink, TaskSink) or not sink.pending:
+            return
+        text = "".join(sink.pending)
+        sink.pending.clear()
+        for kind, value in stream_objects(text):
+            item = action_spec(value, None) if kind == "action" else value
+            cast(list[Any], getattr(self, _KINDS[kind])).append(item)
+
     def record(self, kind: str, value: Any, size: int, token: lqtok.Token) -> None:
-        """Collect an object; its JSON size counts towards the output limit."""
+        """Collect an object, after those written as text before it; its JSON size counts
+        towards the output limit."""
+        self.collect_text()
         self.sink.size += size
         if self.sink.size > self.sink.limit:
             raise Limit("output_bytes", self.limits.output_bytes, token)
@@ -163,6 +220,13 @@ class _OutputNode(output.OutputNode):
 class OutputTag(output.Output):
     node_class = _OutputNode
 
+    def parse(self, stream: liquid.TokenStream) -> output.OutputNode:
+        """`{{ … }}`, with keywords read in context (`compat`: `{{ limit }}` is a name)."""
+        token = stream.eat(lqtok.TOKEN_OUTPUT)
+        expression = stream.expect(lqtok.TOKEN_EXPRESSION)
+        return self.node_class(token, lqexpr.FilteredExpression.parse(
+            self.env, liquid.TokenStream(compat.tokenize(expression.value, expression))))
+
 
 # --- assign: Mechanic's extended form, by value (copy on write) ------------------------------
 
@@ -217,11 +281,14 @@ def _disown(owned: dict[int, Any], value: Any) -> None:
 
 def _writable(obj: Any, key: Any, owned: dict[int, Any], mine: bool,
               token: lqtok.Token) -> Any:
-    if mine and owned.get(id(obj), _MISSING) is obj:
+    index = isinstance(key, int) and not isinstance(key, bool)
+    empty = obj is None or isinstance(obj, liquid.Undefined) or (
+        isinstance(obj, (list, tuple)) and not obj)  # `array`, given a key, is a hash
+    if mine and owned.get(id(obj), _MISSING) is obj and not (empty and not index):
         return obj
     new: Any
-    if obj is None or isinstance(obj, liquid.Undefined):
-        new = [] if isinstance(key, int) and not isinstance(key, bool) else {}
+    if empty:
+        new = [] if index else {}
     elif isinstance(obj, Mapping):
         new = dict(obj.items())
     elif isinstance(obj, (list, tuple)):
@@ -244,8 +311,10 @@ def _item(container: Any, key: Any) -> Any:
 
 
 def _store(container: Any, key: Any, value: Any, cap: int, token: lqtok.Token) -> None:
-    if isinstance(key, liquid.Undefined) or key is None or isinstance(key, (dict, list)):
-        raise TagError(f"assign: invalid key {key!r}", token=token)
+    if isinstance(key, liquid.Undefined) or key is None:
+        raise TagError("assign: the key is nil", token=token)
+    if isinstance(key, (dict, list)):
+        raise TagError(f"assign: a key cannot be {filters.data.kind(key)}", token=token)
     if isinstance(container, dict):
         container[key] = value
         return
@@ -293,9 +362,30 @@ def _parse_args(env: liquid.Environment, tokens: liquid.TokenStream) -> tuple[li
         if current.kind == lqtok.TOKEN_WORD and tokens.peek.kind == lqtok.TOKEN_COLON:
             next(tokens)
             next(tokens)
-            named.append((current.value, _parse_value(env, tokens)))
+            named.append((current.value, _parse_value(env, _up_to_next_pair(tokens))))
         else:
             positional.append(_parse_value(env, tokens))
+
+
+def _up_to_next_pair(tokens: liquid.TokenStream) -> liquid.TokenStream:
+    """The tokens of one `name: value` pair's value, which ends where `, name:` starts (so
+    `a: x | times: 100.0 | divided_by: y, b: z` gives `b` to the tag, not to `divided_by`);
+    `tokens` moves past them."""
+    depth, end, items = 0, tokens.pos, tokens.tokens
+    while end < len(items):
+        kind = items[end].kind
+        if kind in (lqtok.TOKEN_LBRACKET, lqtok.TOKEN_LPAREN):
+            depth += 1
+        elif kind in (lqtok.TOKEN_RBRACKET, lqtok.TOKEN_RPAREN):
+            depth -= 1
+        elif (kind == lqtok.TOKEN_COMMA and not depth and end + 2 < len(items)
+              and items[end + 1].kind == lqtok.TOKEN_WORD
+              and items[end + 2].kind == lqtok.TOKEN_COLON):
+            break
+        end += 1
+    value = liquid.TokenStream(iter(items[tokens.pos:end]))
+    tokens.pos = end
+    return value
 
 
 def _parse_value(env: liquid.Environment, tokens: liquid.TokenStream) -> Any:
@@ -321,7 +411,7 @@ def _size(value: Any) -> int:
     return len(text) if text.isascii() else len(text.encode())
 
 
-class _ObjectNode(lqast.Node):
+class ObjectNode(lqast.Node):
     """`{% action %}`, `{% log %}` or `{% error %}`: build the object and collect it."""
 
     __slots__ = ("kind", "type", "positional", "named", "body")
@@ -369,41 +459,53 @@ class _ObjectNode(lqast.Node):
         return 0
 
     def _action(self, context: liquid.RenderContext, buffer: TextIO) -> models.ActionSpec:
+        state = cast(Context, context).state
+        if self.type is None:
+            spec = action_spec(self._json(context, buffer), self.token)
+            state.check_room((spec.options, spec.meta), self.token, "action")
+            return spec
         named = {name: expr.evaluate(context) for name, expr in self.named}
         perform = named.pop("__perform_event", True)
         meta = named.pop("__meta", None)
         options: Any
-        if self.type is None:
-            obj = self._json(context, buffer)
-            if not isinstance(obj, dict):
-                raise TagError('action: the block must be a JSON object like {"type": …, '
-                                '"options": …}', token=self.token)
-            type_, options = obj.get("type"), obj.get("options")
-            meta, perform = obj.get("meta", meta), obj.get("__perform_event", perform)
-        else:
-            type_ = self.type.evaluate(context)
-            if self.body is not None:
-                options = self._json(context, buffer)
-            elif self.positional:
-                values = [expr.evaluate(context) for expr in self.positional]
-                if len(values) == 2 and isinstance(values[0], Mapping):
-                    options, meta = values  # {% action "http", options, meta %}
-                else:
-                    options = values[0] if len(values) == 1 else values
-            elif named and set(named) <= {"options", "meta"} and "options" in named:
-                options, meta = named["options"], named.get("meta", meta)
+        type_ = self.type.evaluate(context)
+        if self.body is not None:
+            options = self._json(context, buffer)
+        elif self.positional:
+            values = [expr.evaluate(context) for expr in self.positional]
+            if len(values) == 2 and isinstance(values[0], Mapping):
+                options, meta = values  # {% action "http", options, meta %}
             else:
-                options = named
-        if not isinstance(type_, str) or not type_:
-            raise TagError(f"action: the type must be a non-empty string, got {type_!r}",
-                            token=self.token)
-        if isinstance(options, Mapping) and any(k in options for k in CONTROL):
-            options = dict(options)
-            perform = options.pop("__perform_event", perform)
-            meta = options.pop("__meta", meta)
-        cast(Context, context).state.check_room((options, meta), self.token, "action")
-        return models.ActionSpec(type=type_, options=filters.plain(options),
-                                 meta=filters.plain(meta), perform_event=perform is not False)
+                options = values[0] if len(values) == 1 else values
+        elif named and set(named) <= {"options", "meta"} and "options" in named:
+            options, meta = named["options"], named.get("meta", meta)
+        else:
+            options = named
+        state.check_room((options, meta), self.token, "action")
+        return _spec(type_, options, meta, perform, self.token)
+
+
+def _spec(type_: Any, options: Any, meta: Any, perform: Any,
+          token: lqtok.Token | None) -> models.ActionSpec:
+    if not isinstance(type_, str) or not type_:
+        raise TagError(f"action: the type must be a non-empty string, got {type_!r}",
+                       token=token)
+    if isinstance(options, Mapping) and any(k in options for k in CONTROL):
+        options = dict(options)
+        perform = options.pop("__perform_event", perform)
+        meta = options.pop("__meta", meta)
+    return models.ActionSpec(type=type_, options=filters.plain(options),
+                             meta=filters.plain(meta), perform_event=perform is not False)
+
+
+def action_spec(obj: Any, token: lqtok.Token | None) -> models.ActionSpec:
+    """The action of an action object's JSON (`{"type": …, "options": …, "meta": …}`), as a
+    `{% action %}` block or a task's text output holds it."""
+    if not isinstance(obj, dict):
+        raise TagError('action: an action must be a JSON object like {"type": …, '
+                       '"options": …}', token=token)
+    return _spec(obj.get("type"), obj.get("options"), obj.get("meta"),
+                 obj.get("__perform_event", True), token)
 
 
 class _ObjectTag(liquid.Tag):
@@ -419,13 +521,13 @@ class _ObjectTag(liquid.Tag):
     def parse(self, stream: liquid.TokenStream) -> lqast.Node:
         token = stream.eat(lqtok.TOKEN_TAG)
         if stream.current.kind != lqtok.TOKEN_EXPRESSION:
-            return _ObjectNode(token, self.name, None, [], [], self._body(stream))
+            return ObjectNode(token, self.name, None, [], [], self._body(stream))
         positional, named = _parse_args(self.env, stream.into_inner(tag=token, eat=False))
         if self.name != "action":
             if positional and named:
                 raise lqerr.LiquidSyntaxError(
                     f"{self.name}: use either a value or name: value pairs", token=token)
-            return _ObjectNode(token, self.name, None, positional, named, None)
+            return ObjectNode(token, self.name, None, positional, named, None)
         if not positional:
             raise lqerr.LiquidSyntaxError("action: expected the action type first", token=token)
         type_, rest = positional[0], positional[1:]
@@ -437,7 +539,7 @@ class _ObjectTag(liquid.Tag):
         if not rest and not mapped and (not named or _block_follows(stream)):
             next(stream)
             body = self._body(stream)
-        return _ObjectNode(token, self.name, type_, rest, named, body)
+        return ObjectNode(token, self.name, type_, rest, named, body)
 
 
 class ActionTag(_ObjectTag):
@@ -452,5 +554,22 @@ class ErrorTag(_ObjectTag):
     name, end = "error", "enderror"
 
 
+class PermissionsTag(liquid.Tag):
+    """`{% permissions %}…{% endpermissions %}`: the Shopify access scopes a Mechanic task
+    declares. runnerd has no Shopify: the block is accepted and ignored, its text never read
+    as Liquid (as in Mechanic, which reads it as plain text)."""
+
+    name, end = "permissions", "endpermissions"
+    block = True
+
+    def parse(self, stream: liquid.TokenStream) -> lqast.Node:
+        token = stream.eat(lqtok.TOKEN_TAG)
+        while not (stream.current.kind == lqtok.TOKEN_TAG and stream.current.value == self.end):
+            if stream.current.kind == lqtok.TOKEN_EOF:
+                raise lqerr.LiquidSyntaxError("missing {% endpermissions %}", token=token)
+            next(stream)
+        return comment_tag.CommentNode(token, text="")
+
+
 #: What `Renderer` adds to its Environment (replacing Liquid's own `assign`, `for` and output).
-TAGS = (ActionTag, LogTag, ErrorTag, AssignTag, ForTag, OutputTag)
+TAGS = (ActionTag, LogTag, ErrorTag, AssignTag, ForTag, OutputTag, PermissionsTag)

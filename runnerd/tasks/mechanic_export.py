@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ import yaml
 
 from runnerd import config, errors
 from runnerd.liquid import render
-from runnerd.tasks import registry
+from runnerd.tasks import options, registry
 
 
 class _Block(str):
@@ -64,10 +65,28 @@ def to_yaml(task: config.Task) -> str:
     return yaml.safe_dump({"tasks": [entry]}, sort_keys=False, allow_unicode=True, width=100)
 
 
-def export_to_yaml(file: str | Path) -> str:
-    """Convert; InvalidInput listing every problem when the task could not run here."""
+def unset_required(task: config.Task) -> list[str]:
+    """The required options of `task` (given, or referenced by its code) that have no value."""
+    values = dict(task.options)
+    for key in registry.referenced_options(task.code, task.subscriptions):
+        values.setdefault(key, None)
+    return options.missing(values)
+
+
+def export_to_yaml(file: str | Path) -> tuple[str, list[str]]:
+    """Convert: the YAML and notes for the user. A task whose required options are empty (as
+    Mechanic's library exports ship them) is converted disabled, the YAML saying which options
+    to fill. InvalidInput listing every problem when the task could not run here."""
     task = load_export(file)
+    unset = unset_required(task)
+    if unset:
+        task = dataclasses.replace(task, enabled=False,
+                                   options={**{k: None for k in unset}, **task.options})
     problems = check(task)
     if problems:
         raise errors.InvalidInput("; ".join(problems))
-    return to_yaml(task)
+    if not unset:
+        return to_yaml(task), []
+    note = (f"task {task.name!r} is disabled until its required options are filled: "
+            f"{', '.join(unset)} (under options:, then set enabled: true)")
+    return f"# {note}\n" + to_yaml(task), [f"{file}: {note}"]

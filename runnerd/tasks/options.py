@@ -4,8 +4,16 @@ A key is a name, then groups separated by `__`, each holding flags separated by 
 type (`multiline`, `boolean`, `number`, `code`, `keyval`, `array`, `date`, `datetime`, `time`,
 `color`, `global`, `secret`, `range_min0_max100_step5`, `select_o1_a_o2_b`, `choice_o1_…`,
 `multiselect_o1_…`, `picker_product[_array]`) and modifiers (`required`, `email`, `userform`,
-`futureonly`). Unknown flags are kept in `OptionKey.unknown` and otherwise ignored, so tasks
-written for a newer Mechanic still load.
+`futureonly`). The first input type wins; a second one after `keyval` or `array` types their
+items (`keyval_number`, `array_number`), after `code` it is the field's shape
+(`code_multiline`). Modifiers may follow a choice list in its own segment
+(`select_o1_a_o2_b__required`) or at its end (`select_o1_a_o2_b_required`). Unknown flags are
+kept in `OptionKey.unknown` and otherwise ignored, so tasks written for a newer Mechanic still
+load.
+
+Values are read as Mechanic stores them (`coerce`): numbers and booleans given as text
+(`"5"`, `"true"`) become numbers and booleans, as do the items of `keyval_number` and
+`array_number` options.
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ class OptionKey:
     bounds: Mapping[str, float] = dataclasses.field(default_factory=dict)  #: range min/max/step
     picker: str | None = None  #: product, variant or collection
     unknown: tuple[str, ...] = ()
+    item: str | None = None  #: `number` for `keyval_number` / `array_number`
 
     @property
     def label(self) -> str:
@@ -65,12 +74,15 @@ def parse_key(key: str) -> OptionKey:
     choices: list[str] = []
     bounds: dict[str, float] = {}
     picker: str | None = None
+    item: str | None = None
     unknown: list[str] = []
     for group in groups:
         tokens = [t for t in group.split("_") if t]
         while tokens:
             token = tokens.pop(0)
             if token in ("select", "choice", "multiselect"):
+                while tokens and tokens[-1] in MODIFIERS:
+                    modifiers.add(tokens.pop())
                 kind, choices = token, _choices(tokens)
                 tokens = []
             elif token == "range":
@@ -84,14 +96,17 @@ def parse_key(key: str) -> OptionKey:
                 if tokens and tokens[0] == "array":
                     tokens.pop(0)
                     modifiers.add("array")
-            elif token in TYPES:
+            elif token in TYPES and kind in ("keyval", "array"):
+                item = token
+            elif token in TYPES and kind is None:
                 kind = token
             elif token in MODIFIERS:
                 modifiers.add(token)
             else:
                 unknown.append(token)
     return OptionKey(key=key, name=name, type=kind, modifiers=frozenset(modifiers),
-                     choices=tuple(choices), bounds=bounds, picker=picker, unknown=tuple(unknown))
+                     choices=tuple(choices), bounds=bounds, picker=picker, unknown=tuple(unknown),
+                     item=item)
 
 
 def _choices(tokens: list[str]) -> list[str]:
@@ -156,13 +171,23 @@ def _choices_list(spec: OptionKey, value: Any) -> str | None:
     return None
 
 
+def _items(spec: OptionKey, items: Any) -> str | None:
+    if spec.item == "number":
+        bad = [v for v in items if _number(v) is None]
+        return f"must hold numbers (got {bad[0]!r})" if bad else None
+    return None
+
+
 def _mapping(spec: OptionKey, value: Any) -> str | None:
-    ok = isinstance(value, Mapping)
-    return None if ok else f"must be a mapping of keys to values (got {value!r})"
+    if not isinstance(value, Mapping):
+        return f"must be a mapping of keys to values (got {value!r})"
+    return _items(spec, value.values())
 
 
 def _list(spec: OptionKey, value: Any) -> str | None:
-    return None if isinstance(value, (list, tuple)) else f"must be a list (got {value!r})"
+    if not isinstance(value, (list, tuple)):
+        return f"must be a list (got {value!r})"
+    return _items(spec, value)
 
 
 def _formatted(spec: OptionKey, value: Any) -> str | None:
@@ -188,21 +213,55 @@ _CHECKS: dict[str, Callable[[OptionKey, Any], str | None]] = {
 
 
 def _email_problem(value: Any) -> str | None:
-    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    items = (value if isinstance(value, (list, tuple)) else list(value.values())
+             if isinstance(value, Mapping) else str(value).split(","))
     for item in items:
         if not _EMAIL.match(str(item).strip()):
             return f"must be an email address (got {str(item).strip()!r})"
     return None
 
 
-def validate(options: Mapping[str, Any], *, task: str) -> list[str]:
-    """Problems with a task's option values, one line each, naming the task and the option."""
+def _scalar(kind: str | None, value: Any) -> Any:
+    if isinstance(value, str) and kind in ("number", "range"):
+        number = _number(value.strip())
+        if number is not None:
+            return int(number) if number.is_integer() and "." not in value else number
+    if isinstance(value, str) and kind == "boolean" and value.strip() in ("true", "false"):
+        return value.strip() == "true"
+    return value
+
+
+def coerce(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Option values as Mechanic stores them: numbers and booleans given as text (`"5"`,
+    `"true"`) as numbers and booleans, and so the items of `keyval_number`/`array_number`."""
+    out: dict[str, Any] = {}
+    for key, value in options.items():
+        spec = parse_key(str(key))
+        if spec.item and isinstance(value, Mapping):
+            value = {k: _scalar(spec.item, v) for k, v in value.items()}
+        elif spec.item and isinstance(value, (list, tuple)):
+            value = [_scalar(spec.item, v) for v in value]
+        else:
+            value = _scalar(spec.type, value)
+        out[key] = value
+    return out
+
+
+def missing(options: Mapping[str, Any]) -> list[str]:
+    """The required options that have no value."""
+    return [key for key, value in options.items()
+            if _empty(value) and parse_key(str(key)).required]
+
+
+def validate(options: Mapping[str, Any], *, task: str, required: bool = True) -> list[str]:
+    """Problems with a task's option values, one line each, naming the task and the option;
+    with `required` false, an empty required option is not a problem (the task is disabled)."""
     problems = []
     for key, value in options.items():
         spec = parse_key(str(key))
         problem: str | None
         if _empty(value):
-            problem = "is required" if spec.required else None
+            problem = "is required" if spec.required and required else None
         else:
             check = _CHECKS.get(spec.type or "")
             problem = check(spec, value) if check else None

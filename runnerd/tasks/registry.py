@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from runnerd import config, errors, models
+from runnerd import actions, config, errors, models
 from runnerd.config import durations
 from runnerd.tasks import options
 
@@ -133,7 +133,11 @@ class Registry:
     def __init__(self, settings: config.Settings, renderer: render.Renderer) -> None:
         self.settings = settings
         self.renderer = renderer
+        self._actions = frozenset(actions.offline(settings))  # the action types runnerd has
         problems: list[str] = []
+        #: what a user should know that does not stop loading (a task disabled until its
+        #: required options are filled), one line each
+        self.notes: list[str] = []
         compiled: dict[str, Compiled] = {}
         for task in settings.tasks:
             try:
@@ -153,16 +157,22 @@ class Registry:
 
     def _compile(self, task: config.Task, problems: list[str]) -> Compiled:
         where = f"{task.source}: task {task.name!r}"
+        task = dataclasses.replace(task, options=options.coerce(task.options))
         text = self.renderer.render_text(task.subscriptions, {"options": dict(task.options)},
                                          name=f"{task.name} (subscriptions)")
         subs, sub_problems = parse_subscriptions(text)
         problems.extend(f"{where}: subscriptions: {p}" for p in sub_problems)
         template = self.renderer.compile(task.code, name=task.name)
+        problems.extend(f"{where}: {p}" for p in self.renderer.check(template, self._actions))
         values = dict(task.options)
         for key in referenced_options(task.code, task.subscriptions):
             if key not in values and options.parse_key(key).required:
                 values[key] = None  # validate() reports it as required
-        problems.extend(f"{task.source}: {p}" for p in options.validate(values, task=task.name))
+        problems.extend(f"{task.source}: {p}" for p in options.validate(
+            values, task=task.name, required=task.enabled))
+        if not task.enabled and (unset := options.missing(values)):
+            self.notes.append(f"{where}: disabled until its required options are filled: "
+                              f"{', '.join(unset)} (under options:, then set enabled: true)")
         liquid_options = tuple(k for k in options.text_keys(task.options)
                                if "{{" in task.options[k] or "{%" in task.options[k])
         for key in liquid_options:

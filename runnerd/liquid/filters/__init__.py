@@ -18,7 +18,7 @@ import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
-from runnerd.liquid.filters import arrays, data, dates, sizes, text
+from runnerd.liquid.filters import arrays, browser, data, dates, formats, money, sizes, text
 
 Filter = Callable[..., Any]
 
@@ -35,7 +35,6 @@ PURE: dict[str, Filter] = {
     "base64_decode": data.base64_decode,
     "base64_url_safe_encode": data.base64_url_safe_encode,
     "base64_url_safe_decode": data.base64_url_safe_decode,
-    "gzip": data.gzip,
     "md5": data.md5,
     "sha1": data.sha1,
     "sha256": data.sha256,
@@ -43,6 +42,12 @@ PURE: dict[str, Filter] = {
     "hmac_sha1": data.hmac_sha1,
     "hmac_sha256": data.hmac_sha256,
     "hmac_sha512": data.hmac_sha512,
+    "rsa_sha256": data.rsa_sha256,
+    "rsa_sha512": data.rsa_sha512,
+    "parse_xml": formats.parse_xml,
+    "graphql_arguments": formats.graphql_arguments,
+    "currency": money.currency,
+    "browser": browser.browser,
     # deprecated aliases (Mechanic still accepts them)
     "base64": data.base64_encode,
     "decode_base64": data.base64_decode,
@@ -55,6 +60,7 @@ PURE: dict[str, Filter] = {
     "split": text.split,
     "replace": text.replace,
     "newline_to_br": text.newline_to_br,
+    "url_param_escape": text.url_param_escape,
     "handleize": text.handleize,
     "handle": text.handleize,
     "pluralize": text.pluralize,
@@ -64,6 +70,7 @@ PURE: dict[str, Filter] = {
     "except": arrays.except_,
     "slice": arrays.slice_,
     "compact": arrays.compact,
+    "concat": arrays.concat,
     "sum": arrays.sum_,
     "index_by": arrays.index_by,
     "in_groups": arrays.in_groups,
@@ -79,12 +86,15 @@ plain = data.plain
 
 def table(*, timezone: str, clock: Callable[[], float], output_cap: int) -> dict[str, Filter]:
     """Every filter by Liquid name, `date`/`parse_date` bound to `timezone` and `clock`
-    (epoch seconds, read only when a template asks for "now"), `gunzip` and `scan` to
-    `output_cap` (characters; `sizes.TooLarge` past it)."""
+    (epoch seconds, read only when a template asks for "now", and by `gzip` for its header),
+    `gunzip` and `scan` to `output_cap` (characters; `sizes.TooLarge` past it)."""
     tz: dt.tzinfo = dates.zone(timezone)
 
     def gunzip(value: Any, force_utf8: Any = True) -> str:
         return data.gunzip(value, force_utf8, limit=output_cap)
+
+    def gzip(value: Any) -> data.Binary:
+        return data.gzip(value, mtime=int(clock()))
 
     def scan(value: Any, pattern: Any) -> list[Any]:
         return text.scan(value, pattern, limit=output_cap)
@@ -95,4 +105,5 @@ def table(*, timezone: str, clock: Callable[[], float], output_cap: int) -> dict
     def parse_date(value: Any, fmt: Any) -> str | None:
         return dates.parse_date(value, fmt, tz=tz)
 
-    return {**PURE, "date": date, "parse_date": parse_date, "gunzip": gunzip, "scan": scan}
+    return {**PURE, "date": date, "parse_date": parse_date, "gunzip": gunzip, "scan": scan,
+            "gzip": gzip}

@@ -88,6 +88,15 @@ def _int(value: Any, what: str) -> int:
         raise ValueError(f"{what} must be an integer, got {value!r}") from None
 
 
+def concat(value: Any, other: Any) -> list[Any]:
+    """`concat: array`: the array followed by the other one (nil is an empty array, another
+    single value a one-item array, as Liquid's input iterator reads them)."""
+    if not isinstance(other, _ARRAY):
+        raise ValueError(f"expected an array to add, got {data.kind(other)}")
+    items = [] if value is None else list(value) if isinstance(value, _ARRAY) else [value]
+    return items + list(other)
+
+
 def compact(value: Any, key: Any = None) -> Any:
     """`compact`: an array without nils (or without items whose `key` is nil), or a hash
     without nil values."""
@@ -172,12 +181,13 @@ def sample(value: Any, number: Any = None) -> Any:
 
 
 def _natural(text: Any) -> tuple[Any, ...]:
-    parts = _NATURAL.split("" if text is None else str(text).lower())
+    parts = _NATURAL.split("" if text is None else str(text))
     return tuple((0, int(p), p) if i % 2 else (1, 0, p) for i, p in enumerate(parts))
 
 
 def sort_naturally(value: Any, key: Any = None) -> list[Any]:
-    """`sort_naturally[: key]`: sorted so that "a2" < "a10", case-insensitively."""
+    """`sort_naturally[: key]`: sorted so that "a2" < "a10" (numbers by value, the text
+    between them case-sensitively, as the `naturally` gem Mechanic uses)."""
     items = list(_array(value))
     if key is None:
         return sorted(items, key=_natural)

@@ -1,4 +1,5 @@
-"""Data filters: JSON, JSONL, CSV, base64, gzip, digests and HMACs (pure functions).
+"""Data filters: JSON, JSONL, CSV, base64, gzip, digests, HMACs and RSA signatures (pure
+functions).
 
 Every filter takes the piped value first and raises `ValueError` (or `TypeError`) with a short
 message on bad input; the renderer names the filter and the line.
@@ -20,6 +21,10 @@ import math
 import zlib
 from collections.abc import Mapping
 from typing import Any
+
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from runnerd.liquid.filters import sizes
 
@@ -167,6 +172,26 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+class Binary(str):
+    """Bytes carried as text, one character per byte (Latin-1): Ruby's binary strings, as
+    `gzip` and `decode_base64: force_utf8: false` make them. The byte filters (`base64_encode`,
+    `gunzip`, digests, HMACs) read the bytes back; anything else sees the characters."""
+
+    __slots__ = ()
+
+    @classmethod
+    def of(cls, raw: bytes) -> Binary:
+        """The binary string of `raw`."""
+        return cls(raw.decode("latin-1"))
+
+
+def to_bytes(value: Any) -> bytes:
+    """The bytes a byte filter reads: a `Binary`'s own, else the text's UTF-8."""
+    if isinstance(value, Binary):
+        return value.encode("latin-1")
+    return _text(value).encode()
+
+
 def _b64decode(value: Any, *, urlsafe: bool) -> bytes:
     text = "".join(_text(value).split())
     text += "=" * (-len(text) % 4)
@@ -179,35 +204,53 @@ def _b64decode(value: Any, *, urlsafe: bool) -> bytes:
 
 
 def base64_encode(value: Any) -> str:
-    """`base64_encode` (alias `base64`): UTF-8 text as standard base64."""
-    return b64.b64encode(_text(value).encode()).decode("ascii")
+    """`base64_encode` (alias `base64`): the text's UTF-8 (a `Binary`'s bytes) as base64."""
+    return b64.b64encode(to_bytes(value)).decode("ascii")
 
 
-def base64_decode(value: Any) -> str:
-    """`base64_decode` (alias `decode_base64`): base64 to text (invalid UTF-8 is replaced)."""
-    return _b64decode(value, urlsafe=False).decode("utf-8", "replace")
+def _decoded(raw: bytes, force_utf8: Any) -> str:
+    """Decoded bytes as text (invalid UTF-8 replaced), or with `force_utf8: false` as they are:
+    text when they are UTF-8, else a `Binary`."""
+    if force_utf8 is False:
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return Binary.of(raw)
+    return raw.decode("utf-8", "replace")
+
+
+def base64_decode(value: Any, force_utf8: Any = True) -> str:
+    """`base64_decode` (alias `decode_base64`): base64 to text (`_decoded`)."""
+    return _decoded(_b64decode(value, urlsafe=False), force_utf8)
 
 
 def base64_url_safe_encode(value: Any) -> str:
     """`base64_url_safe_encode` (alias `base64url`): URL-safe base64, padded."""
-    return b64.urlsafe_b64encode(_text(value).encode()).decode("ascii")
+    return b64.urlsafe_b64encode(to_bytes(value)).decode("ascii")
 
 
-def base64_url_safe_decode(value: Any) -> str:
+def base64_url_safe_decode(value: Any, force_utf8: Any = True) -> str:
     """`base64_url_safe_decode` (alias `decode_base64url`): URL-safe base64 to text."""
-    return _b64decode(value, urlsafe=True).decode("utf-8", "replace")
+    return _decoded(_b64decode(value, urlsafe=True), force_utf8)
 
 
-def gzip(value: Any) -> str:
-    """`gzip`: text compressed with gzip, as base64 (Mechanic's form for binary data)."""
-    return b64.b64encode(gziplib.compress(_text(value).encode(), mtime=0)).decode("ascii")
+def gzip(value: Any, *, mtime: int) -> Binary:
+    """`gzip`: the text compressed with gzip, binary (`Binary`), as Ruby's `Zlib::GzipWriter`
+    writes it: modification time `mtime` (epoch seconds), default level, Unix."""
+    packer = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -zlib.MAX_WBITS)
+    raw = to_bytes(value)
+    body = packer.compress(raw) + packer.flush()
+    header = b"\x1f\x8b\x08\x00" + (mtime & 0xFFFFFFFF).to_bytes(4, "little") + b"\x00\x03"
+    trailer = zlib.crc32(raw).to_bytes(4, "little") + (len(raw) & 0xFFFFFFFF).to_bytes(4, "little")
+    return Binary.of(header + body + trailer)
 
 
 def gunzip(value: Any, force_utf8: Any = True, *, limit: int) -> str:
-    """`gunzip`: base64 gzip data to text; invalid UTF-8 is replaced unless `force_utf8: false`.
+    """`gunzip`: gzip data to text (`_decoded`). The data is binary (`gzip`,
+    `decode_base64: force_utf8: false`); other text is read as base64 of the data.
 
     Inflates at most `limit` bytes (TooLarge past that), so a small bomb never fills memory."""
-    raw = _b64decode(value, urlsafe=False)
+    raw = to_bytes(value) if isinstance(value, Binary) else _b64decode(value, urlsafe=False)
     out = bytearray()
     try:
         while raw:  # one gzip member after another, as gzip.decompress reads them
@@ -220,17 +263,12 @@ def gunzip(value: Any, force_utf8: Any = True, *, limit: int) -> str:
             raw = inflater.unused_data
     except zlib.error:
         raise ValueError("not gzip data") from None
-    if force_utf8 is False:
-        try:
-            return out.decode("utf-8")
-        except UnicodeDecodeError:
-            raise ValueError("the data is not UTF-8 text") from None
-    return out.decode("utf-8", "replace")
+    return _decoded(bytes(out), force_utf8)
 
 
 def _digest(name: str) -> Any:
     def digest(value: Any) -> str:
-        return hashlib.new(name, _text(value).encode()).hexdigest()
+        return hashlib.new(name, to_bytes(value)).hexdigest()
 
     digest.__name__ = name
     digest.__doc__ = f"`{name}`: the hex {name.upper()} digest of the text."
@@ -241,10 +279,28 @@ def _hmac(name: str) -> Any:
     def sign(value: Any, key: Any) -> str:
         if key is None:
             raise ValueError("missing key")
-        return hmac.new(_text(key).encode(), _text(value).encode(), name).hexdigest()
+        return hmac.new(to_bytes(key), to_bytes(value), name).hexdigest()
 
     sign.__name__ = f"hmac_{name}"
     sign.__doc__ = f"`hmac_{name}: key`: the hex HMAC-{name.upper()} of the text."
+    return sign
+
+
+def _rsa(name: str) -> Any:
+    def sign(value: Any, key: Any, binary: Any = False) -> str:
+        try:
+            private = serialization.load_pem_private_key(to_bytes(key), password=None)
+        except (ValueError, TypeError, UnsupportedAlgorithm):
+            raise ValueError("the key is not an RSA private key in PEM form") from None
+        if not isinstance(private, rsa.RSAPrivateKey):
+            raise ValueError("the key is not an RSA private key in PEM form")
+        algorithm = hashes.SHA256() if name == "sha256" else hashes.SHA512()
+        signature = private.sign(to_bytes(value), padding.PKCS1v15(), algorithm)
+        return Binary.of(signature) if binary is True else signature.hex()
+
+    sign.__name__ = f"rsa_{name}"
+    sign.__doc__ = (f"`rsa_{name}: key_pem[, binary: true]`: the RSASSA-PKCS1-v1_5 SHA-"
+                    f"{name[3:]} signature of the text, hex (binary with `binary: true`).")
     return sign
 
 
@@ -255,6 +311,8 @@ sha512 = _digest("sha512")
 hmac_sha1 = _hmac("sha1")
 hmac_sha256 = _hmac("sha256")
 hmac_sha512 = _hmac("sha512")
+rsa_sha256 = _rsa("sha256")
+rsa_sha512 = _rsa("sha512")
 
 
 def kind(value: Any) -> str:

@@ -22,11 +22,21 @@ _NOW = re.compile(r"^(?:now|today)\s*(?:([+-])\s*(.+))?$", re.I)
 _EPOCH = re.compile(r"^-?\d+(?:\.\d+)?$")
 _RUBY_TIME = re.compile(
     r"^(\d{4}-\d{2}-\d{2})[ T](\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)\s*(UTC|Z|[+-]\d{2}:?\d{2})?$")
-_FORMATS = ("%Y/%m/%d", "%Y/%m/%d %H:%M", "%Y/%m/%d %H:%M:%S", "%B %d, %Y", "%b %d, %Y",
-            "%B %d %Y", "%b %d %Y", "%d %B %Y", "%d %b %Y", "%Y%m%d")
+#: Written forms Ruby's date parser reads (`Date._parse`): slashes are month/day/year, dashes
+#: and dots day-month-year (`06-12-2026` is what `date: "%d-%m-%Y"` writes), month names.
+_DAY_FORMATS = ("%Y/%m/%d", "%m/%d/%Y", "%d-%m-%Y", "%d.%m.%Y", "%B %d, %Y", "%b %d, %Y",
+                "%B %d %Y", "%b %d %Y", "%d %B %Y", "%d %b %Y", "%Y %b %d", "%Y %B %d",
+                "%a %b %d %Y", "%Y%m%d")
+_FORMATS = tuple(day + clock for day in _DAY_FORMATS
+                 for clock in ("", " %H:%M", " %H:%M:%S", " %I:%M %p", " %I:%M:%S %p"))
+_UTC_SUFFIX = re.compile(r"\s+(?:UTC|GMT|Z)$", re.I)
 _MAX_EPOCH = 253402300799  # 9999-12-31T23:59:59Z
 #: Longest amount of time read ("1 year 2 months 3 weeks 4 days 5 hours 6 minutes" is 46).
 MAX_AMOUNT = 200
+
+
+class Unreadable(ValueError):
+    """A value that is not a date in any form `to_time` reads."""
 
 
 @functools.lru_cache(maxsize=64)
@@ -49,7 +59,7 @@ def to_time(value: Any, tz: dt.tzinfo, now: Callable[[], float]) -> dt.datetime 
     if value is None or value == "":
         return None
     if isinstance(value, bool):
-        raise ValueError(f"cannot read a date from {value!r}")
+        raise Unreadable(f"cannot read a date from {value!r}")
     if isinstance(value, (int, float)):
         return _from_epoch(value, tz)
     if isinstance(value, dt.datetime):
@@ -66,7 +76,7 @@ def to_time(value: Any, tz: dt.tzinfo, now: Callable[[], float]) -> dt.datetime 
         return _from_epoch(float(text) if "." in text else int(text), tz)
     parsed = _parse_text(text)
     if parsed is None:
-        raise ValueError(f"cannot read a date from {text[:60]!r}")
+        raise Unreadable(f"cannot read a date from {text[:60]!r}")
     return parsed.astimezone(tz) if parsed.tzinfo else parsed.replace(tzinfo=tz)
 
 
@@ -90,11 +100,13 @@ def _parse_text(text: str) -> dt.datetime | None:
         except ValueError:
             return None
         return parsed if ruby.group(3) else parsed.replace(tzinfo=None)
+    bare = _UTC_SUFFIX.sub("", text)
     for fmt in _FORMATS:
         try:
-            return dt.datetime.strptime(text, fmt)
+            parsed = dt.datetime.strptime(bare, fmt)
         except ValueError:
             continue
+        return parsed.replace(tzinfo=UTC) if bare != text else parsed
     try:
         return email.utils.parsedate_to_datetime(text)
     except (TypeError, ValueError, IndexError):
@@ -217,19 +229,25 @@ _OPTIONS = frozenset({"tz", *(name for name, _ in _STEPS)})
 
 def date(value: Any, fmt: Any = None, *, tz: dt.tzinfo, now: Callable[[], float],
          options: Mapping[str, Any]) -> Any:
-    """`date[: fmt]` with Mechanic's options; nil and "" pass through unchanged.
+    """`date[: fmt]` with Mechanic's options; nil, "" and what cannot be read as a date pass
+    through unchanged.
 
-    `tz` is the configured time zone (the `tz:` option overrides it); `now` returns epoch
-    seconds. Without a format the result is ISO 8601 with the zone's offset.
+    `tz` is the configured time zone: a time without an offset is read in it; the `tz:` option
+    converts the time to another zone (`"2000-01-01" | date: tz: "UTC"` in America/Chicago is
+    `2000-01-01T06:00:00Z`). `now` returns epoch seconds. Without a format the result is ISO
+    8601 with the zone's offset.
     """
     unknown = set(options) - _OPTIONS
     if unknown:
         raise ValueError(f"unknown option {sorted(unknown)[0]!r}")
-    if options.get("tz") not in (None, ""):
-        tz = zone(str(options["tz"]))
-    time = to_time(value, tz, now)
+    target = zone(str(options["tz"])) if options.get("tz") not in (None, "") else tz
+    try:
+        time = to_time(value, tz, now)
+    except Unreadable:
+        return value  # as Shopify's date filter does with what it cannot read
     if time is None:
         return value
+    time = time.astimezone(target)
     time = _apply(time, options)
     if fmt is None or fmt == "":
         return iso8601(time)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import re
+import urllib.parse
 from typing import Any
 
 from runnerd.liquid.filters import sizes
@@ -112,19 +113,24 @@ def match(value: Any, pattern: Any) -> Match | None:
     return Match(found) if found else None
 
 
-def scan(value: Any, pattern: Any, *, limit: int) -> list[Any]:
-    """`scan: regex`: every match, as Ruby's `String#scan` (arrays of groups when the
-    pattern has groups, else the matched strings); TooLarge once they would print (as JSON)
-    longer than `limit` characters: each group repeats the text it captured."""
+#: What a kept match holds per group (its positions), in characters of the output budget.
+_MATCH_HOLDS = 16
+
+
+def scan(value: Any, pattern: Any, *, limit: int) -> list[Match]:
+    """`scan: regex`: every match (see `Match`: each prints as the matched text; `captures` and
+    `named_captures` give its groups); TooLarge once the matches and their groups would print
+    (as JSON) longer than `limit` characters, counting also what each match holds in memory
+    (`_MATCH_HOLDS` per group): a pattern of many groups matching short text is costly."""
     compiled = regex(_text(pattern))
-    found: list[Any] = []
+    found: list[Match] = []
     total = 0
     for m in compiled.finditer(_subject(value)):
-        parts = m.groups() if compiled.groups else (m.group(0),)
-        total += 2 + sum(len(part) + 3 if part is not None else 5 for part in parts)
+        total += len(m[0]) + 3 + _MATCH_HOLDS * (len(m.groups()) + 1) + sum(
+            len(part) + 3 if part is not None else 5 for part in m.groups())
         if total > limit:
             raise sizes.TooLarge
-        found.append(list(parts) if compiled.groups else parts[0])
+        found.append(Match(m))
     return found
 
 
@@ -148,7 +154,8 @@ _EXTENSION = re.compile(r"(?i)(?:ext\.?|x|#)\s*\d+$")
 
 
 def e164(value: Any) -> str | None:
-    """`e164`: a phone number as E.164 (`+` and 8-15 digits) or nil.
+    """`e164`: a phone number as E.164 digits (8-15, without the `+`, as Mechanic writes
+    them: `13124567890`) or nil.
 
     Numbers written with `+` or `00` keep their country code; 10 national digits (or 11
     starting with 1) are read as North American, the only country assumed without a prefix.
@@ -169,7 +176,7 @@ def e164(value: Any) -> str | None:
     elif not (len(digits) == 11 and digits.startswith("1")):
         return None
     if 8 <= len(digits) <= 15 and digits[0] != "0":
-        return "+" + digits
+        return digits
     return None
 
 
@@ -199,6 +206,16 @@ def replace(value: Any, search: Any, replacement: Any = "") -> str:
 def newline_to_br(value: Any) -> str:
     """`newline_to_br`: `<br />` before each line break (`\\r?\\n`)."""
     return re.sub(r"\r?\n", "<br />\n", _text(value))
+
+
+#: What `url_param_escape` leaves as it is: URL-safe characters, less `&` (Shopify's filter).
+_PARAM_SAFE = "-_.~!*'();:@=+$,/?#[]"
+
+
+def url_param_escape(value: Any) -> str:
+    """`url_param_escape`: the text with URL-unsafe characters and `&` percent-encoded
+    (`Health & Love` is `Health%20%26%20Love`), for a URL's query parameter."""
+    return urllib.parse.quote(_text(value), safe=_PARAM_SAFE)
 
 
 def handleize(value: Any) -> str:
