@@ -41,6 +41,8 @@ PRIORITY = {RunKind.ACTION: 3, RunKind.TASK: 2, RunKind.EVENT: 1}
 MAX_INT64 = 2**63 - 1
 
 ERROR_TOPICS = frozenset({"mechanic/errors/task", "mechanic/errors/action"})
+#: The action types runnerd performs (runnerd/actions/ has one executor for each).
+ACTION_TYPES = frozenset({"cache", "echo", "email", "event", "http"})
 PERFORM_TOPIC = "mechanic/actions/perform"
 
 

@@ -77,3 +77,12 @@ def test_every_package_is_in_a_layer() -> None:
     for name in shared:
         assert not {m for m in imported(ROOT / f"{name}.py")
                     if m.split(".")[1:2] and m.split(".")[1] in LAYERS}, name
+
+
+def test_the_action_types_tasks_are_checked_against_are_the_executors() -> None:
+    """tasks/ sits below actions/, so it checks literal action types against
+    models.ACTION_TYPES: that set must be exactly the executors runnerd has."""
+    from runnerd import actions, config, models
+
+    settings = config.Settings(path=Path("."), database=Path("unused.db"))
+    assert set(actions.offline(settings)) == models.ACTION_TYPES

@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from runnerd import actions, config, errors, models
+from runnerd import config, errors, models
 from runnerd.config import durations
 from runnerd.tasks import options
 
@@ -133,7 +133,6 @@ class Registry:
     def __init__(self, settings: config.Settings, renderer: render.Renderer) -> None:
         self.settings = settings
         self.renderer = renderer
-        self._actions = frozenset(actions.offline(settings))  # the action types runnerd has
         problems: list[str] = []
         #: what a user should know that does not stop loading (a task disabled until its
         #: required options are filled), one line each
@@ -163,7 +162,7 @@ class Registry:
         subs, sub_problems = parse_subscriptions(text)
         problems.extend(f"{where}: subscriptions: {p}" for p in sub_problems)
         template = self.renderer.compile(task.code, name=task.name)
-        problems.extend(f"{where}: {p}" for p in self.renderer.check(template, self._actions))
+        problems.extend(f"{where}: {p}" for p in self.renderer.check(template, models.ACTION_TYPES))
         values = dict(task.options)
         for key in referenced_options(task.code, task.subscriptions):
             if key not in values and options.parse_key(key).required:

@@ -11,8 +11,6 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-import ua_parser
-
 #: Longer user agents are refused: the rules are regular expressions run on the whole text.
 MAX_USER_AGENT = 2_000
 
@@ -67,6 +65,8 @@ def browser(value: Any) -> Part | None:
         raise ValueError("expected a user agent string")
     if len(value) > MAX_USER_AGENT:
         raise ValueError(f"a user agent longer than {MAX_USER_AGENT} characters")
+    import ua_parser  # on first use: its rules cost ~4 MiB the daemon need not hold at idle
+
     result = ua_parser.parse(value)
     agent, os_, device = result.user_agent, result.os, result.device
     os_part = _named(os_.family if os_ else None,

@@ -22,10 +22,6 @@ import zlib
 from collections.abc import Mapping
 from typing import Any
 
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
-
 from runnerd.liquid.filters import sizes
 
 
@@ -288,6 +284,11 @@ def _hmac(name: str) -> Any:
 
 def _rsa(name: str) -> Any:
     def sign(value: Any, key: Any, binary: Any = False) -> str:
+        # on first use: cryptography costs ~7 MiB that an idle daemon need not hold
+        from cryptography.exceptions import UnsupportedAlgorithm
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
         try:
             private = serialization.load_pem_private_key(to_bytes(key), password=None)
         except (ValueError, TypeError, UnsupportedAlgorithm):

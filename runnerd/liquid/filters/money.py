@@ -13,9 +13,6 @@ from __future__ import annotations
 import decimal
 from typing import Any
 
-from babel import numbers
-from babel.core import Locale, UnknownLocaleError
-
 DEFAULT_CURRENCY = "USD"
 DEFAULT_LOCALE = "en"
 _SPACES = {"\u202f": " ", "\u00a0": " "}
@@ -35,6 +32,9 @@ def _amount(value: Any) -> decimal.Decimal:
 
 def currency(value: Any, code: Any = None, locale: Any = None) -> str:
     """`currency[: "EUR"][, locale: "fr"]`: `value` as an amount of money (`$100,000.00`)."""
+    from babel import numbers  # on first use: CLDR's tables stay out of an idle daemon
+    from babel.core import Locale, UnknownLocaleError
+
     code = str(code or DEFAULT_CURRENCY).upper()
     if len(code) != 3 or not code.isalpha() or code not in numbers.list_currencies():
         raise ValueError(f"unknown currency {code!r}")
