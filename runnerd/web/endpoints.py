@@ -132,4 +132,7 @@ async def status_page(request: web.Request) -> web.StreamResponse:
         return _text(503, f"database unavailable: {exc.message}")
     beat = st.heartbeat
     facts = beat.facts(now) if beat is not None else {"status": "unhealthy", "problems": []}
-    return web.Response(text=status.render(data, facts, now), content_type="text/html")
+    configured = {"tasks": [t.name for t in st.settings.tasks],
+                  "monitors": [m.name for m in st.settings.monitors]}
+    return web.Response(text=status.render({**data, **configured}, facts, now),
+                        content_type="text/html")

@@ -185,11 +185,30 @@ ON CONFLICT (name) DO UPDATE SET
 -- RETURNING clause of this upsert, which made every report read the row back.
 RETURNING typeof(monitor) <> 'null' OR state <> 'new' AS evaluated;
 
+-- name: task_work
+-- A task's work for an event (taskstatus.work_outcome): its task run, and its action runs that
+-- are not final yet (due, started, scheduled for a retry) or failed.
+SELECT t.state AS task_state, t.error AS task_error,
+       (SELECT COUNT(*) FROM runs a WHERE a.event_id = t.event_id AND a.task_run_id = t.id
+          AND a.state NOT IN ('succeeded', 'failed')) AS pending,
+       (SELECT 'action ' || a.action_type || ' (run ' || a.id || ') failed: '
+               || COALESCE(a.error, '')
+          FROM runs a WHERE a.event_id = t.event_id AND a.task_run_id = t.id
+          AND a.state = 'failed' ORDER BY a.id LIMIT 1) AS action_error
+FROM runs t WHERE t.id = :id AND t.kind = 'task';
+
 -- name: status_get
 SELECT * FROM task_status WHERE name = :name;
 
 -- name: status_all
 SELECT * FROM task_status ORDER BY name;
+
+-- name: status_metrics
+-- /metrics: every monitor's state and latest report; every task's latest success (a row that is
+-- not a ping monitor's is a task's).
+SELECT name, state, last_run_at, last_success_at, monitor IS NOT NULL AS monitored,
+       monitor IS NULL OR json_extract(monitor, '$.task') AS is_task
+FROM task_status;
 
 -- name: status_monitored
 SELECT * FROM task_status WHERE monitor IS NOT NULL ORDER BY name;
