@@ -19,7 +19,7 @@ from runnerd.monitoring import cron, monitors, taskstatus
 from runnerd.queue import runs
 from runnerd.store import db
 
-from .conftest import Daemon, wait_until
+from .conftest import Daemon, ping, wait_until
 from .helpers_servers import refused_port, smtp_server
 
 UTC = ZoneInfo("UTC")
@@ -250,7 +250,7 @@ async def test_alerts_are_durable_and_never_resent(database: db.Database, tmp_pa
                                f"smtp: {{host: 127.0.0.1, port: {controller.port}}}}}\n")
         first = monitors.Monitors(database, lambda: s)
         await first.tick(0.0)
-        await monitors.ping(database, "backup", "succeeded", b"", 0.0)
+        await ping(database, "backup", "succeeded", b"", 0.0)
         await first.tick(100.0)
         # The daemon is down from 100 s to 10_000 s: the alert that came due is not missed...
         second = monitors.Monitors(database, lambda: s)
@@ -265,7 +265,7 @@ async def test_alerts_are_durable_and_never_resent(database: db.Database, tmp_pa
         third = monitors.Monitors(database, lambda: s)
         assert await third.tick(10_001.0) == []
         assert await third.deliver(10_001.0) == 0
-        await monitors.ping(database, "backup", "succeeded", b"", 10_002.0)
+        await ping(database, "backup", "succeeded", b"", 10_002.0)
         assert await third.deliver(10_002.0) == 1
         assert len(recorder.messages) == 2
         assert "is UP again" in recorder.messages[1].data.decode()
@@ -284,7 +284,7 @@ async def test_alert_retry_outbox_and_no_recipients(database: db.Database,
                                f"port: {port}, timeout: 2s}}}}\n")
         mon = monitors.Monitors(database, lambda: s)
         await mon.tick(0.0)
-        await monitors.ping(database, "backup", "failed", b"disk full", 1.0)
+        await ping(database, "backup", "failed", b"disk full", 1.0)
         assert await mon.deliver(1.0) == 1
         if mon._executor is not None:
             await mon._executor.close()
@@ -301,7 +301,7 @@ async def test_alert_retry_outbox_and_no_recipients(database: db.Database,
     assert len(outbox) == 1 and outbox[0]["subject"] == "runnerd: monitor backup is DOWN"
     assert json.loads(outbox[0]["recipients"]) == ["ops@example.com"]
     # Without recipients the flip is recorded as skipped.
-    await monitors.ping(database, "backup", "succeeded", b"", 101.0)
+    await ping(database, "backup", "succeeded", b"", 101.0)
     s3 = settings(tmp_path)
     s3 = config.Settings(**{**{f: getattr(s3, f) for f in s3.__dataclass_fields__},
                             "monitoring": config.Monitoring()})

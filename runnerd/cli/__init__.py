@@ -349,7 +349,8 @@ def cmd_prune(args: argparse.Namespace, path: str, environ: dict[str, str]) -> i
     else:
         print(f"pruned {out['events_pruned']} event(s) with their {out['runs_pruned']} run(s); "
               f"purged {out['cache_keys_purged']} expired cache key(s); pruned "
-              f"{out['monitor_flips_pruned']} monitor flip(s), {out['outbox_pruned']} outbox "
+              f"{out['monitor_flips_pruned']} monitor flip(s), "
+              f"{out['monitor_pings_pruned']} monitor ping(s), {out['outbox_pruned']} outbox "
               f"message(s), {out['workers_pruned']} workers row(s), "
               f"{out['scheduler_slots_pruned']} scheduler slot(s)")
     return 0

@@ -103,6 +103,9 @@ class Monitoring:
     #: pings per minute one monitor takes, and one client address sends (0: no limit)
     ping_rate: int = 30
     ping_rate_per_client: int = 300
+    #: the most of a ping's body kept (bytes), and the pings kept per monitor
+    ping_body_limit: int = 10_240
+    ping_history: int = 100
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -352,7 +355,8 @@ def _limits(raw: Any, r: yamlread.Reader) -> Limits:
 
 def _monitoring(raw: Any, r: yamlread.Reader) -> Monitoring:
     s = r.section(raw, "monitoring", {"mail_recipients", "alert_interval", "ping_rate",
-                                      "ping_rate_per_client"})
+                                      "ping_rate_per_client", "ping_body_limit",
+                                      "ping_history"})
     recipients = r.get(s, "monitoring", "mail_recipients", (list, str), [])
     if isinstance(recipients, str):
         recipients = [x.strip() for x in recipients.split(",") if x.strip()]
@@ -366,6 +370,8 @@ def _monitoring(raw: Any, r: yamlread.Reader) -> Monitoring:
         ping_rate=r.get(s, "monitoring", "ping_rate", int, 30, _not_negative),
         ping_rate_per_client=r.get(s, "monitoring", "ping_rate_per_client", int, 300,
                                    _not_negative),
+        ping_body_limit=r.get(s, "monitoring", "ping_body_limit", int, 10_240, _not_negative),
+        ping_history=r.get(s, "monitoring", "ping_history", int, 100, yamlread.positive),
     )
 
 

@@ -135,6 +135,7 @@ def row_json(row: Any) -> dict[str, Any]:
         "last_failure_at": models.iso(row["last_failure_at"]),
         "last_error": row["last_error"],
         "state_changed_at": models.iso(row["state_changed_at"]),
+        "last_duration": row["last_duration"],
         "monitor": monitor,
     }
     if "previous_state" in row.keys():

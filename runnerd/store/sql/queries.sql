@@ -395,3 +395,41 @@ SELECT action_type, options FROM runs
 WHERE task_run_id = (SELECT id FROM runs WHERE event_id = :parent_id AND kind = 'task'
                        AND task_name = :task_name ORDER BY id DESC LIMIT 1)
 ORDER BY id;
+
+-- Ping history (migration 0004; monitoring/pings.py).
+
+-- name: ping_previous
+-- The latest start or finish of this run id (NULL: pings without one): a start means a finish
+-- now ends it.
+SELECT kind, created_at FROM monitor_pings
+WHERE name = :name AND rid IS :rid AND kind <> 'log' ORDER BY id DESC LIMIT 1;
+
+-- name: ping_insert
+INSERT INTO monitor_pings (name, created_at, kind, exit_status, rid, duration, method,
+                           remote_addr, body, body_bytes)
+VALUES (:name, :now, :kind, :exit_status, :rid, :duration, :method, :remote_addr, :body,
+        :body_bytes);
+
+-- name: pings_trim
+-- A monitor keeps its latest :keep pings.
+DELETE FROM monitor_pings
+WHERE name = :name
+  AND id <= (SELECT id FROM monitor_pings WHERE name = :name ORDER BY id DESC
+             LIMIT 1 OFFSET :keep);
+
+-- name: status_duration
+UPDATE task_status SET last_duration = :duration WHERE name = :name;
+
+-- name: pings_recent
+SELECT * FROM monitor_pings WHERE name = :name ORDER BY id DESC LIMIT :limit;
+
+-- name: flips_of
+SELECT id, old_state, new_state, created_at, mail_state FROM monitor_flips
+WHERE name = :name ORDER BY id DESC LIMIT :limit;
+
+-- name: prune_pings
+-- Pings received before :before (the same id range as prune_flips); at most :batch rows.
+DELETE FROM monitor_pings
+WHERE id < COALESCE((SELECT id FROM monitor_pings WHERE created_at >= :before ORDER BY id LIMIT 1),
+                    9223372036854775807)
+  AND id < (SELECT MIN(id) FROM monitor_pings) + :batch;
