@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import textwrap
 import time
 from pathlib import Path
@@ -46,48 +47,48 @@ def local(ts: float, tz: ZoneInfo = UTC) -> str:
     ("0 0 29 2 *", "2025-01-01 00:00", "2028-02-29 00:00 +0000"),
     ("0 12 13 * 5", "2025-06-01 00:00", "2025-06-06 12:00 +0000"),  # 13th OR a Friday
     ("0 0 * * 7", "2025-06-01 00:00", "2025-06-08 00:00 +0000"),  # 7 is Sunday
+    # Both day fields restricted, neither starting with `*`: either matches (Vixie cron).
+    ("0 0 1,15 * 5", "2025-06-01 00:00", "2025-06-06 00:00 +0000"),
+    # `*/2` starts with `*`: both must match (Mondays on odd days), never "daily" (issue 19).
+    ("0 0 */2 * 1", "2025-06-01 00:00", "2025-06-09 00:00 +0000"),
+    ("0 0 */2 * 1", "2025-06-09 00:00", "2025-06-23 00:00 +0000"),
+    ("0 3 L * *", "2025-02-01 00:00", "2025-02-28 03:00 +0000"),  # the last day of the month
+    ("0 9 * * 5L", "2025-06-01 00:00", "2025-06-27 09:00 +0000"),  # the last Friday
+    ("0 9 * * 1#2", "2025-06-01 00:00", "2025-06-09 09:00 +0000"),  # the second Monday
 ])
 def test_cron_next_after(expr: str, after: str, expected: str) -> None:
     assert local(cron.next_after(cron.parse(expr), at(after), UTC)) == expected
 
 
-def test_cron_prev_before_and_dst() -> None:
+def test_cron_dst_like_cron() -> None:
     daily = cron.parse("30 2 * * *")
-    # 2025-03-30 02:30 does not exist in Amsterdam: skipped; 2025-10-26 02:30 happens twice.
+    # 2025-03-30 02:30 does not exist in Amsterdam: it fires when the clock jumps (03:00), not
+    # the next day; 2025-10-26 02:30 happens twice and fires once.
     assert local(cron.next_after(daily, at("2025-03-29 03:00", AMS), AMS), AMS) == \
-        "2025-03-31 02:30 +0200"
+        "2025-03-30 03:00 +0200"
     first = cron.next_after(daily, at("2025-10-26 00:00", AMS), AMS)
     second = cron.next_after(daily, first, AMS)
     assert (local(first, AMS), local(second, AMS)) == ("2025-10-26 02:30 +0200",
-                                                      "2025-10-26 02:30 +0100")
-    assert local(cron.prev_before(daily, at("2025-06-01 02:30"), UTC)) == "2025-06-01 02:30 +0000"
-    assert local(cron.prev_before(daily, at("2025-06-01 02:29"), UTC)) == "2025-05-31 02:30 +0000"
-    assert local(cron.prev_before(cron.parse("*/20 * * * *"), at("2025-06-01 00:05"), UTC)) == \
-        "2025-06-01 00:00 +0000"
+                                                      "2025-10-27 02:30 +0100")
 
 
-def test_cron_agrees_with_brute_force() -> None:
-    start = at("2025-06-01 00:00")
-    for expr in ("*/7 * * * *", "0 */5 * * *", "10-20/3 1,13 * * *", "59 23 * * sat",
-                 "0 0 1,15 * mon"):
-        parsed = cron.parse(expr)
-        minutes = [start + 60 * i for i in range(0, 60 * 24 * 20)]
-        matches = [t for t in minutes
-                   if parsed.minutes.__contains__(dt.datetime.fromtimestamp(t, UTC).minute)
-                   and dt.datetime.fromtimestamp(t, UTC).hour in parsed.hours
-                   and parsed.day_matches(dt.datetime.fromtimestamp(t, UTC).date())]
-        t = start - 1
-        for expected in matches[:40]:
-            t = cron.next_after(parsed, t, UTC)
-            assert t == expected, expr
-            assert cron.prev_before(parsed, t + 59, UTC) == t
+@pytest.mark.parametrize("expr, words", [
+    ("0 3 * * *", "At 03:00 every day"),
+    ("*/15 9-17 * * mon-fri", "Every 15th minute from 09:00 through 17:59 on Monday through "
+                              "Friday"),
+    ("0 3 L * *", "At 03:00 on the last day of every month"),
+    ("0 9 * * 1#2", "At 09:00 on the second Monday of the month"),
+])
+def test_cron_in_words(expr: str, words: str) -> None:
+    assert cron.describe(cron.parse(expr)) == words
 
 
 @pytest.mark.parametrize("expr", ["* * * *", "60 * * * *", "* 24 * * *", "* * 0 * *",
-                                  "*/0 * * * *", "5-1 * * * *", "* * * foo *", "0 0 31 2 *"])
+                                  "*/0 * * * *", "5-1 * * * *", "* * * foo *", "0 0 31 2 *",
+                                  "0 0 * * 1#6"])
 def test_cron_rejects(expr: str) -> None:
-    with pytest.raises(ValueError):
-        cron.next_after(cron.parse(expr), 0.0, UTC)
+    with pytest.raises(ValueError, match=f"bad schedule '{re.escape(expr)}': (bad|wrong) "):
+        cron.parse(expr)
 
 
 def test_bad_schedule_fails_check(tmp_path: Path) -> None:
@@ -97,14 +98,16 @@ def test_bad_schedule_fails_check(tmp_path: Path) -> None:
     path.write_text("database: x.db\nmonitors:\n  - {name: b, schedule: '61 * * * *', grace: 1m}\n")
     with pytest.raises(errors.ConfigError) as exc:
         daemon.load(str(path), {})
-    assert exc.value.problems == ["monitors[0].schedule: minute value 61 out of range 0-59"]
+    assert exc.value.problems == ["monitors[0].schedule: bad schedule '61 * * * *': bad minute "
+                                  "(5 fields: minute hour day-of-month month day-of-week)"]
     # A schedule that parses but never comes (30 February) would fail every evaluation: it is
     # refused by the configuration itself, so the command line (config.load) refuses it too.
     path.write_text("database: x.db\nmonitors:\n  - {name: b, schedule: '0 0 30 2 *'}\n")
     with pytest.raises(errors.ConfigError) as exc:
         config.load(str(path), {})
     assert exc.value.problems == [
-        "monitors[0].schedule: bad schedule '0 0 30 2 *': it never matches a date"]
+        "monitors[0].schedule: bad schedule '0 0 30 2 *': bad day-of-month (5 fields: minute "
+        "hour day-of-month month day-of-week)"]
 
 
 # --- the state function ---------------------------------------------------------------------

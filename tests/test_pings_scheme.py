@@ -113,3 +113,19 @@ def test_ping_rate_limit_applies_to_every_ping_route(make_daemon: Any) -> None:
     assert codes[:2] == [200, 200] and codes[2:] == [429, 429]
     wait_until(lambda: len(history(d)) == 2)
     assert d.stop() == 0
+
+
+def test_monitors_say_the_schedule_in_words(make_daemon: Any) -> None:
+    d: Daemon = make_daemon("""
+        timezone: Europe/Amsterdam
+        monitors:
+          - {name: nightly, schedule: "0 3 L * *", grace: 1h}
+          - {name: sync, period: 15m, grace: 5m}
+        """).create_database()
+    listing = {m["name"]: m for m in json.loads(d.cli("monitors", "--json", check=True).stdout)}
+    assert listing["nightly"]["schedule_in_words"] == "At 03:00 on the last day of every month"
+    assert listing["sync"]["schedule_in_words"] is None
+    text = d.cli("monitors", check=True).stdout
+    assert "At 03:00 on the last day of every month (Europe/Amsterdam)" in text
+    shown = d.cli("monitors", "show", "nightly", check=True).stdout
+    assert "(At 03:00 on the last day of every month)" in shown

@@ -138,3 +138,10 @@ def _listening(port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def test_status_says_schedules_in_words(make_daemon: Any) -> None:
+    d: Daemon = make_daemon(CONFIG).start()
+    page = d.request("GET", "/status")[2].decode()
+    assert "<code>*/15 * * * *</code>: Every 15th minute" in page
+    assert d.stop() == 0

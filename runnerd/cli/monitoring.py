@@ -15,7 +15,7 @@ from typing import Any
 
 from runnerd import config, errors
 from runnerd.cli import shared
-from runnerd.monitoring import heartbeat, monitors, pings, taskstatus
+from runnerd.monitoring import cron, heartbeat, monitors, pings, taskstatus
 from runnerd.store import db
 
 Add = Callable[..., argparse.ArgumentParser]
@@ -83,8 +83,9 @@ def _show(args: argparse.Namespace, settings: config.Settings,
         shared.print_json(shown)
         return 0
     duration = shown.get("last_duration")
+    words = f" ({shown['schedule_in_words']})" if shown["schedule_in_words"] else ""
     print(f"monitor {shown['name']} ({shown['kind']}): {shown['state']}; expects "
-          f"{_expects(shown)}\nlast success {shown['last_success_at'] or 'never'}, last status "
+          f"{_expects(shown)}{words}\nlast success {shown['last_success_at'] or 'never'}, last status "
           f"{shown['last_status'] or '-'}, last duration "
           f"{'-' if duration is None else f'{duration:.1f}s'}")
     print(f"\nPINGS ({len(found['pings'])}, newest first)")
@@ -139,6 +140,8 @@ def cmd_monitors(args: argparse.Namespace, path: str, environ: dict[str, str]) -
         expects = _expects(m)
         print(f"{m['name'][:28]:<28} {m['kind']:<5} {m['state']:<7} {expects[:24]:<24} "
               f"{m['last_success_at'] or 'never':<25} {m['last_status'] or '-'}")
+        if m["schedule_in_words"]:
+            print(f"{'':<42}{m['schedule_in_words']} ({settings.timezone})")
     return 0
 
 
@@ -151,8 +154,11 @@ def _listing(settings: config.Settings) -> dict[str, dict[str, Any]]:
         row = found.get(monitor.name) or {"state": "new", "last_status": None,
                                           "last_success_at": None, "last_run_at": None,
                                           "last_duration": None}
+        words = (cron.describe(cron.parse(monitor.schedule)) if monitor.schedule is not None
+                 else None)
         out[monitor.name] = {"name": monitor.name, "kind": "task" if monitor.task else "ping",
                              "period": monitor.period, "schedule": monitor.schedule,
+                             "schedule_in_words": words,
                              "grace": monitor.grace, **{k: v for k, v in row.items()
                                                         if k not in ("name", "monitor")}}
     return out

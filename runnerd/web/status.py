@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from runnerd import models
-from runnerd.monitoring import metrics
+from runnerd.monitoring import cron, metrics
 from runnerd.store import db
 
 SAMPLE_RUNS = 20_000
@@ -202,8 +202,9 @@ def _is_task(row: Mapping[str, Any]) -> bool:
 
 
 def _expects(monitor: Mapping[str, Any]) -> str:
-    expect = (f"every {_seconds(monitor['period'])}" if monitor.get("period")
-              else f"cron {_E(monitor.get('schedule') or '')}")
+    schedule = monitor.get("schedule")
+    expect = (f"every {_seconds(monitor['period'])}" if monitor.get("period") or not schedule
+              else f"<code>{_E(schedule)}</code>: {_E(cron.describe(cron.parse(schedule)))}")
     return f"{expect}, grace {_seconds(monitor['grace'])}"
 
 
