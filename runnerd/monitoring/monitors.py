@@ -132,10 +132,16 @@ def alert_mail(flip: Mapping[str, Any]) -> tuple[str, str]:
                    else f"runnerd: monitor {name} is {new.upper()} again")
         lead = (f"Monitor <b>{html.escape(name)}</b> went from {html.escape(old)} to "
                 f"<b>{html.escape(new)}</b> at {models.iso(flip['created_at'])}.")
-    facts = "".join(
-        f"<tr><th align=left>{html.escape(k)}</th><td>{html.escape(str(status.get(k)))}</td></tr>"
-        for k in keys)
+    facts = "".join(f"<tr><th align=left>{html.escape(k.replace('_', ' '))}</th>"
+                    f"<td>{html.escape(_fact(k, status.get(k)))}</td></tr>" for k in keys)
     return subject, f"<p>{lead}</p><table>{facts}</table>"
+
+
+def _fact(key: str, value: Any) -> str:
+    """A fact as an alert shows it: a missing time is "never", another missing value "-"."""
+    if value is None:
+        return "never" if key.endswith("_at") or key.endswith("_since") else "-"
+    return str(value)
 
 
 def _due(row: Any, now: float) -> bool:
