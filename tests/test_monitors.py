@@ -414,7 +414,7 @@ def test_monitor_tasks_command(make_daemon) -> None:
         text = d.cli("monitor", "tasks", "--task", "other", "5", "--no-mail")
         assert text.returncode == 0 and text.stdout.startswith("ok       other:")
         assert len(recorder.messages) == 1
-        assert d.cli("monitor", "tasks", "--task", "other", "x").returncode == 1
+        assert d.cli("monitor", "tasks", "--task", "other", "x").returncode == 2  # usage
         assert d.stop() == 0
 
 

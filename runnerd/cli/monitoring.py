@@ -43,10 +43,9 @@ def _checks(pairs: list[list[str]]) -> list[tuple[str, float]]:
         try:
             value = float(minutes)
         except ValueError:
-            raise errors.InvalidInput(
-                f"--task {name} {minutes}: MINUTES must be a number") from None
+            raise shared.Usage(f"--task {name} {minutes}: MINUTES must be a number") from None
         if value <= 0:
-            raise errors.InvalidInput(f"--task {name} {minutes}: MINUTES must be positive")
+            raise shared.Usage(f"--task {name} {minutes}: MINUTES must be positive")
         out.append((name, value))
     return out
 
@@ -107,7 +106,7 @@ def cmd_monitors(args: argparse.Namespace, path: str, environ: dict[str, str]) -
     now = time.time()
     if args.action is not None:
         if args.name is None:
-            raise errors.InvalidInput(f"monitors {args.action} needs a monitor name")
+            raise shared.Usage(f"monitors {args.action} needs a monitor name")
         if args.name not in monitors.specs(settings):
             raise errors.NotFound(f"no monitor named {args.name!r} in {path}")
         if args.action == "show":
@@ -126,7 +125,7 @@ def cmd_monitors(args: argparse.Namespace, path: str, environ: dict[str, str]) -
             f"monitor {row['name']} is now {row['state']}")
         return 0
     if args.name is not None:
-        raise errors.InvalidInput(f"unexpected argument {args.name!r}")
+        raise shared.Usage(f"unexpected argument {args.name!r}")
     out = list(_listing(settings).values())
     if args.json:
         shared.print_json(out)

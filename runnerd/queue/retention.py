@@ -7,6 +7,7 @@ monitor flips, monitor pings, outbox messages, silent workers rows, old schedule
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from runnerd import config
@@ -22,8 +23,10 @@ WORKERS_KEEP_SECONDS = 7 * 86400
 
 
 async def prune(database: db.Database, settings: config.Settings, now: float, *,
-                batch: int = PRUNE_BATCH) -> dict[str, int]:
-    """`runnerd prune`: retention now, in short transactions until nothing more is due.
+                batch: int = PRUNE_BATCH,
+                on_batch: Callable[[dict[str, Any]], None] = lambda _: None) -> dict[str, int]:
+    """`runnerd prune`: retention now, in short transactions until nothing more is due;
+    `on_batch` gets the counts so far after each one (the CLI's progress lines).
 
     Expired cache keys, event trees past retention with their runs (`prune_batch`), handled
     monitor flips, monitor pings, outbox messages, silent workers rows and old scheduler slots.
@@ -45,7 +48,8 @@ async def prune(database: db.Database, settings: config.Settings, now: float, *,
 
     totals = await database.write(first)
     while await database.write(step):
-        pass
+        on_batch(progress)
+    on_batch(progress)
     return {**totals, "events_pruned": progress["events"], "runs_pruned": progress["runs"],
             "trees_pruned": progress["trees"],
             "monitor_flips_pruned": progress["monitor_flips"],
