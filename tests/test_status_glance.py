@@ -16,26 +16,19 @@ from typing import Any
 import aiohttp
 import pytest
 
+from . import test_status as status_test
 from .conftest import Daemon, free_port, require, wait_until
+from .test_status import CHROMIUM, SECRET
 
 pytestmark = pytest.mark.timeout(120)
 
-CHROMIUM = "/usr/bin/chromium"
-SECRET = "s3cr3t-payload-value"
-CONFIG = """
-monitors:
+# test_status's page set-up (a webhook, a task that fails on demand with a secret in its error),
+# with more monitors and a task that never runs.
+CONFIG = status_test.CONFIG.replace("  - {name: backup, period: 1h, grace: 10m}\n", """\
   - {name: backup-with-a-rather-long-monitor-name, period: 1s, grace: 1s}
   - {name: sync, schedule: "*/15 * * * *", grace: 5m}
   - {name: never-pinged, period: 1h, grace: 10m}
-webhooks:
-  - {name: orders, topic: user/orders/ready}
-tasks:
-  - name: Order mailer
-    subscriptions: |
-      user/orders/ready
-    code: |
-      {% if event.data.fail %}{% error "failed with {{ event.data.secret }}" %}{% endif %}
-      {% action "echo", secret: event.data.secret %}
+""") + """\
   - name: Never ran
     subscriptions: |
       user/nothing/happens

@@ -93,7 +93,7 @@ def _show(args: argparse.Namespace, settings: config.Settings,
         took = "" if p["duration"] is None else f"{p['duration']:.1f}s"
         body = " ".join((p["body"] or "").split())[:60]
         print(f"  {p['at']:<25} {kind:<9} {took:>8} {p['method']:<4} "
-              f"{p['remote_addr'] or '-':<15} {p['rid'] or '':<10} {body}")
+              f"{p['remote_addr'] or '-':<15} {p['rid'] or '':<10} {body}".rstrip())
     print(f"\nFLIPS ({len(found['flips'])}, newest first)")
     for f in found["flips"]:
         print(f"  {f['at']:<25} {f['from']} -> {f['to']} (alert {f['alert']})")
