@@ -128,3 +128,17 @@ def test_a_task_whose_actions_fail_is_failing(make_daemon: Any, target: int) -> 
     page = d.request("GET", "/status")[2].decode()
     assert "<title>runnerd: 2 monitors down, 2 tasks failing</title>" in page
     assert d.stop() == 0
+
+
+def test_cancelling_a_retrying_action_fails_its_task(make_daemon: Any, target: int) -> None:
+    d: Daemon = make_daemon(config(target)).start()
+    d.cli("send", "mechanic/user/trigger", check=True)
+    d.wait_runs("kind = 'action' AND action_type = 'http' AND state = 'scheduled'", 1)
+    (retrying,) = d.query("SELECT id FROM runs WHERE state = 'scheduled'")
+    assert status(d, "Erroring")["last_status"] is None  # retrying: neither way
+    out = d.cli("runs", "cancel", str(retrying["id"]), "--json", check=True)
+    assert json.loads(out.stdout)["state"] == "failed"
+    erroring = status(d, "Erroring")
+    assert (erroring["last_status"], erroring["state"]) == ("failed", "down")
+    assert erroring["last_error"] == f"action http (run {retrying['id']}) failed: cancelled"
+    assert d.stop() == 0

@@ -450,12 +450,14 @@ def retry(tx: db.Tx, run_id: int, now: float) -> models.Run:
 
 
 def cancel(tx: db.Tx, run_id: int, now: float) -> models.Run:
-    """Fail a run that has not started yet, with the error `cancelled`."""
+    """Fail a run that has not started yet, with the error `cancelled` (its task's failure)."""
     run = get(tx, run_id)
     if tx.execute("cancel_run", {"id": run_id, "now": now}).rowcount == 0:
         raise errors.InvalidInput(f"run {run_id} is {run.state}: only queued runs "
                                   "(unscheduled, scheduled, due) can be cancelled")
-    return get(tx, run_id)
+    cancelled = get(tx, run_id)
+    insert_events(tx, taskstatus.record_work(tx, cancelled), now)
+    return cancelled
 
 
 def queue_lag(tx: db.Tx, now: float) -> float:
