@@ -102,16 +102,21 @@ def test_healthchecks_ping_scheme(make_daemon: Any) -> None:
     assert d.stop() == 0
 
 
-def test_ping_rate_limit_applies_to_every_ping_route(make_daemon: Any) -> None:
+def test_rate_limit_and_ping_key_apply_to_every_ping_route(make_daemon: Any) -> None:
     d: Daemon = make_daemon("""
         monitoring: {ping_rate: 2}
         monitors:
           - {name: backup, period: 1h, grace: 1h}
+          - {name: keyed, period: 1h, grace: 1h, ping_key: k3y}
         """).start()
+    for path in ("/ping/keyed/log", "/ping/keyed/0", "/ping/keyed/start?rid=1"):
+        assert d.request("HEAD", path)[0] == 401, path
+    assert d.request("GET", "/ping/keyed/log?key=k3y")[0] == 200
     codes = [d.request("GET", path)[0] for path in
              ("/ping/backup/start", "/ping/backup/log", "/ping/backup/0", "/ping/backup/fail")]
     assert codes[:2] == [200, 200] and codes[2:] == [429, 429]
     wait_until(lambda: len(history(d)) == 2)
+    assert d.query("SELECT COUNT(*) FROM monitor_pings WHERE name = 'keyed'")[0][0] == 1
     assert d.stop() == 0
 
 

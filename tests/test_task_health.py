@@ -20,14 +20,16 @@ pytestmark = pytest.mark.timeout(90)
 
 
 class Target(BaseHTTPRequestHandler):
-    """/loop redirects to itself; /broken answers 500; /ok answers 200."""
+    """/loop redirects to itself; /broken answers 500 (200 once `mended`); /ok answers 200."""
+
+    mended = False
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
         if self.path == "/loop":
             self.send_response(302)
             self.send_header("Location", "/loop")
         else:
-            self.send_response(500 if self.path == "/broken" else 200)
+            self.send_response(500 if self.path == "/broken" and not self.mended else 200)
         self.send_header("Content-Length", "0")
         self.end_headers()
 
@@ -37,6 +39,7 @@ class Target(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def target() -> Iterator[int]:
+    Target.mended = False
     server = ThreadingHTTPServer(("127.0.0.1", 0), Target)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -130,7 +133,7 @@ def test_a_task_whose_actions_fail_is_failing(make_daemon: Any, target: int) -> 
     assert d.stop() == 0
 
 
-def test_cancelling_a_retrying_action_fails_its_task(make_daemon: Any, target: int) -> None:
+def test_cancelling_a_retrying_action_fails_its_task_and_a_retry_mends_it(make_daemon: Any, target: int) -> None:
     d: Daemon = make_daemon(config(target)).start()
     d.cli("send", "mechanic/user/trigger", check=True)
     d.wait_runs("kind = 'action' AND action_type = 'http' AND state = 'scheduled'", 1)
@@ -141,4 +144,9 @@ def test_cancelling_a_retrying_action_fails_its_task(make_daemon: Any, target: i
     erroring = status(d, "Erroring")
     assert (erroring["last_status"], erroring["state"]) == ("failed", "down")
     assert erroring["last_error"] == f"action http (run {retrying['id']}) failed: cancelled"
+    # Retried by hand once the target is mended: the task's work succeeded after all.
+    Target.mended = True
+    d.cli("runs", "retry", str(retrying["id"]), check=True)
+    wait_until(lambda: status(d, "Erroring")["last_status"] == "succeeded")
+    assert status(d, "Erroring")["state"] == "up"
     assert d.stop() == 0
