@@ -9,6 +9,7 @@ import asyncio
 import base64
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,8 @@ def test_headline_counts_problems_and_lists_everything(make_daemon: Any) -> None
     d: Daemon = make_daemon(CONFIG).start()
     page = d.request("GET", "/status")[2].decode()
     assert "<title>runnerd: all OK</title>" in page
-    assert d.request("GET", "/ping/sync/fail", "disk full " + SECRET)[0] == 200
+    assert d.request("GET", "/ping/sync/start?rid=r1")[0] == 200
+    assert d.request("GET", "/ping/sync/fail?rid=r1", "disk full " + SECRET)[0] == 200
     assert d.request("GET", "/ping/backup-with-a-rather-long-monitor-name")[0] == 200
     assert d.post_json("/webhooks/orders", {"secret": SECRET, "fail": True})[0] == 204
     d.wait_runs("kind = 'task' AND state = 'failed'", 1)
@@ -50,6 +52,7 @@ def test_headline_counts_problems_and_lists_everything(make_daemon: Any) -> None
     page = d.request("GET", "/status")[2].decode()
     assert "<title>runnerd: 2 monitors down, 1 task failing</title>" in page
     assert 'class="bad">runnerd: 2 monitors down, 1 task failing</h1>' in page
+    assert re.search(r">sync<.*? \(took \d+ ms\)</td>", page)  # its start → its failure
     for name in ("never-pinged", "Never ran", "Order mailer", "sync"):
         assert name in page
     # Monitors first, down ones first; tasks next, failing ones first.

@@ -218,9 +218,11 @@ def _listed(data: Mapping[str, Any], now: float) -> tuple[list[list[str]], list[
         r = rows.get(name)
         monitor = models.loads(r["monitor"]) if r is not None and r["monitor"] else None
         state = r["state"] if r is not None else "new"
+        took = r["last_duration"] if r is not None else None
         monitors.append((state != "down", [
             _E(name), _state(state), _ago(r["last_success_at"] if r else None, now),
-            _ago(r["last_run_at"] if r else None, now),
+            _ago(r["last_run_at"] if r else None, now)
+            + ("" if took is None else f" (took {_seconds(took)})"),
             _expects(monitor) if monitor else "–"]))
     for name in sorted(set(data.get("tasks", ())) | {n for n, r in rows.items() if _is_task(r)}):
         r = rows.get(name)
