@@ -23,6 +23,8 @@ from typing import Any
 import pytest
 from prometheus_client import parser
 
+from runnerd import config, models
+from runnerd.monitoring import monitors, pings
 from runnerd.store import db
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -227,6 +229,13 @@ def value(families: dict[str, Any], family: str, sample: str, **labels: str) -> 
         if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items()):
             return float(s.value)
     raise KeyError((sample, labels))
+
+
+async def ping(database: db.Database, name: str, status: str, body: bytes,
+               now: float) -> list[models.Event]:
+    """A ping as `/ping/{name}[/start|/fail]` records it: `status` succeeded, started or failed."""
+    kind = {"succeeded": "success", "started": "start", "failed": "fail"}[status]
+    return await monitors.ping(database, config.Monitoring(), pings.Ping(name, kind, body), now)
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import textwrap
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ from runnerd.monitoring import monitors
 from runnerd.queue import runs, taskstatus
 from runnerd.store import db
 
-from .conftest import Daemon, wait_until
+from .conftest import Daemon, ping, wait_until
 from .helpers_servers import refused_port, smtp_server
 
 UTC = ZoneInfo("UTC")
@@ -47,48 +48,48 @@ def local(ts: float, tz: ZoneInfo = UTC) -> str:
     ("0 0 29 2 *", "2025-01-01 00:00", "2028-02-29 00:00 +0000"),
     ("0 12 13 * 5", "2025-06-01 00:00", "2025-06-06 12:00 +0000"),  # 13th OR a Friday
     ("0 0 * * 7", "2025-06-01 00:00", "2025-06-08 00:00 +0000"),  # 7 is Sunday
+    # Both day fields restricted, neither starting with `*`: either matches (Vixie cron).
+    ("0 0 1,15 * 5", "2025-06-01 00:00", "2025-06-06 00:00 +0000"),
+    # `*/2` starts with `*`: both must match (Mondays on odd days), never "daily" (issue 19).
+    ("0 0 */2 * 1", "2025-06-01 00:00", "2025-06-09 00:00 +0000"),
+    ("0 0 */2 * 1", "2025-06-09 00:00", "2025-06-23 00:00 +0000"),
+    ("0 3 L * *", "2025-02-01 00:00", "2025-02-28 03:00 +0000"),  # the last day of the month
+    ("0 9 * * 5L", "2025-06-01 00:00", "2025-06-27 09:00 +0000"),  # the last Friday
+    ("0 9 * * 1#2", "2025-06-01 00:00", "2025-06-09 09:00 +0000"),  # the second Monday
 ])
 def test_cron_next_after(expr: str, after: str, expected: str) -> None:
     assert local(cron.next_after(cron.parse(expr), at(after), UTC)) == expected
 
 
-def test_cron_prev_before_and_dst() -> None:
+def test_cron_dst_like_cron() -> None:
     daily = cron.parse("30 2 * * *")
-    # 2025-03-30 02:30 does not exist in Amsterdam: skipped; 2025-10-26 02:30 happens twice.
+    # 2025-03-30 02:30 does not exist in Amsterdam: it fires when the clock jumps (03:00), not
+    # the next day; 2025-10-26 02:30 happens twice and fires once.
     assert local(cron.next_after(daily, at("2025-03-29 03:00", AMS), AMS), AMS) == \
-        "2025-03-31 02:30 +0200"
+        "2025-03-30 03:00 +0200"
     first = cron.next_after(daily, at("2025-10-26 00:00", AMS), AMS)
     second = cron.next_after(daily, first, AMS)
     assert (local(first, AMS), local(second, AMS)) == ("2025-10-26 02:30 +0200",
-                                                      "2025-10-26 02:30 +0100")
-    assert local(cron.prev_before(daily, at("2025-06-01 02:30"), UTC)) == "2025-06-01 02:30 +0000"
-    assert local(cron.prev_before(daily, at("2025-06-01 02:29"), UTC)) == "2025-05-31 02:30 +0000"
-    assert local(cron.prev_before(cron.parse("*/20 * * * *"), at("2025-06-01 00:05"), UTC)) == \
-        "2025-06-01 00:00 +0000"
+                                                      "2025-10-27 02:30 +0100")
 
 
-def test_cron_agrees_with_brute_force() -> None:
-    start = at("2025-06-01 00:00")
-    for expr in ("*/7 * * * *", "0 */5 * * *", "10-20/3 1,13 * * *", "59 23 * * sat",
-                 "0 0 1,15 * mon"):
-        parsed = cron.parse(expr)
-        minutes = [start + 60 * i for i in range(0, 60 * 24 * 20)]
-        matches = [t for t in minutes
-                   if parsed.minutes.__contains__(dt.datetime.fromtimestamp(t, UTC).minute)
-                   and dt.datetime.fromtimestamp(t, UTC).hour in parsed.hours
-                   and parsed.day_matches(dt.datetime.fromtimestamp(t, UTC).date())]
-        t = start - 1
-        for expected in matches[:40]:
-            t = cron.next_after(parsed, t, UTC)
-            assert t == expected, expr
-            assert cron.prev_before(parsed, t + 59, UTC) == t
+@pytest.mark.parametrize("expr, words", [
+    ("0 3 * * *", "At 03:00 every day"),
+    ("*/15 9-17 * * mon-fri", "Every 15th minute from 09:00 through 17:59 on Monday through "
+                              "Friday"),
+    ("0 3 L * *", "At 03:00 on the last day of every month"),
+    ("0 9 * * 1#2", "At 09:00 on the second Monday of the month"),
+])
+def test_cron_in_words(expr: str, words: str) -> None:
+    assert cron.describe(cron.parse(expr)) == words
 
 
 @pytest.mark.parametrize("expr", ["* * * *", "60 * * * *", "* 24 * * *", "* * 0 * *",
-                                  "*/0 * * * *", "5-1 * * * *", "* * * foo *", "0 0 31 2 *"])
+                                  "*/0 * * * *", "5-1 * * * *", "* * * foo *", "0 0 31 2 *",
+                                  "0 0 * * 1#6"])
 def test_cron_rejects(expr: str) -> None:
-    with pytest.raises(ValueError):
-        cron.next_after(cron.parse(expr), 0.0, UTC)
+    with pytest.raises(ValueError, match=f"bad schedule '{re.escape(expr)}': (bad|wrong) "):
+        cron.parse(expr)
 
 
 def test_bad_schedule_fails_check(tmp_path: Path) -> None:
@@ -98,14 +99,16 @@ def test_bad_schedule_fails_check(tmp_path: Path) -> None:
     path.write_text("database: x.db\nmonitors:\n  - {name: b, schedule: '61 * * * *', grace: 1m}\n")
     with pytest.raises(errors.ConfigError) as exc:
         daemon.load(str(path), {})
-    assert exc.value.problems == ["monitors[0].schedule: minute value 61 out of range 0-59"]
+    assert exc.value.problems == ["monitors[0].schedule: bad schedule '61 * * * *': bad minute "
+                                  "(5 fields: minute hour day-of-month month day-of-week)"]
     # A schedule that parses but never comes (30 February) would fail every evaluation: it is
     # refused by the configuration itself, so the command line (config.load) refuses it too.
     path.write_text("database: x.db\nmonitors:\n  - {name: b, schedule: '0 0 30 2 *'}\n")
     with pytest.raises(errors.ConfigError) as exc:
         config.load(str(path), {})
     assert exc.value.problems == [
-        "monitors[0].schedule: bad schedule '0 0 30 2 *': it never matches a date"]
+        "monitors[0].schedule: bad schedule '0 0 30 2 *': bad day-of-month (5 fields: minute "
+        "hour day-of-month month day-of-week)"]
 
 
 # --- the state function ---------------------------------------------------------------------
@@ -251,7 +254,7 @@ async def test_alerts_are_durable_and_never_resent(database: db.Database, tmp_pa
                                f"smtp: {{host: 127.0.0.1, port: {controller.port}}}}}\n")
         first = monitors.Monitors(database, lambda: s)
         await first.tick(0.0)
-        await monitors.ping(database, "backup", "succeeded", b"", 0.0)
+        await ping(database, "backup", "succeeded", b"", 0.0)
         await first.tick(100.0)
         # The daemon is down from 100 s to 10_000 s: the alert that came due is not missed...
         second = monitors.Monitors(database, lambda: s)
@@ -266,7 +269,7 @@ async def test_alerts_are_durable_and_never_resent(database: db.Database, tmp_pa
         third = monitors.Monitors(database, lambda: s)
         assert await third.tick(10_001.0) == []
         assert await third.deliver(10_001.0) == 0
-        await monitors.ping(database, "backup", "succeeded", b"", 10_002.0)
+        await ping(database, "backup", "succeeded", b"", 10_002.0)
         assert await third.deliver(10_002.0) == 1
         assert len(recorder.messages) == 2
         assert "is UP again" in recorder.messages[1].data.decode()
@@ -285,7 +288,7 @@ async def test_alert_retry_outbox_and_no_recipients(database: db.Database,
                                f"port: {port}, timeout: 2s}}}}\n")
         mon = monitors.Monitors(database, lambda: s)
         await mon.tick(0.0)
-        await monitors.ping(database, "backup", "failed", b"disk full", 1.0)
+        await ping(database, "backup", "failed", b"disk full", 1.0)
         assert await mon.deliver(1.0) == 1
         if mon._executor is not None:
             await mon._executor.close()
@@ -302,7 +305,7 @@ async def test_alert_retry_outbox_and_no_recipients(database: db.Database,
     assert len(outbox) == 1 and outbox[0]["subject"] == "runnerd: monitor backup is DOWN"
     assert json.loads(outbox[0]["recipients"]) == ["ops@example.com"]
     # Without recipients the flip is recorded as skipped.
-    await monitors.ping(database, "backup", "succeeded", b"", 101.0)
+    await ping(database, "backup", "succeeded", b"", 101.0)
     s3 = settings(tmp_path)
     s3 = config.Settings(**{**{f: getattr(s3, f) for f in s3.__dataclass_fields__},
                             "monitoring": config.Monitoring()})
@@ -412,7 +415,7 @@ def test_monitor_tasks_command(make_daemon) -> None:
         text = d.cli("monitor", "tasks", "--task", "other", "5", "--no-mail")
         assert text.returncode == 0 and text.stdout.startswith("ok       other:")
         assert len(recorder.messages) == 1
-        assert d.cli("monitor", "tasks", "--task", "other", "x").returncode == 1
+        assert d.cli("monitor", "tasks", "--task", "other", "x").returncode == 2  # usage
         assert d.stop() == 0
 
 

@@ -33,7 +33,7 @@ from runnerd.monitoring import monitors, ratelimit, sd_notify
 from runnerd.queue import taskstatus
 from runnerd.store import db, sql
 
-from .conftest import Clock, Daemon, wait_until
+from .conftest import Clock, Daemon, ping, wait_until
 from .helpers_servers import smtp_server
 
 T0 = 1_750_000_000.0
@@ -76,19 +76,19 @@ async def test_flapping_alerts_at_once_then_once_per_interval_with_a_summary(
         mon = monitors.Monitors(database, lambda: s)
         assert await mon.tick(T0) == []
         # The first change alerts at once: no added delay for a monitor that flips once.
-        (down,) = await monitors.ping(database, "backup", "failed", b"disk full", T0 + 1)
+        (down,) = await ping(database, "backup", "failed", b"disk full", T0 + 1)
         assert down.topic == taskstatus.DOWN_TOPIC and down.data["flaps"] == 0
         assert await mon.deliver(T0 + 1) == 1
         assert subjects(recorder) == ["runnerd: monitor backup is DOWN"]
         # Its recovery within the interval alerts at once too: a down and an up are no flapping.
-        (up,) = await monitors.ping(database, "backup", "succeeded", b"", T0 + 2)
+        (up,) = await ping(database, "backup", "succeeded", b"", T0 + 2)
         assert up.topic == taskstatus.UP_TOPIC and up.data["flaps"] == 0
         assert await mon.deliver(T0 + 2) == 1
         # 198 more alternating reports within the interval after that alert: recorded and
         # counted, no event, no email; the flip history stays at FLIPS_KEPT rows.
         for i in range(2, 200):
             status = "succeeded" if i % 2 else "failed"
-            assert await monitors.ping(database, "backup", status, b"", T0 + 1 + i) == []
+            assert await ping(database, "backup", status, b"", T0 + 1 + i) == []
             assert await mon.tick(T0 + 1 + i) == []
         assert await mon.deliver(T0 + 200) == 0 and len(recorder.messages) == 2
         assert await flips(database) == {"damped": taskstatus.FLIPS_KEPT}
@@ -110,20 +110,20 @@ async def test_flapping_alerts_at_once_then_once_per_interval_with_a_summary(
         assert await flaps(database) == 0
         # Quiet for longer than the interval: nothing more; then a change alerts at once again.
         assert await mon.tick(T0 + 5000) == []
-        (again,) = await monitors.ping(database, "backup", "failed", b"", T0 + 5000)
+        (again,) = await ping(database, "backup", "failed", b"", T0 + 5000)
         assert again.data["flaps"] == 0 and again.data["previous_state"] == "up"
-        (recovered,) = await monitors.ping(database, "backup", "succeeded", b"", T0 + 5001)
+        (recovered,) = await ping(database, "backup", "succeeded", b"", T0 + 5001)
         assert recovered.topic == taskstatus.UP_TOPIC and recovered.data["flaps"] == 0
         # A new down within the interval after that alert is damped; damped changes survive a
         # restart: the new process sends their summary when it is due.
-        assert await monitors.ping(database, "backup", "failed", b"", T0 + 5002) == []
+        assert await ping(database, "backup", "failed", b"", T0 + 5002) == []
         restarted = monitors.Monitors(database, lambda: s)
         assert await restarted.tick(T0 + 5600) == []
         (late,) = await restarted.tick(T0 + 5601)
         assert (late.data["flaps"], late.data["state"]) == (1, "down")
         # Pausing drops the summary owed: a paused monitor alerts about nothing.
-        (up_again,) = await monitors.ping(database, "backup", "succeeded", b"", T0 + 5602)
-        assert await monitors.ping(database, "backup", "failed", b"", T0 + 5603) == []
+        (up_again,) = await ping(database, "backup", "succeeded", b"", T0 + 5602)
+        assert await ping(database, "backup", "failed", b"", T0 + 5603) == []
         assert await flaps(database) == 1
         await database.write(lambda tx: taskstatus.pause(tx, "backup", T0 + 5604))
         assert await restarted.tick(T0 + 9000) == [] and await flaps(database) == 0

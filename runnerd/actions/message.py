@@ -204,24 +204,35 @@ class Mail:
 _BREAKS = {
     **dict.fromkeys(("p", "h1", "h2", "h3", "h4", "h5", "h6", "blockquote", "pre", "table", "ul",
                      "ol", "dl"), ("\n\n", "\n\n")),
-    **dict.fromkeys(("div", "tr", "hr", "dt", "dd", "section", "article", "header", "footer"),
+    **dict.fromkeys(("div", "hr", "dt", "dd", "section", "article", "header", "footer"),
                     ("\n", "\n")),
-    "br": ("\n", ""), "li": ("\n- ", ""),
+    "br": ("\n", ""), "li": ("\n- ", ""), "tr": ("\n", ""),
 }
 _HIDDEN = frozenset({"style", "script", "head", "title"})
 
 
+#: Between two cells of a table row in the text/plain part.
+CELL_SEPARATOR = " | "
+
+
 class _TextParser(html.parser.HTMLParser):
-    """HTML → readable text: blocks become line breaks, links keep their target."""
+    """HTML → readable text: blocks become line breaks, a table row's cells stay apart, links
+    keep their target."""
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
         self.parts: list[str] = []
         self.hidden = 0
         self.links: list[tuple[str | None, int]] = []
+        self.cells = 0  #: cells seen in the current table row
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         self.hidden += tag in _HIDDEN
+        if tag == "tr":
+            self.cells = 0
+        elif tag in ("td", "th"):
+            self.parts.append(CELL_SEPARATOR if self.cells else "")
+            self.cells += 1
         self.parts.append(_BREAKS.get(tag, ("", ""))[0])
         if tag == "a":
             self.links.append((dict(attrs).get("href"), len(self.parts)))

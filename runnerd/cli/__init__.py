@@ -43,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="runnerd", parents=[common],
         description="A self-hosted automation and monitoring daemon (Mechanic's model, on SQLite).")
-    p.add_argument("--version", action="version", version=f"runnerd {__version__}")
+    p.add_argument("-V", "--version", action="version", version=f"runnerd {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -53,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
                               parents=[common, *parents])
 
     add("run", "run the daemon (webhooks, scheduler, worker)")
-    add("check", "validate the configuration and compile every task; exit 0 or 1")
+    add("check", "validate the configuration and compile every task; exit 0 or 1", jsonable)
     s = add("send", "store an event on any topic (e.g. mechanic/scheduler/10min to test a task)",
             jsonable)
     s.add_argument("topic")
@@ -70,7 +70,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=int, default=50)
     add("queue", "queue depth by kind and state, lag, what waits most", jsonable,
         aliases=["status"])
-    s = add("cache", "read or write the cache: cache get KEY | set KEY VALUE [--ttl S] | del KEY")
+    s = add("cache", "read or write the cache: cache get KEY | set KEY VALUE [--ttl S] | del KEY",
+            jsonable)
     s.add_argument("op", choices=["get", "set", "del"])
     s.add_argument("key")
     s.add_argument("value", nargs="?")
@@ -82,11 +83,12 @@ def _parser() -> argparse.ArgumentParser:
     data = s.add_mutually_exclusive_group()
     data.add_argument("--data", help="the event's data as JSON")
     data.add_argument("--data-file", help="read the event's data (JSON) from this file")
-    s = add("import", "print a Mechanic task export (JSON) as a runnerd task (YAML)")
+    s = add("import", "print a Mechanic task export (JSON) as a runnerd task (YAML)", jsonable)
     s.add_argument("file")
-    s = add("prune", "apply retention now: event trees, expired cache keys, old monitor flips, "
-            "outbox, workers and scheduler slots", jsonable)
-    s = add("backup", "write a consistent copy of the database (safe while the daemon runs)")
+    s = add("prune", "apply retention now: event trees, expired cache keys, old monitor flips "
+            "and pings, outbox, workers and scheduler slots", jsonable)
+    s = add("backup", "write a consistent copy of the database (safe while the daemon runs)",
+            jsonable)
     s.add_argument("path")
     monitoring.add_parsers(add, jsonable)  # monitor tasks, monitors, workers
     return p
@@ -114,6 +116,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     path = _config_path(args, environ)
     try:
         return COMMANDS[_canonical(args.command)](args, path, environ)
+    except shared.Usage as exc:
+        print(f"runnerd {args.command}: {_line(exc.message)} (see runnerd {args.command} --help)",
+              file=sys.stderr)
+        return shared.EXIT_USAGE
     except errors.ConfigError as exc:
         for problem in exc.problems:
             print(f"runnerd: config: {_line(problem)}", file=sys.stderr)
@@ -147,8 +153,19 @@ def cmd_run(args: argparse.Namespace, path: str, environ: dict[str, str]) -> int
 def cmd_check(args: argparse.Namespace, path: str, environ: dict[str, str]) -> int:
     from runnerd import daemon
 
-    reg = daemon.load(path, environ)
+    try:
+        reg = daemon.load(path, environ)
+    except errors.ConfigError as exc:
+        if not args.json:
+            raise
+        shared.print_json({"path": path, "ok": False, "problems": exc.problems})
+        return shared.EXIT_FAIL
     s = reg.settings
+    if args.json:
+        shared.print_json({"path": path, "ok": True, "tasks": len(reg.tasks),
+                           "webhooks": len(s.webhooks), "monitors": len(s.monitors),
+                           "database": str(s.database)})
+        return 0
     print(f"{path}: OK: {len(reg.tasks)} task(s), {len(s.webhooks)} webhook(s), "
           f"{len(s.monitors)} monitor(s); database {s.database}")
     for note in reg.notes:
@@ -188,7 +205,7 @@ def cmd_runs(args: argparse.Namespace, path: str, environ: dict[str, str]) -> in
 
     if args.action is None:
         if args.id is not None:
-            raise errors.InvalidInput(f"unexpected argument {args.id!r}: use runs show ID")
+            raise shared.Usage(f"unexpected argument {args.id!r}: use runs show ID")
         limit = operator.check_filters(args.state, args.kind, args.task, args.limit)
 
         async def listing(d: db.Database) -> list[dict[str, Any]]:
@@ -203,7 +220,7 @@ def cmd_runs(args: argparse.Namespace, path: str, environ: dict[str, str]) -> in
             _print_runs(rows)
         return 0
     if args.id is None:
-        raise errors.InvalidInput(f"runs {args.action} needs a run id")
+        raise shared.Usage(f"runs {args.action} needs a run id")
     run_id = operator.parse_run_id(args.id)
     now = time.time()
 
@@ -268,13 +285,13 @@ def cmd_cache(args: argparse.Namespace, path: str, environ: dict[str, str]) -> i
     now = time.time()
     key = args.key
     if args.op != "set" and args.value is not None:
-        raise errors.InvalidInput(f"cache {args.op} takes only a key")
+        raise shared.Usage(f"cache {args.op} takes only a key")
     try:  # the cache action's checks, as the command's errors
         cache.check_key(key)
         ttl = cache.check_ttl(args.ttl)
         if args.op == "set":
             if args.value is None:
-                raise errors.InvalidInput("cache set needs KEY VALUE")
+                raise shared.Usage("cache set needs KEY VALUE")
             try:
                 value = models.parse_json(args.value)
             except ValueError:
@@ -285,18 +302,21 @@ def cmd_cache(args: argparse.Namespace, path: str, environ: dict[str, str]) -> i
     if args.op == "get":
         row = shared.with_db(settings, lambda d: d.read(
             lambda tx: tx.one("cache_get", {"key": key, "now": now})))
-        if row is None:
-            return shared.EXIT_FAIL
-        print(row["value"])
-        return 0
+        if args.json:
+            shared.print_json({"key": key, "found": row is not None,
+                               "value": None if row is None else models.loads(row["value"])})
+        elif row is not None:
+            print(row["value"])
+        return 0 if row is not None else shared.EXIT_FAIL
     if args.op == "del":
         existed = shared.with_db(settings, lambda d: d.write(
             lambda tx: cache.delete(tx, key)))
-        print("deleted" if existed else "absent")
+        shared.print_json({"key": key, "deleted": existed}) if args.json else print(
+            "deleted" if existed else "absent")
         return 0
     shared.with_db(settings, lambda d: d.write(
         lambda tx: cache.put(tx, key, value, ttl, now)))
-    print("OK")
+    shared.print_json({"key": key, "set": True, "ttl": ttl}) if args.json else print("OK")
     return 0
 
 
@@ -344,6 +364,9 @@ def cmd_import(args: argparse.Namespace, path: str, environ: dict[str, str]) -> 
     from runnerd.tasks import mechanic_export
 
     text, notes = mechanic_export.export_to_yaml(args.file)
+    if args.json:
+        shared.print_json({"file": args.file, "yaml": text, "notes": notes})
+        return 0
     print(text, end="")
     for note in notes:
         print(f"runnerd: {note}", file=sys.stderr)
@@ -352,13 +375,21 @@ def cmd_import(args: argparse.Namespace, path: str, environ: dict[str, str]) -> 
 
 def cmd_prune(args: argparse.Namespace, path: str, environ: dict[str, str]) -> int:
     settings = config.load(path, environ)
-    out = shared.with_db(settings, lambda d: retention.prune(d, settings, time.time()))
+    shared.progress(f"prune: applying retention ({settings.retention_days:g} days, "
+                    f"{settings.retention_days_failed:g} with a failure) to {settings.database}")
+
+    def batch(done: dict[str, Any]) -> None:
+        shared.progress(f"prune: {done['events']} event(s), {done['runs']} run(s) so far")
+
+    out = shared.with_db(settings, lambda d: retention.prune(d, settings, time.time(),
+                                                              on_batch=batch))
     if args.json:
         shared.print_json(out)
     else:
         print(f"pruned {out['events_pruned']} event(s) with their {out['runs_pruned']} run(s); "
               f"purged {out['cache_keys_purged']} expired cache key(s); pruned "
-              f"{out['monitor_flips_pruned']} monitor flip(s), {out['outbox_pruned']} outbox "
+              f"{out['monitor_flips_pruned']} monitor flip(s), "
+              f"{out['monitor_pings_pruned']} monitor ping(s), {out['outbox_pruned']} outbox "
               f"message(s), {out['workers_pruned']} workers row(s), "
               f"{out['scheduler_slots_pruned']} scheduler slot(s)")
     return 0
@@ -366,8 +397,17 @@ def cmd_prune(args: argparse.Namespace, path: str, environ: dict[str, str]) -> i
 
 def cmd_backup(args: argparse.Namespace, path: str, environ: dict[str, str]) -> int:
     settings = config.load(path, environ)
+    try:
+        size = f"{os.path.getsize(settings.database) / 1e6:.1f} MB"
+    except OSError:
+        size = "size unknown"
+    shared.progress(f"backup: copying {settings.database} ({size}) to {args.path}")
     pages = dbfiles.backup(settings.database, args.path)
-    print(f"backed up {settings.database} to {args.path} ({pages} pages)")
+    if args.json:
+        shared.print_json({"database": str(settings.database), "path": args.path,
+                           "pages": pages})
+    else:
+        print(f"backed up {settings.database} to {args.path} ({pages} pages)")
     return 0
 
 

@@ -1,4 +1,5 @@
-"""What every CLI command shares: the failure exit code, JSON output, a database for one command.
+"""What every CLI command shares: the exit codes, usage errors, JSON output, progress lines, a
+database for one command.
 
 The package (`runnerd.cli`) imports `cli.monitoring` to register its commands; both import this
 module, which imports neither, so there is no import cycle.
@@ -8,13 +9,27 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from runnerd import config
+from runnerd import config, errors
 from runnerd.store import db
 
 EXIT_FAIL = 1
+#: A command used wrongly (a missing or extra argument, a malformed value), as argparse exits.
+EXIT_USAGE = 2
+
+
+class Usage(errors.InvalidInput):
+    """The command line itself is wrong: exit EXIT_USAGE with one line and a pointer to --help."""
+
+
+def progress(message: str) -> None:
+    """A progress line on a long operation, on stderr when it is a terminal (never in a cron
+    job's mail nor in --json output)."""
+    if sys.stderr.isatty():
+        print(f"runnerd: {message}", file=sys.stderr, flush=True)
 
 
 def print_json(value: Any) -> None:

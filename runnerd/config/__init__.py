@@ -104,6 +104,9 @@ class Monitoring:
     #: pings per minute one monitor takes, and one client address sends (0: no limit)
     ping_rate: int = 30
     ping_rate_per_client: int = 300
+    #: the most of a ping's body kept (bytes), and the pings kept per monitor
+    ping_body_limit: int = 10_240
+    ping_history: int = 100
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -365,7 +368,8 @@ def _limits(raw: Any, r: yamlread.Reader) -> Limits:
 
 def _monitoring(raw: Any, r: yamlread.Reader) -> Monitoring:
     s = r.section(raw, "monitoring", {"mail_recipients", "alert_interval", "ping_rate",
-                                      "ping_rate_per_client"})
+                                      "ping_rate_per_client", "ping_body_limit",
+                                      "ping_history"})
     recipients = r.get(s, "monitoring", "mail_recipients", (list, str),
                        _default(Monitoring, "mail_recipients"))
     if isinstance(recipients, str):
@@ -379,7 +383,9 @@ def _monitoring(raw: Any, r: yamlread.Reader) -> Monitoring:
         alert_interval=r.duration(s, "monitoring", "alert_interval",
                                   _default(Monitoring, "alert_interval")),
         **{key: r.get(s, "monitoring", key, int, _default(Monitoring, key), _not_negative)
-           for key in ("ping_rate", "ping_rate_per_client")},
+           for key in ("ping_rate", "ping_rate_per_client", "ping_body_limit")},
+        ping_history=r.get(s, "monitoring", "ping_history", int,
+                           _default(Monitoring, "ping_history"), yamlread.positive),
     )
 
 

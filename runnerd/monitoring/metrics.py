@@ -6,7 +6,8 @@ worker's `on_finished` hook) with their durations, and webhook requests by statu
 listener's `on_webhook` hook). Read at scrape time, cached for `CACHE_SECONDS`: queue depth and lag
 (partial-index queries only, so history costs nothing), events created by source (the
 `event_counts` table a trigger keeps, so CLI events count and pruning never lowers it), worker
-health and the scheduler's last ticks.
+health, the scheduler's last ticks, and from `task_status` each monitor's state and latest report
+and each task's latest success (the task's work: its task run and its action runs).
 """
 
 from __future__ import annotations
@@ -37,7 +38,14 @@ def snapshot(tx: db.Tx, now: float) -> dict[str, Any]:
         queue[(row["kind"], row["state"])] = row["n"]
     lag = runs.queue_lag(tx, now)
     events = {row["source"]: row["n"] for row in tx.all("event_counts")}
-    return {"queue": queue, "lag": lag, "events": events}
+    monitors, successes = {}, {}
+    for row in tx.all("status_metrics"):
+        if row["monitored"]:
+            monitors[row["name"]] = (row["state"] == "up", row["last_run_at"])
+        if row["is_task"] and row["last_success_at"] is not None:
+            successes[row["name"]] = row["last_success_at"]
+    return {"queue": queue, "lag": lag, "events": events, "monitors": monitors,
+            "task_successes": successes}
 
 
 class _Histogram:
@@ -168,3 +176,28 @@ class Metrics:
         for topic, at in sorted(self.last_ticks.items()):
             ticks.add_metric([topic], at)
         yield ticks
+        yield from _status_families(snap)
+
+
+def _status_families(snap: Mapping[str, Any]) -> Iterator[Any]:
+    """Per monitor: up, and its latest report (a ping, or its task's work); per task: its
+    latest success."""
+    from prometheus_client import core
+
+    up = core.GaugeMetricFamily("runnerd_monitor_up", "1 when the monitor is up, 0 otherwise",
+                                labels=["monitor"])
+    pinged = core.GaugeMetricFamily("runnerd_monitor_last_ping_timestamp_seconds",
+                                    "The monitor's latest ping or task report (Unix time)",
+                                    labels=["monitor"])
+    for name, (is_up, last) in sorted(snap.get("monitors", {}).items()):
+        up.add_metric([name], 1.0 if is_up else 0.0)
+        if last is not None:
+            pinged.add_metric([name], last)
+    yield up
+    yield pinged
+    success = core.GaugeMetricFamily("runnerd_task_last_success_timestamp_seconds",
+                                     "When the task's work (task run and action runs) last "
+                                     "succeeded (Unix time)", labels=["task"])
+    for name, at in sorted(snap.get("task_successes", {}).items()):
+        success.add_metric([name], at)
+    yield success

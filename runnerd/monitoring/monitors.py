@@ -27,6 +27,7 @@ from typing import Any
 from runnerd import config, errors, models
 from runnerd.actions import email
 from runnerd.actions import message as mail_
+from runnerd.monitoring import pings
 from runnerd.queue import runs, taskstatus
 from runnerd.store import db
 
@@ -35,7 +36,6 @@ logger = logging.getLogger(__name__)
 TICK_SECONDS = 1.0
 #: Waits between attempts to email an alert; then it is marked failed.
 ALERT_BACKOFF = (30.0, 76.0, 152.0, 308.0, 600.0)
-PING_STATUS = {"": "succeeded", "start": "started", "fail": "failed"}
 #: The monitor's facts an alert email lists.
 ALERT_FACTS = ("state", "previous_state", "last_status", "last_success_at", "last_failure_at",
                "last_started_at", "last_error", "state_changed_at")
@@ -51,16 +51,13 @@ def ping_monitor(settings: config.Settings, name: str) -> config.Monitor | None:
     return next((m for m in settings.monitors if m.name == name and m.task is None), None)
 
 
-async def ping(database: db.Database, name: str, status: str, body: bytes,
+async def ping(database: db.Database, settings: config.Monitoring, received: pings.Ping,
                now: float) -> list[models.Event]:
-    """Record a ping (`succeeded`, `started` or `failed` with the body as the error)."""
-    error = None
-    if status == "failed":
-        text = body[:taskstatus.MAX_ERROR_BYTES].decode("utf-8", errors="replace").strip()
-        error = text or "failure reported by /ping/{name}/fail".replace("{name}", name)
+    """Record a ping and its history (`pings.record`); store the events a flip created."""
 
     def work(tx: db.Tx) -> list[models.Event]:
-        events = taskstatus.record(tx, name, status, now, error)
+        events = pings.record(tx, received, now, body_limit=settings.ping_body_limit,
+                              keep=settings.ping_history)
         runs.insert_events(tx, events, now)
         return events
 
@@ -135,10 +132,16 @@ def alert_mail(flip: Mapping[str, Any]) -> tuple[str, str]:
                    else f"runnerd: monitor {name} is {new.upper()} again")
         lead = (f"Monitor <b>{html.escape(name)}</b> went from {html.escape(old)} to "
                 f"<b>{html.escape(new)}</b> at {models.iso(flip['created_at'])}.")
-    facts = "".join(
-        f"<tr><th align=left>{html.escape(k)}</th><td>{html.escape(str(status.get(k)))}</td></tr>"
-        for k in keys)
+    facts = "".join(f"<tr><th align=left>{html.escape(k.replace('_', ' '))}</th>"
+                    f"<td>{html.escape(_fact(k, status.get(k)))}</td></tr>" for k in keys)
     return subject, f"<p>{lead}</p><table>{facts}</table>"
+
+
+def _fact(key: str, value: Any) -> str:
+    """A fact as an alert shows it: a missing time is "never", another missing value "-"."""
+    if value is None:
+        return "never" if key.endswith("_at") or key.endswith("_since") else "-"
+    return str(value)
 
 
 def _due(row: Any, now: float) -> bool:

@@ -2,11 +2,12 @@
 
 Event trees whose runs all finished long enough ago (`retention_days`, or
 `retention_days_failed` when one failed) go whole, with their runs and attempts; so do handled
-monitor flips, outbox messages, silent workers rows, old scheduler slots and expired cache keys.
+monitor flips, monitor pings, outbox messages, silent workers rows, old scheduler slots and expired cache keys.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from runnerd import config
@@ -22,11 +23,13 @@ WORKERS_KEEP_SECONDS = 7 * 86400
 
 
 async def prune(database: db.Database, settings: config.Settings, now: float, *,
-                batch: int = PRUNE_BATCH) -> dict[str, int]:
-    """`runnerd prune`: retention now, in short transactions until nothing more is due.
+                batch: int = PRUNE_BATCH,
+                on_batch: Callable[[dict[str, Any]], None] = lambda _: None) -> dict[str, int]:
+    """`runnerd prune`: retention now, in short transactions until nothing more is due;
+    `on_batch` gets the counts so far after each one (the CLI's progress lines).
 
     Expired cache keys, event trees past retention with their runs (`prune_batch`), handled
-    monitor flips, outbox messages, silent workers rows and old scheduler slots.
+    monitor flips, monitor pings, outbox messages, silent workers rows and old scheduler slots.
     """
     progress: dict[str, Any] = {}
 
@@ -37,17 +40,20 @@ async def prune(database: db.Database, settings: config.Settings, now: float, *,
 
     def step(tx: db.Tx) -> bool:
         """One batch; True while a batch was full (more may be due)."""
-        before = {k: progress.get(k, 0) for k in ("trees", "monitor_flips", "outbox")}
+        before = {k: progress.get(k, 0) for k in ("trees", "monitor_flips", "monitor_pings",
+                                                       "outbox")}
         prune_batch(tx, now, days=settings.retention_days,
                     days_failed=settings.retention_days_failed, batch=batch, stats=progress)
         return any(progress[k] - n >= batch for k, n in before.items())
 
     totals = await database.write(first)
     while await database.write(step):
-        pass
+        on_batch(progress)
+    on_batch(progress)
     return {**totals, "events_pruned": progress["events"], "runs_pruned": progress["runs"],
             "trees_pruned": progress["trees"],
             "monitor_flips_pruned": progress["monitor_flips"],
+            "monitor_pings_pruned": progress["monitor_pings"],
             "outbox_pruned": progress["outbox"], "workers_pruned": progress["workers"]}
 
 
@@ -60,11 +66,11 @@ def prune_batch(tx: db.Tx, now: float, *, days: float, days_failed: float, batch
     whole with all its runs and their attempts. It goes once every run in it is final and the
     latest one finished more than `days` ago, or `days_failed` when any run in it failed; a tree
     with a run scheduled, due or started is never deleted, however old. The same call deletes
-    handled `monitor_flips` rows older than `days_failed`, `outbox` rows older than `days` and
-    `workers` rows silent for a week, at most `batch` of each.
+    handled `monitor_flips` rows older than `days_failed`, `monitor_pings` and `outbox` rows older
+    than `days` and `workers` rows silent for a week, at most `batch` of each.
 
     `stats`, when given, gets the counts added to it (`events`, `runs`, `trees`,
-    `monitor_flips`, `outbox`, `workers`) and keeps the scan position under `after`, so calls
+    `monitor_flips`, `monitor_pings`, `outbox`, `workers`) and keeps the scan position under `after`, so calls
     in a loop (`prune`) do not rescan the trees they kept.
     """
     cutoff, cutoff_failed = now - days * 86400, now - days_failed * 86400
@@ -107,6 +113,7 @@ def prune_batch(tx: db.Tx, now: float, *, days: float, days_failed: float, batch
         "monitor_flips": tx.execute("prune_flips", {"before": cutoff_failed,
                                                     "batch": batch}).rowcount,
         "outbox": tx.execute("prune_outbox", {"before": cutoff, "batch": batch}).rowcount,
+        "monitor_pings": tx.execute("prune_pings", {"before": cutoff, "batch": batch}).rowcount,
         "workers": tx.execute("workers_prune", {"id": "", "before": now - WORKERS_KEEP_SECONDS}
                               ).rowcount,
     }

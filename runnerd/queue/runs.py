@@ -326,13 +326,13 @@ class Outcome:
 
 def finish(tx: db.Tx, outcome: Outcome, now: float,
            rand: Callable[[], float] = random.random, *,
-           performed: list[Outcome] | None = None) -> models.Run | None:
+           performed: list[Outcome] | None = None, inline: bool = False) -> models.Run | None:
     """Record an outcome: succeeded, failed, or scheduled for an automatic retry.
 
     Returns the run as recorded, or None when it was no longer in the state it was read in
     (`started`, or `due` for a task run rendered between the worker's turns: lost race). Children
-    performed in place (`Outcome.perform_inline`) are finished here too and their outcomes
-    appended to `performed`.
+    performed in place (`Outcome.perform_inline`) are finished here too (`inline`) and their
+    outcomes appended to `performed`; their task's status is then recorded once, by the parent.
     """
     run, ok, result, error = outcome.run, outcome.ok, outcome.result, outcome.error
     retryable = outcome.retryable
@@ -365,10 +365,10 @@ def finish(tx: db.Tx, outcome: Outcome, now: float,
     if ok and outcome.children:
         _store_children(tx, outcome, now, rand, [] if performed is None else performed)
     events = outcome.follow_up(final) if outcome.follow_up is not None else []
-    if run.kind is RunKind.TASK and run.task_name is not None:
-        # task_status changes with the run's final state, in this same transaction (SPEC §8);
-        # a monitor flipping to or from down adds its runnerd/monitors/* event.
-        events = [*events, *taskstatus.record(tx, run.task_name, str(state), finished_at, error)]
+    if not inline:
+        # task_status changes when the task's work for the event is done, in this same
+        # transaction (SPEC §8); a monitor flipping to or from down adds its event.
+        events = [*events, *taskstatus.record_work(tx, final)]
     insert_events(tx, events, now)
     return final
 
@@ -388,7 +388,7 @@ def _store_children(tx: db.Tx, outcome: Outcome, now: float, rand: Callable[[], 
         row = {**row, "state": _STARTED, "attempts": 1, "started_at": now, "error": None}
         row["id"] = tx.execute("insert_run", row).lastrowid
         child = outcome.perform_inline(models.Run.from_row(cast(sqlite3.Row, row)))
-        if finish(tx, child, now, rand, performed=performed) is not None:
+        if finish(tx, child, now, rand, performed=performed, inline=True) is not None:
             performed.append(child)
     if queued:
         tx.executemany("insert_run", queued)
@@ -461,12 +461,14 @@ def retry(tx: db.Tx, run_id: int, now: float) -> models.Run:
 
 
 def cancel(tx: db.Tx, run_id: int, now: float) -> models.Run:
-    """Fail a run that has not started yet, with the error `cancelled`."""
+    """Fail a run that has not started yet, with the error `cancelled` (its task's failure)."""
     run = get(tx, run_id)
     if tx.execute("cancel_run", {"id": run_id, "now": now}).rowcount == 0:
         raise errors.InvalidInput(f"run {run_id} is {run.state}: only queued runs "
                                   "(unscheduled, scheduled, due) can be cancelled")
-    return get(tx, run_id)
+    cancelled = get(tx, run_id)
+    insert_events(tx, taskstatus.record_work(tx, cancelled), now)
+    return cancelled
 
 
 def queue_lag(tx: db.Tx, now: float) -> float:

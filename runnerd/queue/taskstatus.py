@@ -135,6 +135,7 @@ def row_json(row: Any) -> dict[str, Any]:
         "last_failure_at": models.iso(row["last_failure_at"]),
         "last_error": row["last_error"],
         "state_changed_at": models.iso(row["state_changed_at"]),
+        "last_duration": row["last_duration"],
         "monitor": monitor,
     }
     if "previous_state" in row.keys():
@@ -228,6 +229,47 @@ def record(tx: db.Tx, name: str, status: str, now: float,
         return []  # not a monitor (the common case): nothing to evaluate, nothing more to read
     row = tx.one("status_get", {"name": name})
     return [] if row is None else flip(tx, row, now)
+
+
+def work_outcome(tx: db.Tx, task_run_id: int) -> tuple[str, str | None] | None:
+    """How a task's work for an event went: its task run and that run's action runs.
+
+    ("failed", error) if the task run failed or any action run ended `failed`; ("succeeded",
+    None) once all of them succeeded; None while an action is still due, started or retrying.
+    """
+    work = tx.one("task_work", {"id": task_run_id})
+    if work is None or work["task_state"] not in ("succeeded", "failed"):
+        return None
+    if work["task_state"] == "failed":
+        return "failed", work["task_error"]
+    if work["action_error"] is not None:
+        return "failed", work["action_error"]
+    return None if work["pending"] else ("succeeded", None)
+
+
+def record_work(tx: db.Tx, run: models.Run) -> list[models.Event]:
+    """Record a task's status as the run `run` (final) makes it (SPEC §8).
+
+    A task run that failed is a failure at once; one that succeeded is recorded when its action
+    runs are done (already, when they were performed in place). A failed action run is its
+    task's failure; a succeeded one records the success when it completes the work.
+    """
+    if run.task_name is None or run.finished_at is None:
+        return []
+    if run.kind is models.RunKind.TASK:
+        outcome = work_outcome(tx, run.id)
+    elif run.kind is models.RunKind.ACTION and run.task_run_id is not None:
+        if run.state is models.RunState.FAILED:
+            outcome = "failed", f"action {run.action_type} (run {run.id}) failed: {run.error}"
+        else:
+            outcome = work_outcome(tx, run.task_run_id)
+            if outcome is not None and outcome[0] == "failed":
+                return []  # recorded when that action (or the task run) failed
+    else:
+        return []
+    if outcome is None:
+        return []
+    return record(tx, run.task_name, outcome[0], run.finished_at, outcome[1])
 
 
 def tick(tx: db.Tx, names: Iterable[str], now: float) -> list[models.Event]:

@@ -14,7 +14,7 @@ import math
 from aiohttp import web
 
 from runnerd import config, errors
-from runnerd.monitoring import metrics, monitors, ratelimit
+from runnerd.monitoring import metrics, monitors, pings, ratelimit
 from runnerd.web import context, status, webhooks
 
 PING_METHODS = frozenset({"GET", "POST", "HEAD"})
@@ -31,7 +31,7 @@ def add_routes(app: web.Application, view: context.Ops) -> None:
     app[MONITOR_BUCKETS] = ratelimit.Buckets()
     app[CLIENT_BUCKETS] = ratelimit.Buckets()
     app.router.add_route("*", "/ping/{name}", ping)
-    app.router.add_route("*", "/ping/{name}/{kind:start|fail}", ping)
+    app.router.add_route("*", "/ping/{name}/{kind}", ping)
     app.router.add_route("GET", "/health", health)
     app.router.add_route("GET", "/metrics", prometheus)
     app.router.add_route("GET", "/status", status_page)
@@ -73,10 +73,15 @@ def _refusal(request: web.Request, monitor: config.Monitor) -> web.Response | No
 
 
 async def ping(request: web.Request) -> web.StreamResponse:
-    """GET/POST /ping/{name}[/start|/fail] → 200 "OK" (404 for an unknown monitor; 405, 429,
-    401 refused)."""
+    """GET/POST/HEAD /ping/{name}[/start|/fail|/log|/{0-255}][?rid=] → 200 "OK" (404 for an
+    unknown monitor or path; 405, 429, 401 refused)."""
     st = request.app[VIEW]
     name = request.match_info["name"]
+    suffix = request.match_info.get("kind", "")
+    kind = pings.kind_of(suffix)
+    if kind is None:
+        return _text(404, f"no such ping: /ping/{name}/{suffix} (use /start, /fail, /log or "
+                          "an exit status 0-255)")
     monitor = monitors.ping_monitor(st.config.settings, name)
     if monitor is None:
         return _text(404, f"no ping monitor named {name!r}")
@@ -86,9 +91,11 @@ async def ping(request: web.Request) -> web.StreamResponse:
         body = await webhooks.read_body(request, st.config.settings.listen)
     except webhooks.BodyRefused as exc:
         return _text(exc.status, exc.message)
-    kind = monitors.PING_STATUS[request.match_info.get("kind", "")]
+    received = pings.Ping(name=name, kind=kind[0], exit_status=kind[1], body=body,
+                          method=request.method, remote_addr=request.remote,
+                          rid=request.query.get("rid") or None)
     try:
-        events = await monitors.ping(st.db, name, kind, body, st.clock())
+        events = await monitors.ping(st.db, st.config.settings.monitoring, received, st.clock())
     except errors.DatabaseError as exc:
         return _text(503, f"not recorded: {exc.message}")
     if events:
@@ -127,4 +134,8 @@ async def status_page(request: web.Request) -> web.StreamResponse:
     except errors.DatabaseError as exc:
         return _text(503, f"database unavailable: {exc.message}")
     facts = st.heartbeat.facts(now)
-    return web.Response(text=status.render(data, facts, now), content_type="text/html")
+    settings = st.config.settings
+    configured = {"tasks": [t.name for t in settings.tasks],
+                  "monitors": [m.name for m in settings.monitors]}
+    return web.Response(text=status.render({**data, **configured}, facts, now),
+                        content_type="text/html")

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from runnerd import models
+from runnerd.config import cron
 from runnerd.monitoring import metrics
 from runnerd.store import db
 
@@ -170,17 +171,74 @@ def _state(state: str | None) -> str:
     return f'<span class="s s-{_E(state)}">{_E(state)}</span>'
 
 
-_CSS = """body{font:14px/1.4 system-ui,sans-serif;margin:1.5em auto;max-width:760px;color:#222}
-h1{font-size:1.4em}h2{font-size:1.1em;margin-top:1.6em;border-bottom:1px solid #ddd}
+_CSS = """body{font:14px/1.4 system-ui,sans-serif;margin:1.5em auto;max-width:760px;color:#222;
+padding:0 .5em}h1{font-size:1.4em;padding:.3em .5em;border-radius:4px}h1.ok{background:#d4f0dc}
+h1.bad{background:#f6d2cf}h2{font-size:1.1em;margin-top:1.6em;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;width:100%}td,th{padding:3px 6px;border-bottom:1px solid #eee;
 text-align:left}.muted{color:#777}.kpi{display:inline-block;margin:0 1.5em .5em 0}
 .kpi b{display:block;font-size:1.3em}.s{padding:1px 6px;border-radius:3px;background:#eee}
 .s-up,.s-succeeded,.s-ok{background:#d4f0dc}.s-down,.s-failed,.s-unhealthy{background:#f6d2cf}
-.s-late,.s-started{background:#fbeccb}.s-paused{background:#ddd}svg{display:block;margin:.5em 0}"""
+.s-late,.s-started{background:#fbeccb}.s-paused{background:#ddd}svg{display:block;margin:.5em 0;
+max-width:100%;height:auto}td:first-child{overflow-wrap:anywhere}.s{white-space:nowrap}
+@media (max-width:480px){body{font-size:13px}td,th{padding:2px 3px}.kpi{margin-right:.9em}}"""
+
+
+def headline(status_rows: Sequence[Mapping[str, Any]], health: Mapping[str, Any]) -> str:
+    """"all OK", or what is not: monitors down, tasks failing, the daemon unhealthy (pure)."""
+    down = sum(1 for r in status_rows if r["monitor"] is not None and r["state"] == "down")
+    failing = sum(1 for r in status_rows if _is_task(r) and r["last_status"] == "failed")
+    problems = []
+    if down:
+        problems.append(f"{down} monitor{'s' if down > 1 else ''} down")
+    if failing:
+        problems.append(f"{failing} task{'s' if failing > 1 else ''} failing")
+    if health.get("status") != "ok":
+        problems.append(f"daemon {health.get('status', 'unhealthy')}")
+    return ", ".join(problems) if problems else "all OK"
+
+
+def _is_task(row: Mapping[str, Any]) -> bool:
+    """A task's row: no monitor, or a task monitor (a ping monitor's row is not a task's)."""
+    return row["monitor"] is None or bool(models.loads(row["monitor"]).get("task"))
+
+
+def _expects(monitor: Mapping[str, Any]) -> str:
+    schedule = monitor.get("schedule")
+    expect = (f"every {_seconds(monitor['period'])}" if monitor.get("period") or not schedule
+              else f"<code>{_E(schedule)}</code>: {_E(cron.describe(cron.parse(schedule)))}")
+    return f"{expect}, grace {_seconds(monitor['grace'])}"
+
+
+def _listed(data: Mapping[str, Any], now: float) -> tuple[list[list[str]], list[list[str]]]:
+    """Monitor and task rows: every configured one (never-ran ones too), down and failing
+    first."""
+    rows = {r["name"]: r for r in data["status"]}
+    monitors, tasks = [], []
+    for name in sorted(set(data.get("monitors", ())) | {n for n, r in rows.items()
+                                                          if r["monitor"] is not None}):
+        r = rows.get(name)
+        monitor = models.loads(r["monitor"]) if r is not None and r["monitor"] else None
+        state = r["state"] if r is not None else "new"
+        took = r["last_duration"] if r is not None else None
+        monitors.append((state != "down", [
+            _E(name), _state(state), _ago(r["last_success_at"] if r else None, now),
+            _ago(r["last_run_at"] if r else None, now)
+            + ("" if took is None else f" (took {_seconds(took)})"),
+            _expects(monitor) if monitor else "–"]))
+    for name in sorted(set(data.get("tasks", ())) | {n for n, r in rows.items() if _is_task(r)}):
+        r = rows.get(name)
+        last = r["last_status"] if r is not None else None
+        tasks.append((last != "failed", [
+            _E(name), _state(last or "never"), _ago(r["last_run_at"] if r else None, now),
+            _ago(r["last_success_at"] if r else None, now),
+            _ago(r["last_failure_at"] if r else None, now)]))
+    return ([row for _, row in sorted(monitors, key=lambda x: x[0])],
+            [row for _, row in sorted(tasks, key=lambda x: x[0])])
 
 
 def render(data: Mapping[str, Any], health: Mapping[str, Any], now: float) -> str:
-    """The page (pure: data from `gather`, health from the heartbeat)."""
+    """The page (pure: data from `gather` with the configured `tasks` and `monitors` names,
+    health from the heartbeat)."""
     s = series(data["runs"], now)
     snap = data["queue"]
     queue_rows = [[_E(kind), *(str(snap["queue"].get((kind, st), 0))
@@ -189,18 +247,7 @@ def render(data: Mapping[str, Any], health: Mapping[str, Any], now: float) -> st
     failures = [[_E(f["kind"]), _E(f["task_name"] or "–"), _E(f["action_type"] or "–"),
                  str(f["n"]), _ago(f["last_at"], now), str(f["last_id"])]
                 for f in data["failures"]]
-    monitors, tasks = [], []
-    for r in data["status"]:
-        monitor = models.loads(r["monitor"]) if r["monitor"] else None
-        if monitor is not None:
-            expect = (f"every {_seconds(monitor['period'])}" if monitor.get("period")
-                      else f"cron {_E(monitor.get('schedule') or '')}")
-            monitors.append([_E(r["name"]), _state(r["state"]), _ago(r["last_success_at"], now),
-                             _state(r["last_status"]), f"{expect}, grace "
-                             f"{_seconds(monitor['grace'])}"])
-        if monitor is None or monitor.get("task"):
-            tasks.append([_E(r["name"]), _state(r["last_status"]), _ago(r["last_run_at"], now),
-                          _ago(r["last_success_at"], now), _ago(r["last_failure_at"], now)])
+    monitors, tasks = _listed(data, now)
     flips = [[_E(f["name"]), _state(f["old_state"]) + " → " + _state(f["new_state"]),
               _ago(f["created_at"], now), _E(f["mail_state"])] for f in data["flips"]]
     kpis = [("round trip p50", _seconds(s["trip_p50"])),
@@ -210,16 +257,32 @@ def render(data: Mapping[str, Any], health: Mapping[str, Any], now: float) -> st
             ("due now", str(sum(n for (_, st), n in snap["queue"].items() if st == "due"))),
             ("finished 24 h", str(s["finished"])), ("failed 24 h", str(s["failed"]))]
     problems = "".join(f"<li>{_E(p)}</li>" for p in health.get("problems", []))
+    said = headline(data["status"], health)
+    ok = said == "all OK"
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="refresh" content="{REFRESH_SECONDS}">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>runnerd status</title><style>{_CSS}</style></head><body>
-<h1>runnerd status {_state(health.get("status"))}</h1>
+<title>runnerd: {_E(said)}</title><style>{_CSS}</style></head><body>
+<h1 id="headline" class="{"ok" if ok else "bad"}">runnerd: {_E(said)}</h1>
 <p class=muted>Generated {models.iso(now)}; refreshes every {REFRESH_SECONDS} s.
-Up {_seconds(health.get("uptime_seconds"))}, {health.get("active_runs", 0)} run(s) in progress,
+Daemon {_state(health.get("status"))}, up {_seconds(health.get("uptime_seconds"))},
+{health.get("active_runs", 0)} run(s) in progress,
 event-loop lag {_seconds(health.get("loop_lag_seconds"))}.</p>
 {f"<ul>{problems}</ul>" if problems else ""}
+<section id="monitors"><h2>Monitors</h2>
+{_table(["monitor", "state", "last success", "last report", "expects"], monitors,
+        "No monitors configured.")}
+{_table(["monitor", "flip", "when", "alert"], flips, "No monitor changed state in 24 h.")}
+</section>
+<section id="tasks"><h2>Tasks</h2>
+<p class=muted>A task's status counts its task run and its action runs (an action still retrying
+counts neither way).</p>
+{_table(["task", "last status", "last run", "last success", "last failure"], tasks,
+        "No tasks configured.")}</section>
+<section id="failures"><h2>Failures (24 h)</h2>
+{_table(["kind", "task", "action", "failed", "last", "last run id"], failures,
+        "No failures in the last 24 hours.")}</section>
 <section id="summary"><h2>Last 24 hours</h2>
 {"".join(f'<span class="kpi">{_E(k)}<b>{v}</b></span>' for k, v in kpis)}
 </section>
@@ -234,16 +297,5 @@ started. Solid p50, dashed p95, per hour.</p>
 <section id="queue"><h2>Queue</h2>
 {_table(["kind", *metrics.QUEUE_STATES], queue_rows, "")}
 <p>Queue lag (oldest due run): <b>{_seconds(snap["lag"])}</b></p></section>
-<section id="failures"><h2>Failures (24 h)</h2>
-{_table(["kind", "task", "action", "failed", "last", "last run id"], failures,
-        "No failures in the last 24 hours.")}</section>
-<section id="monitors"><h2>Monitors</h2>
-{_table(["monitor", "state", "last success", "last report", "expects"], monitors,
-        "No monitors configured.")}
-{_table(["monitor", "flip", "when", "alert"], flips, "No monitor changed state in 24 h.")}
-</section>
-<section id="tasks"><h2>Tasks</h2>
-{_table(["task", "last status", "last run", "last success", "last failure"], tasks,
-        "No task has finished a run yet.")}</section>
 </body></html>
 """

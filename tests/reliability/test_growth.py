@@ -224,6 +224,8 @@ GROWTH = {
     "monitor_flips": "flips_trim: the latest 100 per monitor; retention.prune_batch: handled "
                      "alerts older than retention_days_failed",
     "workers": "retention.prune_batch and start-up: no heartbeat for 7 days",
+    "monitor_pings": "pings_trim: the latest monitoring.ping_history per monitor; "
+                     "retention.prune_batch: older than retention_days",
     "task_status": "one row per task or monitor name in the configuration",
     "event_counts": "one row per event source (a handful)",
     "sqlite_sequence": "one row per AUTOINCREMENT table",

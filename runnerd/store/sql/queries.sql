@@ -185,11 +185,30 @@ ON CONFLICT (name) DO UPDATE SET
 -- RETURNING clause of this upsert, which made every report read the row back.
 RETURNING typeof(monitor) <> 'null' OR state <> 'new' AS evaluated;
 
+-- name: task_work
+-- A task's work for an event (taskstatus.work_outcome): its task run, and its action runs that
+-- are not final yet (due, started, scheduled for a retry) or failed.
+SELECT t.state AS task_state, t.error AS task_error,
+       (SELECT COUNT(*) FROM runs a WHERE a.event_id = t.event_id AND a.task_run_id = t.id
+          AND a.state NOT IN ('succeeded', 'failed')) AS pending,
+       (SELECT 'action ' || a.action_type || ' (run ' || a.id || ') failed: '
+               || COALESCE(a.error, '')
+          FROM runs a WHERE a.event_id = t.event_id AND a.task_run_id = t.id
+          AND a.state = 'failed' ORDER BY a.id LIMIT 1) AS action_error
+FROM runs t WHERE t.id = :id AND t.kind = 'task';
+
 -- name: status_get
 SELECT * FROM task_status WHERE name = :name;
 
 -- name: status_all
 SELECT * FROM task_status ORDER BY name;
+
+-- name: status_metrics
+-- /metrics: every monitor's state and latest report; every task's latest success (a row that is
+-- not a ping monitor's is a task's).
+SELECT name, state, last_run_at, last_success_at, monitor IS NOT NULL AS monitored,
+       monitor IS NULL OR json_extract(monitor, '$.task') AS is_task
+FROM task_status;
 
 -- name: status_monitored
 SELECT * FROM task_status WHERE monitor IS NOT NULL ORDER BY name;
@@ -376,3 +395,41 @@ SELECT action_type, options FROM runs
 WHERE task_run_id = (SELECT id FROM runs WHERE event_id = :parent_id AND kind = 'task'
                        AND task_name = :task_name ORDER BY id DESC LIMIT 1)
 ORDER BY id;
+
+-- Ping history (migration 0004; monitoring/pings.py).
+
+-- name: ping_previous
+-- The latest start or finish of this run id (NULL: pings without one): a start means a finish
+-- now ends it.
+SELECT kind, created_at FROM monitor_pings
+WHERE name = :name AND rid IS :rid AND kind <> 'log' ORDER BY id DESC LIMIT 1;
+
+-- name: ping_insert
+INSERT INTO monitor_pings (name, created_at, kind, exit_status, rid, duration, method,
+                           remote_addr, body, body_bytes)
+VALUES (:name, :now, :kind, :exit_status, :rid, :duration, :method, :remote_addr, :body,
+        :body_bytes);
+
+-- name: pings_trim
+-- A monitor keeps its latest :keep pings.
+DELETE FROM monitor_pings
+WHERE name = :name
+  AND id <= (SELECT id FROM monitor_pings WHERE name = :name ORDER BY id DESC
+             LIMIT 1 OFFSET :keep);
+
+-- name: status_duration
+UPDATE task_status SET last_duration = :duration WHERE name = :name;
+
+-- name: pings_recent
+SELECT * FROM monitor_pings WHERE name = :name ORDER BY id DESC LIMIT :limit;
+
+-- name: flips_of
+SELECT id, old_state, new_state, created_at, mail_state FROM monitor_flips
+WHERE name = :name ORDER BY id DESC LIMIT :limit;
+
+-- name: prune_pings
+-- Pings received before :before (the same id range as prune_flips); at most :batch rows.
+DELETE FROM monitor_pings
+WHERE id < COALESCE((SELECT id FROM monitor_pings WHERE created_at >= :before ORDER BY id LIMIT 1),
+                    9223372036854775807)
+  AND id < (SELECT MIN(id) FROM monitor_pings) + :batch;
