@@ -320,27 +320,39 @@ class Outcome:
     perform_inline: Callable[[models.Run], Outcome] | None = None
 
 
+class _Stale(Exception):
+    """The run was no longer in the state it was read in: its finish is undone."""
+
+
 def finish(tx: db.Tx, outcome: Outcome, now: float,
            rand: Callable[[], float] = random.random, *,
            performed: list[Outcome] | None = None) -> models.Run | None:
     """Record an outcome: succeeded, failed, or scheduled for an automatic retry.
 
     Returns the run as recorded, or None when it was no longer in the state it was read in
-    (`started`, or `due` for a task run rendered between the worker's turns: lost race). Children
-    performed in place (`Outcome.perform_inline`) are finished here too and their outcomes
-    appended to `performed`.
+    (`started`, or `due` for a task run rendered between the worker's turns: lost race); a
+    deferred write (`Outcome.deferred`) is then undone with it, so a stale finish never applies
+    a cache or event action twice. Children performed in place (`Outcome.perform_inline`) are
+    finished here too and their outcomes appended to `performed`.
     """
     run, ok, result, error = outcome.run, outcome.ok, outcome.result, outcome.error
     retryable = outcome.retryable
     finished_at = outcome.finished_at or now
+    was = {"id": run.id, "from": str(run.state), "started_at": run.started_at,
+           "attempts": run.attempts}
     if ok and outcome.deferred is not None:
         try:
             with tx.savepoint():
                 result = outcome.deferred(tx)
+                if not _moved(tx, was, RunState.SUCCEEDED, result, None, finished_at):
+                    raise _Stale
         except errors.RunnerdError as exc:
             ok, error, retryable = False, exc.message, False
-    was = {"id": run.id, "from": str(run.state), "started_at": run.started_at,
-           "attempts": run.attempts}
+        except _Stale:
+            _stale(run)
+            return None
+        else:
+            return _finished(tx, outcome, RunState.SUCCEEDED, result, None, now, rand, performed)
     if not ok and retryable and run.attempts < MAX_ATTEMPTS:
         retry_at = finished_at + backoff(run.attempts, rand)
         if tx.execute("retry_later", {**was, "run_at": retry_at, "error": error}).rowcount == 0:
@@ -350,15 +362,35 @@ def finish(tx: db.Tx, outcome: Outcome, now: float,
                                       "error": error})
         return dataclasses.replace(run, state=RunState.SCHEDULED, run_at=retry_at, error=error)
     state = RunState.SUCCEEDED if ok else RunState.FAILED
-    done = tx.execute("finish_run", {**was, "state": str(state), "error": error,
-                                     "result": models.dumps(result), "now": finished_at})
-    if done.rowcount == 0:
-        logger.warning("run %s was no longer %s when it finished", run.id, run.state,
-                       extra={"action": "stale_finish", "run_id": run.id})
+    if not _moved(tx, was, state, result, error, finished_at):
+        _stale(run)
         return None
+    return _finished(tx, outcome, state, result, error, now, rand, performed)
+
+
+def _moved(tx: db.Tx, was: dict[str, Any], state: RunState, result: Any, error: str | None,
+           finished_at: float) -> bool:
+    """Move the run to its final state unless it left the state it was read in."""
+    return tx.execute("finish_run", {**was, "state": str(state), "error": error,
+                                     "result": models.dumps(result),
+                                     "now": finished_at}).rowcount > 0
+
+
+def _stale(run: models.Run) -> None:
+    """Say that a finish came too late (its run was no longer in the state read)."""
+    logger.warning("run %s was no longer %s when it finished", run.id, run.state,
+                   extra={"action": "stale_finish", "run_id": run.id})
+
+
+def _finished(tx: db.Tx, outcome: Outcome, state: RunState, result: Any, error: str | None,
+              now: float, rand: Callable[[], float],
+              performed: list[Outcome] | None) -> models.Run:
+    """What follows a run's final state: its children, follow-up events and task status."""
+    run = outcome.run
+    finished_at = outcome.finished_at or now
     final = dataclasses.replace(run, state=state, result=result, error=error,
                                 finished_at=finished_at)
-    if ok and outcome.children:
+    if state is RunState.SUCCEEDED and outcome.children:
         _store_children(tx, outcome, now, rand, [] if performed is None else performed)
     events = outcome.follow_up(final) if outcome.follow_up is not None else []
     if run.kind is RunKind.TASK and run.task_name is not None:

@@ -54,6 +54,15 @@ def put(tx: db.Tx, key: str, value: Any, ttl: int, now: float) -> None:
     tx.execute("cache_set", {"key": key, "value": encode_value(value), "expires_at": now + ttl})
 
 
+def add(tx: db.Tx, key: str, increment: int, decrement: int, ttl: int, now: float) -> int | None:
+    """Add `increment - decrement` to the integer under `key` (0 when absent) in one atomic
+    statement, resetting its TTL; the new value, or None (nothing written) when the stored value
+    is not a 64-bit integer or the result would leave that range."""
+    rows = tx.all("cache_add", {"key": key, "increment": increment, "decrement": decrement,
+                                "expires_at": now + ttl, "now": now})
+    return int(rows[0]["value"]) if rows else None
+
+
 def delete(tx: db.Tx, key: str) -> bool:
     """Delete `key`; True if it existed."""
     return tx.execute("cache_del", {"key": key}).rowcount > 0

@@ -106,6 +106,24 @@ SELECT key FROM cache WHERE expires_at > :now ORDER BY key LIMIT 10000;
 INSERT INTO cache (key, value, expires_at) VALUES (:key, :value, :expires_at)
 ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at;
 
+-- name: cache_add
+-- Add :increment - :decrement to the integer under :key (0 when absent or expired) and reset its
+-- TTL, in one statement; returns the new value, or no row (nothing written) when the stored
+-- value is not a canonical 64-bit integer or the sum leaves that range (SQLite's overflowing
+-- integer arithmetic gives a REAL).
+INSERT INTO cache (key, value, expires_at)
+SELECT :key, CAST(0 + :increment - :decrement AS TEXT), :expires_at
+WHERE typeof(0 + :increment - :decrement) = 'integer'
+   OR EXISTS (SELECT 1 FROM cache WHERE key = :key AND expires_at > :now)  -- a live value
+ON CONFLICT (key) DO UPDATE SET
+    value = CAST(CASE WHEN cache.expires_at > :now THEN CAST(cache.value AS INTEGER) ELSE 0 END
+                 + :increment - :decrement AS TEXT),
+    expires_at = excluded.expires_at
+WHERE (cache.expires_at <= :now OR CAST(CAST(cache.value AS INTEGER) AS TEXT) = cache.value)
+  AND typeof(CASE WHEN cache.expires_at > :now THEN CAST(cache.value AS INTEGER) ELSE 0 END
+             + :increment - :decrement) = 'integer'
+RETURNING CAST(value AS INTEGER) AS value;
+
 -- name: cache_del
 DELETE FROM cache WHERE key = :key;
 

@@ -1,0 +1,164 @@
+"""The storage seam on real SQLite files: atomic cache counters, a stale finish applied once."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+from runnerd.actions import cache as cache_action
+from runnerd.models import RunKind, RunState
+from runnerd.queue import runs
+from runnerd.store import cache, db
+
+NOW = 1_750_000_000.0
+TTL = cache.MAX_TTL
+
+
+def incr(tx: db.Tx, key: str = "n") -> object:
+    return cache_action.apply(tx, "incr", {"key": key, "ttl": TTL}, NOW)
+
+
+async def started_action_run(database: db.Database) -> runs.Job:
+    """A cache action run, claimed (`started`) as the worker would."""
+    event = runs.new_event("user/a/b", None, "cli", NOW)
+
+    def add(tx: db.Tx) -> list[runs.Job]:
+        runs.insert_events(tx, [event], NOW)
+        tx.execute("insert_run", runs.run_row(RunKind.ACTION, event.id, NOW, task_name="T",
+                                               action_type="cache", options=["incr", "n"]))
+        return runs.claim(tx, 10, NOW)
+
+    jobs = await database.write(add)
+    return next(j for j in jobs if j.run.kind is RunKind.ACTION)
+
+
+async def test_a_stale_finish_does_not_apply_a_cache_action_twice(
+        database: db.Database) -> None:
+    job = await started_action_run(database)
+    outcome = runs.Outcome(job.run, ok=True, deferred=incr, finished_at=NOW)
+    first = await database.write(lambda tx: runs.finish(tx, outcome, NOW))
+    assert first is not None and first.state is RunState.SUCCEEDED and first.result == 1
+    # The same outcome again (a late finish: the run is no longer `started`) changes nothing.
+    assert await database.write(lambda tx: runs.finish(tx, outcome, NOW)) is None
+    assert await database.read(lambda tx: cache.get(tx, "n", NOW)) == 1
+    run = await database.read(lambda tx: runs.get(tx, job.run.id))
+    assert run.state is RunState.SUCCEEDED and run.result == 1
+
+
+async def test_a_stale_finish_does_not_store_an_event_action_twice(
+        database: db.Database) -> None:
+    job = await started_action_run(database)
+
+    def emit(tx: db.Tx) -> object:
+        runs.insert_events(tx, [runs.new_event("user/x/y", None, "runnerd", NOW)], NOW)
+        return None
+
+    outcome = runs.Outcome(job.run, ok=True, deferred=emit, finished_at=NOW)
+    assert await database.write(lambda tx: runs.finish(tx, outcome, NOW)) is not None
+    assert await database.write(lambda tx: runs.finish(tx, outcome, NOW)) is None
+    topics = await database.read(lambda tx: [r["topic"] for r in tx.conn.execute(
+        "SELECT topic FROM events WHERE topic = 'user/x/y'")])
+    assert topics == ["user/x/y"]
+
+
+async def test_a_counter_is_one_statement(database: db.Database) -> None:
+    """incr/incrby/decr/decrby read and write the counter in one statement (no window in which
+    another writer's increment could be lost, on any database)."""
+    statements: list[str] = []
+
+    def traced(tx: db.Tx) -> list[object]:
+        tx.conn.set_trace_callback(statements.append)
+        try:
+            return [cache_action.apply(tx, command, {"key": "n", "ttl": TTL, **args}, NOW)
+                    for command, args in [("incr", {}), ("incrby", {"increment": 5}),
+                                          ("decr", {}), ("decrby", {"decrement": 2})]]
+        finally:
+            tx.conn.set_trace_callback(None)
+
+    assert await database.write(traced) == [1, 6, 5, 3]
+    touching = [s for s in statements if "cache" in s]
+    assert len(touching) == 4, touching
+
+
+async def test_counter_errors_and_expiry(database: db.Database) -> None:
+    async def apply(command: str, **args: object) -> object:
+        return await database.write(lambda tx: cache_action.apply(
+            tx, command, {"key": "n", "ttl": TTL, **args}, NOW))
+
+    async def fails(command: str, **args: object) -> str:
+        try:
+            await apply(command, **args)
+        except Exception as exc:  # noqa: BLE001 - the message is the point
+            return str(exc)
+        raise AssertionError("no error")
+
+    for value in (True, 1.0, "5", [1], {"a": 1}):
+        await apply("set", value=value)
+        assert await fails("incr") == "cache: incr on 'n', which is not an integer"
+        assert await database.read(lambda tx: cache.get(tx, "n", NOW)) == value
+    await apply("set", value=2**63 - 1)
+    assert await fails("incr") == ("cache: incr on 'n' would overflow a 64-bit integer; "
+                                   "the value is unchanged")
+    await apply("set", value=-1)
+    assert await apply("decrby", decrement=-(2**63)) == 2**63 - 1
+    await apply("set", value=-(2**63))
+    assert await fails("decr") == ("cache: decr on 'n' would overflow a 64-bit integer; "
+                                   "the value is unchanged")
+    await apply("set", value=2**70)
+    assert await fails("incrby", increment=1) == (
+        f"cache: incrby on 'n', whose value {2**70} is beyond a 64-bit integer")
+    # An expired counter counts from 0, like an absent one, and every command resets the TTL.
+    await database.write(lambda tx: cache.put(tx, "n", 41, 1, NOW - 10))
+    assert await apply("incrby", increment=2) == 2
+    assert await database.read(lambda tx: cache.get(tx, "n", NOW + TTL - 1)) == 2
+    assert await fails("decrby", decrement=-(2**63)) == (
+        "cache: decrby on 'n' would overflow a 64-bit integer; the value is unchanged")
+
+
+def test_concurrent_increments_through_separate_connections_lose_nothing(
+        tmp_path: Path) -> None:
+    """Four threads, each with its own Database (its own SQLite connections) on one file, add
+    to one counter through the cache action's code path: every increment counts."""
+    path = tmp_path / "race.db"
+    threads, per_thread = 4, 150
+
+    async def migrate() -> None:
+        database = await db.Database(path).open()
+        await database.migrate()
+        await database.close()
+
+    asyncio.run(migrate())
+    barrier = threading.Barrier(threads)
+    failures: list[BaseException] = []
+
+    async def count() -> None:
+        database = await db.Database(path).open()
+        try:
+            barrier.wait(timeout=30)
+            for _ in range(per_thread):
+                await database.write(incr)
+        finally:
+            await database.close()
+
+    def worker() -> None:
+        try:
+            asyncio.run(count())
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            failures.append(exc)
+
+    pool = [threading.Thread(target=worker) for _ in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join(timeout=60)
+    assert not failures, failures
+
+    async def total() -> object:
+        database = await db.Database(path).open(create=False)
+        try:
+            return await database.read(lambda tx: cache.get(tx, "n", NOW))
+        finally:
+            await database.close()
+
+    assert asyncio.run(total()) == threads * per_thread
