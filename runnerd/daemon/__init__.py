@@ -15,7 +15,6 @@ import ctypes
 import gc
 import logging
 import signal
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -144,7 +143,7 @@ class Daemon:
         with db.lock(settings.database):
             dbfiles.remove_stale_partials(settings.database.parent)
             database = await db.Database(settings.database).open()
-            reader: sqlite3.Connection | None = None
+            reader: db.Reader | None = None
             try:
                 await database.migrate()
                 database.watch()
@@ -168,7 +167,7 @@ class Daemon:
         return 0
 
     async def _serve(self, reg: registry.Registry, database: db.Database,
-                     executors: actions.Registry, reader: sqlite3.Connection) -> None:
+                     executors: actions.Registry, reader: db.Reader) -> None:
         settings = reg.settings
         halt = asyncio.Event()
         wakeups: list[Callable[[], None]] = []

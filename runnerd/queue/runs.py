@@ -19,9 +19,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
-import sqlite3
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 from runnerd import errors, models
 from runnerd.models import RunKind, RunState
@@ -173,7 +172,7 @@ def insert_events(tx: db.Tx, events: Iterable[models.Event], now: float) -> list
     jobs = []
     for row, e in ready:  # one by one: a job needs its run's id
         row = {**row, "error": None, "id": tx.execute("insert_run", row).lastrowid}
-        jobs.append(Job(models.Run.from_row(cast(sqlite3.Row, row)), e))
+        jobs.append(Job(models.Run.from_row(row), e))
     return jobs
 
 
@@ -255,7 +254,7 @@ def begin(job: Job, now: float) -> Job:
     return Job(run, job.event, job.parent)
 
 
-def _jobs(tx: db.Tx, rows: list[sqlite3.Row]) -> list[Job]:
+def _jobs(tx: db.Tx, rows: list[db.Row]) -> list[Job]:
     """Jobs for these `runs` rows in queue order, with their events (and the ancestors of task
     runs' events) fetched batch-wide."""
     # RETURNING has no order: restore the queue's.
@@ -415,7 +414,7 @@ def _store_children(tx: db.Tx, outcome: Outcome, now: float, rand: Callable[[], 
             queued = []
         row = {**row, "state": _STARTED, "attempts": 1, "started_at": now, "error": None}
         row["id"] = tx.execute("insert_run", row).lastrowid
-        child = outcome.perform_inline(models.Run.from_row(cast(sqlite3.Row, row)))
+        child = outcome.perform_inline(models.Run.from_row(row))
         if finish(tx, child, now, rand, performed=performed) is not None:
             performed.append(child)
     if queued:
