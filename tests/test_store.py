@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import re
 import threading
 from pathlib import Path
 
@@ -162,3 +164,63 @@ def test_concurrent_increments_through_separate_connections_lose_nothing(
             await database.close()
 
     assert asyncio.run(total()) == threads * per_thread
+
+
+async def test_transactions_run_on_runnerds_own_named_threads(tmp_path: Path) -> None:
+    database = await db.Database(tmp_path / "t.db").open()
+    try:
+        await database.migrate()
+        assert await database.write(lambda tx: threading.current_thread().name) \
+            == "runnerd-db-writer"
+        assert await database.read(lambda tx: threading.current_thread().name) \
+            == "runnerd-db-reader"
+        # One transaction at a time per thread, many writers' functions in one group commit.
+        names = await asyncio.gather(*[database.write(
+            lambda tx: (threading.current_thread().name, tx.conn.in_transaction))
+            for _ in range(20)])
+        assert set(names) == {("runnerd-db-writer", True)}
+    finally:
+        await database.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("runnerd-db-")]
+
+
+_SQL = re.compile(r"\b(SELECT\b.*\bFROM|INSERT\s+INTO|UPDATE\s+\w+\s+SET|DELETE\s+FROM|"
+                  r"CREATE\s+(TABLE|INDEX|VIEW)|PRAGMA)\b", re.IGNORECASE | re.DOTALL)
+
+
+def _strings(tree: ast.AST) -> list[str]:
+    """The string literals of a module, docstrings left out."""
+    docstrings = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            if (node.body and isinstance(node.body[0], ast.Expr)
+                    and isinstance(node.body[0].value, ast.Constant)):
+                docstrings.add(id(node.body[0].value))
+    return [node.value for node in ast.walk(tree) if isinstance(node, ast.Constant)
+            and isinstance(node.value, str) and id(node) not in docstrings]
+
+
+def test_only_the_store_touches_sqlite_or_holds_sql() -> None:
+    """The seam: outside runnerd/store nothing imports sqlite3 or aiosqlite, reads sql.queries
+    directly or holds SQL text; every statement is a named query run through the store."""
+    package = Path(db.__file__).parents[1]
+    offenders = []
+    for file in sorted(package.rglob("*.py")):
+        if (package / "store") in file.parents:
+            continue
+        text = file.read_text(encoding="utf-8")
+        tree = ast.parse(text)
+        for node in ast.walk(tree):
+            modules = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                       else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{file}: imports {m}" for m in modules
+                          if m.split(".")[0] in ("sqlite3", "aiosqlite")]
+        if "sql.queries" in text:
+            offenders.append(f"{file}: reads sql.queries")
+        offenders += [f"{file}: SQL {s[:60]!r}" for s in _strings(tree) if _SQL.search(s)]
+    assert offenders == []
+
+
+def test_aiosqlite_is_not_a_dependency() -> None:
+    pyproject = (Path(db.__file__).parents[2] / "pyproject.toml").read_text(encoding="utf-8")
+    assert "aiosqlite" not in pyproject
