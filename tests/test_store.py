@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import difflib
 import re
+import sqlite3
 import threading
 from pathlib import Path
 
 from runnerd.actions import cache as cache_action
 from runnerd.models import RunKind, RunState
 from runnerd.queue import runs
-from runnerd.store import cache, db
+from runnerd.store import cache, db, sql
 
 NOW = 1_750_000_000.0
 TTL = cache.MAX_TTL
@@ -224,3 +226,38 @@ def test_only_the_store_touches_sqlite_or_holds_sql() -> None:
 def test_aiosqlite_is_not_a_dependency() -> None:
     pyproject = (Path(db.__file__).parents[2] / "pyproject.toml").read_text(encoding="utf-8")
     assert "aiosqlite" not in pyproject
+
+
+def _normal(text: str) -> str:
+    """SQL without comments, quotes around names or layout: two spellings of one object match."""
+    text = re.sub(r"--[^\n]*", " ", text).replace('"', "")
+    text = re.sub(r"\s+", " ", text).strip()
+    return re.sub(r"\s*([(),;])\s*", r"\1", text)
+
+
+def _describe(conn: sqlite3.Connection) -> list[str]:
+    """Every table (with its columns), index, view and trigger, one line each, sorted."""
+    lines = []
+    for kind, name, text in conn.execute(
+            "SELECT type, name, sql FROM sqlite_master WHERE sql IS NOT NULL "
+            "AND name NOT LIKE 'sqlite_%'"):
+        lines.append(f"{kind} {name}: {_normal(text)}")
+        if kind == "table":
+            lines += [f"column {name}.{c[1]} {c[2]} notnull={c[3]} default={c[4]} pk={c[5]}"
+                      for c in conn.execute(f"PRAGMA table_xinfo({name})")]
+        if kind == "index":
+            lines += [f"index {name} key {c[2]} desc={c[3]}"
+                      for c in conn.execute(f"PRAGMA index_xinfo({name})") if c[5]]
+    return sorted(lines)
+
+
+def test_schema_sql_is_what_the_migrations_produce() -> None:
+    migrated = sqlite3.connect(":memory:", isolation_level=None)
+    latest = db.migrate_sync(migrated)
+    snapshot = sqlite3.connect(":memory:", isolation_level=None)
+    text = (Path(sql.__file__).parent / "schema.sql").read_text(encoding="utf-8")
+    snapshot.executescript(text)
+    diff = list(difflib.unified_diff(_describe(snapshot), _describe(migrated), "schema.sql",
+                                     "migrations", lineterm="", n=0))
+    assert not diff, "schema.sql differs from the migrated schema:\n" + "\n".join(diff)
+    assert f"migrations/0001 to {latest:04d}" in text, "schema.sql names another last migration"
