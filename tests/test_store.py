@@ -261,3 +261,12 @@ def test_schema_sql_is_what_the_migrations_produce() -> None:
                                      "migrations", lineterm="", n=0))
     assert not diff, "schema.sql differs from the migrated schema:\n" + "\n".join(diff)
     assert f"migrations/0001 to {latest:04d}" in text, "schema.sql names another last migration"
+
+
+def test_every_named_query_is_described_and_priorities_are_named() -> None:
+    text = (Path(sql.__file__).parent / "queries.sql").read_text(encoding="utf-8")
+    blocks = re.findall(r"^-- name: (\w+)\n(.*?)(?=^-- name: |\Z)", text, re.MULTILINE | re.DOTALL)
+    assert len(blocks) == len(sql.queries), "a query name is used twice"
+    undescribed = [name for name, body in blocks if not body.startswith("-- ")]
+    assert undescribed == []
+    assert not re.search(r"priority\s*(=|IN|<|>)\s*\(?\s*\d", text), "a priority as a literal"

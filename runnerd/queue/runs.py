@@ -121,6 +121,9 @@ def _routed_result(names: list[str]) -> str:
     return models.dumps({"tasks": names}) if names else _NO_TASKS
 
 
+#: The run priorities as the parameters of the queries that select by priority (queries.sql
+#: names them :action_priority, :task_priority and :event_priority instead of writing 3, 2, 1).
+PRIORITIES = {f"{kind}_priority": priority for kind, priority in models.PRIORITY.items()}
 _SUCCEEDED = str(RunState.SUCCEEDED)
 _DUE = str(RunState.DUE)
 _STARTED = str(RunState.STARTED)
@@ -203,7 +206,7 @@ def claim(tx: db.Tx, limit: int, now: float) -> list[Job]:
         return []
     event_limit = 0 if tx.router is not None else limit
     return _jobs(tx, tx.all("claim_runs", {"now": now, "limit": limit,
-                                           "event_limit": event_limit}))
+                                           "event_limit": event_limit, **PRIORITIES}))
 
 
 def route_due(tx: db.Tx, limit: int, now: float) -> int:
@@ -218,7 +221,7 @@ def route_due(tx: db.Tx, limit: int, now: float) -> int:
     router: Router | None = tx.router
     if router is None or limit <= 0:
         return 0
-    rows = tx.all("due_event_runs", {"limit": limit})
+    rows = tx.all("due_event_runs", {"limit": limit, **PRIORITIES})
     if not rows:
         return 0
     events = _events(tx, {row["event_id"] for row in rows})
@@ -245,7 +248,7 @@ def due_task_runs(tx: db.Tx, limit: int) -> list[Job]:
     """
     if limit <= 0:
         return []
-    return _jobs(tx, tx.all("due_task_runs", {"limit": limit}))
+    return _jobs(tx, tx.all("due_task_runs", {"limit": limit, **PRIORITIES}))
 
 
 def begin(job: Job, now: float) -> Job:
