@@ -169,6 +169,7 @@ def test_concurrent_increments_through_separate_connections_lose_nothing(
 
 
 async def test_transactions_run_on_runnerds_own_named_threads(tmp_path: Path) -> None:
+    before = set(threading.enumerate())
     database = await db.Database(tmp_path / "t.db").open()
     try:
         await database.migrate()
@@ -183,7 +184,9 @@ async def test_transactions_run_on_runnerds_own_named_threads(tmp_path: Path) ->
         assert set(names) == {("runnerd-db-writer", True)}
     finally:
         await database.close()
-    assert not [t for t in threading.enumerate() if t.name.startswith("runnerd-db-")]
+    # closing ends both threads
+    assert [t.name for t in set(threading.enumerate()) - before
+            if t.name.startswith("runnerd-db-")] == []
 
 
 _SQL = re.compile(r"\b(SELECT\b.*\bFROM|INSERT\s+INTO|UPDATE\s+\w+\s+SET|DELETE\s+FROM|"

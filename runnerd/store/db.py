@@ -47,7 +47,8 @@ class Row(Protocol):
 
 
 def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
-    """On the event loop: hand a function's outcome to its awaiting caller (if still there)."""
+    """On the event loop: hand an outcome (a result, or an exception when not `ok`) to its
+    awaiting caller, unless that caller was cancelled."""
     if future.done():  # the caller was cancelled
         return
     if ok:
@@ -372,7 +373,7 @@ class Database:
                 try:
                     if self._writer is None:
                         raise errors.DatabaseError("database is closed")
-                    # the whole transaction is one hop to the connection's thread
+                    # the whole group commit is one hop to the writer thread
                     outcomes = await self._writer.call(
                         _group, [fn for fn, _ in batch], self.router)
                     # Committed, but to the file the daemon opened: is it still the database?
@@ -382,12 +383,7 @@ class Database:
                 except Exception as exc:  # noqa: BLE001 - nothing of the batch was stored
                     outcomes = [(False, exc)] * len(batch)
                 for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
-                    if future.done():  # its caller was cancelled
-                        continue
-                    if ok:
-                        future.set_result(value)
-                    else:
-                        future.set_exception(value)
+                    _settle(future, ok, value)
         finally:
             self._flusher = None
 
