@@ -206,8 +206,9 @@ def _strings(tree: ast.AST) -> list[str]:
 
 
 def test_only_the_store_touches_sqlite_or_holds_sql() -> None:
-    """The seam: outside runnerd/store nothing imports sqlite3 or aiosqlite, reads sql.queries
-    directly or holds SQL text; every statement is a named query run through the store."""
+    """The seam: outside runnerd/store nothing imports sqlite3 or aiosqlite, touches a
+    connection, reads sql.queries directly or holds SQL text; every statement is a named query
+    run through the store."""
     package = Path(db.__file__).parents[1]
     offenders = []
     for file in sorted(package.rglob("*.py")):
@@ -220,6 +221,8 @@ def test_only_the_store_touches_sqlite_or_holds_sql() -> None:
                        else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             offenders += [f"{file}: imports {m}" for m in modules
                           if m.split(".")[0] in ("sqlite3", "aiosqlite")]
+            if isinstance(node, ast.Attribute) and node.attr == "conn":
+                offenders.append(f"{file}:{node.lineno}: uses a connection (.conn)")
         if "sql.queries" in text:
             offenders.append(f"{file}: reads sql.queries")
         offenders += [f"{file}: SQL {s[:60]!r}" for s in _strings(tree) if _SQL.search(s)]

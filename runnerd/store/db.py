@@ -2,8 +2,10 @@
 
 This module is the storage seam: everything outside `runnerd.store` reaches the database through
 a `Database` (its `write` and `read`), the `Tx` they hand to a function, or a `Reader`, and
-names every statement (`sql.queries`); rows come back as `Row`s and failures as
-`errors.DatabaseError`. Nothing else imports `sqlite3`.
+names every statement (`sql.queries`); rows come back as `Row`s, a statement's effect as a
+`Result`, and a database that cannot be used (full, locked, read-only, gone, corrupt) as
+`errors.DatabaseError`; a statement's own bug (a constraint violated) stays the driver's
+exception, loud. Nothing else imports `sqlite3`.
 
 The database thread, by design: a transaction is a plain, synchronous function `fn(tx)` run whole
 on a thread runnerd owns (`DatabaseThread`), between `BEGIN` and `COMMIT`: one thread hop per
@@ -44,6 +46,18 @@ class Row(Protocol):
 
     def keys(self) -> list[str]:
         """The column names, in order."""
+
+
+class Result(Protocol):
+    """What running a statement gives back: how many rows it changed, an inserted row's id."""
+
+    @property
+    def rowcount(self) -> int:
+        """The rows an INSERT, UPDATE or DELETE changed (the conditional updates' answer)."""
+
+    @property
+    def lastrowid(self) -> int | None:
+        """The id of the row an INSERT stored."""
 
 
 def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
@@ -120,18 +134,18 @@ class Queries:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
 
-    def execute(self, name: str, params: Params = None) -> sqlite3.Cursor:
+    def execute(self, name: str, params: Params = None) -> Result:
         """Run the named query."""
         return self.conn.execute(sql.queries[name], params or {})
 
     def all(self, name: str, params: Params = None) -> list[Row]:
         """All rows of the named query."""
-        rows: list[Row] = self.execute(name, params).fetchall()
+        rows: list[Row] = self.conn.execute(sql.queries[name], params or {}).fetchall()
         return rows
 
     def one(self, name: str, params: Params = None) -> Row | None:
         """The first row of the named query, or None."""
-        row: Row | None = self.execute(name, params).fetchone()
+        row: Row | None = self.conn.execute(sql.queries[name], params or {}).fetchone()
         return row
 
 
