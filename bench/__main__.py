@@ -89,7 +89,7 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     versions = {}
-    for mod in ("aiohttp", "aiosqlite", "huey", "liquid"):
+    for mod in ("aiohttp", "huey", "liquid"):
         try:
             versions[mod] = __import__(mod).__version__
         except Exception:  # noqa: BLE001 - informational only

@@ -3,8 +3,8 @@
     .venv/bin/python -m bench.profile [--scenario e2e|ingest|latency] [--seconds 10]
 
 Starts runnerd (pinned to CPU 0) on a temp database, drives it with the bench's load generator
-(CPU 1), samples it with `py-spy record --nonblocking` (all threads: the event loop and
-aiosqlite's connection threads), and prints a summary: samples per thread, the functions with
+(CPU 1), samples it with `py-spy record --nonblocking` (all threads: the event loop and the
+database threads of store/db.py), and prints a summary: samples per thread, the functions with
 the most self time, and the inclusive share of the parts of the pipeline. The raw collapsed
 stacks go to bench-results/profile-<scenario>.txt (feed them to flamegraph.pl or speedscope).
 """
@@ -59,6 +59,10 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+#: the loop of a database thread (store/db.py `DatabaseThread._serve`) in a py-spy stack
+_DB_THREAD = re.compile(r"\b_serve \([^)]*store/db\.py")
+
+
 def func_name(frame: str) -> str:
     """'f (a/b.py:12)' -> 'f (a/b.py)'."""
     return _LINE.sub(lambda m: f" ({m.group(1)})", frame)
@@ -82,7 +86,7 @@ def summarise(raw: str, top: int = 25) -> str:
     compiled = [(label, re.compile(pat)) for label, pat in PARTS]
     for frames, n in stacks:
         joined = ";".join(frames)
-        thread = ("aiosqlite connection thread" if "_connection_worker_thread" in joined
+        thread = ("database thread" if _DB_THREAD.search(joined)
                   else "event loop (main thread)" if "run_forever" in joined or
                   "_handle_request" in joined or "Handle._run" in joined else "other")
         threads[thread] += n

@@ -101,6 +101,7 @@ def claim_sql() -> tuple[str, str]:
 def claim_probe(path: Path, history: int, *, due: int = 1000, reps: int = 200,
                 log: Log = print) -> dict[str, Any]:
     """Plan and time the claim with `due` due runs and `history` finished runs in the table."""
+    from runnerd.queue import runs
     from runnerd.store import db as rdb
     from runnerd.store import sql
 
@@ -121,7 +122,7 @@ def claim_probe(path: Path, history: int, *, due: int = 1000, reps: int = 200,
             "'{}', ?)", [(now + i * 1e-6, now) for i in range(due)])
         conn.execute("COMMIT")
         name, claim = claim_sql()
-        params = {"now": now + 1, "limit": 64, "event_limit": 64}
+        params = {"now": now + 1, "limit": 64, "event_limit": 64, **runs.PRIORITIES}
         plan = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + claim, params)]
         promote_plan = [row[3] for row in conn.execute(
             "EXPLAIN QUERY PLAN " + sql.queries["promote_scheduled"], params)]

@@ -8,10 +8,16 @@ import json
 import math
 import os
 import random
-import sqlite3
 import time
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
+
+
+class Columns(Protocol):
+    """A stored row as the store hands it out (`store.db.Row`, or a dict): columns by name."""
+
+    def __getitem__(self, column: str, /) -> Any:
+        """The column's value."""
 
 
 class RunKind(StrEnum):
@@ -175,7 +181,7 @@ class Event:
     data_json: str | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> Event:
+    def from_row(cls, row: Columns) -> Event:
         """Build from an `events` row."""
         task_ids = loads(row["task_ids"])
         return cls(
@@ -226,7 +232,7 @@ class Run:
     task_run_id: int | None = None  #: an action run's task run
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> Run:
+    def from_row(cls, row: Columns) -> Run:
         """Build from a `runs` row."""
         return cls(
             id=row["id"],

@@ -485,7 +485,8 @@ async def test_task_runs_take_no_slot_and_go_from_due_to_final(tmp_path: Path, c
     reader = database.sync_reader()
 
     async def render(job: runs.Job) -> runs.Outcome:
-        row = reader.execute("SELECT state FROM runs WHERE id = ?", (job.run.id,)).fetchone()
+        row = reader.conn.execute("SELECT state FROM runs WHERE id = ?",
+                                  (job.run.id,)).fetchone()
         seen.append((job.run.id, row["state"], w.active))
         return runs.Outcome(job.run, ok=True, finished_at=clock())
 

@@ -315,7 +315,7 @@ def test_new_id_is_a_time_ordered_version_7_uuid() -> None:
 async def test_queue_queries_read_partial_indexes_not_history(database: db.Database,
                                                               name: str) -> None:
     # Their cost must follow the queue, not the runs kept for retention: no full scan of runs.
-    params = {"now": 0.0, "limit": 10, "event_limit": 10}
+    params = {"now": 0.0, "limit": 10, "event_limit": 10, **runs.PRIORITIES}
 
     def plan(tx: db.Tx) -> list[str]:
         return [row["detail"] for row in tx.conn.execute(

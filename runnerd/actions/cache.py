@@ -79,31 +79,34 @@ def check(options: Any) -> tuple[str, dict[str, Any]]:
 
 
 def apply(tx: db.Tx, command: str, args: dict[str, Any], now: float) -> Any:
-    """Run one command; the result is the key's new value (None after del)."""
+    """Run one command; the result is the key's new value (None after del).
+
+    The counters (incr, incrby, decr, decrby) are one atomic statement (`cache.add`), so no
+    increment is lost to a concurrent writer on any database."""
     key, ttl = args["key"], args["ttl"]
     if command == "del":
         cache.delete(tx, key)
         return None
     if command in ("set", "setex"):
-        value = args["value"]
-    else:
-        current = cache.get(tx, key, now)
-        if current is None:
-            current = 0
-        if isinstance(current, bool) or not isinstance(current, int):
-            raise errors.InvalidAction(f"cache: {command} on {key!r}, which is not an integer")
-        if not _int64(current):
-            raise errors.InvalidAction(f"cache: {command} on {key!r}, whose value {current} is "
-                                       "beyond a 64-bit integer")
-        step = {"incr": 1, "decr": -1}.get(command)
-        if step is None:
-            step = args.get("increment", 0) - args.get("decrement", 0)
-        value = current + step
-        if not _int64(value):
-            raise errors.InvalidAction(f"cache: {command} on {key!r} would overflow a 64-bit "
-                                       "integer; the value is unchanged")
-    cache.put(tx, key, value, ttl, now)
+        cache.put(tx, key, args["value"], ttl, now)
+        return args["value"]
+    increment = 1 if command == "incr" else args.get("increment", 0)
+    decrement = 1 if command == "decr" else args.get("decrement", 0)
+    value = cache.add(tx, key, increment, decrement, ttl, now)
+    if value is None:
+        raise _refused(command, key, cache.get(tx, key, now))
     return value
+
+
+def _refused(command: str, key: str, current: Any) -> errors.InvalidAction:
+    """Why `cache.add` left the value under `key` unchanged."""
+    if isinstance(current, bool) or not isinstance(current, int | None):
+        return errors.InvalidAction(f"cache: {command} on {key!r}, which is not an integer")
+    if current is not None and not _int64(current):
+        return errors.InvalidAction(f"cache: {command} on {key!r}, whose value {current} is "
+                                    "beyond a 64-bit integer")
+    return errors.InvalidAction(f"cache: {command} on {key!r} would overflow a 64-bit "
+                                "integer; the value is unchanged")
 
 
 class CacheExecutor(actions.InProcess):

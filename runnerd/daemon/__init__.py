@@ -16,7 +16,6 @@ import dataclasses
 import gc
 import logging
 import signal
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -141,7 +140,7 @@ class Parts:
 
 
 def build(reg: registry.Registry, database: db.Database, executors: actions.Registry,
-          reader: sqlite3.Connection | None, *, clock: Callable[[], float],
+          reader: db.Reader | None, *, clock: Callable[[], float],
           notifier: sd_notify.Notifier, environ: Mapping[str, str],
           dead_components: Callable[[], list[str]] = list) -> Parts:
     """Every part of the daemon, each built with what it uses (the tests build theirs here).
@@ -196,7 +195,7 @@ class Daemon:
         with db.lock(settings.database):
             dbfiles.remove_stale_partials(settings.database.parent)
             database = await db.Database(settings.database).open()
-            reader: sqlite3.Connection | None = None
+            reader: db.Reader | None = None
             try:
                 await database.migrate()
                 database.watch()
@@ -220,7 +219,7 @@ class Daemon:
         return 0
 
     async def _serve(self, reg: registry.Registry, database: db.Database,
-                     executors: actions.Registry, reader: sqlite3.Connection) -> None:
+                     executors: actions.Registry, reader: db.Reader) -> None:
         settings = reg.settings
         halt = asyncio.Event()
         components: dict[str, asyncio.Task[None]] = {}

@@ -8,7 +8,6 @@ the store never hold a reference to the engine.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -34,7 +33,7 @@ class Engine:
         get_registry: Callable[[], registry.Registry],
         executors: actions.Registry,
         *,
-        reader: sqlite3.Connection | None,
+        reader: db.Reader | None,
         concurrency: int,
         clock: Callable[[], float],
         on_finished: Callable[[list[runs.Outcome]], None],

@@ -9,7 +9,6 @@ writes: it returns task runs to store or a `runs.Outcome` that the worker record
 from __future__ import annotations
 
 import logging
-import sqlite3
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -17,7 +16,7 @@ from runnerd import actions, errors, models
 from runnerd.liquid import render
 from runnerd.models import RunKind
 from runnerd.queue import runs
-from runnerd.store import cache, sql
+from runnerd.store import cache, db
 from runnerd.tasks import registry
 
 logger = logging.getLogger(__name__)
@@ -34,7 +33,7 @@ class Handlers:
         get_registry: Callable[[], registry.Registry],
         executors: actions.Registry,
         *,
-        reader: sqlite3.Connection | None,
+        reader: db.Reader | None,
         clock: Callable[[], float],
     ) -> None:
         self.get_registry = get_registry
@@ -126,8 +125,8 @@ class Handlers:
         mechanic/actions/perform with the same actions would otherwise run forever)."""
         if not specs or event.parent_id is None or self.reader is None:
             return False
-        before = self.reader.execute(sql.queries["predecessor_actions"], {
-            "parent_id": event.parent_id, "task_name": task_name}).fetchall()
+        before = self.reader.all("predecessor_actions", {"parent_id": event.parent_id,
+                                                         "task_name": task_name})
         return [(r["action_type"], r["options"]) for r in before] == [
             (spec.type, models.dumps(spec.options)) for spec in specs]
 

@@ -20,9 +20,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
-import sqlite3
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, cast
+from typing import Any
 
 from runnerd import errors, models
 from runnerd.models import RunKind, RunState
@@ -117,6 +116,9 @@ def _routed_result(names: list[str]) -> str:
     return models.dumps({"tasks": names}) if names else _NO_TASKS
 
 
+#: The run priorities as the parameters of the queries that select by priority (queries.sql
+#: names them :action_priority, :task_priority and :event_priority instead of writing 3, 2, 1).
+PRIORITIES = {f"{kind}_priority": priority for kind, priority in models.PRIORITY.items()}
 _SUCCEEDED = str(RunState.SUCCEEDED)
 _DUE = str(RunState.DUE)
 _STARTED = str(RunState.STARTED)
@@ -178,7 +180,7 @@ def insert_events(tx: db.Tx, events: Iterable[models.Event], now: float,
     jobs = []
     for row, e in ready:  # one by one: a job needs its run's id
         row = {**row, "error": None, "id": tx.execute("insert_run", row).lastrowid}
-        jobs.append(Job(models.Run.from_row(cast(sqlite3.Row, row)), e))
+        jobs.append(Job(models.Run.from_row(row), e))
     return Stored(jobs, routed)
 
 
@@ -209,7 +211,8 @@ def claim(tx: db.Tx, limit: int, now: float, *, event_runs: bool = False) -> lis
     if limit <= 0:
         return []
     return _jobs(tx, tx.all("claim_runs", {"now": now, "limit": limit,
-                                           "event_limit": limit if event_runs else 0}))
+                                           "event_limit": limit if event_runs else 0,
+                                           **PRIORITIES}))
 
 
 def route_due(tx: db.Tx, route: Route, limit: int, now: float) -> int:
@@ -224,7 +227,7 @@ def route_due(tx: db.Tx, route: Route, limit: int, now: float) -> int:
     """
     if limit <= 0:
         return 0
-    rows = tx.all("due_event_runs", {"limit": limit})
+    rows = tx.all("due_event_runs", {"limit": limit, **PRIORITIES})
     if not rows:
         return 0
     events = _events(tx, {row["event_id"] for row in rows})
@@ -250,7 +253,7 @@ def due_task_runs(tx: db.Tx, limit: int) -> list[Job]:
     """
     if limit <= 0:
         return []
-    return _jobs(tx, tx.all("due_task_runs", {"limit": limit}))
+    return _jobs(tx, tx.all("due_task_runs", {"limit": limit, **PRIORITIES}))
 
 
 def begin(job: Job, now: float) -> Job:
@@ -259,7 +262,7 @@ def begin(job: Job, now: float) -> Job:
     return Job(run, job.event, job.parent)
 
 
-def _jobs(tx: db.Tx, rows: list[sqlite3.Row]) -> list[Job]:
+def _jobs(tx: db.Tx, rows: list[db.Row]) -> list[Job]:
     """Jobs for these `runs` rows in queue order, with their events (and the ancestors of task
     runs' events) fetched batch-wide."""
     # RETURNING has no order: restore the queue's.
@@ -324,27 +327,41 @@ class Outcome:
     perform_inline: Callable[[models.Run], Outcome] | None = None
 
 
+class _Stale(Exception):
+    """The run was no longer in the state it was read in: its finish is undone."""
+
+
 def finish(tx: db.Tx, outcome: Outcome, now: float,
            rand: Callable[[], float] = random.random, *,
            performed: list[Outcome] | None = None, inline: bool = False) -> models.Run | None:
     """Record an outcome: succeeded, failed, or scheduled for an automatic retry.
 
     Returns the run as recorded, or None when it was no longer in the state it was read in
-    (`started`, or `due` for a task run rendered between the worker's turns: lost race). Children
-    performed in place (`Outcome.perform_inline`) are finished here too (`inline`) and their
-    outcomes appended to `performed`; their task's status is then recorded once, by the parent.
+    (`started`, or `due` for a task run rendered between the worker's turns: lost race); a
+    deferred write (`Outcome.deferred`) is then undone with it, so a stale finish never applies
+    a cache or event action twice. Children performed in place (`Outcome.perform_inline`) are
+    finished here too (`inline`) and their outcomes appended to `performed`; their task's status
+    is then recorded once, by the parent.
     """
     run, ok, result, error = outcome.run, outcome.ok, outcome.result, outcome.error
     retryable = outcome.retryable
     finished_at = outcome.finished_at or now
+    was = {"id": run.id, "from": str(run.state), "started_at": run.started_at,
+           "attempts": run.attempts}
     if ok and outcome.deferred is not None:
         try:
             with tx.savepoint():
                 result = outcome.deferred(tx)
+                if not _moved(tx, was, RunState.SUCCEEDED, result, None, finished_at):
+                    raise _Stale
         except errors.RunnerdError as exc:
             ok, error, retryable = False, exc.message, False
-    was = {"id": run.id, "from": str(run.state), "started_at": run.started_at,
-           "attempts": run.attempts}
+        except _Stale:
+            _stale(run)
+            return None
+        else:
+            return _finished(tx, outcome, RunState.SUCCEEDED, result, None, now, rand, performed,
+                             inline)
     if not ok and retryable and run.attempts < MAX_ATTEMPTS:
         retry_at = finished_at + backoff(run.attempts, rand)
         if tx.execute("retry_later", {**was, "run_at": retry_at, "error": error}).rowcount == 0:
@@ -354,15 +371,36 @@ def finish(tx: db.Tx, outcome: Outcome, now: float,
                                       "error": error})
         return dataclasses.replace(run, state=RunState.SCHEDULED, run_at=retry_at, error=error)
     state = RunState.SUCCEEDED if ok else RunState.FAILED
-    done = tx.execute("finish_run", {**was, "state": str(state), "error": error,
-                                     "result": models.dumps(result), "now": finished_at})
-    if done.rowcount == 0:
-        logger.warning("run %s was no longer %s when it finished", run.id, run.state,
-                       extra={"action": "stale_finish", "run_id": run.id})
+    if not _moved(tx, was, state, result, error, finished_at):
+        _stale(run)
         return None
+    return _finished(tx, outcome, state, result, error, now, rand, performed, inline)
+
+
+def _moved(tx: db.Tx, was: dict[str, Any], state: RunState, result: Any, error: str | None,
+           finished_at: float) -> bool:
+    """Move the run to its final state unless it left the state it was read in."""
+    return tx.execute("finish_run", {**was, "state": str(state), "error": error,
+                                     "result": models.dumps(result),
+                                     "now": finished_at}).rowcount > 0
+
+
+def _stale(run: models.Run) -> None:
+    """Say that a finish came too late (its run was no longer in the state read)."""
+    logger.warning("run %s was no longer %s when it finished", run.id, run.state,
+                   extra={"action": "stale_finish", "run_id": run.id})
+
+
+def _finished(tx: db.Tx, outcome: Outcome, state: RunState, result: Any, error: str | None,
+              now: float, rand: Callable[[], float],
+              performed: list[Outcome] | None, inline: bool) -> models.Run:
+    """What follows a run's final state: its children, follow-up events and task status (not
+    for a child performed `inline`: its parent records its task's status once)."""
+    run = outcome.run
+    finished_at = outcome.finished_at or now
     final = dataclasses.replace(run, state=state, result=result, error=error,
                                 finished_at=finished_at)
-    if ok and outcome.children:
+    if state is RunState.SUCCEEDED and outcome.children:
         _store_children(tx, outcome, now, rand, [] if performed is None else performed)
     events = outcome.follow_up(final) if outcome.follow_up is not None else []
     if not inline:
@@ -387,7 +425,7 @@ def _store_children(tx: db.Tx, outcome: Outcome, now: float, rand: Callable[[], 
             queued = []
         row = {**row, "state": _STARTED, "attempts": 1, "started_at": now, "error": None}
         row["id"] = tx.execute("insert_run", row).lastrowid
-        child = outcome.perform_inline(models.Run.from_row(cast(sqlite3.Row, row)))
+        child = outcome.perform_inline(models.Run.from_row(row))
         if finish(tx, child, now, rand, performed=performed, inline=True) is not None:
             performed.append(child)
     if queued:

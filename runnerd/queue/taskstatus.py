@@ -96,7 +96,7 @@ def _latest(*times: float | None) -> float | None:
 
 
 def evaluate(spec: Spec | None, row: Any, now: float) -> str:
-    """The state a row (sqlite3.Row or dict) should be in at `now` (pure; paused stays)."""
+    """The state a row (a stored row or a dict) should be in at `now` (pure; paused stays)."""
     if row["state"] == "paused":
         return "paused"
     if spec is None:

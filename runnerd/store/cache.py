@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import re
-import sqlite3
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 from runnerd import errors, models
-from runnerd.store import db, sql
+from runnerd.store import db
 
 KEY = re.compile(r"^[a-z0-9_:\-./]+\Z", re.IGNORECASE)
 MAX_VALUE_BYTES = 256 * 1024
@@ -54,6 +53,15 @@ def put(tx: db.Tx, key: str, value: Any, ttl: int, now: float) -> None:
     tx.execute("cache_set", {"key": key, "value": encode_value(value), "expires_at": now + ttl})
 
 
+def add(tx: db.Tx, key: str, increment: int, decrement: int, ttl: int, now: float) -> int | None:
+    """Add `increment - decrement` to the integer under `key` (0 when absent) in one atomic
+    statement, resetting its TTL; the new value, or None (nothing written) when the stored value
+    is not a 64-bit integer or the result would leave that range."""
+    rows = tx.all("cache_add", {"key": key, "increment": increment, "decrement": decrement,
+                                "expires_at": now + ttl, "now": now})
+    return int(rows[0]["value"]) if rows else None
+
+
 def delete(tx: db.Tx, key: str) -> bool:
     """Delete `key`; True if it existed."""
     return tx.execute("cache_del", {"key": key}).rowcount > 0
@@ -67,25 +75,24 @@ def purge(tx: db.Tx, now: float) -> int:
 class View(Mapping[str, Any]):
     """`cache` in Liquid: `cache["key"]` / `cache.key`, nil when absent or expired."""
 
-    __slots__ = ("_conn", "_now")
+    __slots__ = ("_reader", "_now")
 
-    def __init__(self, conn: sqlite3.Connection | None, now: float) -> None:
-        self._conn = conn
+    def __init__(self, reader: db.Reader | None, now: float) -> None:
+        self._reader = reader
         self._now = now
 
     def __getitem__(self, key: str) -> Any:
-        if self._conn is None or not isinstance(key, str):
+        if self._reader is None or not isinstance(key, str):
             raise KeyError(key)
-        row = self._conn.execute(sql.queries["cache_get"], {"key": key, "now": self._now}).fetchone()
+        row = self._reader.one("cache_get", {"key": key, "now": self._now})
         if row is None:
             raise KeyError(key)
         return models.loads(row[0])
 
     def __iter__(self) -> Iterator[str]:
-        if self._conn is None:
+        if self._reader is None:
             return iter(())
-        rows = self._conn.execute(sql.queries["cache_keys"], {"now": self._now}).fetchall()
-        return iter([r[0] for r in rows])
+        return iter([r[0] for r in self._reader.all("cache_keys", {"now": self._now})])
 
     def __len__(self) -> int:
         return sum(1 for _ in self)

@@ -1,10 +1,22 @@
 """The SQLite file: pragmas, migrations, the one write path, reads, and the daemon's lock file.
 
-A transaction is a plain function `fn(tx)` run whole on the connection's own thread, between
-`BEGIN IMMEDIATE` and `COMMIT`: one thread hop per transaction instead of one per statement, so a
-batch of a hundred runs costs one await. Every write goes through `Database.write`, whose
-connection thread runs one function at a time: transactions can never interleave (with aiosqlite,
-another coroutine's statement issued inside an open transaction would silently join it).
+This module is the storage seam: everything outside `runnerd.store` reaches the database through
+a `Database` (its `write` and `read`), the `Tx` they hand to a function, or a `Reader`, and
+names every statement (`sql.queries`); rows come back as `Row`s, a statement's effect as a
+`Result`, and a database that cannot be used (full, locked, read-only, gone, corrupt) as
+`errors.DatabaseError`; a statement's own bug (a constraint violated) stays the driver's
+exception, loud. Nothing else imports `sqlite3`.
+
+The database thread, by design: a transaction is a plain, synchronous function `fn(tx)` run whole
+on a thread runnerd owns (`DatabaseThread`), between `BEGIN` and `COMMIT`: one thread hop per
+transaction instead of one per statement, so a batch of a hundred runs costs one await, and the
+same function would run unchanged on a synchronous PostgreSQL driver's connection. The writer
+connection lives on one thread and the read-only connection on another; each thread runs one
+function at a time, so transactions can never interleave. Writes are coalesced into group
+commits (see `Database`). A result crosses back to the event loop with
+`loop.call_soon_threadsafe`, the same single hop aiosqlite makes; runnerd used aiosqlite only
+for that hop (through its private `Connection._execute`), so the thread is now its own and
+aiosqlite is no longer a dependency.
 """
 
 from __future__ import annotations
@@ -13,12 +25,12 @@ import asyncio
 import contextlib
 import fcntl
 import os
+import queue
 import sqlite3
+import threading
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
-
-import aiosqlite
+from typing import Any, Protocol, TypeVar
 
 from runnerd import errors
 from runnerd.store import dbfiles, sql
@@ -26,31 +38,121 @@ from runnerd.store import dbfiles, sql
 T = TypeVar("T")
 
 
-def _on_thread(conn: aiosqlite.Connection, fn: Callable[..., T], *args: Any,
-               **kwargs: Any) -> Awaitable[T]:
-    """`fn(sqlite3_connection, *args, **kwargs)` on `conn`'s thread, in one hop (to await).
+class Row(Protocol):
+    """A result row: columns by name (or position), and their names."""
 
-    aiosqlite's private `Connection._execute` (pinned to aiosqlite 0.22 in pyproject.toml): its
-    public API hops to the thread once per statement, and a transaction is many statements.
+    def __getitem__(self, key: str | int, /) -> Any:
+        """The column's value."""
+
+    def keys(self) -> list[str]:
+        """The column names, in order."""
+
+
+class Result(Protocol):
+    """What running a statement gives back: how many rows it changed, an inserted row's id."""
+
+    @property
+    def rowcount(self) -> int:
+        """The rows an INSERT, UPDATE or DELETE changed (the conditional updates' answer)."""
+
+    @property
+    def lastrowid(self) -> int | None:
+        """The id of the row an INSERT stored."""
+
+
+def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
+    """On the event loop: hand an outcome (a result, or an exception when not `ok`) to its
+    awaiting caller, unless that caller was cancelled."""
+    if future.done():  # the caller was cancelled
+        return
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)
+
+
+class DatabaseThread:
+    """A thread runnerd owns, running one function at a time on its own connection.
+
+    `call(fn, *args)` queues `fn(connection, *args)` and returns a future of the event loop that
+    called it; the thread runs it and sets the future with one `call_soon_threadsafe`. The
+    connection is created on the thread (`open`) and used on no other.
     """
-    execute: Callable[..., Awaitable[T]] = conn._execute
-    return execute(fn, conn._conn, *args, **kwargs)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.conn: sqlite3.Connection | None = None
+        self._jobs: queue.SimpleQueue[tuple[asyncio.Future[Any], Callable[..., Any],
+                                            tuple[Any, ...]] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        """The thread's loop: run each function queued, until `stop`."""
+        while (job := self._jobs.get()) is not None:
+            future, fn, args = job
+            try:
+                outcome: tuple[bool, Any] = (True, fn(self.conn, *args))
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                outcome = (False, exc)
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody is waiting
+                future.get_loop().call_soon_threadsafe(_settle, future, *outcome)
+
+    def call(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        """`fn(connection, *args)` on this thread; the future of its result (to await)."""
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._jobs.put((future, fn, args))
+        return future
+
+    async def open(self, target: str | Path, *, uri: bool) -> None:
+        """Create this thread's connection (autocommit: runnerd writes BEGIN and COMMIT)."""
+        def connect(_: None) -> None:
+            self.conn = sqlite3.connect(target, isolation_level=None, uri=uri)
+        await self.call(connect)
+
+    async def stop(self) -> None:
+        """Close the connection and end the thread."""
+        def close(conn: sqlite3.Connection | None) -> None:
+            if conn is not None:
+                conn.close()
+        try:
+            await self.call(close)
+        finally:
+            self.conn = None
+            self._jobs.put(None)
+            self._thread.join()
 
 
 Params = Mapping[str, Any] | None
 
 
-class Tx:
-    """Named queries on one connection, inside one transaction (runs on the db thread)."""
+class Queries:
+    """Named queries on one connection (`sql.queries`): the statements' one way in."""
 
     __slots__ = ("conn",)
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
 
-    def execute(self, name: str, params: Params = None) -> sqlite3.Cursor:
+    def execute(self, name: str, params: Params = None) -> Result:
         """Run the named query."""
         return self.conn.execute(sql.queries[name], params or {})
+
+    def all(self, name: str, params: Params = None) -> list[Row]:
+        """All rows of the named query."""
+        rows: list[Row] = self.conn.execute(sql.queries[name], params or {}).fetchall()
+        return rows
+
+    def one(self, name: str, params: Params = None) -> Row | None:
+        """The first row of the named query, or None."""
+        row: Row | None = self.conn.execute(sql.queries[name], params or {}).fetchone()
+        return row
+
+
+class Tx(Queries):
+    """Named queries inside one transaction (run on the database thread)."""
+
+    __slots__ = ()
 
     def executemany(self, name: str, rows: Iterable[Mapping[str, Any]]) -> None:
         """Run the named query once per parameter mapping."""
@@ -68,17 +170,20 @@ class Tx:
             raise
         self.conn.execute("RELEASE sp")
 
-    def all(self, name: str, params: Params = None) -> list[sqlite3.Row]:
-        """All rows of the named query."""
-        return self.execute(name, params).fetchall()
 
-    def one(self, name: str, params: Params = None) -> sqlite3.Row | None:
-        """The first row of the named query, or None."""
-        row: sqlite3.Row | None = self.execute(name, params).fetchone()
-        return row
+class Reader(Queries):
+    """A read-only connection for the event loop's own thread, in autocommit: the short reads a
+    render makes (the cache it reads, the loop protection's lookup) without a hop to the
+    database thread (`Database.sync_reader`)."""
+
+    __slots__ = ()
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.conn.close()
 
 
-def _pragmas(conn: sqlite3.Connection, *, readonly: bool = False, wal: bool = True) -> None:
+def _pragmas(conn: sqlite3.Connection, readonly: bool = False, wal: bool = True) -> None:
     conn.row_factory = sqlite3.Row
     # WAL lets sqlite3 users and CLI commands read while the daemon writes; FULL makes a
     # committed event survive a power cut (the promise behind every 204).
@@ -173,8 +278,8 @@ class Database:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._writer: aiosqlite.Connection | None = None
-        self._reader: aiosqlite.Connection | None = None
+        self._writer: DatabaseThread | None = None  #: runs the writes, one transaction at a time
+        self._reader: DatabaseThread | None = None  #: runs the reads, on a read-only connection
         self._queue: list[tuple[Callable[[Tx], Any], asyncio.Future[Any]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self.files = dbfiles.Watch(path)  #: the files opened (see `watch`)
@@ -201,7 +306,7 @@ class Database:
         """
         if self.files.gone is None and self.files.check() is not None and (
                 self._writer is not None):
-            self._sealed = asyncio.ensure_future(_on_thread(self._writer, _seal))
+            self._sealed = self._writer.call(_seal)
         return self.files.gone
 
     async def open(self, *, create: bool = True) -> Database:
@@ -216,25 +321,27 @@ class Database:
             if create:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 dbfiles.create_private(self.path)
-            self._writer = await aiosqlite.connect(target, isolation_level=None, uri=not create)
+            self._writer = DatabaseThread("runnerd-db-writer")
+            await self._writer.open(target, uri=not create)
             # WAL is a property of the file: set by the daemon, never written by a command
             # into a file it is about to refuse
-            await _on_thread(self._writer, _pragmas, wal=create)
-            self._reader = await aiosqlite.connect(target, isolation_level=None, uri=not create)
-            await _on_thread(self._reader, _pragmas, readonly=True)
+            await self._writer.call(_pragmas, False, create)
+            self._reader = DatabaseThread("runnerd-db-reader")
+            await self._reader.open(target, uri=not create)
+            await self._reader.call(_pragmas, True)
         except (sqlite3.Error, OSError) as exc:
             await self.close()
             raise errors.DatabaseError(f"cannot open database {self.path}: {exc}") from exc
         return self
 
     async def close(self) -> None:
-        """Close both connections."""
+        """Close both connections and end their threads."""
         if self._sealed is not None:
             await self._sealed
-        for conn in (self._reader, self._writer):
-            if conn is not None:
+        for thread in (self._reader, self._writer):
+            if thread is not None:
                 with contextlib.suppress(Exception):
-                    await conn.close()
+                    await thread.stop()
         self._writer = self._reader = None
 
     async def write(self, fn: Callable[[Tx], T]) -> T:
@@ -263,9 +370,8 @@ class Database:
                 try:
                     if self._writer is None:
                         raise errors.DatabaseError("database is closed")
-                    # the whole transaction is one hop to the connection's thread
-                    outcomes = await _on_thread(
-                        self._writer, _group, [fn for fn, _ in batch])
+                    # the whole group commit is one hop to the writer thread
+                    outcomes = await self._writer.call(_group, [fn for fn, _ in batch])
                     # Committed, but to the file the daemon opened: is it still the database?
                     # (three stat calls, ~3 µs each, per group commit; never a 204 otherwise)
                     if (gone := self.check_files()) is not None:
@@ -273,12 +379,7 @@ class Database:
                 except Exception as exc:  # noqa: BLE001 - nothing of the batch was stored
                     outcomes = [(False, exc)] * len(batch)
                 for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
-                    if future.done():  # its caller was cancelled
-                        continue
-                    if ok:
-                        future.set_result(value)
-                    else:
-                        future.set_exception(value)
+                    _settle(future, ok, value)
         finally:
             self._flusher = None
 
@@ -289,7 +390,7 @@ class Database:
         if self.gone is not None:
             raise errors.DatabaseError(self.gone)
         try:
-            return await _on_thread(self._reader, _transaction, fn, "DEFERRED")
+            return await self._reader.call(_transaction, fn, "DEFERRED")
         except sqlite3.DatabaseError as exc:
             if not _unavailable(exc):
                 raise
@@ -300,7 +401,7 @@ class Database:
         if self._writer is None:
             raise errors.DatabaseError("database is closed")
         try:
-            return await _on_thread(self._writer, migrate_sync)
+            return await self._writer.call(migrate_sync)
         except sqlite3.DatabaseError as exc:
             raise errors.DatabaseError(f"cannot migrate database {self.path}: {exc}") from exc
 
@@ -315,11 +416,11 @@ class Database:
             raise errors.DatabaseError(f"database {self.path} {what} (start the daemon with "
                                        "'runnerd run' to migrate it)")
 
-    def sync_reader(self) -> sqlite3.Connection:
-        """A plain read-only connection for the event loop's thread (cache reads while rendering)."""
+    def sync_reader(self) -> Reader:
+        """A read-only connection for the event loop's thread (cache reads while rendering)."""
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         _pragmas(conn, readonly=True)
-        return conn
+        return Reader(conn)
 
 
 def _user_version(conn: sqlite3.Connection) -> int:

@@ -1,7 +1,9 @@
 """Every SQL statement runnerd runs, by name, and the numbered migrations.
 
-`queries.sql` holds blocks that start with `-- name: NAME`; `migrations/NNNN_*.sql` are applied in
-order. A PostgreSQL backend would bring its own files with the same names.
+`queries.sql` holds blocks that start with `-- name: NAME`, grouped by subject;
+`migrations/NNNN_*.sql` are applied in order, and `schema.sql` is the schema they produce (a
+snapshot for readers, checked by tests/test_store.py). A PostgreSQL backend would bring its own
+files with the same names.
 """
 
 from __future__ import annotations

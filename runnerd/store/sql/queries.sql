@@ -1,10 +1,34 @@
--- Every statement runnerd runs. Parameters are :named; times are Unix seconds.
+-- Every statement runnerd runs, by name (`-- name: NAME`), grouped by subject; the line(s) after
+-- a name say what the statement does. Executed by name through `store.db.Tx` (and `Reader`).
+-- Parameters are :named; times are Unix seconds.
+--
+-- Run priorities (runs.priority, highest claimed first) are parameters, never literals:
+-- :action_priority (3), :task_priority (2) and :event_priority (1), bound from
+-- models.PRIORITY by queue/runs.py.
+
+-- Events -------------------------------------------------------------------------------------
 
 -- name: insert_event
+-- Store an event (its event run is stored beside it by insert_run).
 INSERT INTO events (id, topic, data, source, parent_id, webhook_request_id, task_ids, created_at)
 VALUES (:id, :topic, :data, :source, :parent_id, :webhook_request_id, :task_ids, :created_at);
 
+-- name: event_by_id
+-- One event by id.
+SELECT * FROM events WHERE id = :id;
+
+-- name: events_by_ids
+-- The events of a batch of runs; :ids is a JSON array of event ids.
+SELECT * FROM events WHERE id IN (SELECT value FROM json_each(:ids));
+
+-- name: event_counts
+-- Events created so far, by source (kept by the events_count trigger; never lowered by pruning).
+SELECT source, n FROM event_counts ORDER BY source;
+
+-- The run queue: storing, claiming and finishing runs ----------------------------------------
+
 -- name: insert_run
+-- Store a run (any kind, any state: due, scheduled, or already performed).
 INSERT INTO runs (kind, state, priority, run_at, event_id, task_name, action_type, options, meta,
                   perform_event, task_run_id, created_at, result, attempts, started_at,
                   finished_at)
@@ -13,158 +37,178 @@ VALUES (:kind, :state, :priority, :run_at, :event_id, :task_name, :action_type, 
         :finished_at);
 
 -- name: promote_scheduled
+-- Scheduled runs whose time came become due.
 UPDATE runs SET state = 'due' WHERE state = 'scheduled' AND run_at <= :now;
 
 -- name: claim_runs
--- The runs that take a worker slot: action runs (priority 3), then event runs (priority 1), FIFO
--- within a kind; two ranges of runs_due, so a backlog of due task runs is never scanned.
--- :event_limit caps the event runs (0 where the worker routes them instead: due_event_runs).
+-- Start the due runs that take a worker slot: action runs, then event runs, FIFO within
+-- a kind; two ranges of the runs_due index, so a backlog of due task runs is never scanned.
+-- :event_limit caps the event runs (0 where the daemon routes them instead: due_event_runs).
 UPDATE runs SET state = 'started', started_at = :now, attempts = attempts + 1
 WHERE id IN (SELECT id FROM (
                  SELECT * FROM (SELECT id, priority, run_at FROM runs
-                                WHERE state = 'due' AND priority = 3
+                                WHERE state = 'due' AND priority = :action_priority
                                 ORDER BY run_at, id LIMIT :limit)
                  UNION ALL
                  SELECT * FROM (SELECT id, priority, run_at FROM runs
-                                WHERE state = 'due' AND priority = 1
+                                WHERE state = 'due' AND priority = :event_priority
                                 ORDER BY run_at, id LIMIT :event_limit))
              ORDER BY priority DESC, run_at, id LIMIT :limit)
 RETURNING *;
 
 -- name: due_task_runs
--- Task runs (priority 2) the worker renders next, FIFO; they stay due until they are finished.
-SELECT * FROM runs WHERE state = 'due' AND priority = 2 ORDER BY run_at, id LIMIT :limit;
-
--- name: due_event_runs
--- Event runs (priority 1) the daemon's worker routes in its transaction, FIFO; no slot taken.
-SELECT id, event_id, attempts FROM runs WHERE state = 'due' AND priority = 1
+-- The due task runs the worker renders next, FIFO; they stay due until they are finished.
+SELECT * FROM runs WHERE state = 'due' AND priority = :task_priority
 ORDER BY run_at, id LIMIT :limit;
 
--- name: event_by_id
-SELECT * FROM events WHERE id = :id;
-
--- name: events_by_ids
--- :ids is a JSON array of event ids (one query for a whole claimed batch).
-SELECT * FROM events WHERE id IN (SELECT value FROM json_each(:ids));
+-- name: due_event_runs
+-- The due event runs the daemon's worker routes in its own transaction, FIFO; no slot taken.
+SELECT id, event_id, attempts FROM runs WHERE state = 'due' AND priority = :event_priority
+ORDER BY run_at, id LIMIT :limit;
 
 -- name: finish_run
--- :from is 'started' (a claimed run) or 'due' (a task run rendered between the worker's turns,
--- or an event run routed in its turn, whose attempt and start are written here); a run no
--- longer in that state is left alone.
+-- Move a run to its final state, only if it is still in state :from ('started', or 'due' for
+-- a task run rendered or an event run routed without a claim); rowcount 0: a stale finish.
 UPDATE runs SET state = :state, result = :result, error = :error, finished_at = :now,
                 started_at = :started_at, attempts = :attempts
 WHERE id = :id AND state = :from;
 
 -- name: retry_later
+-- Schedule a failed attempt's automatic retry at :run_at, only if still in state :from.
 UPDATE runs SET state = 'scheduled', run_at = :run_at, error = :error,
                 started_at = :started_at, attempts = :attempts
 WHERE id = :id AND state = :from;
 
 -- name: insert_attempt
+-- Record a retried attempt (the latest attempt is the run row itself).
 INSERT INTO run_attempts (run_id, attempt, started_at, finished_at, error)
 VALUES (:run_id, :attempt, :started_at, :finished_at, :error)
 ON CONFLICT (run_id, attempt) DO UPDATE SET error = excluded.error,
     finished_at = excluded.finished_at;
 
--- name: attempts_of_run
-SELECT attempt, started_at, finished_at, error FROM run_attempts WHERE run_id = :id
-ORDER BY attempt;
+-- name: defer_run
+-- Hand a claimed run back unperformed until :run_at (its target already has its share of
+-- the slots); the claim's attempt does not count.
+UPDATE runs SET state = 'scheduled', run_at = :run_at, attempts = attempts - 1
+WHERE id = :id AND state = 'started';
 
 -- name: requeue_started
--- A run left started by a crash (or interrupted by a stop) goes back to due; its attempt counts.
+-- Every started run back to due (start-up: the lock file proves no other process runs them).
 UPDATE runs SET state = 'due' WHERE state = 'started';
 
 -- name: requeue_run
+-- One started run back to due (interrupted by a stop); its attempt counts.
 UPDATE runs SET state = 'due' WHERE id = :id AND state = 'started';
 
+-- name: predecessor_actions
+-- Loop protection: the actions of this task's latest run on the parent event, in order.
+SELECT action_type, options FROM runs
+WHERE task_run_id = (SELECT id FROM runs WHERE event_id = :parent_id AND kind = 'task'
+                       AND task_name = :task_name ORDER BY id DESC LIMIT 1)
+ORDER BY id;
+
+-- Runs by hand: the CLI and the API ----------------------------------------------------------
+
 -- name: run_by_id
+-- One run by id.
 SELECT * FROM runs WHERE id = :id;
 
 -- name: list_runs
+-- The newest runs, optionally of one state, kind and task (NULL: any).
 SELECT * FROM runs
 WHERE (:state IS NULL OR state = :state)
   AND (:kind IS NULL OR kind = :kind)
   AND (:task IS NULL OR task_name = :task)
 ORDER BY id DESC LIMIT :limit;
 
+-- name: attempts_of_run
+-- A run's retried attempts, in order.
+SELECT attempt, started_at, finished_at, error FROM run_attempts WHERE run_id = :id
+ORDER BY attempt;
+
 -- name: retry_failed_run
+-- A failed task or action run back to due now, as if new (a retry by hand).
 UPDATE runs SET state = 'due', run_at = :now, error = NULL, result = NULL,
     started_at = NULL, finished_at = NULL
 WHERE id = :id AND state = 'failed' AND kind IN ('task', 'action');
 
 -- name: cancel_run
+-- A run that has not started fails with 'cancelled'.
 UPDATE runs SET state = 'failed', error = 'cancelled', finished_at = :now
 WHERE id = :id AND state IN ('unscheduled', 'scheduled', 'due');
 
+-- The cache ----------------------------------------------------------------------------------
+
 -- name: cache_get
+-- The live (unexpired) value under :key, as JSON text.
 SELECT value FROM cache WHERE key = :key AND expires_at > :now;
 
 -- name: cache_keys
+-- The live keys, in order (at most 10,000).
 SELECT key FROM cache WHERE expires_at > :now ORDER BY key LIMIT 10000;
 
 -- name: cache_set
+-- Store :value (JSON text) under :key until :expires_at.
 INSERT INTO cache (key, value, expires_at) VALUES (:key, :value, :expires_at)
 ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at;
 
+-- name: cache_add
+-- Add :increment - :decrement to the integer under :key (0 when absent or expired) and reset
+-- its TTL, in one statement; returns the new value, or no row (nothing written) when the
+-- stored value is not a canonical 64-bit integer or the sum leaves that range (SQLite's
+-- overflowing integer arithmetic gives a REAL).
+INSERT INTO cache (key, value, expires_at)
+SELECT :key, CAST(0 + :increment - :decrement AS TEXT), :expires_at
+WHERE typeof(0 + :increment - :decrement) = 'integer'
+   OR EXISTS (SELECT 1 FROM cache WHERE key = :key AND expires_at > :now)  -- a live value
+ON CONFLICT (key) DO UPDATE SET
+    value = CAST(CASE WHEN cache.expires_at > :now THEN CAST(cache.value AS INTEGER) ELSE 0 END
+                 + :increment - :decrement AS TEXT),
+    expires_at = excluded.expires_at
+WHERE (cache.expires_at <= :now OR CAST(CAST(cache.value AS INTEGER) AS TEXT) = cache.value)
+  AND typeof(CASE WHEN cache.expires_at > :now THEN CAST(cache.value AS INTEGER) ELSE 0 END
+             + :increment - :decrement) = 'integer'
+RETURNING CAST(value AS INTEGER) AS value;
+
 -- name: cache_del
+-- Delete :key.
 DELETE FROM cache WHERE key = :key;
 
 -- name: cache_purge
+-- Delete every expired key.
 DELETE FROM cache WHERE expires_at <= :now;
 
+-- The scheduler ------------------------------------------------------------------------------
+
 -- name: insert_slot
+-- Record a fired (or skipped) slot; a slot already recorded is left alone, so it fires once.
 INSERT INTO scheduler_slots (topic, slot_at, event_id, fired_at)
 VALUES (:topic, :slot_at, :event_id, :fired_at)
 ON CONFLICT (topic, slot_at) DO NOTHING;
 
 -- name: latest_slots
+-- Each topic's latest recorded slot (where the scheduler resumes).
 SELECT topic, MAX(slot_at) AS slot_at FROM scheduler_slots GROUP BY topic;
 
 -- name: prune_slots
--- Keep a week of slots, and always each topic's latest (it is the "last fired" mark).
+-- Forget slots older than :before, except each topic's latest (its "last fired" mark).
 DELETE FROM scheduler_slots
 WHERE slot_at < :before
   AND slot_at < (SELECT MAX(s.slot_at) FROM scheduler_slots s
                  WHERE s.topic = scheduler_slots.topic);
 
+-- The email outbox ---------------------------------------------------------------------------
+
 -- name: insert_outbox
+-- Store an email instead of sending it (email.transport: outbox).
 INSERT INTO outbox (created_at, sender, recipients, subject, message, run_id)
 VALUES (:created_at, :sender, :recipients, :subject, :message, :run_id);
 
--- name: queue_counts
--- Each branch reads one partial index: O(queue), not O(history). `unscheduled` is reserved
--- (runnerd never writes it) and has no index, so counting it would scan every run ever kept.
-SELECT kind, 'due' AS state, COUNT(*) AS n FROM runs WHERE state = 'due' GROUP BY kind
-UNION ALL
-SELECT kind, 'scheduled', COUNT(*) FROM runs WHERE state = 'scheduled' GROUP BY kind
-UNION ALL
-SELECT kind, 'started', COUNT(*) FROM runs WHERE state = 'started' GROUP BY kind;
-
--- name: finished_counts_since
-SELECT kind, state, COUNT(*) AS n FROM runs
-WHERE state IN ('failed', 'succeeded') AND finished_at >= :since GROUP BY kind, state;
-
--- name: oldest_due
-SELECT MIN(run_at) AS run_at FROM runs WHERE state = 'due';
-
--- name: top_waiting_tasks
-SELECT task_name AS name, COUNT(*) AS n FROM runs
-WHERE state IN ('due', 'scheduled') AND kind = 'task' GROUP BY task_name ORDER BY n DESC LIMIT 10;
-
--- name: top_waiting_actions
-SELECT action_type AS name, COUNT(*) AS n FROM runs
-WHERE state IN ('due', 'scheduled') AND kind = 'action' GROUP BY action_type
-ORDER BY n DESC LIMIT 10;
-
--- name: top_waiting_topics
-SELECT e.topic AS name, COUNT(*) AS n FROM runs r JOIN events e ON e.id = r.event_id
-WHERE r.state IN ('due', 'scheduled') AND r.kind = 'event' GROUP BY e.topic
-ORDER BY n DESC LIMIT 10;
-
--- Monitoring (migration 0002): task_status, monitor flips, workers, counters, the status page.
+-- Task status and monitors -------------------------------------------------------------------
 
 -- name: status_report
--- A task run finished, or a job pinged: one upsert keeps the latest facts.
+-- A task run finished or a job pinged: one upsert keeps the latest facts; `evaluated` says
+-- whether the row is a monitor's (then it is read back and evaluated).
 INSERT INTO task_status (name, last_run_at, last_status, last_started_at, last_success_at,
                          last_failure_at, last_error, created_at)
 VALUES (:name, :now, :status,
@@ -182,8 +226,56 @@ ON CONFLICT (name) DO UPDATE SET
     last_error = CASE WHEN excluded.last_status = 'failed' THEN excluded.last_error
                       ELSE task_status.last_error END
 -- typeof(), not IS NOT NULL: SQLite 3.40 answers `monitor IS NULL` wrongly (0 for a NULL) in the
--- RETURNING clause of this upsert, which made every report read the row back.
+-- RETURNING clause of this upsert (every report would read its row back).
 RETURNING typeof(monitor) <> 'null' OR state <> 'new' AS evaluated;
+
+-- name: status_get
+-- One task's or monitor's row.
+SELECT * FROM task_status WHERE name = :name;
+
+-- name: status_all
+-- Every row, by name.
+SELECT * FROM task_status ORDER BY name;
+
+-- name: status_monitored
+-- The rows with a monitor, by name.
+SELECT * FROM task_status WHERE monitor IS NOT NULL ORDER BY name;
+
+-- name: status_flip
+-- Move a monitor from :old_state to :new_state: the one way a state changes, conditional on
+-- the state it was read in, so two evaluations (a tick and a ping) never both flip it.
+UPDATE task_status SET state = :new_state, state_changed_at = :now
+WHERE name = :name AND state = :old_state;
+
+-- name: status_set_monitor
+-- Give a row its configured monitor (creating the row if needed).
+INSERT INTO task_status (name, monitor, state_changed_at, created_at)
+VALUES (:name, :monitor, :now, :now)
+ON CONFLICT (name) DO UPDATE SET monitor = excluded.monitor;
+
+-- name: status_unmonitor
+-- Silence the monitors no longer configured (:names, a JSON array, are kept); their rows stay.
+UPDATE task_status SET monitor = NULL, state = 'new', expect_from = NULL, state_changed_at = :now,
+    flaps = 0
+WHERE monitor IS NOT NULL AND name NOT IN (SELECT value FROM json_each(:names));
+
+-- name: status_pause
+-- Pause a monitor: no alert, not even the summary of the flips damped before.
+UPDATE task_status SET state = 'paused', state_changed_at = :now, flaps = 0
+WHERE name = :name AND monitor IS NOT NULL AND state != 'paused';
+
+-- name: status_resume
+-- Resume a paused monitor: new, expecting a success after now.
+UPDATE task_status SET state = 'new', expect_from = :now, state_changed_at = :now
+WHERE name = :name AND state = 'paused';
+
+-- name: status_alerted
+-- A monitor alerted: its damping interval starts again and its flaps were told.
+UPDATE task_status SET alerted_at = :now, alerted_state = :state, flaps = 0 WHERE name = :name;
+
+-- name: status_damped
+-- Count a change that was damped (told by the next alert).
+UPDATE task_status SET flaps = flaps + 1 WHERE name = :name;
 
 -- name: task_work
 -- A task's work for an event (taskstatus.work_outcome): its task run, and its action runs that
@@ -197,12 +289,6 @@ SELECT t.state AS task_state, t.error AS task_error,
           AND a.state = 'failed' ORDER BY a.id LIMIT 1) AS action_error
 FROM runs t WHERE t.id = :id AND t.kind = 'task';
 
--- name: status_get
-SELECT * FROM task_status WHERE name = :name;
-
--- name: status_all
-SELECT * FROM task_status ORDER BY name;
-
 -- name: status_metrics
 -- /metrics: every monitor's state and latest report; every task's latest success (a row that is
 -- not a ping monitor's is a task's).
@@ -210,44 +296,14 @@ SELECT name, state, last_run_at, last_success_at, monitor IS NOT NULL AS monitor
        monitor IS NULL OR json_extract(monitor, '$.task') AS is_task
 FROM task_status;
 
--- name: status_monitored
-SELECT * FROM task_status WHERE monitor IS NOT NULL ORDER BY name;
+-- name: status_duration
+-- A monitor's latest job duration (a start to its finish).
+UPDATE task_status SET last_duration = :duration WHERE name = :name;
 
--- name: status_flip
--- The one way a monitor's state changes: conditional on the state it was read in, so two
--- evaluations (a tick and a ping, or two daemons' worth of restarts) can never both flip it.
-UPDATE task_status SET state = :new_state, state_changed_at = :now
-WHERE name = :name AND state = :old_state;
-
--- name: status_set_monitor
-INSERT INTO task_status (name, monitor, state_changed_at, created_at)
-VALUES (:name, :monitor, :now, :now)
-ON CONFLICT (name) DO UPDATE SET monitor = excluded.monitor;
-
--- name: status_unmonitor
--- Monitors removed from the configuration: their rows stay (task facts), silenced.
-UPDATE task_status SET monitor = NULL, state = 'new', expect_from = NULL, state_changed_at = :now,
-    flaps = 0
-WHERE monitor IS NOT NULL AND name NOT IN (SELECT value FROM json_each(:names));
-
--- name: status_pause
--- Paused: no alert, not even the summary of the flips damped before.
-UPDATE task_status SET state = 'paused', state_changed_at = :now, flaps = 0
-WHERE name = :name AND monitor IS NOT NULL AND state != 'paused';
-
--- name: status_resume
-UPDATE task_status SET state = 'new', expect_from = :now, state_changed_at = :now
-WHERE name = :name AND state = 'paused';
-
--- name: status_alerted
--- A monitor alerted (taskstatus.alert): the damping interval starts again, the flaps are told.
-UPDATE task_status SET alerted_at = :now, alerted_state = :state, flaps = 0 WHERE name = :name;
-
--- name: status_damped
-UPDATE task_status SET flaps = flaps + 1 WHERE name = :name;
+-- Monitor flips: the alert queue -------------------------------------------------------------
 
 -- name: flip_insert
--- :mail_state is 'pending' (an alert to send) or 'damped' (history only).
+-- Record a change to or from down; :mail_state is 'pending' (an alert to send) or 'damped'.
 INSERT INTO monitor_flips (name, old_state, new_state, created_at, event_id, status,
                            mail_state, mail_next_at)
 VALUES (:name, :old_state, :new_state, :now, :event_id, :status, :mail_state, :now);
@@ -260,24 +316,57 @@ WHERE name = :name AND mail_state <> 'pending'
              LIMIT 1 OFFSET :keep);
 
 -- name: flips_due
+-- The pending alerts whose (next) attempt is due, oldest first.
 SELECT * FROM monitor_flips WHERE mail_state = 'pending' AND mail_next_at <= :now
 ORDER BY id LIMIT :limit;
 
 -- name: flip_mail_done
+-- An alert was sent, skipped or given up: final.
 UPDATE monitor_flips SET mail_state = :mail_state, mail_attempts = mail_attempts + 1,
     mail_error = :error, mail_sent_at = :sent_at
 WHERE id = :id AND mail_state = 'pending';
 
 -- name: flip_mail_retry
+-- An alert's email failed for now: count the attempt, try again at :next_at.
 UPDATE monitor_flips SET mail_attempts = mail_attempts + 1, mail_error = :error,
     mail_next_at = :next_at
 WHERE id = :id AND mail_state = 'pending';
 
--- name: flips_recent
-SELECT id, name, old_state, new_state, created_at, mail_state FROM monitor_flips
-WHERE created_at >= :since ORDER BY id DESC LIMIT 50;
+-- name: flips_of
+-- A monitor's latest flips, newest first (`runnerd monitors show`).
+SELECT id, old_state, new_state, created_at, mail_state FROM monitor_flips
+WHERE name = :name ORDER BY id DESC LIMIT :limit;
+
+-- Monitor pings: the ping history -----------------------------------------------------------
+
+-- name: ping_previous
+-- The latest start or finish of this run id (NULL: pings without one): a start means a finish
+-- now ends it.
+SELECT kind, created_at FROM monitor_pings
+WHERE name = :name AND rid IS :rid AND kind <> 'log' ORDER BY id DESC LIMIT 1;
+
+-- name: ping_insert
+-- Record one ping (its body kept up to monitoring.ping_body_limit).
+INSERT INTO monitor_pings (name, created_at, kind, exit_status, rid, duration, method,
+                           remote_addr, body, body_bytes)
+VALUES (:name, :now, :kind, :exit_status, :rid, :duration, :method, :remote_addr, :body,
+        :body_bytes);
+
+-- name: pings_trim
+-- A monitor keeps its latest :keep pings.
+DELETE FROM monitor_pings
+WHERE name = :name
+  AND id <= (SELECT id FROM monitor_pings WHERE name = :name ORDER BY id DESC
+             LIMIT 1 OFFSET :keep);
+
+-- name: pings_recent
+-- A monitor's latest pings, newest first (`runnerd monitors show`).
+SELECT * FROM monitor_pings WHERE name = :name ORDER BY id DESC LIMIT :limit;
+
+-- Workers ------------------------------------------------------------------------------------
 
 -- name: worker_beat
+-- This process's heartbeat: insert or refresh its row.
 INSERT INTO workers (id, pid, host, started_at, heartbeat_at, healthy, active_runs, problem,
                      loop_lag)
 VALUES (:id, :pid, :host, :started_at, :now, :healthy, :active_runs, :problem, :loop_lag)
@@ -286,56 +375,32 @@ ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at,
     problem = excluded.problem, loop_lag = excluded.loop_lag;
 
 -- name: worker_stopped
+-- This process stopped cleanly.
 UPDATE workers SET heartbeat_at = :now, stopped_at = :now, healthy = 0, active_runs = 0,
     problem = 'stopped'
 WHERE id = :id;
 
 -- name: workers_retire
--- At start-up: the lock file proves earlier processes on this database are gone.
+-- Start-up: mark the other processes' rows gone (the lock file proves they are).
 UPDATE workers SET healthy = 0, active_runs = 0, problem = COALESCE(problem, 'gone')
 WHERE id != :id AND stopped_at IS NULL AND healthy = 1;
 
 -- name: workers_prune
+-- Forget other processes' rows silent since before :before.
 DELETE FROM workers WHERE heartbeat_at < :before AND id != :id;
 
 -- name: workers_all
+-- Every process's row, newest first.
 SELECT * FROM workers ORDER BY started_at DESC;
 
--- name: event_counts
-SELECT source, n FROM event_counts ORDER BY source;
-
--- name: recent_runs
--- The status page's sample: the newest :limit runs (a rowid range, so history costs nothing)
--- created since :since, with their event's creation time.
-SELECT r.id, r.kind, r.state, r.run_at, r.started_at, r.finished_at, r.event_id,
-       e.created_at AS event_created_at
-FROM runs r JOIN events e ON e.id = r.event_id
-WHERE r.id > (SELECT COALESCE(MAX(id), 0) FROM runs) - :limit AND r.created_at >= :since;
-
--- name: failures_since
-SELECT kind, task_name, action_type, COUNT(*) AS n, MAX(finished_at) AS last_at,
-       MAX(id) AS last_id
-FROM runs WHERE state = 'failed' AND finished_at >= :since
-GROUP BY kind, task_name, action_type ORDER BY n DESC LIMIT 20;
-
--- name: defer_run
--- A claimed run handed back unperformed (its target already has its share of the slots): it
--- waits until :run_at, and the claim's attempt does not count.
-UPDATE runs SET state = 'scheduled', run_at = :run_at, attempts = attempts - 1
-WHERE id = :id AND state = 'started';
-
--- ============================================================================================
--- Retention (retention.prune_batch, retention.prune; issue 6 part 7). Appended as one block:
--- retention works on whole event trees (an event with no parent, and every event descending
--- from it).
--- ============================================================================================
+-- Retention: whole event trees (an event with no parent and every event descending from it) --
 
 -- name: prune_roots
 -- A page of candidate root events (no parent, or the parent is gone) created before :before,
--- oldest first, after the keyset cursor (:after_at, :after_rid). The root's own runs rule out
--- most trees that stay (a failure younger than :cutoff_failed, a run not final) inside SQLite,
--- so trees kept for 90 days cost no Python per pass; a root with children is checked whole by
--- prune_tree.
+-- oldest first, after the keyset cursor (:after_at, :after_rid), with what their own runs
+-- say. Roots whose runs keep the tree (a failure younger than :cutoff_failed, a run not
+-- final) are left out here, so trees kept for long cost no Python per pass; a root with
+-- children is checked whole by prune_tree.
 SELECT e.rid, e.id, e.created_at, COUNT(r.id) AS runs,
        COALESCE(SUM(r.state NOT IN ('failed', 'succeeded')), 0) AS open,
        COALESCE(SUM(r.state = 'failed'), 0) AS failed,
@@ -369,63 +434,17 @@ SELECT tree.id, COUNT(r.id) AS runs,
 FROM tree LEFT JOIN runs r ON r.event_id = tree.id GROUP BY tree.id;
 
 -- name: prune_event
--- Its runs and their attempts go with it (ON DELETE CASCADE).
+-- Delete an event; its runs and their attempts go with it (ON DELETE CASCADE).
 DELETE FROM events WHERE id = :id;
 
 -- name: prune_flips
--- Alerts handled (not pending) created before :before. Ids grow with time, so the range stops at
--- the first row to keep instead of scanning the table; at most :batch rows.
+-- Delete at most :batch handled (not pending) flips created before :before. Ids grow with
+-- time, so the range stops at the first row to keep instead of scanning the table.
 DELETE FROM monitor_flips
 WHERE id < COALESCE((SELECT id FROM monitor_flips
                      WHERE created_at >= :before OR mail_state = 'pending'
                      ORDER BY id LIMIT 1), 9223372036854775807)
   AND id < (SELECT MIN(id) FROM monitor_flips) + :batch;
-
--- name: prune_outbox
--- Stored messages created before :before (the same id range as prune_flips).
-DELETE FROM outbox
-WHERE id < COALESCE((SELECT id FROM outbox WHERE created_at >= :before ORDER BY id LIMIT 1),
-                    9223372036854775807)
-  AND id < (SELECT MIN(id) FROM outbox) + :batch;
-
--- Loop protection (handlers.task_run): the actions of this task's latest run on the parent event.
-
--- name: predecessor_actions
-SELECT action_type, options FROM runs
-WHERE task_run_id = (SELECT id FROM runs WHERE event_id = :parent_id AND kind = 'task'
-                       AND task_name = :task_name ORDER BY id DESC LIMIT 1)
-ORDER BY id;
-
--- Ping history (migration 0004; monitoring/pings.py).
-
--- name: ping_previous
--- The latest start or finish of this run id (NULL: pings without one): a start means a finish
--- now ends it.
-SELECT kind, created_at FROM monitor_pings
-WHERE name = :name AND rid IS :rid AND kind <> 'log' ORDER BY id DESC LIMIT 1;
-
--- name: ping_insert
-INSERT INTO monitor_pings (name, created_at, kind, exit_status, rid, duration, method,
-                           remote_addr, body, body_bytes)
-VALUES (:name, :now, :kind, :exit_status, :rid, :duration, :method, :remote_addr, :body,
-        :body_bytes);
-
--- name: pings_trim
--- A monitor keeps its latest :keep pings.
-DELETE FROM monitor_pings
-WHERE name = :name
-  AND id <= (SELECT id FROM monitor_pings WHERE name = :name ORDER BY id DESC
-             LIMIT 1 OFFSET :keep);
-
--- name: status_duration
-UPDATE task_status SET last_duration = :duration WHERE name = :name;
-
--- name: pings_recent
-SELECT * FROM monitor_pings WHERE name = :name ORDER BY id DESC LIMIT :limit;
-
--- name: flips_of
-SELECT id, old_state, new_state, created_at, mail_state FROM monitor_flips
-WHERE name = :name ORDER BY id DESC LIMIT :limit;
 
 -- name: prune_pings
 -- Pings received before :before (the same id range as prune_flips); at most :batch rows.
@@ -433,3 +452,67 @@ DELETE FROM monitor_pings
 WHERE id < COALESCE((SELECT id FROM monitor_pings WHERE created_at >= :before ORDER BY id LIMIT 1),
                     9223372036854775807)
   AND id < (SELECT MIN(id) FROM monitor_pings) + :batch;
+
+-- name: prune_outbox
+-- Delete at most :batch stored emails created before :before (the same id range as prune_flips).
+DELETE FROM outbox
+WHERE id < COALESCE((SELECT id FROM outbox WHERE created_at >= :before ORDER BY id LIMIT 1),
+                    9223372036854775807)
+  AND id < (SELECT MIN(id) FROM outbox) + :batch;
+
+-- Stats: /api/stats, /metrics and the status page --------------------------------------------
+
+-- name: queue_counts
+-- Runs waiting or running, by kind and state. Each branch reads one partial index: O(queue),
+-- not O(history); `unscheduled` is never written and has no index, so it is not counted.
+SELECT kind, 'due' AS state, COUNT(*) AS n FROM runs WHERE state = 'due' GROUP BY kind
+UNION ALL
+SELECT kind, 'scheduled', COUNT(*) FROM runs WHERE state = 'scheduled' GROUP BY kind
+UNION ALL
+SELECT kind, 'started', COUNT(*) FROM runs WHERE state = 'started' GROUP BY kind;
+
+-- name: finished_counts_since
+-- Runs finished since :since, by kind and final state.
+SELECT kind, state, COUNT(*) AS n FROM runs
+WHERE state IN ('failed', 'succeeded') AND finished_at >= :since GROUP BY kind, state;
+
+-- name: oldest_due
+-- When the oldest due run became due (the queue's lag).
+SELECT MIN(run_at) AS run_at FROM runs WHERE state = 'due';
+
+-- name: top_waiting_tasks
+-- The tasks with the most task runs waiting.
+SELECT task_name AS name, COUNT(*) AS n FROM runs
+WHERE state IN ('due', 'scheduled') AND kind = 'task' GROUP BY task_name ORDER BY n DESC LIMIT 10;
+
+-- name: top_waiting_actions
+-- The action types with the most action runs waiting.
+SELECT action_type AS name, COUNT(*) AS n FROM runs
+WHERE state IN ('due', 'scheduled') AND kind = 'action' GROUP BY action_type
+ORDER BY n DESC LIMIT 10;
+
+-- name: top_waiting_topics
+-- The topics with the most event runs waiting.
+SELECT e.topic AS name, COUNT(*) AS n FROM runs r JOIN events e ON e.id = r.event_id
+WHERE r.state IN ('due', 'scheduled') AND r.kind = 'event' GROUP BY e.topic
+ORDER BY n DESC LIMIT 10;
+
+-- name: recent_runs
+-- The status page's sample: the newest :limit runs (a rowid range, so history costs
+-- nothing) created since :since, with their event's creation time.
+SELECT r.id, r.kind, r.state, r.run_at, r.started_at, r.finished_at, r.event_id,
+       e.created_at AS event_created_at
+FROM runs r JOIN events e ON e.id = r.event_id
+WHERE r.id > (SELECT COALESCE(MAX(id), 0) FROM runs) - :limit AND r.created_at >= :since;
+
+-- name: failures_since
+-- Failed runs since :since, grouped by task and action type, the most frequent first.
+SELECT kind, task_name, action_type, COUNT(*) AS n, MAX(finished_at) AS last_at,
+       MAX(id) AS last_id
+FROM runs WHERE state = 'failed' AND finished_at >= :since
+GROUP BY kind, task_name, action_type ORDER BY n DESC LIMIT 20;
+
+-- name: flips_recent
+-- The latest monitor flips since :since (at most 50), newest first.
+SELECT id, name, old_state, new_state, created_at, mail_state FROM monitor_flips
+WHERE created_at >= :since ORDER BY id DESC LIMIT 50;
