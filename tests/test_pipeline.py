@@ -262,6 +262,11 @@ async def test_actions_perform_goes_to_the_originating_task_only(pipeline) -> No
     assert (await p.cache("seen"))["options"] == ["set", "first", 1]
     assert performs[0].data["type"] == "cache" and performs[0].data["meta"] == "m"
     assert performs[0].data["run"]["ok"] is True and performs[0].data["run"]["result"] == 1
+    run = performs[0].data["run"]  # Mechanic's action object: platform/liquid/objects/action.md
+    assert set(run) >= {"id", "ok", "error", "result", "result_meta", "attempts", "enqueued_at",
+                        "started_at", "stopped_at", "elapsed_time_ms"}
+    assert run["result_meta"] == {} and run["attempts"] == 1 and run["elapsed_time_ms"] >= 0
+    assert run["enqueued_at"] <= run["started_at"] <= run["stopped_at"]
     assert await p.cache("bystander") is None
 
 

@@ -265,9 +265,15 @@ def task_variables(renderer: render.Renderer, compiled: registry.Compiled, event
 
 
 def _run_summary(run: models.Run) -> dict[str, Any]:
+    """A run as Mechanic's action object's `run` has it (`result_meta` holds Shopify API
+    counts there; runnerd has none to give). `finished_at` is runnerd's name for `stopped_at`."""
+    elapsed = (None if run.started_at is None or run.finished_at is None
+               else round((run.finished_at - run.started_at) * 1000))
     return {"id": run.id, "ok": run.state is models.RunState.SUCCEEDED, "error": run.error,
-            "result": run.result, "attempts": run.attempts,
-            "started_at": models.iso(run.started_at), "finished_at": models.iso(run.finished_at)}
+            "result": run.result, "result_meta": {}, "attempts": run.attempts,
+            "run_at": models.iso(run.run_at), "enqueued_at": models.iso(run.created_at),
+            "started_at": models.iso(run.started_at), "stopped_at": models.iso(run.finished_at),
+            "finished_at": models.iso(run.finished_at), "elapsed_time_ms": elapsed}
 
 
 def _event_summary(event: models.Event) -> dict[str, Any]:
