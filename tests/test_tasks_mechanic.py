@@ -4,6 +4,7 @@ and reloading the configuration under load."""
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -325,3 +326,22 @@ def test_permissions_block_is_accepted_and_never_rendered(tmp_path: Path) -> Non
             code: "{% permissions %}read_orders"
     """)
     assert "missing {% endpermissions %}" in cli("check", "-c", str(unclosed)).stderr
+
+
+def test_an_export_in_tasks_dir_with_empty_required_options_loads_disabled(
+        tmp_path: Path) -> None:
+    """tasks_dir loads Mechanic's library exports as they are: their empty required options
+    disable the task (with a note naming them), instead of refusing the whole configuration."""
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    shutil.copy(EXPORTS / "reminder-empty-options.json", tasks)
+    path = tmp_path / "runnerd.yaml"
+    path.write_text(f"database: {tmp_path / 'x.db'}\ntasks_dir: {tasks}\n")
+    reg = daemon.load(str(path), {})
+    assert reg.tasks["Daily reminder"].task.enabled is False
+    (note,) = reg.notes
+    assert note.endswith("disabled until its required options are filled: "
+                         "recipient__email_required, subject__required (its \"options\" in "
+                         "the export, or import it into tasks: with 'runnerd import')"), note
+    checked = cli("check", "-c", str(path))
+    assert checked.returncode == 0 and "recipient__email_required" in checked.stdout, checked

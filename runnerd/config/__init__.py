@@ -145,6 +145,9 @@ class Task:
     enabled: bool = True
     preview_events: tuple[Mapping[str, Any], ...] = ()
     source: str = ""  # where it was defined, for messages: "tasks[0]" or a file path
+    #: loaded from a Mechanic export in tasks_dir: empty required options disable it (as the
+    #: library ships them), instead of refusing the whole configuration
+    from_tasks_dir: bool = False
     #: a stable UUID derived from the name (computed once: it is read on every run)
     id: str = dataclasses.field(init=False, default="")
 
@@ -523,7 +526,8 @@ def _exports(directory: Path, r: yamlread.Reader) -> list[Task]:
             r.problem(f"tasks_dir: {file.name}", f"not a readable JSON task export: {exc}")
             continue
         try:
-            out.append(task_from_export(data, source=str(file)))
+            out.append(dataclasses.replace(task_from_export(data, source=str(file)),
+                                           from_tasks_dir=True))
         except ValueError as exc:
             r.problem(f"tasks_dir: {file.name}", str(exc))
     return out

@@ -167,11 +167,16 @@ class Registry:
         for key in referenced_options(task.code, task.subscriptions):
             if key not in values and options.parse_key(key).required:
                 values[key] = None  # validate() reports it as required
+        if task.from_tasks_dir and task.enabled and options.missing(values):
+            task = dataclasses.replace(task, enabled=False)  # Mechanic's library ships them so
         problems.extend(f"{task.source}: {p}" for p in options.validate(
             values, task=task.name, required=task.enabled))
         if not task.enabled and (unset := options.missing(values)):
+            where_to = ('its "options" in the export, or import it into tasks: with '
+                        "'runnerd import'" if task.from_tasks_dir
+                        else "under options:, then set enabled: true")
             self.notes.append(f"{where}: disabled until its required options are filled: "
-                              f"{', '.join(unset)} (under options:, then set enabled: true)")
+                              f"{', '.join(unset)} ({where_to})")
         liquid_options = tuple(k for k in options.text_keys(task.options)
                                if "{{" in task.options[k] or "{%" in task.options[k])
         for key in liquid_options:
