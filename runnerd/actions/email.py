@@ -83,8 +83,11 @@ class EmailExecutor:
     perform_event = True
     inline = False
 
-    def __init__(self, settings: config.Email, *, idle_seconds: float = IDLE_SECONDS) -> None:
+    def __init__(self, settings: config.Email, *, idle_seconds: float = IDLE_SECONDS,
+                 fetch: mail_.Fetch | None = None) -> None:
         self.settings = settings
+        #: downloads `url` file generators (the http action's guarded client); None: refused
+        self.fetch = fetch
         self.idle_seconds = idle_seconds
         self._client: aiosmtplib.SMTP | None = None
         self._lock = asyncio.Lock()
@@ -109,6 +112,7 @@ class EmailExecutor:
             sender = mail_.parse_address(self.settings.sender, "email.from")
         except errors.InvalidAction as exc:
             raise errors.ActionFailed(exc.message) from None
+        await mail.generate(self.fetch)
         msg = mail.message(sender, ctx.now)
         message_id = str(msg["Message-ID"])
         if self.settings.transport == "outbox":

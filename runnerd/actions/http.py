@@ -30,8 +30,8 @@ import os
 import re
 import ssl
 import urllib.parse
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 
 import aiohttp
 import yarl
@@ -41,6 +41,7 @@ from runnerd.actions import guard
 from runnerd.config import targets
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 METHODS = ("options", "head", "get", "post", "put", "patch", "delete")
 OPTIONS = frozenset({"method", "url", "headers", "body", "follow_redirects", "verify",
@@ -340,7 +341,7 @@ class HttpExecutor:
             raise errors.ActionFailed(exc.message) from None
         try:
             async with asyncio.timeout(request.timeout):
-                result = await self._exchange(request)
+                result = await self._exchange(request, self._result)
         except guard.Refused as exc:
             failure = errors.ActionFailed(
                 f"http: {request.method} {_safe_url(request.url)} refused: {exc}",
@@ -356,9 +357,39 @@ class HttpExecutor:
         logger.info("%s", failure.message, extra={"action": "http_failed", "run_id": ctx.run.id})
         raise failure from None  # the aiohttp text may hold the URL's credentials
 
-    async def _exchange(self, request: Request) -> dict[str, Any]:
+    async def download(self, url: str, limit: int) -> bytes:
+        """The body at `url` (a GET, redirects followed, every hop checked like an http
+        action's), at most `limit` bytes: the email action's `url` file generator.
+        errors.ActionFailed, retryable when the failure is transient."""
+        try:
+            request = Request({"method": "get", "url": url}, self.settings.timeout)
+        except errors.InvalidAction as exc:
+            raise errors.ActionFailed(exc.message) from None
+
+        async def body(response: aiohttp.ClientResponse) -> bytes:
+            if response.status >= 400:
+                raise errors.ActionFailed(
+                    f"http: GET {_safe_url(request.url)} answered {response.status}",
+                    retryable=response.status >= 500)
+            raw, truncated = await _read(response, limit)
+            if truncated:
+                raise errors.ActionFailed(f"http: GET {_safe_url(request.url)}: the file is "
+                                          f"over {limit} bytes")
+            return raw
+
+        try:
+            async with asyncio.timeout(request.timeout):
+                return await self._exchange(request, body)
+        except guard.Refused as exc:
+            raise errors.ActionFailed(f"http: GET {_safe_url(request.url)} refused: {exc}",
+                                      retryable=False) from None
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+            raise _failure(exc, request) from None
+
+    async def _exchange(self, request: Request,
+                        finish: Callable[[aiohttp.ClientResponse], Awaitable[T]]) -> T:
         """The request and the redirects it follows (at most MAX_REDIRECTS), each hop
-        checked; the last response as the action's result."""
+        checked; what `finish` makes of the last response."""
         hop = guard.Hop(request.method, request.url, request.headers, request.data)
         for _ in range(MAX_REDIRECTS + 1):
             try:
@@ -371,7 +402,7 @@ class HttpExecutor:
                     following = (hop.follow(response, is_secret)
                                  if request.follow_redirects else None)
                     if following is None:
-                        return await self._result(response)
+                        return await finish(response)
             except guard.Refused as exc:
                 if hop.url is request.url:
                     raise

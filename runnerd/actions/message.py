@@ -2,6 +2,12 @@
 
 The message is multipart/alternative (a text/plain part derived from the HTML, then the HTML),
 wrapped in multipart/mixed when there are attachments. Bcc goes into the envelope only.
+
+Attachments map file names to Mechanic's file generators: a string (plaintext), `{"base64":
+…}`, `{"url": …}` (downloaded when the action runs, through the http action's guarded client)
+and `{"zip": {"files": {…}}}` (its own file names and generators, nested). Each generated file
+is at most MAX_FILE_BYTES, as in Mechanic. `pdf` (HTML rendered by a browser) and a zip
+`password` (ZipCrypto) are refused at validation with a line that says so.
 """
 
 from __future__ import annotations
@@ -13,9 +19,11 @@ import email.message
 import email.policy
 import email.utils
 import html.parser
+import io
 import mimetypes
 import re
-from collections.abc import Mapping
+import zipfile
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from runnerd import errors, models
@@ -105,28 +113,105 @@ def _headers(value: Any) -> list[tuple[str, str]]:
     return out
 
 
-def _attachments(value: Any) -> list[tuple[str, str | bytes]]:
+#: The most one generated file (an attachment, a downloaded one, a zip) may hold: Mechanic's 20 MB.
+MAX_FILE_BYTES = 20 * 1024 * 1024
+#: Downloads a URL (at most `limit` bytes); raises errors.ActionFailed.
+Fetch = Callable[[str, int], Awaitable[bytes]]
+
+
+class Url:
+    """A `{"url": …}` file generator: the file at that URL, downloaded when the action runs."""
+
+    __slots__ = ("url",)
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+
+class Zip:
+    """A `{"zip": {"files": …}}` file generator: its files, each a generator, in one archive."""
+
+    __slots__ = ("files",)
+
+    def __init__(self, files: list[tuple[str, Generated]]) -> None:
+        self.files = files
+
+
+Generated = str | bytes | Url | Zip
+
+
+def _attachments(value: Any) -> list[tuple[str, Generated]]:
     if value is None:
         return []
     if not isinstance(value, Mapping):
         raise _invalid("'attachments' must be an object of filename: content")
-    out: list[tuple[str, str | bytes]] = []
+    return _files(value, "attachment")
+
+
+def _files(value: Mapping[Any, Any], what: str) -> list[tuple[str, Generated]]:
+    out: list[tuple[str, Generated]] = []
     for name, content in value.items():
         if not isinstance(name, str) or not name.strip() or _CONTROL.search(name):
-            raise _invalid(f"'attachments' has an invalid filename {name!r}")
-        if isinstance(content, str):
-            out.append((name, content))
-        elif isinstance(content, Mapping) and set(content) == {"base64"} and isinstance(
-                content["base64"], str):
-            try:
-                data = base64.b64decode("".join(content["base64"].split()), validate=True)
-            except (binascii.Error, ValueError):
-                raise _invalid(f"attachment {name!r}: 'base64' is not valid base64") from None
-            out.append((name, data))
-        else:
-            raise _invalid(f"attachment {name!r} must be a string or {{\"base64\": \"...\"}} "
-                           "(file generators are not supported)")
+            raise _invalid(f"{what}s: invalid filename {name!r}")
+        out.append((name, _generator(content, f"{what} {name!r}")))
     return out
+
+
+def _generator(content: Any, where: str) -> Generated:
+    """A file generator (Mechanic's core/actions/file-generators) as runnerd performs it."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, Mapping) or len(content) != 1:
+        raise _invalid(f"{where} must be a string or one file generator such as "
+                       '{"base64": "..."}, {"url": "..."} or {"zip": {"files": {...}}}')
+    ((kind, options),) = content.items()
+    if kind == "base64" and isinstance(options, str):
+        try:
+            data = base64.b64decode("".join(options.split()), validate=True)
+        except (binascii.Error, ValueError):
+            raise _invalid(f"{where}: 'base64' is not valid base64") from None
+        return _sized(data, where)
+    if kind == "url" and isinstance(options, str):
+        if not re.match(r"(?i)^https?://[^/\s]", options):
+            raise _invalid(f"{where}: 'url' must be an http:// or https:// URL")
+        return Url(options)
+    if kind == "zip" and isinstance(options, Mapping):
+        if options.get("password") is not None:
+            raise _invalid(f"{where}: 'zip' with a 'password' is not supported (runnerd cannot "
+                           "encrypt ZIP files)")
+        extra = sorted(str(k) for k in options if k not in ("files", "password"))
+        files = options.get("files")
+        if extra or not isinstance(files, Mapping):
+            raise _invalid(f"{where}: 'zip' takes {{\"files\": {{filename: generator}}}}")
+        return Zip(_files(files, f"{where}: zip file"))
+    if kind == "pdf":
+        raise _invalid(f"{where}: the 'pdf' file generator is not supported (it renders HTML "
+                       "in a browser, which runnerd does not run)")
+    if kind in ("base64", "url", "zip"):
+        raise _invalid(f"{where}: wrong options for the {kind!r} file generator")
+    raise _invalid(f"{where}: unknown file generator {str(kind)[:40]!r}")
+
+
+def _sized(data: bytes, where: str) -> bytes:
+    if len(data) > MAX_FILE_BYTES:
+        raise errors.ActionFailed(f"email: {where} is over {MAX_FILE_BYTES // 1048576} MB")
+    return data
+
+
+async def _generate(content: Generated, where: str, fetch: Fetch | None) -> str | bytes:
+    """The file a generator makes: downloads and archives made now."""
+    if isinstance(content, str | bytes):
+        return content
+    if isinstance(content, Url):
+        if fetch is None:
+            raise errors.ActionFailed(f"email: {where}: no HTTP client to download {content.url}")
+        return _sized(await fetch(content.url, MAX_FILE_BYTES), where)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, item in content.files:
+            data = await _generate(item, f"{where}: {name!r}", fetch)
+            archive.writestr(name, data.encode() if isinstance(data, str) else data)
+    return _sized(buffer.getvalue(), where)
 
 
 class Mail:
@@ -165,8 +250,13 @@ class Mail:
             seen.setdefault(address.addr_spec.lower(), address.addr_spec)
         return list(seen.values())
 
+    async def generate(self, fetch: Fetch | None) -> None:
+        """Make the attachments' files now: downloads (`fetch`) and zip archives."""
+        self.attachments = [(name, await _generate(content, f"attachment {name!r}", fetch))
+                            for name, content in self.attachments]
+
     def message(self, sender: _Address, now: float) -> email.message.EmailMessage:
-        """The MIME message (no Bcc header)."""
+        """The MIME message (no Bcc header); `generate` first when attachments download."""
         msg = email.message.EmailMessage(policy=email.policy.default)
         name = self.display_name if self.display_name is not None else sender.display_name
         msg["From"] = _Address(display_name=name, username=sender.username, domain=sender.domain)
@@ -183,6 +273,8 @@ class Mail:
         msg.set_content(html_to_text(self.body))
         msg.add_alternative(self.body, subtype="html")
         for filename, content in self.attachments:
+            if isinstance(content, Url | Zip):
+                raise errors.ActionFailed(f"email: attachment {filename!r} was not generated")
             # Sent as bytes either way: set_content(str) would append a newline to the file.
             default = "text/plain" if isinstance(content, str) else "application/octet-stream"
             maintype, _, subtype = (mimetypes.guess_type(filename)[0] or default).partition("/")

@@ -65,9 +65,9 @@ def build_executors(settings: config.Settings, session: aiohttp.ClientSession,
                     policy: targets.Policy) -> actions.Registry:
     """One executor per action type; `session` resolves through `policy` (guard)."""
     reg = actions.Registry()
+    web = http.HttpExecutor(session, settings.http, policy)
     for executor in (cache_action.CacheExecutor(), echo.EchoExecutor(), event.EventExecutor(),
-                     email.EmailExecutor(settings.email),
-                     http.HttpExecutor(session, settings.http, policy)):
+                     email.EmailExecutor(settings.email, fetch=web.download), web):
         reg.add(executor)
     return reg
 
