@@ -64,7 +64,7 @@ async def tasks(request: web.Request) -> web.StreamResponse:
         compiled = reg.tasks[name]
         row = status.get(name)
         shown.append({
-            "name": name, "enabled": compiled.task.enabled,
+            "name": name, "href": parse.quote(name, safe=""), "enabled": compiled.task.enabled,
             "subscriptions": [s.topic for s in compiled.subscriptions],
             "options": _masked(compiled.task.options),
             "status": row["last_status"] if row else "never run",
@@ -204,7 +204,7 @@ async def monitor_list(request: web.Request) -> web.StreamResponse:
     view = request.app[render.VIEW]
     settings, now = view.config.settings, view.clock()
     status = {r["name"]: r for r in await view.db.read(lambda tx: tx.all("status_all"))}
-    shown = [{"name": m.name, "task": m.task or "", "schedule": _schedule(m),
+    shown = [{"name": m.name, "href": parse.quote(m.name, safe=""), "task": m.task or "", "schedule": _schedule(m),
               "state": status[m.name]["state"] if m.name in status else "new",
               "last": render.when(status[m.name]["last_run_at"] if m.name in status else None,
                                   now)} for m in settings.monitors]
@@ -225,7 +225,7 @@ async def monitor(request: web.Request) -> web.StreamResponse:
     history, row = await view.db.read(read)
     state = taskstatus.row_json(row) if row else {"state": "new"}
     return render.page(request, "monitor.html", {
-        "name": name, "task": found.task or "", "schedule": _schedule(found),
+        "name": name, "href": parse.quote(name, safe=""), "task": found.task or "", "schedule": _schedule(found),
         "grace": render.ago(0, found.grace).removesuffix(" ago"), "state": state["state"],
         "paused": state["state"] == "paused", "pings": history["pings"],
         "flips": history["flips"]})
