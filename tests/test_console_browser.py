@@ -10,6 +10,7 @@ regenerated from them.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import signal
@@ -50,8 +51,11 @@ FIXED = CONFIG.replace("{% CODE %}", '{% action "echo", sent: event.data.order %
 @pytest.fixture
 def browser() -> Iterator[Any]:
     require(os.access(CHROMIUM, os.X_OK), "no /usr/bin/chromium (Debian package chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
+    require(importlib.util.find_spec("playwright") is not None,
+            "no playwright (pip install -e '.[test]')")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
         launched = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         yield launched
         launched.close()
