@@ -213,3 +213,36 @@ def test_runs_pages_by_keyset(daemon: Daemon) -> None:
     rest = [int(x) for x in re.findall(r'href="/console/runs/(\d+)">#', second)]
     assert len(rest) == 10 and max(rest) < min(ids)
     assert 'rel="next"' not in second
+
+
+def test_cancel_a_waiting_run_big_payloads_cut_monitor_history(make_daemon: Any) -> None:
+    d: Daemon = make_daemon(CONFIG + """
+  - name: Later
+    subscriptions: user/later/go+1.hour
+    code: '{% log "later" %}'
+""").start()
+    big = "x" * 10_000
+    assert d.post_json("/api/events", {"topic": "user/later/go", "data": {"big": big}},
+                       {"Authorization": f"Bearer {TOKEN}"})[0] == 201
+    d.wait_runs("kind = 'task' AND state = 'scheduled'", 1)
+    [waiting] = d.query("SELECT id FROM runs WHERE kind = 'task'")
+    assert d.request("GET", "/ping/backup")[0] == 200
+    c = Client(d.port)
+    c.login()
+    status, _, page = c.get(f"/console/runs/{waiting['id']}")
+    assert status == 200 and "Cancel" in page and "Retry" not in page
+    assert f'href="/api/runs/{waiting["id"]}"' in page and big not in page and "x" * 3000 in page
+    assert 'data-live="1"' in page  # a run in progress polls itself
+    status, headers, _ = c.post(f"/console/runs/{waiting['id']}/cancel")
+    assert status == 303
+    row = d.query("SELECT state, error FROM runs WHERE id = ?", (waiting["id"],))[0]
+    assert (row["state"], row["error"]) == ("failed", "cancelled")
+    _, _, page = c.get(f"/console/runs/{waiting['id']}")
+    assert "Retry" in page and 'data-live="1"' not in page
+    _, _, page = c.get("/console/monitors")
+    assert "every 60 min" in page and 'class="up">up' in page
+    assert d.request("GET", "/ping/backup/fail")[0] == 200
+    _, _, page = c.get("/console/monitors/backup")
+    assert "<td>success</td>" in page and "127.0.0.1" in page  # the ping, its kind and client
+    assert '<td>up</td><td class="down">down</td>' in page  # the flip up → down
+    assert d.stop() == 0
