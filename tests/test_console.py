@@ -81,8 +81,11 @@ def test_login_session_cookie_and_logout(daemon: Daemon) -> None:
         assert flag in line, line
     assert "Secure" not in line  # plain http here; request.secure decides
     assert TOKEN not in line and TOKEN not in headers["Location"]
-    status, _, page = c.get("/console/tasks")
+    status, headers, page = c.get("/console/tasks")
     assert status == 200 and "Trigger me" in page
+    policy = headers["Content-Security-Policy"]  # inline scripts run only with this nonce
+    assert re.search(r"script-src 'nonce-[\w-]{20,}';", policy) and "unsafe-inline'; f" not in policy
+    assert headers["Cache-Control"] == "no-store" and headers["X-Frame-Options"] == "DENY"
     assert 'href="/console/' in c.get("/status")[2]  # /status links in for a signed-in browser
     assert c.post("/console/logout")[0] == 303
     assert c.get("/console/tasks")[0] == 303
