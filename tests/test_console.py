@@ -6,6 +6,7 @@ The browser flows and screenshots are in tests/test_console_browser.py.
 from __future__ import annotations
 
 import re
+import sqlite3
 from typing import Any
 
 import pytest
@@ -249,3 +250,21 @@ def test_cancel_a_waiting_run_big_payloads_cut_monitor_history(make_daemon: Any)
     assert "<td>success</td>" in page and "127.0.0.1" in page  # the ping, its kind and client
     assert '<td>up</td><td class="down">down</td>' in page  # the flip up → down
     assert d.stop() == 0
+
+
+def test_events_page_by_keyset_with_equal_times(daemon: Daemon) -> None:
+    for i in range(55):
+        daemon.post_json("/api/events", {"topic": "user/many/same", "data": {"n": i}},
+                         {"Authorization": f"Bearer {TOKEN}"})
+    with sqlite3.connect(daemon.db_path) as conn:  # every event at one instant: ties in order
+        conn.execute("UPDATE events SET created_at = 1750000000.5")
+    c = Client(daemon.port)
+    c.login()
+    _, _, first = c.get("/console/events?topic=user/many/same")
+    older = re.search(r'href="/console/events(\?[^"]+)" rel="next"', first)
+    assert older
+    _, _, second = c.get("/console/events" + older.group(1).replace("&amp;", "&"))
+    seen = re.findall(r'&#34;n&#34;: (\d+)', first + second)
+    assert sorted(map(int, seen)) == list(range(55))  # each event once, none skipped
+    assert 'rel="next"' not in second
+    assert c.get("/console/events?before=garbage")[0] == 400

@@ -171,8 +171,9 @@ async def events(request: web.Request) -> web.StreamResponse:
     topic = q.get("topic") or None
     if topic is not None:
         operator.check_topic(topic)
-    before = _time(q.get("before", ""), "before") or float("inf")
-    params = {"topic": topic, "id": q.get("id") or None, "before": before, "limit": PAGE}
+    before_at, before_rid = _event_cursor(q.get("before", ""))
+    params = {"topic": topic, "id": q.get("id") or None, "before_at": before_at,
+              "before_rid": before_rid, "limit": PAGE}
 
     def read(tx: db.Tx) -> tuple[list[Any], list[Any]]:
         found = tx.all("console_events", params)
@@ -188,9 +189,21 @@ async def events(request: web.Request) -> web.StreamResponse:
               "created": render.when(e["created_at"], now),
               "data": render.pretty(models.loads(e["data"]))[0][:300],
               "runs": by_event.get(e["id"], [])} for e in found]
-    older = models.iso(found[-1]["created_at"]) if len(found) == PAGE else ""
+    older = f"{found[-1]['created_at']!r}:{found[-1]['rid']}" if len(found) == PAGE else ""
     return render.page(request, "events.html", {"events": shown, "topic": topic or "",
                                                  "older": older})
+
+
+def _event_cursor(value: str) -> tuple[float, int]:
+    """`CREATED_AT:ROWID` of the last event of the previous page; none: from the newest."""
+    if not value:
+        return float("inf"), models.MAX_INT64
+    at, _, rid = value.partition(":")
+    try:
+        return float(at), int(rid)
+    except ValueError:
+        raise errors.InvalidInput(f"bad cursor {value[:40]!r}: follow the Older events "
+                                  "link") from None
 
 
 def _schedule(monitor: Any) -> str:
