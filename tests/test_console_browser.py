@@ -28,7 +28,7 @@ CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--no-first-run"]
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "console"
-DOCS_PAGES = {"tasks", "run-failed", "run-succeeded", "monitor", "queue"}
+DOCS_PAGES = {"tasks", "run-failed", "run-succeeded", "events", "preview", "monitor", "queue"}
 WIDTHS = {"desktop": 1280, "phone": 390}
 CONFIG = f"""
 admin_token: {TOKEN}
@@ -145,6 +145,17 @@ def test_fix_and_retry_trigger_pause_with_screenshots(make_daemon: Any, browser:
     d.wait_runs("kind = 'action' AND action_type = 'echo' AND state = 'succeeded'", 2)
     page.reload()
     shots.take("events")
+
+    page.goto(d.url + "/console/tasks")
+    stored = d.query("SELECT COUNT(*) FROM runs")[0][0]
+    mailer = page.locator("section", has_text="Order mailer")
+    mailer.locator("summary").click()
+    mailer.locator("textarea[name=data]").fill('{"order": 7}')
+    mailer.locator("button:has-text('Preview')").click()
+    page.wait_for_selector("text=Nothing was performed")
+    assert '"sent": 7' in page.inner_text("main")
+    shots.take("preview")
+    assert d.query("SELECT COUNT(*) FROM runs")[0][0] == stored  # a preview stores nothing
 
     page.goto(d.url + "/console/monitors")
     shots.take("monitors")
