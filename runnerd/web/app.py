@@ -1,6 +1,6 @@
 """The aiohttp application: every route of runnerd, each handler group with its own view.
 
-This module imports the handler modules (webhooks, api, endpoints), which import nothing of it:
+This module imports the handler modules (webhooks, api, endpoints, console), which import nothing of it:
 the web layer's imports flow one way.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from runnerd.web import api, context, endpoints, webhooks
+from runnerd.web import api, console, context, endpoints, webhooks
 
 
 def make_app(hooks: context.Webhooks, admin: context.Api, ops: context.Ops) -> web.Application:
@@ -17,4 +17,5 @@ def make_app(hooks: context.Webhooks, admin: context.Api, ops: context.Ops) -> w
     webhooks.add_routes(app, hooks)
     api.add_routes(app, admin)
     endpoints.add_routes(app, ops)
+    console.add_routes(app, admin)
     return app

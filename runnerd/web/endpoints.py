@@ -15,7 +15,7 @@ from aiohttp import web
 
 from runnerd import config, errors
 from runnerd.monitoring import metrics, monitors, pings, ratelimit
-from runnerd.web import context, status, webhooks
+from runnerd.web import console, context, status, webhooks
 
 PING_METHODS = frozenset({"GET", "POST", "HEAD"})
 PING_KEY_HEADER = "X-Runnerd-Ping-Key"
@@ -137,5 +137,6 @@ async def status_page(request: web.Request) -> web.StreamResponse:
     settings = st.config.settings
     configured = {"tasks": [t.name for t in settings.tasks],
                   "monitors": [m.name for m in settings.monitors]}
-    return web.Response(text=status.render({**data, **configured}, facts, now),
+    return web.Response(text=status.render({**data, **configured}, facts, now,
+                                           console=console.signed_in(request)),
                         content_type="text/html")

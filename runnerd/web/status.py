@@ -236,9 +236,10 @@ def _listed(data: Mapping[str, Any], now: float) -> tuple[list[list[str]], list[
             [row for _, row in sorted(tasks, key=lambda x: x[0])])
 
 
-def render(data: Mapping[str, Any], health: Mapping[str, Any], now: float) -> str:
+def render(data: Mapping[str, Any], health: Mapping[str, Any], now: float, *,
+           console: bool = False) -> str:
     """The page (pure: data from `gather` with the configured `tasks` and `monitors` names,
-    health from the heartbeat)."""
+    health from the heartbeat); `console`: the browser is signed in to the console (a link)."""
     s = series(data["runs"], now)
     snap = data["queue"]
     queue_rows = [[_E(kind), *(str(snap["queue"].get((kind, st), 0))
@@ -265,6 +266,7 @@ def render(data: Mapping[str, Any], health: Mapping[str, Any], now: float) -> st
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>runnerd: {_E(said)}</title><style>{_CSS}</style></head><body>
 <h1 id="headline" class="{"ok" if ok else "bad"}">runnerd: {_E(said)}</h1>
+{'<p><a href="/console/tasks">Open the console</a></p>' if console else ""}
 <p class=muted>Generated {models.iso(now)}; refreshes every {REFRESH_SECONDS} s.
 Daemon {_state(health.get("status"))}, up {_seconds(health.get("uptime_seconds"))},
 {health.get("active_runs", 0)} run(s) in progress,

@@ -516,3 +516,46 @@ GROUP BY kind, task_name, action_type ORDER BY n DESC LIMIT 20;
 -- The latest monitor flips since :since (at most 50), newest first.
 SELECT id, name, old_state, new_state, created_at, mail_state FROM monitor_flips
 WHERE created_at >= :since ORDER BY id DESC LIMIT 50;
+
+-- The web console (web/console/pages.py) ------------------------------------------------------
+
+-- name: console_runs
+-- A page of runs, newest first, below the keyset cursor :before (an id), optionally of one
+-- state, kind and task and created in [:since, :until) (NULL: any); the primary key bounds it.
+SELECT * FROM runs
+WHERE id < :before
+  AND (:state IS NULL OR state = :state)
+  AND (:kind IS NULL OR kind = :kind)
+  AND (:task IS NULL OR task_name = :task)
+  AND (:since IS NULL OR created_at >= :since)
+  AND (:until IS NULL OR created_at < :until)
+ORDER BY id DESC LIMIT :limit;
+
+-- name: console_task_runs
+-- The latest :per_task task runs (by finish, unfinished last) of each task in :names (a JSON
+-- array), on the runs_task index.
+SELECT r.* FROM json_each(:names) AS n
+JOIN runs AS r ON r.id IN (SELECT id FROM runs WHERE task_name = n.value AND kind = 'task'
+                           ORDER BY finished_at DESC LIMIT :per_task)
+ORDER BY r.task_name, r.finished_at DESC;
+
+-- name: console_run_tree
+-- The runs of one event (its event run, task runs and action runs), in order, at most :limit.
+SELECT * FROM runs WHERE event_id = :event_id ORDER BY id LIMIT :limit;
+
+-- name: console_events
+-- A page of events, newest first, below the keyset cursor (:before_at, :before_rid), optionally
+-- of one topic or one id (NULL: any), in the order of the events_created index.
+SELECT rowid AS rid, * FROM events
+WHERE created_at <= :before_at AND (created_at < :before_at OR rowid < :before_rid)
+  AND (:topic IS NULL OR topic = :topic) AND (:id IS NULL OR id = :id)
+ORDER BY created_at DESC, rowid DESC LIMIT :limit;
+
+-- name: console_runs_of_events
+-- The runs of the events in :ids (a JSON array), in order, at most :limit.
+SELECT * FROM runs WHERE event_id IN (SELECT value FROM json_each(:ids)) ORDER BY id
+LIMIT :limit;
+
+-- name: console_child_events
+-- The events a run tree's actions emitted (children of event :id), at most :limit.
+SELECT id, topic, created_at FROM events WHERE parent_id = :id ORDER BY created_at LIMIT :limit;
