@@ -26,6 +26,7 @@ from prometheus_client import parser
 from runnerd import config, models
 from runnerd.monitoring import monitors, pings
 from runnerd.store import db
+from tests import helpers_postgres
 
 ROOT = Path(__file__).resolve().parent.parent
 #: What starts a log line when stderr is not journald's (`runnerd.logs`).
@@ -264,3 +265,18 @@ def serve(d: Daemon) -> Iterator[Daemon]:
     finally:
         if d.proc is not None and d.proc.poll() is None:
             d.kill()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[helpers_postgres.Server | str]:
+    """A throwaway PostgreSQL server for the session (tests/helpers_postgres.py), or why none."""
+    with helpers_postgres.server() as server:
+        yield server
+
+
+@pytest.fixture
+def pg_url(postgres_server: helpers_postgres.Server | str) -> str:
+    """The URL of a fresh, empty PostgreSQL database (skips, or fails in CI, without a server)."""
+    require(not isinstance(postgres_server, str), str(postgres_server))
+    assert not isinstance(postgres_server, str)
+    return postgres_server.new_database()

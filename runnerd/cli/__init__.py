@@ -164,10 +164,10 @@ def cmd_check(args: argparse.Namespace, path: str, environ: dict[str, str]) -> i
     if args.json:
         shared.print_json({"path": path, "ok": True, "tasks": len(reg.tasks),
                            "webhooks": len(s.webhooks), "monitors": len(s.monitors),
-                           "database": str(s.database)})
+                           "database": s.database_name})
         return 0
     print(f"{path}: OK: {len(reg.tasks)} task(s), {len(s.webhooks)} webhook(s), "
-          f"{len(s.monitors)} monitor(s); database {s.database}")
+          f"{len(s.monitors)} monitor(s); database {s.database_name}")
     for note in reg.notes:
         print(f"note: {note}")
     return 0
@@ -376,7 +376,7 @@ def cmd_import(args: argparse.Namespace, path: str, environ: dict[str, str]) -> 
 def cmd_prune(args: argparse.Namespace, path: str, environ: dict[str, str]) -> int:
     settings = config.load(path, environ)
     shared.progress(f"prune: applying retention ({settings.retention_days:g} days, "
-                    f"{settings.retention_days_failed:g} with a failure) to {settings.database}")
+                    f"{settings.retention_days_failed:g} with a failure) to {settings.database_name}")
 
     def batch(done: dict[str, Any]) -> None:
         shared.progress(f"prune: {done['events']} event(s), {done['runs']} run(s) so far")
@@ -397,6 +397,10 @@ def cmd_prune(args: argparse.Namespace, path: str, environ: dict[str, str]) -> i
 
 def cmd_backup(args: argparse.Namespace, path: str, environ: dict[str, str]) -> int:
     settings = config.load(path, environ)
+    if settings.database_url is not None:
+        raise errors.InvalidInput(
+            "runnerd backup copies SQLite files only: back up PostgreSQL with "
+            f"pg_dump --format=custom --file={args.path} '{settings.database_name}'")
     try:
         size = f"{os.path.getsize(settings.database) / 1e6:.1f} MB"
     except OSError:

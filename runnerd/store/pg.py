@@ -1,0 +1,290 @@
+"""PostgreSQL behind the same seam as SQLite (`database: postgresql://…`), through psycopg 3.
+
+Imported only when the configured database is a URL (`db.open_database`), so SQLite users need
+neither psycopg nor this module. The same synchronous transaction functions run here as on
+SQLite: `PgDatabase` keeps `Database`'s threads and group commits and changes only what the
+engine changes: the connections (psycopg, autocommit, runnerd writes BEGIN and COMMIT), the
+statements (`sql.pg_queries`: the portable `queries.sql` with `postgres/queries.sql`'s blocks in
+place of the ones that differ, parameters rewritten to psycopg's style), the migrations
+(`postgres/migrations/`, applied under an advisory lock and recorded in `runnerd_schema`), and
+which errors mean "the database cannot be used" (`psycopg.OperationalError`).
+
+One daemon per database until nodes exist: `lock` holds a session advisory lock for the
+daemon's lifetime, as the SQLite lock file does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg.types.numeric import Int2Dumper
+
+from runnerd import errors
+from runnerd.store import db, sql
+
+T = TypeVar("T")
+
+#: pg_advisory_lock keys (any bigint): the daemon's and the migrations'.
+DAEMON_LOCK = 0x72756E6E657264  # "runnerd"
+MIGRATE_LOCK = DAEMON_LOCK + 1
+
+
+class PgRow(dict[str, Any]):
+    """A row as `db.Row` promises: columns by name or by position."""
+
+    def __getitem__(self, key: str | int, /) -> Any:
+        if isinstance(key, int):
+            return list(self.values())[key]
+        return super().__getitem__(key)
+
+    def keys(self) -> list[str]:  # type: ignore[override]
+        """The column names, in order."""
+        return list(super().keys())
+
+
+def _rows(cursor: Any) -> Callable[[Sequence[Any]], PgRow]:
+    """psycopg row factory: `PgRow`s."""
+    names = [column.name for column in cursor.description or ()]
+    return lambda values: PgRow(zip(names, values, strict=True))
+
+
+class PgResult:
+    """A statement's effect (`db.Result`): the id an INSERT stored is the first column it
+    RETURNs (the PostgreSQL blocks of inserts whose id is used say `RETURNING id`)."""
+
+    __slots__ = ("_cursor",)
+
+    def __init__(self, cursor: psycopg.Cursor[Any]) -> None:
+        self._cursor = cursor
+
+    @property
+    def rowcount(self) -> int:
+        """The rows the statement changed."""
+        return self._cursor.rowcount
+
+    @property
+    def lastrowid(self) -> int | None:
+        """The id RETURNed by an INSERT; None without RETURNING."""
+        if self._cursor.description is None:
+            return None
+        row = self._cursor.fetchone()
+        return None if row is None else int(row[0])
+
+
+class PgQueries(db.Tx):
+    """Named queries on a psycopg connection (inside a transaction, or autocommit)."""
+
+    __slots__ = ()
+
+    def execute(self, name: str, params: db.Params = None) -> db.Result:
+        """Run the named query."""
+        return PgResult(self.conn.execute(sql.pg_queries()[name], params or {}))
+
+    def all(self, name: str, params: db.Params = None) -> list[db.Row]:
+        """All rows of the named query."""
+        rows: list[db.Row] = self.conn.execute(sql.pg_queries()[name], params or {}).fetchall()
+        return rows
+
+    def one(self, name: str, params: db.Params = None) -> db.Row | None:
+        """The first row of the named query, or None."""
+        row: db.Row | None = self.conn.execute(sql.pg_queries()[name], params or {}).fetchone()
+        return row
+
+    def executemany(self, name: str, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Run the named query once per parameter mapping (one pipeline)."""
+        with self.conn.cursor() as cursor:
+            cursor.executemany(sql.pg_queries()[name], list(rows))
+
+    def close(self) -> None:
+        """Close the connection (a `Reader`'s)."""
+        self.conn.close()
+
+
+def connect(url: str, *, readonly: bool = False, name: str = "runnerd") -> psycopg.Connection[Any]:
+    """A connection in autocommit (runnerd writes BEGIN and COMMIT) giving `PgRow`s; booleans
+    bound as integers (the schema's flags are INTEGER, as on SQLite)."""
+    conn: psycopg.Connection[Any] = psycopg.connect(
+        url, autocommit=True, row_factory=_rows,  # type: ignore[arg-type]
+        application_name=f"{name} pid {os.getpid()}")
+    conn.adapters.register_dumper(bool, Int2Dumper)
+    if readonly:
+        conn.execute("SET default_transaction_read_only = on")
+    return conn
+
+
+def _in_transaction(conn: psycopg.Connection[Any]) -> bool:
+    return conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
+
+
+def _transaction(conn: psycopg.Connection[Any], fn: Callable[[db.Tx], T], begin: str) -> T:
+    conn.execute(begin)
+    try:
+        result = fn(PgQueries(conn))  # type: ignore[arg-type]
+        conn.execute("COMMIT")
+    except BaseException:
+        if _in_transaction(conn):
+            conn.execute("ROLLBACK")
+        raise
+    return result
+
+
+def _group(conn: psycopg.Connection[Any],
+           fns: list[Callable[[db.Tx], Any]]) -> list[tuple[bool, Any]]:
+    """`db._group` on PostgreSQL: the functions in one transaction, each in a savepoint (a
+    failed statement aborts the transaction until its savepoint is rolled back)."""
+    conn.execute("BEGIN")
+    out: list[tuple[bool, Any]] = []
+    try:
+        for fn in fns:
+            conn.execute("SAVEPOINT w")
+            try:
+                result = fn(PgQueries(conn))  # type: ignore[arg-type]
+            except psycopg.OperationalError:
+                raise  # the connection or the server failed: nothing of the group commits
+            except Exception as exc:  # noqa: BLE001 - handed back to the caller
+                conn.execute("ROLLBACK TO w")
+                conn.execute("RELEASE w")
+                out.append((False, exc))
+                continue
+            conn.execute("RELEASE w")
+            out.append((True, result))
+        conn.execute("COMMIT")
+    except BaseException:
+        if _in_transaction(conn):
+            conn.execute("ROLLBACK")
+        raise
+    return out
+
+
+def _version(conn: psycopg.Connection[Any]) -> int:
+    """The last migration recorded in runnerd_schema (0: none, or no such table)."""
+    if conn.execute("SELECT to_regclass('runnerd_schema')").fetchone()[0] is None:
+        return 0
+    row = conn.execute("SELECT MAX(version) FROM runnerd_schema").fetchone()
+    return 0 if row is None or row[0] is None else int(row[0])
+
+
+def migrate_sync(conn: psycopg.Connection[Any]) -> int:
+    """Apply the PostgreSQL migrations, each committed with its version, under an advisory
+    lock: daemons starting together on an empty database wait for one another."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATE_LOCK,))
+        conn.execute("CREATE TABLE IF NOT EXISTS runnerd_schema (version INTEGER NOT NULL)")
+        version = _version(conn)
+        for number, name, script in sql.migrations("postgres"):
+            if number <= version:
+                continue
+            try:
+                with conn.transaction():
+                    conn.execute(script.encode())  # several statements: no parameters
+                    conn.execute("INSERT INTO runnerd_schema (version) VALUES (%s)", (number,))
+            except psycopg.Error as exc:
+                raise psycopg.OperationalError(f"migration {name} failed: {exc}") from exc
+            version = number
+    return version
+
+
+class PgDatabase(db.Database):
+    """`Database` on a PostgreSQL URL: the same writer and reader threads, group commits and
+    error contract; no files to watch."""
+
+    driver_error: type[Exception] = psycopg.Error
+    engine = "postgres"
+    group = staticmethod(_group)
+
+    def __init__(self, url: str) -> None:
+        super().__init__(db.Path(db.redact(url)))
+        self.url = url
+
+    def check_files(self) -> str | None:
+        """A server has no files under runnerd's eyes: always None."""
+        return None
+
+    def watch(self) -> None:
+        """Nothing to watch (see `check_files`)."""
+
+    def unavailable(self, exc: Exception) -> bool:
+        """The server refused for a reason outside the program (down, disk full, connection
+        lost), not a statement's bug (a constraint, bad SQL), which stays loud."""
+        return isinstance(exc, psycopg.OperationalError)
+
+    async def open(self, *, create: bool = True) -> PgDatabase:
+        """Connect the writer and the read-only reader (the server must exist; `create` is
+        SQLite's concern)."""
+        try:
+            self._writer = db.DatabaseThread("runnerd-db-writer")
+            await self._writer.open(lambda: connect(self.url))
+            self._reader = db.DatabaseThread("runnerd-db-reader")
+            await self._reader.open(lambda: connect(self.url, readonly=True))
+        except psycopg.Error as exc:
+            await self.close()
+            raise errors.DatabaseError(
+                f"cannot open database {self.path}: {_first_line(exc)}") from exc
+        return self
+
+    async def read(self, fn: Callable[[db.Tx], T]) -> T:
+        """Run `fn(tx)` on the read-only connection, in one snapshot."""
+        if self._reader is None:
+            raise errors.DatabaseError("database is closed")
+        try:
+            return await self._reader.call(
+                _transaction, fn, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        except psycopg.OperationalError as exc:
+            raise self.wrap(exc) from exc
+
+    async def migrate(self) -> int:
+        """Apply the pending PostgreSQL migrations; return the schema version."""
+        if self._writer is None:
+            raise errors.DatabaseError("database is closed")
+        try:
+            return await self._writer.call(migrate_sync)
+        except psycopg.Error as exc:
+            raise errors.DatabaseError(
+                f"cannot migrate database {self.path}: {_first_line(exc)}") from exc
+
+    async def schema_version(self) -> int:
+        """The number of the last migration applied (0: none)."""
+        if self._reader is None:
+            raise errors.DatabaseError("database is closed")
+        return await self._reader.call(_version)
+
+    def wrap(self, exc: Exception) -> errors.DatabaseError:
+        """The DatabaseError saying why the server refused."""
+        return errors.DatabaseError(f"database error: {_first_line(exc)} ({self.path})")
+
+    def sync_reader(self) -> db.Reader:
+        """A read-only connection for the event loop's thread (cache reads while rendering)."""
+        return PgQueries(connect(self.url, readonly=True))  # type: ignore[arg-type,return-value]
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+@contextlib.contextmanager
+def lock(url: str) -> Iterator[None]:
+    """Hold the daemon's session advisory lock on the database for the daemon's lifetime;
+    AlreadyRunning if another runnerd holds it (one daemon per database until nodes exist)."""
+    try:
+        conn = connect(url, name="runnerd lock")
+    except psycopg.Error as exc:
+        raise errors.DatabaseError(
+            f"cannot open database {db.redact(url)}: {_first_line(exc)}") from exc
+    try:
+        row = conn.execute("SELECT pg_try_advisory_lock(%s) AS ok", (DAEMON_LOCK,)).fetchone()
+        if row is None or not row["ok"]:
+            holder = conn.execute(
+                "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a"
+                " ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted"
+                " AND (l.classid::bigint << 32) + l.objid::bigint = %s", (DAEMON_LOCK,),
+            ).fetchone()
+            who = holder["application_name"].removeprefix("runnerd lock ") if holder else "?"
+            raise errors.AlreadyRunning(
+                f"another runnerd ({who}) is already running on {db.redact(url)}")
+        yield
+    finally:
+        conn.close()
