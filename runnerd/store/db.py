@@ -282,7 +282,8 @@ class Database:
     #: whose migrations apply (`sql.migrations`)
     engine = ""
     #: runs a group commit on the writer thread
-    group = staticmethod(_group)
+    group: Callable[[Any, list[Callable[[Tx], Any]]], list[tuple[bool, Any]]] = staticmethod(
+        _group)
 
     def __init__(self, path: Path) -> None:
         self.path = path

@@ -18,7 +18,8 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Any, TypeVar, cast
 
 import psycopg
 from psycopg.types.numeric import Int2Dumper
@@ -80,35 +81,40 @@ class PgQueries(db.Tx):
 
     __slots__ = ()
 
+    @property
+    def pg(self) -> psycopg.Connection[Any]:
+        """The psycopg connection (`conn`, typed for SQLite in `db.Queries`)."""
+        return cast("psycopg.Connection[Any]", self.conn)
+
     def execute(self, name: str, params: db.Params = None) -> db.Result:
         """Run the named query."""
-        return PgResult(self.conn.execute(sql.pg_queries()[name], params or {}))
+        return PgResult(self.pg.execute(sql.pg_queries()[name], params or {}))
 
     def all(self, name: str, params: db.Params = None) -> list[db.Row]:
         """All rows of the named query."""
-        rows: list[db.Row] = self.conn.execute(sql.pg_queries()[name], params or {}).fetchall()
+        rows: list[db.Row] = self.pg.execute(sql.pg_queries()[name], params or {}).fetchall()
         return rows
 
     def one(self, name: str, params: db.Params = None) -> db.Row | None:
         """The first row of the named query, or None."""
-        row: db.Row | None = self.conn.execute(sql.pg_queries()[name], params or {}).fetchone()
+        row: db.Row | None = self.pg.execute(sql.pg_queries()[name], params or {}).fetchone()
         return row
 
     def executemany(self, name: str, rows: Iterable[Mapping[str, Any]]) -> None:
         """Run the named query once per parameter mapping (one pipeline)."""
-        with self.conn.cursor() as cursor:
+        with self.pg.cursor() as cursor:
             cursor.executemany(sql.pg_queries()[name], list(rows))
 
     def close(self) -> None:
         """Close the connection (a `Reader`'s)."""
-        self.conn.close()
+        self.pg.close()
 
 
 def connect(url: str, *, readonly: bool = False, name: str = "runnerd") -> psycopg.Connection[Any]:
     """A connection in autocommit (runnerd writes BEGIN and COMMIT) giving `PgRow`s; booleans
     bound as integers (the schema's flags are INTEGER, as on SQLite)."""
     conn: psycopg.Connection[Any] = psycopg.connect(
-        url, autocommit=True, row_factory=_rows,  # type: ignore[arg-type]
+        url, autocommit=True, row_factory=_rows,
         application_name=f"{name} pid {os.getpid()}")
     conn.adapters.register_dumper(bool, Int2Dumper)
     if readonly:
@@ -162,7 +168,8 @@ def _group(conn: psycopg.Connection[Any],
 
 def _version(conn: psycopg.Connection[Any]) -> int:
     """The last migration recorded in runnerd_schema (0: none, or no such table)."""
-    if conn.execute("SELECT to_regclass('runnerd_schema')").fetchone()[0] is None:
+    exists = conn.execute("SELECT to_regclass('runnerd_schema')").fetchone()
+    if exists is None or exists[0] is None:
         return 0
     row = conn.execute("SELECT MAX(version) FROM runnerd_schema").fetchone()
     return 0 if row is None or row[0] is None else int(row[0])
@@ -197,7 +204,7 @@ class PgDatabase(db.Database):
     group = staticmethod(_group)
 
     def __init__(self, url: str) -> None:
-        super().__init__(db.Path(db.redact(url)))
+        super().__init__(Path(db.redact(url)))
         self.url = url
 
     def check_files(self) -> str | None:
