@@ -16,8 +16,10 @@ from typing import Any
 import pytest
 
 from runnerd import config, errors
+from runnerd.queue import retention as queue_retention
 from runnerd.store import db, sql
 
+from . import test_store
 from .conftest import Daemon, create_database
 
 EVENT = "0b6c1ad0-3c8f-4b0e-9d5e-9e1a3f4c2d10"
@@ -347,3 +349,50 @@ def test_sqlite_databases_are_unchanged(tmp_path: Path) -> None:
          " None).open()); print('psycopg' in sys.modules)"],
         capture_output=True, text=True, timeout=30, check=True)
     assert probe.stdout.strip() == "False"
+
+
+async def test_counter_errors_and_expiry_on_postgres(pg_url: str) -> None:
+    """The cache counters' edges (not an integer, 64-bit overflow, expiry) as on SQLite: the
+    same test, on a PostgreSQL database (cache_add's PostgreSQL block)."""
+    database = await db.open_database(Path("unused"), pg_url).open()
+    try:
+        await database.migrate()
+        await test_store.test_counter_errors_and_expiry(database)
+    finally:
+        await database.close()
+
+
+async def test_retention_pages_through_trees_alike_on_both_engines(
+        tmp_path: Path, pg_url: str) -> None:
+    """prune_roots' keyset cursor (rowid on SQLite, the event id on PostgreSQL) pages through
+    more roots than a page holds; a failed tree and an unfinished one stay, on both engines."""
+    lite, pg = await _both(tmp_path, pg_url)
+    path = tmp_path / "runnerd.yaml"
+    path.write_text("database: unused.db\nretention_days: 1\nretention_days_failed: 90\n")
+    settings = config.load(path, {})
+
+    def seed(tx: db.Tx) -> None:
+        for i in range(1205):  # more than two pages of 500 roots, more than one batch
+            event = f"{i:08d}-0000-4000-8000-000000000000"
+            state = "failed" if i % 100 == 7 else "due" if i % 100 == 8 else "succeeded"
+            tx.execute("insert_event", {**_params("insert_event"), "id": event,
+                                        "created_at": T + i % 3})
+            tx.execute("insert_run", {**_params("insert_run"), "event_id": event,
+                                      "state": state, "finished_at": T + 1})
+            if i % 10 == 0:  # a child event: the tree goes whole
+                tx.execute("insert_event", {**_params("insert_event"), "id": f"c{event}",
+                                            "parent_id": event, "created_at": T + 2})
+
+    try:
+        outcomes = []
+        for database in (lite, pg):
+            await database.write(seed)
+            out = await queue_retention.prune(database, settings, T + 2 * 86400, batch=400)
+            left = await database.read(lambda tx: tx.all("list_runs", {
+                "state": None, "kind": None, "task": None, "limit": 100}))
+            outcomes.append((out["events_pruned"], sorted(r["state"] for r in left)))
+        assert outcomes[0] == outcomes[1]
+        assert outcomes[1] == (1205 + 121 - 24, ["due"] * 12 + ["failed"] * 12)
+    finally:
+        await lite.close()
+        await pg.close()
