@@ -19,8 +19,8 @@ from runnerd import config, errors
 from runnerd.queue import retention as queue_retention
 from runnerd.store import db, sql
 
-from . import test_store
-from .conftest import Daemon, create_database
+from . import helpers_postgres, test_store
+from .conftest import Daemon, create_database, require
 
 EVENT = "0b6c1ad0-3c8f-4b0e-9d5e-9e1a3f4c2d10"
 T = 1_750_000_000.5
@@ -396,3 +396,22 @@ async def test_retention_pages_through_trees_alike_on_both_engines(
     finally:
         await lite.close()
         await pg.close()
+
+
+def test_a_server_stopped_under_the_daemon_means_503_never_204(tmp_path: Path) -> None:
+    """Its own server (the session's must stay up): stopped under a running daemon, webhooks
+    answer 503 and /health names the database; nothing is acknowledged unstored."""
+    with helpers_postgres.server() as own:
+        require(not isinstance(own, str), str(own))
+        assert isinstance(own, helpers_postgres.Server)
+        d = PgDaemon(tmp_path, PIPELINE, own.new_database()).start()
+        try:
+            assert d.post_json("/webhooks/orders", {"id": 1})[0] == 204
+            own.stop()
+            status, _, body = d.post_json("/webhooks/orders", {"id": 2})
+            assert status == 503 and b"not stored" in body
+            status, _, body = d.request("GET", "/health")
+            assert status == 503 and "database" in json.loads(body)["problems"][0]
+            assert "postgresql://postgres@/" in d.logs()  # the URL as written, no folded //
+        finally:
+            d.kill()

@@ -262,7 +262,7 @@ def _settings(raw: Any, path: Path, r: yamlread.Reader) -> Settings:
     base = path.parent
     database = r.get(top, "", "database", str, None)
     if database is None:
-        r.problem("database", "required: the path of the SQLite file")
+        r.problem("database", "required: the path of the SQLite file, or a postgresql:// URL")
     url = database if database and _POSTGRES_URL.match(database) else None
     if url is not None and importlib.util.find_spec("psycopg") is None:
         r.problem("database", "a PostgreSQL URL needs psycopg: install runnerd[postgres] "

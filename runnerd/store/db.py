@@ -287,6 +287,7 @@ class Database:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.label = str(path)  #: the database for messages
         self._writer: DatabaseThread | None = None  #: runs the writes, one transaction at a time
         self._reader: DatabaseThread | None = None  #: runs the reads, on a read-only connection
         self._queue: list[tuple[Callable[[Tx], Any], asyncio.Future[Any]]] = []
@@ -432,7 +433,7 @@ class Database:
         if version < latest:
             what = "is empty" if version == 0 else (
                 f"has schema version {version}, older than this runnerd's {latest}")
-            raise errors.DatabaseError(f"database {self.path} {what} (start the daemon with "
+            raise errors.DatabaseError(f"database {self.label} {what} (start the daemon with "
                                        "'runnerd run' to migrate it)")
 
     async def schema_version(self) -> int:

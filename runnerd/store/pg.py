@@ -206,6 +206,7 @@ class PgDatabase(db.Database):
     def __init__(self, url: str) -> None:
         super().__init__(Path(db.redact(url)))
         self.url = url
+        self.label = db.redact(url)  # not str(self.path): a Path folds the URL's //
 
     def check_files(self) -> str | None:
         """A server has no files under runnerd's eyes: always None."""
@@ -230,7 +231,7 @@ class PgDatabase(db.Database):
         except psycopg.Error as exc:
             await self.close()
             raise errors.DatabaseError(
-                f"cannot open database {self.path}: {_first_line(exc)}") from exc
+                f"cannot open database {self.label}: {_first_line(exc)}") from exc
         return self
 
     async def read(self, fn: Callable[[db.Tx], T]) -> T:
@@ -251,7 +252,7 @@ class PgDatabase(db.Database):
             return await self._writer.call(migrate_sync)
         except psycopg.Error as exc:
             raise errors.DatabaseError(
-                f"cannot migrate database {self.path}: {_first_line(exc)}") from exc
+                f"cannot migrate database {self.label}: {_first_line(exc)}") from exc
 
     async def schema_version(self) -> int:
         """The number of the last migration applied (0: none)."""
@@ -261,7 +262,7 @@ class PgDatabase(db.Database):
 
     def wrap(self, exc: Exception) -> errors.DatabaseError:
         """The DatabaseError saying why the server refused."""
-        return errors.DatabaseError(f"database error: {_first_line(exc)} ({self.path})")
+        return errors.DatabaseError(f"database error: {_first_line(exc)} ({self.label})")
 
     def sync_reader(self) -> db.Reader:
         """A read-only connection for the event loop's thread (cache reads while rendering)."""
