@@ -243,8 +243,8 @@ async def ping(database: db.Database, name: str, status: str, body: bytes,
 def make_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
     started: list[Daemon] = []
 
-    def make(body: str, **kwargs: Any) -> Daemon:
-        d = Daemon(tmp_path, body, **kwargs)
+    def make(body: str, daemon_class: type[Daemon] = Daemon, **kwargs: Any) -> Daemon:
+        d = daemon_class(tmp_path, body, **kwargs)
         started.append(d)
         return d
 

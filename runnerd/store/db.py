@@ -265,6 +265,29 @@ def _group(conn: sqlite3.Connection, fns: list[Callable[[Tx], Any]]) -> list[tup
     return out
 
 
+def _user_version(conn: sqlite3.Connection) -> int:
+    """The number of the last migration applied (0: none)."""
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def migrate_sync(conn: sqlite3.Connection) -> int:
+    """Apply migrations on a plain connection; each one commits together with its version."""
+    version = _user_version(conn)
+    for number, name, script in sql.migrations():
+        if number <= version:
+            continue
+        try:
+            conn.executescript(
+                f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;"
+            )
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise sqlite3.DatabaseError(f"migration {name} failed: {exc}") from exc
+        version = number
+    return version
+
+
 class Database:
     """One writer connection and one reader connection on the same file.
 
@@ -284,6 +307,12 @@ class Database:
     #: runs a group commit on the writer thread
     group: Callable[[Any, list[Callable[[Tx], Any]]], list[tuple[bool, Any]]] = staticmethod(
         _group)
+    #: runs one transaction `fn(tx)` on a thread: (connection, fn, mode after BEGIN)
+    transaction: Callable[[Any, Callable[[Tx], Any], str], Any] = staticmethod(_transaction)
+    #: the mode of a read's transaction (one snapshot)
+    read_mode = "DEFERRED"
+    #: applies the pending migrations on the writer's connection
+    migrator: Callable[[Any], int] = staticmethod(migrate_sync)
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -379,9 +408,13 @@ class Database:
         """Whether the driver's exception means the database cannot be used (`_unavailable`)."""
         return isinstance(exc, sqlite3.DatabaseError) and _unavailable(exc)
 
+    def describe(self, exc: Exception) -> str:
+        """The driver's exception, for a message."""
+        return str(exc)
+
     def wrap(self, exc: Exception) -> errors.DatabaseError:
         """The DatabaseError saying why the database refused."""
-        return errors.DatabaseError(f"database error: {exc} ({self.path})")
+        return errors.DatabaseError(f"database error: {self.describe(exc)} ({self.label})")
 
     async def _flush(self) -> None:
         try:
@@ -410,20 +443,22 @@ class Database:
         if self.gone is not None:
             raise errors.DatabaseError(self.gone)
         try:
-            return await self._reader.call(_transaction, fn, "DEFERRED")
-        except sqlite3.DatabaseError as exc:
-            if not _unavailable(exc):
+            result: T = await self._reader.call(self.transaction, fn, self.read_mode)
+        except self.driver_error as exc:
+            if not self.unavailable(exc):
                 raise
             raise self.wrap(exc) from exc
+        return result
 
     async def migrate(self) -> int:
         """Apply the pending numbered migrations; return the schema version."""
         if self._writer is None:
             raise errors.DatabaseError("database is closed")
         try:
-            return await self._writer.call(migrate_sync)
-        except sqlite3.DatabaseError as exc:
-            raise errors.DatabaseError(f"cannot migrate database {self.path}: {exc}") from exc
+            return await self._writer.call(self.migrator)
+        except self.driver_error as exc:
+            raise errors.DatabaseError(
+                f"cannot migrate database {self.label}: {self.describe(exc)}") from exc
 
     async def require_migrated(self) -> None:
         """DatabaseError unless every migration was applied: the commands other than
@@ -445,29 +480,6 @@ class Database:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         _pragmas(conn, readonly=True)
         return Reader(conn)
-
-
-def _user_version(conn: sqlite3.Connection) -> int:
-    """The number of the last migration applied (0: none)."""
-    return int(conn.execute("PRAGMA user_version").fetchone()[0])
-
-
-def migrate_sync(conn: sqlite3.Connection) -> int:
-    """Apply migrations on a plain connection; each one commits together with its version."""
-    version = _user_version(conn)
-    for number, name, script in sql.migrations():
-        if number <= version:
-            continue
-        try:
-            conn.executescript(
-                f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;"
-            )
-        except sqlite3.Error as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise sqlite3.DatabaseError(f"migration {name} failed: {exc}") from exc
-        version = number
-    return version
 
 
 def redact(url: str) -> str:

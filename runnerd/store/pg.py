@@ -126,8 +126,8 @@ def _in_transaction(conn: psycopg.Connection[Any]) -> bool:
     return conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
 
 
-def _transaction(conn: psycopg.Connection[Any], fn: Callable[[db.Tx], T], begin: str) -> T:
-    conn.execute(begin)
+def _transaction(conn: psycopg.Connection[Any], fn: Callable[[db.Tx], T], mode: str) -> T:
+    conn.execute(f"BEGIN {mode}")
     try:
         result = fn(PgQueries(conn))  # type: ignore[arg-type]
         conn.execute("COMMIT")
@@ -202,6 +202,9 @@ class PgDatabase(db.Database):
     driver_error: type[Exception] = psycopg.Error
     engine = "postgres"
     group = staticmethod(_group)
+    transaction = staticmethod(_transaction)
+    read_mode = "ISOLATION LEVEL REPEATABLE READ READ ONLY"
+    migrator = staticmethod(migrate_sync)
 
     def __init__(self, url: str) -> None:
         super().__init__(Path(db.redact(url)))
@@ -234,35 +237,15 @@ class PgDatabase(db.Database):
                 f"cannot open database {self.label}: {_first_line(exc)}") from exc
         return self
 
-    async def read(self, fn: Callable[[db.Tx], T]) -> T:
-        """Run `fn(tx)` on the read-only connection, in one snapshot."""
-        if self._reader is None:
-            raise errors.DatabaseError("database is closed")
-        try:
-            return await self._reader.call(
-                _transaction, fn, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        except psycopg.OperationalError as exc:
-            raise self.wrap(exc) from exc
-
-    async def migrate(self) -> int:
-        """Apply the pending PostgreSQL migrations; return the schema version."""
-        if self._writer is None:
-            raise errors.DatabaseError("database is closed")
-        try:
-            return await self._writer.call(migrate_sync)
-        except psycopg.Error as exc:
-            raise errors.DatabaseError(
-                f"cannot migrate database {self.label}: {_first_line(exc)}") from exc
-
     async def schema_version(self) -> int:
         """The number of the last migration applied (0: none)."""
         if self._reader is None:
             raise errors.DatabaseError("database is closed")
         return await self._reader.call(_version)
 
-    def wrap(self, exc: Exception) -> errors.DatabaseError:
-        """The DatabaseError saying why the server refused."""
-        return errors.DatabaseError(f"database error: {_first_line(exc)} ({self.label})")
+    def describe(self, exc: Exception) -> str:
+        """The first line of psycopg's message (the rest is a server's DETAIL and HINT)."""
+        return _first_line(exc)
 
     def sync_reader(self) -> db.Reader:
         """A read-only connection for the event loop's thread (cache reads while rendering)."""
