@@ -5,12 +5,13 @@ a `Database` (its `write` and `read`), the `Tx` they hand to a function, or a `R
 names every statement (`sql.queries`); rows come back as `Row`s, a statement's effect as a
 `Result`, and a database that cannot be used (full, locked, read-only, gone, corrupt) as
 `errors.DatabaseError`; a statement's own bug (a constraint violated) stays the driver's
-exception, loud. Nothing else imports `sqlite3`.
+exception, loud. Nothing else imports `sqlite3`. `database:` as a PostgreSQL URL gives a
+`store.pg.PgDatabase` instead (`open_database`): the same seam on psycopg 3.
 
 The database thread, by design: a transaction is a plain, synchronous function `fn(tx)` run whole
 on a thread runnerd owns (`DatabaseThread`), between `BEGIN` and `COMMIT`: one thread hop per
 transaction instead of one per statement, so a batch of a hundred runs costs one await, and the
-same function would run unchanged on a synchronous PostgreSQL driver's connection. The writer
+same function runs unchanged on a psycopg connection (store/pg.py). The writer
 connection lives on one thread and the read-only connection on another; each thread runs one
 function at a time, so transactions can never interleave. Writes are coalesced into group
 commits (see `Database`). A result crosses back to the event loop with
