@@ -319,11 +319,33 @@ def test_a_second_daemon_on_the_same_database_exits_1(pg_daemon: Any) -> None:
     assert d.stop() == 0
 
 
-def test_backup_on_a_url_is_one_line_naming_pg_dump(pg_daemon: Any, tmp_path: Path) -> None:
+def test_backup_on_a_url_is_a_pg_dump_archive_that_restores(
+        pg_daemon: Any, postgres_server: Any, tmp_path: Path) -> None:
+    d: PgDaemon = pg_daemon(PIPELINE).start()
+    assert d.post_json("/webhooks/orders", {"id": 1})[0] == 204
+    d.wait_runs("kind = 'action' AND state = 'succeeded'", 2)
+    archive = tmp_path / "runnerd.dump"
+    out = d.cli("backup", str(archive), "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["bytes"] == archive.stat().st_size > 0
+    assert archive.stat().st_mode & 0o777 == 0o600
+    again = d.cli("backup", str(archive))  # never overwritten
+    assert again.returncode != 0 and again.stderr.count("\n") == 1 and "exists" in again.stderr
+    assert d.stop() == 0
+    restored = postgres_server.new_database()
+    subprocess.run(["pg_restore", "--no-owner", f"--dbname={restored}", str(archive)],
+                   check=True, capture_output=True, timeout=60)
+    d.pg_url = restored
+    assert d.query("SELECT COUNT(*) AS n FROM runs WHERE state = 'succeeded'")[0]["n"] == 4
+    assert d.query("SELECT value FROM cache WHERE key = 'orders'")[0]["value"] == "1"
+
+
+def test_backup_without_pg_dump_is_one_line(pg_daemon: Any, tmp_path: Path) -> None:
     d: PgDaemon = pg_daemon(PIPELINE)
-    out = d.cli("backup", str(tmp_path / "copy.db"))
+    d.env["PATH"] = str(tmp_path / "no-such-dir")
+    out = d.cli("backup", str(tmp_path / "runnerd.dump"))
     assert out.returncode != 0 and out.stderr.count("\n") == 1
-    assert "pg_dump --format=custom" in out.stderr and not (tmp_path / "copy.db").exists()
+    assert "pg_dump is not installed" in out.stderr and not (tmp_path / "runnerd.dump").exists()
 
 
 def test_sqlite_databases_are_unchanged(tmp_path: Path) -> None:

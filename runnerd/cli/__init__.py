@@ -398,9 +398,7 @@ def cmd_prune(args: argparse.Namespace, path: str, environ: dict[str, str]) -> i
 def cmd_backup(args: argparse.Namespace, path: str, environ: dict[str, str]) -> int:
     settings = config.load(path, environ)
     if settings.database_url is not None:
-        raise errors.InvalidInput(
-            "runnerd backup copies SQLite files only: back up PostgreSQL with "
-            f"pg_dump --format=custom --file={args.path} '{settings.database_name}'")
+        return _backup_postgres(args, settings)
     try:
         size = f"{os.path.getsize(settings.database) / 1e6:.1f} MB"
     except OSError:
@@ -412,6 +410,22 @@ def cmd_backup(args: argparse.Namespace, path: str, environ: dict[str, str]) -> 
                            "pages": pages})
     else:
         print(f"backed up {settings.database} to {args.path} ({pages} pages)")
+    return 0
+
+
+def _backup_postgres(args: argparse.Namespace, settings: config.Settings) -> int:
+    """`runnerd backup` on a URL: a pg_dump archive (`store.pg.backup`)."""
+    from runnerd.store import pg  # noqa: PLC0415 - only a PostgreSQL user needs psycopg
+
+    assert settings.database_url is not None
+    shared.progress(f"backup: dumping {settings.database_name} to {args.path}")
+    size = pg.backup(settings.database_url, args.path)
+    if args.json:
+        shared.print_json({"database": settings.database_name, "path": args.path,
+                           "bytes": size})
+    else:
+        print(f"backed up {settings.database_name} to {args.path} ({size} bytes; restore with "
+              "pg_restore)")
     return 0
 
 
