@@ -10,7 +10,8 @@ place of the ones that differ, parameters rewritten to psycopg's style), the mig
 which errors mean "the database cannot be used" (`psycopg.OperationalError`).
 
 One daemon per database until nodes exist: `lock` holds a session advisory lock for the
-daemon's lifetime, as the SQLite lock file does.
+daemon's lifetime, as the SQLite lock file does. `backup` writes a pg_dump archive. A lost
+connection is not re-opened yet: writes fail (webhooks get 503) until runnerd is restarted.
 """
 
 from __future__ import annotations
