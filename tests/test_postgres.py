@@ -282,6 +282,11 @@ def test_webhook_to_task_to_cache_and_email_on_postgres(pg_daemon: Any) -> None:
     queue = json.loads(d.cli("queue", "--json").stdout)
     assert queue["queue"] == {} or all(
         n == 0 for states in queue["queue"].values() for n in states.values())
+    for command in (["workers"], ["status"], ["monitors"], ["prune"]):  # every command reads it
+        done = d.cli(*command)
+        assert done.returncode == 0 and done.stderr.count("\n") <= 1, (command, done.stderr)
+    assert d.cli("send", "user/orders/ready", "--data", '{"id": 8}').returncode == 0
+    d.wait_runs("kind = 'action' AND state = 'succeeded'", 4)
     assert d.cli("check").stdout.endswith(
         f"database {d.pg_url}\n")  # no password in it: shown as written
     assert d.stop() == 0
