@@ -26,6 +26,7 @@ from prometheus_client import parser
 from runnerd import config, models
 from runnerd.monitoring import monitors, pings
 from runnerd.store import db
+from tests import helpers_postgres
 
 ROOT = Path(__file__).resolve().parent.parent
 #: What starts a log line when stderr is not journald's (`runnerd.logs`).
@@ -242,8 +243,8 @@ async def ping(database: db.Database, name: str, status: str, body: bytes,
 def make_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
     started: list[Daemon] = []
 
-    def make(body: str, **kwargs: Any) -> Daemon:
-        d = Daemon(tmp_path, body, **kwargs)
+    def make(body: str, daemon_class: type[Daemon] = Daemon, **kwargs: Any) -> Daemon:
+        d = daemon_class(tmp_path, body, **kwargs)
         started.append(d)
         return d
 
@@ -264,3 +265,18 @@ def serve(d: Daemon) -> Iterator[Daemon]:
     finally:
         if d.proc is not None and d.proc.poll() is None:
             d.kill()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[helpers_postgres.Server | str]:
+    """A throwaway PostgreSQL server for the session (tests/helpers_postgres.py), or why none."""
+    with helpers_postgres.server() as server:
+        yield server
+
+
+@pytest.fixture
+def pg_url(postgres_server: helpers_postgres.Server | str) -> str:
+    """The URL of a fresh, empty PostgreSQL database (skips, or fails in CI, without a server)."""
+    require(not isinstance(postgres_server, str), str(postgres_server))
+    assert not isinstance(postgres_server, str)
+    return postgres_server.new_database()

@@ -338,7 +338,7 @@ async def test_concurrent_writes_share_a_commit_and_fail_alone(database: db.Data
         groups.append(len(fns))
         return real_group(conn, fns)
 
-    monkeypatch.setattr(db, "_group", counting_group)
+    monkeypatch.setattr(db.Database, "group", staticmethod(counting_group))
 
     def good(n: int) -> Callable[[db.Tx], int]:
         def fn(tx: db.Tx) -> int:

@@ -164,10 +164,10 @@ def cmd_check(args: argparse.Namespace, path: str, environ: dict[str, str]) -> i
     if args.json:
         shared.print_json({"path": path, "ok": True, "tasks": len(reg.tasks),
                            "webhooks": len(s.webhooks), "monitors": len(s.monitors),
-                           "database": str(s.database)})
+                           "database": s.database_name})
         return 0
     print(f"{path}: OK: {len(reg.tasks)} task(s), {len(s.webhooks)} webhook(s), "
-          f"{len(s.monitors)} monitor(s); database {s.database}")
+          f"{len(s.monitors)} monitor(s); database {s.database_name}")
     for note in reg.notes:
         print(f"note: {note}")
     return 0
@@ -376,7 +376,7 @@ def cmd_import(args: argparse.Namespace, path: str, environ: dict[str, str]) -> 
 def cmd_prune(args: argparse.Namespace, path: str, environ: dict[str, str]) -> int:
     settings = config.load(path, environ)
     shared.progress(f"prune: applying retention ({settings.retention_days:g} days, "
-                    f"{settings.retention_days_failed:g} with a failure) to {settings.database}")
+                    f"{settings.retention_days_failed:g} with a failure) to {settings.database_name}")
 
     def batch(done: dict[str, Any]) -> None:
         shared.progress(f"prune: {done['events']} event(s), {done['runs']} run(s) so far")
@@ -397,6 +397,8 @@ def cmd_prune(args: argparse.Namespace, path: str, environ: dict[str, str]) -> i
 
 def cmd_backup(args: argparse.Namespace, path: str, environ: dict[str, str]) -> int:
     settings = config.load(path, environ)
+    if settings.database_url is not None:
+        return _backup_postgres(args, settings)
     try:
         size = f"{os.path.getsize(settings.database) / 1e6:.1f} MB"
     except OSError:
@@ -408,6 +410,22 @@ def cmd_backup(args: argparse.Namespace, path: str, environ: dict[str, str]) -> 
                            "pages": pages})
     else:
         print(f"backed up {settings.database} to {args.path} ({pages} pages)")
+    return 0
+
+
+def _backup_postgres(args: argparse.Namespace, settings: config.Settings) -> int:
+    """`runnerd backup` on a URL: a pg_dump archive (`store.pg.backup`)."""
+    from runnerd.store import pg  # noqa: PLC0415 - only a PostgreSQL user needs psycopg
+
+    assert settings.database_url is not None
+    shared.progress(f"backup: dumping {settings.database_name} to {args.path}")
+    size = pg.backup(settings.database_url, args.path)
+    if args.json:
+        shared.print_json({"database": settings.database_name, "path": args.path,
+                           "bytes": size})
+    else:
+        print(f"backed up {settings.database_name} to {args.path} ({size} bytes; restore with "
+              "pg_restore)")
     return 0
 
 

@@ -45,7 +45,8 @@ def with_db(settings: config.Settings, fn: Callable[[db.Database], Awaitable[Any
     """
 
     async def main() -> Any:
-        database = await db.Database(settings.database).open(create=False)
+        database = await db.open_database(settings.database, settings.database_url).open(
+            create=False)
         try:
             await database.require_migrated()
             return await fn(database)

@@ -10,6 +10,7 @@ vocabularies a configuration is written in: `durations`, `cron` (monitor schedul
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import math
 import os
@@ -24,6 +25,7 @@ import yaml
 
 from runnerd import errors
 from runnerd.config import targets, yamlread
+from runnerd.store import db
 
 #: task.id is uuid5(TASK_NAMESPACE, name): stable across restarts and machines.
 TASK_NAMESPACE = uuid.UUID("6f1d3c52-6d0a-4f6e-9a53-2b7c5e4a9d10")
@@ -161,6 +163,8 @@ class Settings:
 
     path: Path
     database: Path
+    #: `database:` as a PostgreSQL URL (then `database` is unused); None: the SQLite file
+    database_url: str | None = dataclasses.field(default=None, repr=False)
     timezone: str = "UTC"
     listen: Listen = Listen()
     admin_token: str | None = dataclasses.field(default=None, repr=False)
@@ -176,6 +180,11 @@ class Settings:
     monitors: tuple[Monitor, ...] = ()
     tasks: tuple[Task, ...] = ()
     tasks_dir: Path | None = None
+
+    @property
+    def database_name(self) -> str:
+        """The database for messages: the SQLite file, or the URL without its password."""
+        return str(self.database) if self.database_url is None else db.redact(self.database_url)
 
     @property
     def tz(self) -> zoneinfo.ZoneInfo:
@@ -245,6 +254,7 @@ def parse(path: str | os.PathLike[str], environ: Mapping[str, str]) -> tuple[Set
     return _settings(raw, path.resolve(), reader), reader.problems
 
 
+_POSTGRES_URL = re.compile(r"postgres(ql)?://")
 _TOP = {"database", "timezone", "listen", "admin_token", "concurrency", "retention_days",
         "retention_days_failed", "shutdown_grace", "email", "http", "limits", "monitoring",
         "webhooks", "monitors", "tasks", "tasks_dir"}
@@ -255,7 +265,11 @@ def _settings(raw: Any, path: Path, r: yamlread.Reader) -> Settings:
     base = path.parent
     database = r.get(top, "", "database", str, None)
     if database is None:
-        r.problem("database", "required: the path of the SQLite file")
+        r.problem("database", "required: the path of the SQLite file, or a postgresql:// URL")
+    url = database if database and _POSTGRES_URL.match(database) else None
+    if url is not None and importlib.util.find_spec("psycopg") is None:
+        r.problem("database", "a PostgreSQL URL needs psycopg: install runnerd[postgres] "
+                  "(pip install 'runnerd[postgres]')")
     tasks_dir = r.get(top, "", "tasks_dir", str, None)
     tasks = _tasks(top.get("tasks"), base, r)
     if tasks_dir is not None:
@@ -267,7 +281,8 @@ def _settings(raw: Any, path: Path, r: yamlread.Reader) -> Settings:
     yamlread.unique([t.name for t in tasks], "tasks", "task name", r)
     settings = Settings(
         path=path,
-        database=base / (database or "runnerd.db"),
+        database=base / (database if database and url is None else "runnerd.db"),
+        database_url=url,
         timezone=r.get(top, "", "timezone", str, _default(Settings, "timezone"), _timezone),
         listen=_listen(top.get("listen"), r),
         admin_token=r.get(top, "", "admin_token", str, None) or None,

@@ -192,9 +192,10 @@ class Daemon:
         """Run until a signal; return the exit code."""
         reg = load(self.path, self.environ)
         settings = reg.settings
-        with db.lock(settings.database):
-            dbfiles.remove_stale_partials(settings.database.parent)
-            database = await db.Database(settings.database).open()
+        with db.lock_database(settings.database, settings.database_url):
+            if settings.database_url is None:
+                dbfiles.remove_stale_partials(settings.database.parent)
+            database = await db.open_database(settings.database, settings.database_url).open()
             reader: db.Reader | None = None
             try:
                 await database.migrate()

@@ -5,12 +5,13 @@ a `Database` (its `write` and `read`), the `Tx` they hand to a function, or a `R
 names every statement (`sql.queries`); rows come back as `Row`s, a statement's effect as a
 `Result`, and a database that cannot be used (full, locked, read-only, gone, corrupt) as
 `errors.DatabaseError`; a statement's own bug (a constraint violated) stays the driver's
-exception, loud. Nothing else imports `sqlite3`.
+exception, loud. Nothing else imports `sqlite3`. `database:` as a PostgreSQL URL gives a
+`store.pg.PgDatabase` instead (`open_database`): the same seam on psycopg 3.
 
 The database thread, by design: a transaction is a plain, synchronous function `fn(tx)` run whole
 on a thread runnerd owns (`DatabaseThread`), between `BEGIN` and `COMMIT`: one thread hop per
 transaction instead of one per statement, so a batch of a hundred runs costs one await, and the
-same function would run unchanged on a synchronous PostgreSQL driver's connection. The writer
+same function runs unchanged on a psycopg connection (store/pg.py). The writer
 connection lives on one thread and the read-only connection on another; each thread runs one
 function at a time, so transactions can never interleave. Writes are coalesced into group
 commits (see `Database`). A result crosses back to the event loop with
@@ -26,6 +27,7 @@ import contextlib
 import fcntl
 import os
 import queue
+import re
 import sqlite3
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
@@ -81,7 +83,7 @@ class DatabaseThread:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.conn: sqlite3.Connection | None = None
+        self.conn: Any = None  #: a sqlite3 or (store.pg) psycopg connection
         self._jobs: queue.SimpleQueue[tuple[asyncio.Future[Any], Callable[..., Any],
                                             tuple[Any, ...]] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
@@ -104,11 +106,12 @@ class DatabaseThread:
         self._jobs.put((future, fn, args))
         return future
 
-    async def open(self, target: str | Path, *, uri: bool) -> None:
-        """Create this thread's connection (autocommit: runnerd writes BEGIN and COMMIT)."""
-        def connect(_: None) -> None:
-            self.conn = sqlite3.connect(target, isolation_level=None, uri=uri)
-        await self.call(connect)
+    async def open(self, connect: Callable[[], Any]) -> None:
+        """Create this thread's connection with `connect()` (in autocommit: runnerd writes
+        BEGIN and COMMIT)."""
+        def opened(_: None) -> None:
+            self.conn = connect()
+        await self.call(opened)
 
     async def stop(self) -> None:
         """Close the connection and end the thread."""
@@ -203,10 +206,6 @@ def _seal(conn: sqlite3.Connection) -> None:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
-def _wrap(exc: sqlite3.Error, path: Path) -> errors.DatabaseError:
-    return errors.DatabaseError(f"database error: {exc} ({path})")
-
-
 def _unavailable(exc: sqlite3.DatabaseError) -> bool:
     """SQLite refused for a reason outside the program (full, locked, read-only, I/O, corrupt),
     not a bug in a statement (IntegrityError, ProgrammingError…), which must stay loud."""
@@ -267,6 +266,29 @@ def _group(conn: sqlite3.Connection, fns: list[Callable[[Tx], Any]]) -> list[tup
     return out
 
 
+def _user_version(conn: sqlite3.Connection) -> int:
+    """The number of the last migration applied (0: none)."""
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def migrate_sync(conn: sqlite3.Connection) -> int:
+    """Apply migrations on a plain connection; each one commits together with its version."""
+    version = _user_version(conn)
+    for number, name, script in sql.migrations():
+        if number <= version:
+            continue
+        try:
+            conn.executescript(
+                f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;"
+            )
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise sqlite3.DatabaseError(f"migration {name} failed: {exc}") from exc
+        version = number
+    return version
+
+
 class Database:
     """One writer connection and one reader connection on the same file.
 
@@ -274,10 +296,28 @@ class Database:
     thread wait, and then run together in the next one (each in its own savepoint), so the
     ingest, the worker, the scheduler and the monitors share one commit (one fsync) instead of
     queueing for one each.
+
+    `store.pg.PgDatabase` is the same on PostgreSQL: it replaces the class attributes below and
+    the methods that open, migrate and read.
     """
+
+    #: the driver's exception class (its `unavailable` ones become DatabaseError)
+    driver_error: type[Exception] = sqlite3.DatabaseError
+    #: whose migrations apply (`sql.migrations`)
+    engine = ""
+    #: runs a group commit on the writer thread
+    group: Callable[[Any, list[Callable[[Tx], Any]]], list[tuple[bool, Any]]] = staticmethod(
+        _group)
+    #: runs one transaction `fn(tx)` on a thread: (connection, fn, mode after BEGIN)
+    transaction: Callable[[Any, Callable[[Tx], Any], str], Any] = staticmethod(_transaction)
+    #: the mode of a read's transaction (one snapshot)
+    read_mode = "DEFERRED"
+    #: applies the pending migrations on the writer's connection
+    migrator: Callable[[Any], int] = staticmethod(migrate_sync)
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.label = str(path)  #: the database for messages
         self._writer: DatabaseThread | None = None  #: runs the writes, one transaction at a time
         self._reader: DatabaseThread | None = None  #: runs the reads, on a read-only connection
         self._queue: list[tuple[Callable[[Tx], Any], asyncio.Future[Any]]] = []
@@ -322,12 +362,14 @@ class Database:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 dbfiles.create_private(self.path)
             self._writer = DatabaseThread("runnerd-db-writer")
-            await self._writer.open(target, uri=not create)
+            await self._writer.open(
+                lambda: sqlite3.connect(target, isolation_level=None, uri=not create))
             # WAL is a property of the file: set by the daemon, never written by a command
             # into a file it is about to refuse
             await self._writer.call(_pragmas, False, create)
             self._reader = DatabaseThread("runnerd-db-reader")
-            await self._reader.open(target, uri=not create)
+            await self._reader.open(
+                lambda: sqlite3.connect(target, isolation_level=None, uri=not create))
             await self._reader.call(_pragmas, True)
         except (sqlite3.Error, OSError) as exc:
             await self.close()
@@ -358,10 +400,22 @@ class Database:
             self._flusher = asyncio.create_task(self._flush())
         try:
             return await future
-        except sqlite3.DatabaseError as exc:
-            if not _unavailable(exc):
+        except self.driver_error as exc:
+            if not self.unavailable(exc):
                 raise
-            raise _wrap(exc, self.path) from exc
+            raise self.wrap(exc) from exc
+
+    def unavailable(self, exc: Exception) -> bool:
+        """Whether the driver's exception means the database cannot be used (`_unavailable`)."""
+        return isinstance(exc, sqlite3.DatabaseError) and _unavailable(exc)
+
+    def describe(self, exc: Exception) -> str:
+        """The driver's exception, for a message."""
+        return str(exc)
+
+    def wrap(self, exc: Exception) -> errors.DatabaseError:
+        """The DatabaseError saying why the database refused."""
+        return errors.DatabaseError(f"database error: {self.describe(exc)} ({self.label})")
 
     async def _flush(self) -> None:
         try:
@@ -371,7 +425,7 @@ class Database:
                     if self._writer is None:
                         raise errors.DatabaseError("database is closed")
                     # the whole group commit is one hop to the writer thread
-                    outcomes = await self._writer.call(_group, [fn for fn, _ in batch])
+                    outcomes = await self._writer.call(self.group, [fn for fn, _ in batch])
                     # Committed, but to the file the daemon opened: is it still the database?
                     # (three stat calls, ~3 µs each, per group commit; never a 204 otherwise)
                     if (gone := self.check_files()) is not None:
@@ -390,31 +444,37 @@ class Database:
         if self.gone is not None:
             raise errors.DatabaseError(self.gone)
         try:
-            return await self._reader.call(_transaction, fn, "DEFERRED")
-        except sqlite3.DatabaseError as exc:
-            if not _unavailable(exc):
+            result: T = await self._reader.call(self.transaction, fn, self.read_mode)
+        except self.driver_error as exc:
+            if not self.unavailable(exc):
                 raise
-            raise _wrap(exc, self.path) from exc
+            raise self.wrap(exc) from exc
+        return result
 
     async def migrate(self) -> int:
         """Apply the pending numbered migrations; return the schema version."""
         if self._writer is None:
             raise errors.DatabaseError("database is closed")
         try:
-            return await self._writer.call(migrate_sync)
-        except sqlite3.DatabaseError as exc:
-            raise errors.DatabaseError(f"cannot migrate database {self.path}: {exc}") from exc
+            return await self._writer.call(self.migrator)
+        except self.driver_error as exc:
+            raise errors.DatabaseError(
+                f"cannot migrate database {self.label}: {self.describe(exc)}") from exc
 
     async def require_migrated(self) -> None:
         """DatabaseError unless every migration was applied: the commands other than
         `runnerd run` neither create nor migrate a database (the daemon may be running)."""
-        version = await self.read(lambda tx: _user_version(tx.conn))
-        latest = max(number for number, _, _ in sql.migrations())
+        version = await self.schema_version()
+        latest = max(number for number, _, _ in sql.migrations(self.engine))
         if version < latest:
             what = "is empty" if version == 0 else (
                 f"has schema version {version}, older than this runnerd's {latest}")
-            raise errors.DatabaseError(f"database {self.path} {what} (start the daemon with "
+            raise errors.DatabaseError(f"database {self.label} {what} (start the daemon with "
                                        "'runnerd run' to migrate it)")
+
+    async def schema_version(self) -> int:
+        """The number of the last migration applied (0: none)."""
+        return await self.read(lambda tx: _user_version(tx.conn))
 
     def sync_reader(self) -> Reader:
         """A read-only connection for the event loop's thread (cache reads while rendering)."""
@@ -423,27 +483,26 @@ class Database:
         return Reader(conn)
 
 
-def _user_version(conn: sqlite3.Connection) -> int:
-    """The number of the last migration applied (0: none)."""
-    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+def redact(url: str) -> str:
+    """A database URL with its password hidden, for messages."""
+    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
 
 
-def migrate_sync(conn: sqlite3.Connection) -> int:
-    """Apply migrations on a plain connection; each one commits together with its version."""
-    version = _user_version(conn)
-    for number, name, script in sql.migrations():
-        if number <= version:
-            continue
-        try:
-            conn.executescript(
-                f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;"
-            )
-        except sqlite3.Error as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise sqlite3.DatabaseError(f"migration {name} failed: {exc}") from exc
-        version = number
-    return version
+def open_database(path: Path, url: str | None) -> Database:
+    """The database configured: the SQLite file at `path`, or the PostgreSQL server at `url`
+    (psycopg is imported only then)."""
+    if url is None:
+        return Database(path)
+    from runnerd.store import pg  # noqa: PLC0415 - only a PostgreSQL user needs psycopg
+    return pg.PgDatabase(url)
+
+
+def lock_database(path: Path, url: str | None) -> contextlib.AbstractContextManager[None]:
+    """The daemon's hold on its database (`lock`, or `pg.lock` on a URL)."""
+    if url is None:
+        return lock(path)
+    from runnerd.store import pg  # noqa: PLC0415 - see open_database
+    return pg.lock(url)
 
 
 @contextlib.contextmanager

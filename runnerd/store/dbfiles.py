@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 from runnerd import errors
@@ -126,16 +127,42 @@ def backup(source: Path, target: str | os.PathLike[str]) -> int:
     """Copy the database with SQLite's online backup API (consistent while the daemon writes).
 
     The copy is one read snapshot: copied in steps, SQLite restarts a backup whenever another
-    connection writes, so under a steady webhook load a large file would never finish. It goes to
-    a hidden file beside `target`, becomes a standalone file (rollback journal, no -wal), is
-    synced, and is then linked to `target`, which is never overwritten: a failure at any point
-    leaves nothing behind (a kill leaves the hidden file, which the next backup removes:
-    `remove_stale_partials`). Returns the copy's page count.
+    connection writes, so under a steady webhook load a large file would never finish. It is
+    written as `publish` says and becomes a standalone file (rollback journal, no -wal).
+    Returns the copy's page count.
     """
     target = Path(target)
-    remove_stale_partials(target.parent)
     if not source.exists():
         raise missing(source)
+
+    def copy(partial: Path) -> int:
+        try:
+            src = sqlite3.connect(source, timeout=30)
+            try:
+                dst = sqlite3.connect(partial, isolation_level=None)
+                try:
+                    src.backup(dst)
+                    dst.execute("PRAGMA journal_mode = DELETE")
+                    return int(dst.execute("PRAGMA page_count").fetchone()[0])
+                finally:
+                    dst.close()
+            finally:
+                src.close()
+        except sqlite3.Error as exc:
+            raise errors.DatabaseError(f"backup failed: {exc}") from exc
+
+    return publish(target, copy)
+
+
+def publish(target: Path, write: Callable[[Path], int]) -> int:
+    """Make a backup at `target` with `write(partial)`, which fills the hidden file `partial`
+    beside it and returns a count for the user; returns it.
+
+    The file is synced and then linked to `target`, which is never overwritten: a failure at any
+    point leaves nothing behind (a kill leaves the hidden file, which the next backup removes:
+    `remove_stale_partials`).
+    """
+    remove_stale_partials(target.parent)
     try:
         taken, has_directory = target.exists() or target.is_symlink(), target.parent.is_dir()
     except OSError as exc:  # a name too long for the file system
@@ -150,17 +177,7 @@ def backup(source: Path, target: str | os.PathLike[str]) -> int:
     except OSError as exc:
         raise errors.InvalidInput(f"cannot write {target}: {exc.strerror}") from None
     try:
-        src = sqlite3.connect(source, timeout=30)
-        try:
-            dst = sqlite3.connect(partial, isolation_level=None)
-            try:
-                src.backup(dst)
-                dst.execute("PRAGMA journal_mode = DELETE")
-                pages = int(dst.execute("PRAGMA page_count").fetchone()[0])
-            finally:
-                dst.close()
-        finally:
-            src.close()
+        count = write(partial)
         fd = os.open(partial, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -172,8 +189,6 @@ def backup(source: Path, target: str | os.PathLike[str]) -> int:
             os.fsync(fd)
         finally:
             os.close(fd)
-    except sqlite3.Error as exc:
-        raise errors.DatabaseError(f"backup failed: {exc}") from exc
     except FileExistsError:
         raise errors.InvalidInput(f"{target} exists: give a new file name") from None
     except OSError as exc:
@@ -182,4 +197,4 @@ def backup(source: Path, target: str | os.PathLike[str]) -> int:
         for leftover in ("", "-journal", "-wal", "-shm"):
             with contextlib.suppress(OSError):
                 os.unlink(f"{partial}{leftover}")
-    return pages
+    return count
