@@ -44,7 +44,8 @@ PARAMS: dict[str, Any] = {
     "body_bytes": 1, "pid": 42, "host": "h", "healthy": True, "active_runs": 0,
     "problem": None, "loop_lag": 0.0, "before": T + 1e6, "after_at": float("-inf"),
     "after_rid": 0, "cutoff_failed": T + 1e6, "page": 10, "batch": 100, "since": T - 10,
-    "sent_at": T, "next_at": T + 60, "task": None, "attempt": 1,
+    "sent_at": T, "next_at": T + 60, "task": None, "attempt": 1, "until": T + 1e6,
+    "per_task": 5, "before_at": T + 1e6, "before_rid": "~",
 }
 #: Where a query needs another value than PARAMS's.
 OVERRIDES: dict[str, dict[str, Any]] = {
@@ -54,7 +55,8 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     "workers_retire": {"id": "w2"}, "workers_prune": {"id": "w2"},
     "finish_run": {"state": "succeeded", "from": "due"}, "status_alerted": {"state": "down"},
     "ping_insert": {"kind": "start"}, "retry_later": {"from": "due"},
-    "cache_set": {"value": "40"}, "insert_attempt": {"finished_at": T}, "status_flip": {"old_state": "new", "new_state": "up"},
+    "cache_set": {"value": "40"}, "console_events": {"id": None},
+    "console_child_events": {"id": EVENT}, "insert_attempt": {"finished_at": T}, "status_flip": {"old_state": "new", "new_state": "up"},
 }
 _NAMES = re.compile(r"(?<![:\w]):([a-z_][a-z_0-9]*)")
 

@@ -544,12 +544,13 @@ ORDER BY r.task_name, r.finished_at DESC;
 SELECT * FROM runs WHERE event_id = :event_id ORDER BY id LIMIT :limit;
 
 -- name: console_events
--- A page of events, newest first, below the keyset cursor (:before_at, :before_rid), optionally
--- of one topic or one id (NULL: any), in the order of the events_created index.
-SELECT rowid AS rid, * FROM events
-WHERE created_at <= :before_at AND (created_at < :before_at OR rowid < :before_rid)
+-- A page of events, newest first, below the keyset cursor (:before_at, :before_rid: the last
+-- event's time and id, ties broken by id on both engines), optionally of one topic or one id
+-- (NULL: any), on the events_created index.
+SELECT id AS rid, * FROM events
+WHERE created_at <= :before_at AND (created_at < :before_at OR id < :before_rid)
   AND (:topic IS NULL OR topic = :topic) AND (:id IS NULL OR id = :id)
-ORDER BY created_at DESC, rowid DESC LIMIT :limit;
+ORDER BY created_at DESC, id DESC LIMIT :limit;
 
 -- name: console_runs_of_events
 -- The runs of the events in :ids (a JSON array), in order, at most :limit.

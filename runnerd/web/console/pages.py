@@ -194,13 +194,13 @@ async def events(request: web.Request) -> web.StreamResponse:
                                                  "older": older})
 
 
-def _event_cursor(value: str) -> tuple[float, int]:
-    """`CREATED_AT:ROWID` of the last event of the previous page; none: from the newest."""
+def _event_cursor(value: str) -> tuple[float, str]:
+    """`CREATED_AT:ID` of the last event of the previous page; none: from the newest."""
     if not value:
-        return float("inf"), models.MAX_INT64
-    at, _, rid = value.partition(":")
+        return float("inf"), ""
+    at, _, event_id = value.partition(":")
     try:
-        return float(at), int(rid)
+        return float(at), event_id
     except ValueError:
         raise errors.InvalidInput(f"bad cursor {value[:40]!r}: follow the Older events "
                                   "link") from None

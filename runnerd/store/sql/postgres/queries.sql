@@ -128,3 +128,33 @@ SELECT tree.id, COUNT(r.id) AS runs,
        COUNT(r.id) FILTER (WHERE r.state NOT IN ('failed', 'succeeded')) AS open,
        COUNT(r.id) FILTER (WHERE r.state = 'failed') AS failed, MAX(r.finished_at) AS done_at
 FROM tree LEFT JOIN runs r ON r.event_id = tree.id GROUP BY tree.id;
+
+-- The web console: NULL filters need a type here, and JSON arrays are read with json functions.
+
+-- name: console_runs
+SELECT * FROM runs
+WHERE id < :before
+  AND (CAST(:state AS TEXT) IS NULL OR state = :state)
+  AND (CAST(:kind AS TEXT) IS NULL OR kind = :kind)
+  AND (CAST(:task AS TEXT) IS NULL OR task_name = :task)
+  AND (CAST(:since AS DOUBLE PRECISION) IS NULL OR created_at >= :since)
+  AND (CAST(:until AS DOUBLE PRECISION) IS NULL OR created_at < :until)
+ORDER BY id DESC LIMIT :limit;
+
+-- name: console_task_runs
+-- SQLite's DESC puts NULLs last: so does NULLS LAST.
+SELECT r.* FROM json_array_elements_text(CAST(:names AS json)) AS n(value)
+JOIN LATERAL (SELECT * FROM runs WHERE task_name = n.value AND kind = 'task'
+              ORDER BY finished_at DESC NULLS LAST LIMIT :per_task) AS r ON TRUE
+ORDER BY r.task_name, r.finished_at DESC NULLS LAST;
+
+-- name: console_events
+SELECT id AS rid, * FROM events
+WHERE created_at <= :before_at AND (created_at < :before_at OR id < CAST(:before_rid AS TEXT))
+  AND (CAST(:topic AS TEXT) IS NULL OR topic = :topic)
+  AND (CAST(:id AS TEXT) IS NULL OR id = :id)
+ORDER BY created_at DESC, id DESC LIMIT :limit;
+
+-- name: console_runs_of_events
+SELECT * FROM runs WHERE event_id IN (SELECT json_array_elements_text(CAST(:ids AS json)))
+ORDER BY id LIMIT :limit;
