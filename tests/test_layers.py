@@ -82,7 +82,44 @@ def test_every_package_is_in_a_layer() -> None:
 def test_the_action_types_tasks_are_checked_against_are_the_executors() -> None:
     """tasks/ sits below actions/, so it checks literal action types against
     models.ACTION_TYPES: that set must be exactly the executors runnerd has."""
-    from runnerd import actions, config, models
+    from runnerd import config, models
+    from runnerd.actions import executors
 
     settings = config.Settings(path=Path("."), database=Path("unused.db"))
-    assert set(actions.offline(settings)) == models.ACTION_TYPES
+    assert set(executors.build(settings)) == models.ACTION_TYPES
+
+
+def test_no_module_imports_itself_through_others() -> None:
+    """STYLE: imports flow one way between modules too (a package's `__init__` and its
+    modules included); every import counts, the function-local ones too."""
+    modules = {".".join(p.relative_to(ROOT.parent).with_suffix("").parts).removesuffix(
+        ".__init__"): p for p in ROOT.rglob("*.py")}
+    graph = {name: {m for m in _modules_imported(path, modules) if m != name}
+             for name, path in modules.items()}
+    cycles = []
+    for start in graph:
+        seen, stack = set(), [(start, (start,))]
+        while stack:
+            node, trail = stack.pop()
+            for nxt in graph[node]:
+                if nxt == start:
+                    cycles.append(" -> ".join((*trail, nxt)))
+                elif nxt not in seen and nxt > start:  # each cycle once, from its least module
+                    seen.add(nxt)
+                    stack.append((nxt, (*trail, nxt)))
+    assert cycles == []
+
+
+def _modules_imported(path: Path, modules: dict[str, Path]) -> set[str]:
+    """The runnerd modules a file imports: `from runnerd.x import y` is the module x.y when y
+    is one (x's `__init__` is then the package Python sets up, not an import of the file's
+    own), else x."""
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out.update(alias.name for alias in node.names if alias.name in modules)
+        elif isinstance(node, ast.ImportFrom) and node.module in modules:
+            for alias in node.names:
+                sub = f"{node.module}.{alias.name}"
+                out.add(sub if sub in modules else node.module)
+    return out

@@ -17,7 +17,7 @@ import pytest
 
 from runnerd import config, errors
 from runnerd.queue import retention as queue_retention
-from runnerd.store import db, sql
+from runnerd.store import backends, db, sql
 
 from . import helpers_postgres, test_store
 from .conftest import Daemon, create_database, require, wait_until
@@ -90,9 +90,9 @@ async def _run_all(database: db.Database) -> dict[str, tuple[int, list[tuple[Any
 
 
 async def _both(tmp_path: Path, pg_url: str) -> tuple[db.Database, db.Database]:
-    lite = await db.open_database(tmp_path / "lite.db", None).open()
+    lite = await backends.open_database(tmp_path / "lite.db", None).open()
     await lite.migrate()
-    pg = await db.open_database(tmp_path / "unused.db", pg_url).open()
+    pg = await backends.open_database(tmp_path / "unused.db", pg_url).open()
     await pg.migrate()
     return lite, pg
 
@@ -188,7 +188,7 @@ async def test_views_write_times_as_sqlite_does(tmp_path: Path, pg_url: str) -> 
 
 
 async def test_migrations_run_once_even_when_started_together(pg_url: str) -> None:
-    databases = [await db.open_database(Path("unused"), pg_url).open() for _ in range(4)]
+    databases = [await backends.open_database(Path("unused"), pg_url).open() for _ in range(4)]
     try:
         latest = max(n for n, _, _ in sql.migrations())
         assert await asyncio.gather(*(d.migrate() for d in databases)) == [latest] * 4
@@ -199,7 +199,7 @@ async def test_migrations_run_once_even_when_started_together(pg_url: str) -> No
 
 
 async def test_an_empty_database_is_refused_by_the_commands(pg_url: str) -> None:
-    database = await db.open_database(Path("unused"), pg_url).open(create=False)
+    database = await backends.open_database(Path("unused"), pg_url).open(create=False)
     try:
         with pytest.raises(errors.DatabaseError, match="is empty"):
             await database.require_migrated()
@@ -363,8 +363,8 @@ def test_sqlite_databases_are_unchanged(tmp_path: Path) -> None:
     assert settings.database == tmp_path / "runnerd.db" and settings.database_url is None
     create_database(settings.database)
     probe = subprocess.run(
-        [sys.executable, "-c", "import asyncio, sys; from runnerd.store import db; "
-         f"d = asyncio.run(db.open_database(__import__('pathlib').Path({str(settings.database)!r}),"
+        [sys.executable, "-c", "import asyncio, sys; from runnerd.store import backends; "
+         f"d = asyncio.run(backends.open_database(__import__('pathlib').Path({str(settings.database)!r}),"
          " None).open()); print('psycopg' in sys.modules)"],
         capture_output=True, text=True, timeout=30, check=True)
     assert probe.stdout.strip() == "False"
@@ -373,7 +373,7 @@ def test_sqlite_databases_are_unchanged(tmp_path: Path) -> None:
 async def test_counter_errors_and_expiry_on_postgres(pg_url: str) -> None:
     """The cache counters' edges (not an integer, 64-bit overflow, expiry) as on SQLite: the
     same test, on a PostgreSQL database (cache_add's PostgreSQL block)."""
-    database = await db.open_database(Path("unused"), pg_url).open()
+    database = await backends.open_database(Path("unused"), pg_url).open()
     try:
         await database.migrate()
         await test_store.test_counter_errors_and_expiry(database)

@@ -118,16 +118,3 @@ class InProcess(Simple):
     async def perform(self, options: Any, ctx: Context) -> Any:
         """The same as `perform_now` (a retried run is performed by the worker)."""
         return self.perform_now(options, ctx)
-
-
-def offline(settings: Any) -> Registry:
-    """Every executor, able to validate and redact but never to perform: no session, no
-    connection is opened (previews and the command line)."""
-    from runnerd.actions import cache, echo, email, event, http
-
-    reg = Registry()
-    for executor in (cache.CacheExecutor(), echo.EchoExecutor(), event.EventExecutor(),
-                     email.EmailExecutor(settings.email),
-                     http.HttpExecutor(None, settings.http)):  # type: ignore[arg-type]
-        reg.add(executor)
-    return reg

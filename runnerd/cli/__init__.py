@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from runnerd import __version__, config, errors, logs, models
+from runnerd import __version__, actions, config, errors, logs, models
 from runnerd.cli import monitoring, shared
 from runnerd.queue import operator, retention, runs
 from runnerd.store import db, dbfiles
@@ -193,12 +193,15 @@ def cmd_trigger(args: argparse.Namespace, path: str, environ: dict[str, str]) ->
 
 
 def cmd_runs(args: argparse.Namespace, path: str, environ: dict[str, str]) -> int:
-    from runnerd import actions
-
     settings = config.load(path, environ)
+
     # Each action type's own redaction; the executors (aiohttp, aiosmtplib) are imported only
     # when an action run is shown.
-    executors = functools.cache(lambda: actions.offline(settings))
+    @functools.cache
+    def executors() -> actions.Registry:
+        from runnerd.actions import executors as action_executors
+
+        return action_executors.build(settings)
 
     def redact(action_type: str | None, options: Any) -> Any:
         return executors().redact(action_type, options)
@@ -321,7 +324,8 @@ def cmd_cache(args: argparse.Namespace, path: str, environ: dict[str, str]) -> i
 
 
 def cmd_preview(args: argparse.Namespace, path: str, environ: dict[str, str]) -> int:
-    from runnerd import actions, daemon
+    from runnerd import daemon
+    from runnerd.actions import executors as action_executors
     from runnerd.engine import preview
 
     reg = daemon.load(path, environ)
@@ -342,7 +346,7 @@ def cmd_preview(args: argparse.Namespace, path: str, environ: dict[str, str]) ->
     else:
         data = _parse_json_arg(args.data, "--data")
     topic = operator.check_topic(args.topic) if args.topic is not None else None
-    out = preview.preview(reg, actions.offline(reg.settings), args.task, topic=topic,
+    out = preview.preview(reg, action_executors.build(reg.settings), args.task, topic=topic,
                           data=data, has_data=has_data, now=time.time())
     if args.json:
         shared.print_json({k: out[k] for k in ("actions", "logs", "errors")})

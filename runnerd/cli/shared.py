@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from runnerd import config, errors
-from runnerd.store import db
+from runnerd.store import backends, db
 
 EXIT_FAIL = 1
 #: A command used wrongly (a missing or extra argument, a malformed value), as argparse exits.
@@ -45,7 +45,7 @@ def with_db(settings: config.Settings, fn: Callable[[db.Database], Awaitable[Any
     """
 
     async def main() -> Any:
-        database = await db.open_database(settings.database, settings.database_url).open(
+        database = await backends.open_database(settings.database, settings.database_url).open(
             create=False)
         try:
             await database.require_migrated()

@@ -24,14 +24,14 @@ import aiohttp
 from aiohttp import web
 
 from runnerd import actions, config, errors
-from runnerd.actions import cache as cache_action
 from runnerd.actions import echo, email, event, guard, http
+from runnerd.actions import executors as action_executors
 from runnerd.config import targets
 from runnerd.engine import paths, scheduler
 from runnerd.liquid import render
 from runnerd.monitoring import heartbeat, metrics, monitors, sd_notify
 from runnerd.queue import ingest, runs
-from runnerd.store import db, dbfiles
+from runnerd.store import backends, db, dbfiles
 from runnerd.tasks import registry
 from runnerd.web import app, context, listener
 
@@ -59,17 +59,6 @@ def http_policy(settings: config.Settings) -> targets.Policy:
     """Where the http action may connect: `http.allow`, `http.deny`, never this listener."""
     return targets.Policy(settings.http.allow, settings.http.deny,
                           (settings.listen.host, settings.listen.port))
-
-
-def build_executors(settings: config.Settings, session: aiohttp.ClientSession,
-                    policy: targets.Policy) -> actions.Registry:
-    """One executor per action type; `session` resolves through `policy` (guard)."""
-    reg = actions.Registry()
-    web = http.HttpExecutor(session, settings.http, policy)
-    for executor in (cache_action.CacheExecutor(), echo.EchoExecutor(), event.EventExecutor(),
-                     email.EmailExecutor(settings.email, fetch=web.download), web):
-        reg.add(executor)
-    return reg
 
 
 async def _supervise(name: str, coro: Awaitable[None], until: asyncio.Event) -> None:
@@ -192,10 +181,10 @@ class Daemon:
         """Run until a signal; return the exit code."""
         reg = load(self.path, self.environ)
         settings = reg.settings
-        with db.lock_database(settings.database, settings.database_url):
+        with backends.lock_database(settings.database, settings.database_url):
             if settings.database_url is None:
                 dbfiles.remove_stale_partials(settings.database.parent)
-            database = await db.open_database(settings.database, settings.database_url).open()
+            database = await backends.open_database(settings.database, settings.database_url).open()
             reader: db.Reader | None = None
             try:
                 await database.migrate()
@@ -208,7 +197,7 @@ class Daemon:
                 timeout = aiohttp.ClientTimeout(total=settings.http.timeout)
                 policy = http_policy(settings)
                 async with guard.client_session(policy, timeout) as session:
-                    executors = build_executors(settings, session, policy)
+                    executors = action_executors.build(settings, session, policy)
                     try:
                         await self._serve(reg, database, executors, reader)
                     finally:

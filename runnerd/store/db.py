@@ -6,7 +6,7 @@ names every statement (`sql.queries`); rows come back as `Row`s, a statement's e
 `Result`, and a database that cannot be used (full, locked, read-only, gone, corrupt) as
 `errors.DatabaseError`; a statement's own bug (a constraint violated) stays the driver's
 exception, loud. Nothing else imports `sqlite3`. `database:` as a PostgreSQL URL gives a
-`store.pg.PgDatabase` instead (`open_database`): the same seam on psycopg 3.
+`store.pg.PgDatabase` instead (`store.backends.open_database`): the same seam on psycopg 3.
 
 The database thread, by design: a transaction is a plain, synchronous function `fn(tx)` run whole
 on a thread runnerd owns (`DatabaseThread`), between `BEGIN` and `COMMIT`: one thread hop per
@@ -486,23 +486,6 @@ class Database:
 def redact(url: str) -> str:
     """A database URL with its password hidden, for messages."""
     return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
-
-
-def open_database(path: Path, url: str | None) -> Database:
-    """The database configured: the SQLite file at `path`, or the PostgreSQL server at `url`
-    (psycopg is imported only then)."""
-    if url is None:
-        return Database(path)
-    from runnerd.store import pg  # noqa: PLC0415 - only a PostgreSQL user needs psycopg
-    return pg.PgDatabase(url)
-
-
-def lock_database(path: Path, url: str | None) -> contextlib.AbstractContextManager[None]:
-    """The daemon's hold on its database (`lock`, or `pg.lock` on a URL)."""
-    if url is None:
-        return lock(path)
-    from runnerd.store import pg  # noqa: PLC0415 - see open_database
-    return pg.lock(url)
 
 
 @contextlib.contextmanager

@@ -1,6 +1,6 @@
 """PostgreSQL behind the same seam as SQLite (`database: postgresql://…`), through psycopg 3.
 
-Imported only when the configured database is a URL (`db.open_database`), so SQLite users need
+Imported only when the configured database is a URL (`backends.open_database`), so SQLite users need
 neither psycopg nor this module. The same synchronous transaction functions run here as on
 SQLite: `PgDatabase` keeps `Database`'s threads and group commits and changes only what the
 engine changes: the connections (psycopg, autocommit, runnerd writes BEGIN and COMMIT), the
