@@ -253,3 +253,15 @@ def test_memory_settled_at_start_is_collected_after_a_reload() -> None:
         assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()  # the rest of the test session collects as usual
+
+
+def test_node_name_and_timeout(tmp_path: Path) -> None:
+    import socket
+    s = load(tmp_path, "database: x.db\n")
+    assert (s.node_name, s.node, s.node_timeout) == (None, socket.gethostname(), 30)
+    s = load(tmp_path, "database: x.db\nnode_name: web-1.eu\nnode_timeout: 1m\n")
+    assert (s.node, s.node_timeout) == ("web-1.eu", 60)
+    assert problems(tmp_path, "database: x.db\nnode_name: 'a b'\nnode_timeout: 2s\n") == [
+        "node_name: not a node name: 'a b' (1 to 63 letters, digits, '.', '_', ':' or '-', "
+        "starting with a letter or digit)",
+        "node_timeout: must be at least 3s"]

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import re
+import socket
 import uuid
 import zoneinfo
 from collections.abc import Callable, Mapping
@@ -172,6 +173,11 @@ class Settings:
     retention_days: float = 15.0
     retention_days_failed: float = 90.0
     shutdown_grace: float = 20.0
+    #: this process's name among the nodes sharing a PostgreSQL database (§14); None: the host
+    #: name. Ignored on SQLite.
+    node_name: str | None = None
+    #: a node whose heartbeat is older than this is dead: its started runs go back to due (§14)
+    node_timeout: float = 30.0
     email: Email = Email()
     http: Http = Http()
     limits: Limits = Limits()
@@ -185,6 +191,11 @@ class Settings:
     def database_name(self) -> str:
         """The database for messages: the SQLite file, or the URL without its password."""
         return str(self.database) if self.database_url is None else db.redact(self.database_url)
+
+    @property
+    def node(self) -> str:
+        """This node's name: `node_name`, or the host name."""
+        return self.node_name or socket.gethostname()
 
     @property
     def tz(self) -> zoneinfo.ZoneInfo:
@@ -213,6 +224,13 @@ def _timezone(value: Any) -> str | None:
         zoneinfo.ZoneInfo(value)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):  # "America" is a directory
         return f"unknown timezone {value!r} (expected an IANA name such as UTC or Europe/Paris)"
+    return None
+
+
+def _node_name(value: str) -> str | None:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,62}", value):
+        return (f"not a node name: {value!r} (1 to 63 letters, digits, '.', '_', ':' or '-', "
+                "starting with a letter or digit)")
     return None
 
 
@@ -256,7 +274,7 @@ def parse(path: str | os.PathLike[str], environ: Mapping[str, str]) -> tuple[Set
 
 _POSTGRES_URL = re.compile(r"postgres(ql)?://")
 _TOP = {"database", "timezone", "listen", "admin_token", "concurrency", "retention_days",
-        "retention_days_failed", "shutdown_grace", "email", "http", "limits", "monitoring",
+        "retention_days_failed", "shutdown_grace", "node_name", "node_timeout", "email", "http", "limits", "monitoring",
         "webhooks", "monitors", "tasks", "tasks_dir"}
 
 
@@ -291,6 +309,9 @@ def _settings(raw: Any, path: Path, r: yamlread.Reader) -> Settings:
         **{key: r.get(top, "", key, float, _default(Settings, key), yamlread.positive)
            for key in ("retention_days", "retention_days_failed")},
         shutdown_grace=r.duration(top, "", "shutdown_grace", _default(Settings, "shutdown_grace")),
+        node_name=r.get(top, "", "node_name", str, None, _node_name),
+        node_timeout=r.duration(top, "", "node_timeout", _default(Settings, "node_timeout"),
+                                lambda v: None if v >= 3 else "must be at least 3s"),
         email=_email(top.get("email"), r),
         http=_http(top.get("http"), r),
         limits=_limits(top.get("limits"), r),

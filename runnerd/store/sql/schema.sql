@@ -1,4 +1,4 @@
--- The schema all the migrations together produce (migrations/0001 to 0004): a snapshot to read,
+-- The schema all the migrations together produce (migrations/0001 to 0005): a snapshot to read,
 -- never applied. tests/test_store.py builds a database from the migrations and from this file
 -- and fails, with a diff, when their tables, columns, indexes, views or triggers differ: a new
 -- migration updates this file too. Times are Unix seconds (REAL, UTC); JSON is stored as TEXT.
@@ -46,7 +46,9 @@ CREATE TABLE runs (
     task_run_id   INTEGER,               -- an action run's task run
     created_at    REAL NOT NULL,
     started_at    REAL,
-    finished_at   REAL
+    finished_at   REAL,
+    node          TEXT,                  -- the node that last started (or leased) it (§14)
+    lease_until   REAL                   -- a task run being rendered: its node's lease ends
 );
 
 -- The claim reads only due runs: history never slows it.
@@ -167,7 +169,16 @@ CREATE TABLE workers (
     active_runs  INTEGER NOT NULL DEFAULT 0,
     problem      TEXT,                      -- why it is not healthy
     loop_lag     REAL NOT NULL DEFAULT 0,   -- worst event-loop lag (s) since the last beat
-    stopped_at   REAL                       -- set on a clean stop
+    stopped_at   REAL,                      -- set on a clean stop
+    node         TEXT                       -- node_name (default: the host name)
+) WITHOUT ROWID;
+
+-- Named leases held by one node at a time (the leader's: 'leader'), on PostgreSQL (§14).
+CREATE TABLE leases (
+    name       TEXT PRIMARY KEY,
+    holder     TEXT NOT NULL,               -- the node holding it
+    term       INTEGER NOT NULL,            -- +1 on each change of holder
+    expires_at REAL NOT NULL                -- Unix seconds
 ) WITHOUT ROWID;
 
 -- Events created, by source, kept by a trigger (Prometheus' runnerd_events_total): a counter
