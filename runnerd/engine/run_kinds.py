@@ -49,15 +49,18 @@ class Handlers:
         """The runs the worker performs as jobs (event runs are routed: `route`)."""
         return {RunKind.TASK: self.task_run, RunKind.ACTION: self.action_run}
 
-    def route(self, event: models.Event, now: float) -> tuple[list[str], list[dict[str, Any]]]:
-        """Perform an event run: one task run per enabled subscribed task (delayed by its
-        offset), and their names (a `runs.Route`).
+    def route(self, tx: db.Tx, event: models.Event,
+              now: float) -> tuple[list[str], list[dict[str, Any]]]:
+        """Perform an event run: the event filters, then one task run per enabled subscribed
+        task (delayed by its offset), and their names (a `runs.Route`).
 
-        Called on the database thread, inside the transaction that stores the event (the
+        Called on the database thread, inside the transaction `tx` that stores the event (the
         ingest's batch: `runs.insert_events`) or that finds its event run due (the worker's
         turn: `runs.route_due`).
         """
         reg = self.get_registry()
+        if reg.event_filters and event.topic != models.EVENT_ERROR_TOPIC:
+            self._filter(reg, tx, event, now)
         tz = reg.settings.tz
         children, names = [], []
         for compiled, sub in reg.subscribers(event):
@@ -66,6 +69,26 @@ class Handlers:
                                          task_name=compiled.name))
             names.append(compiled.name)
         return names, children
+
+    def _filter(self, reg: registry.Registry, tx: db.Tx, event: models.Event,
+                now: float) -> None:
+        """Mechanic's event filters: each renders with `event` and `cache` (read in `tx`);
+        raises `runs.NotRouted` when one renders `false` (the event is skipped) or fails
+        (its event run fails, and mechanic/errors/event tells the error-handling tasks).
+        mechanic/errors/event itself is never filtered: a filter failing on every event
+        would hide its own error."""
+        for name, template in reg.event_filters:
+            variables = {"event": event.to_liquid(None), "cache": cache.View(tx, now)}
+            try:
+                out = reg.renderer.text(template, variables)
+            except errors.RenderError as exc:
+                message = f"event filter {name!r}: {exc.message}"
+                data = {"message": message, "event": _event_summary(event),
+                        "event_filter": {"name": name}}
+                raise runs.NotRouted(error=message, events=[runs.new_event(
+                    models.EVENT_ERROR_TOPIC, data, "runnerd", now, parent_id=event.id)]) from None
+            if out.strip() == "false":
+                raise runs.NotRouted(result={"tasks": [], "skipped_by": name})
 
     def variables(self, compiled: registry.Compiled, event: models.Event,
                   parent: dict[str, Any] | None, now: float,

@@ -145,6 +145,9 @@ class Registry:
                 problems.extend(exc.problems)
             except errors.RenderError as exc:
                 problems.append(f"{task.source}: task {task.name!r}: {exc.message}")
+        #: `event_filters:` compiled, in the file's order: (name, template)
+        self.event_filters: tuple[tuple[str, Any], ...] = tuple(
+            (f.name, self._compile_filter(f, problems)) for f in settings.event_filters)
         if problems:
             raise errors.ConfigError(problems)
         self.tasks: Mapping[str, Compiled] = compiled
@@ -183,6 +186,17 @@ class Registry:
             self.renderer.compile(task.options[key], name=f"{task.name} (option {key})")
         return Compiled(task=task, template=template, subscriptions=tuple(subs),
                         liquid_options=liquid_options)
+
+    def _compile_filter(self, event_filter: config.EventFilter, problems: list[str]) -> Any:
+        where = f"{event_filter.source}: event filter {event_filter.name!r}"
+        try:
+            template = self.renderer.compile(event_filter.code, name=event_filter.name,
+                                             what="event filter")
+        except errors.ConfigError as exc:
+            problems.extend(f"{event_filter.source}: {p}" for p in exc.problems)
+            return None
+        problems.extend(f"{where}: {p}" for p in self.renderer.check(template, models.ACTION_TYPES))
+        return template
 
     @property
     def scheduler_topics(self) -> frozenset[str]:
