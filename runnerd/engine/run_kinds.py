@@ -94,7 +94,7 @@ class Handlers:
                   parent: dict[str, Any] | None, now: float,
                   *, preview: bool = False) -> dict[str, Any]:
         """The Liquid environment of a task run (Mechanic's)."""
-        return task_variables(self.get_registry().renderer, compiled, event, parent,
+        return task_variables(self.get_registry(), compiled, event, parent,
                               cache.View(None if preview else self.reader, now),
                               preview=preview)
 
@@ -263,7 +263,7 @@ class Handlers:
         return follow_up
 
 
-def task_variables(renderer: render.Renderer, compiled: registry.Compiled, event: models.Event,
+def task_variables(reg: registry.Registry, compiled: registry.Compiled, event: models.Event,
                    parent: dict[str, Any] | None, cache_view: cache.View,
                    *, preview: bool = False) -> dict[str, Any]:
     """`event`, `task`, `options`, `cache` and the subject variable, as Mechanic gives them.
@@ -273,7 +273,8 @@ def task_variables(renderer: render.Renderer, compiled: registry.Compiled, event
     event_obj = event.to_liquid(parent)
     if preview:
         event_obj["preview"] = True
-    variables: dict[str, Any] = {"event": event_obj, "task": compiled.liquid(),
+    variables: dict[str, Any] = {"event": event_obj,
+                                 "task": compiled.liquid(reg.first_seen.get(compiled.name)),
                                  "cache": cache_view}
     if event.topic == models.PERFORM_TOPIC:
         variables["action"] = event.data
@@ -281,7 +282,7 @@ def task_variables(renderer: render.Renderer, compiled: registry.Compiled, event
         variables["error"] = event.data
     opts = dict(compiled.task.options)
     for key in compiled.liquid_options:
-        opts[key] = renderer.render_text(opts[key], variables,
+        opts[key] = reg.renderer.render_text(opts[key], variables,
                                          name=f"{compiled.name} (option {key})")
     variables["options"] = opts
     return variables

@@ -1,7 +1,8 @@
 """Tasks made ready to run: subscriptions rendered and parsed, code compiled, topics indexed.
 
-A `Registry` is built from `Settings` in one go and never changes; a reload builds a new one and
-swaps it in, so a run always sees one consistent configuration.
+A `Registry` is built from `Settings` in one go and never changes (but for `first_seen`, filled
+from the database as it is put in force); a reload builds a new one and swaps it in, so a run
+always sees one consistent configuration.
 """
 
 from __future__ import annotations
@@ -122,9 +123,10 @@ class Compiled:
         """Subscribed to error topics only: such a task receives every error."""
         return bool(self.subscriptions) and self.topics <= models.ERROR_TOPICS
 
-    def liquid(self) -> dict[str, Any]:
-        """`task` in Liquid."""
-        return {"id": self.id, "name": self.name}
+    def liquid(self, first_seen: float | None) -> dict[str, Any]:
+        """`task` in Liquid; `created_at` is when the daemon first saw the task (nil if not
+        known: `Registry.first_seen`)."""
+        return {"id": self.id, "name": self.name, "created_at": models.iso(first_seen)}
 
 
 class Registry:
@@ -151,6 +153,10 @@ class Registry:
         if problems:
             raise errors.ConfigError(problems)
         self.tasks: Mapping[str, Compiled] = compiled
+        #: when each task was first seen (Unix seconds; `task.created_at`): read from the
+        #: database by the daemon as it puts the registry in force (`daemon.remember_tasks`);
+        #: empty without a database (`runnerd preview`)
+        self.first_seen: dict[str, float] = {}
         index: dict[str, list[tuple[Compiled, Subscription]]] = {}
         for c in compiled.values():
             for sub in c.subscriptions:
