@@ -20,6 +20,7 @@ from runnerd.store import cache, db
 from runnerd.tasks import registry
 
 from .conftest import Daemon
+from .test_postgres import pg_daemon  # noqa: F401 - the fixture
 
 NOW = 1_750_000_000.0
 
@@ -151,7 +152,7 @@ event_filters:
 DAEMON = """
 event_filters:
   - name: skip quiet
-    code: '{% if event.data.quiet %}false{% endif %}'
+    code: '{% if event.data.quiet or cache.hold %}false{% endif %}'
   - name: needs a number
     code: '{{ 10 | divided_by: event.data.n }}'
 tasks:
@@ -171,8 +172,11 @@ tasks:
 """
 
 
-def test_filters_skip_and_fail_events_and_raise_mechanic_errors_event(make_daemon) -> None:
-    d: Daemon = make_daemon(DAEMON).start()
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_filters_skip_and_fail_events_and_raise_mechanic_errors_event(
+        request: pytest.FixtureRequest, backend: str) -> None:
+    d: Daemon = (request.getfixturevalue("make_daemon")(DAEMON) if backend == "sqlite"
+                 else request.getfixturevalue("pg_daemon")(DAEMON)).start()
     for data in ({"n": 2}, {"n": 0}, {"n": 0, "quiet": True}):
         assert d.cli("send", "user/work/item", "--data", json.dumps(data)).returncode == 0
     d.wait_runs("action_type = 'echo' AND state = 'succeeded'", 2, timeout=10)
