@@ -357,6 +357,16 @@ tasks:
 """
 
 
+FAILING = """
+  - name: Failing
+    subscriptions: user/created/fail
+    code: '{% error "on purpose" %}'
+  - name: Reporter
+    subscriptions: mechanic/errors/task
+    code: '{% action "echo", created: error.task.created_at %}'
+"""
+
+
 async def test_first_seen_records_new_names_and_keeps_the_others(database) -> None:
     from runnerd.queue import taskstatus
 
@@ -383,11 +393,18 @@ def test_task_created_at_survives_restarts_and_reloads_a_renamed_task_is_new(mak
     d.start()
     assert _created(d, "one", 2)[1] == created  # a restart keeps it
     d.write_config(CREATED.format(name="Original", topic="one")
-                   + CREATED.format(name="Renamed", topic="two").split("tasks:\n", 1)[1])
+                   + CREATED.format(name="Renamed", topic="two").split("tasks:\n", 1)[1]
+                   + FAILING)
     assert d.proc is not None
     d.proc.send_signal(signal.SIGHUP)
     wait_until(lambda: "configuration reloaded" in d.logs())
     assert _created(d, "one", 3)[2] == created  # a reload keeps it
     renamed = _created(d, "two", 4)[3]
     assert renamed is not None and renamed > created  # a new name: a new task
+    # an error event's task has it too (platform/error-handling.md)
+    assert d.cli("send", "user/created/fail").returncode == 0
+    d.wait_runs("action_type = 'echo' AND state = 'succeeded'", 5, timeout=10)
+    [(failing,)] = d.query("SELECT created_at FROM task_status WHERE name = 'Failing'")
+    [row] = d.query("SELECT result FROM runs WHERE task_name = 'Reporter' AND kind = 'action'")
+    assert json.loads(row["result"])["created"] == models.iso(failing)
     assert d.stop() == 0

@@ -225,11 +225,24 @@ class Handlers:
             if final.state is not models.RunState.FAILED or job.event.topic in models.ERROR_TOPICS:
                 return []
             data = {"message": final.error, "event": _event_summary(job.event),
-                    "task": _task_summary(job.run.task_name, compiled, final)}
+                    "task": self._task_summary(job.run.task_name, compiled, final)}
             return [runs.new_event("mechanic/errors/task", data, "runnerd", self.clock(),
                                    parent_id=job.event.id)]
 
         return follow_up
+
+    def _task_summary(self, name: str | None, compiled: registry.Compiled | None,
+                      run: models.Run | None) -> dict[str, Any]:
+        """An error event's `task`, as Mechanic's has it (the fields runnerd knows)."""
+        out: dict[str, Any] = {"name": name}
+        if compiled is not None:
+            out.update(id=compiled.id, enabled=compiled.task.enabled,
+                       subscriptions=[s.topic + (str(s.offset) if s.offset else "")
+                                      for s in compiled.subscriptions],
+                       created_at=models.iso(self.get_registry().first_seen.get(compiled.name)))
+        if run is not None:
+            out["run"] = _run_summary(run)
+        return out
 
     def _action_follow_up(
         self, job: runs.Job, compiled: registry.Compiled | None,
@@ -254,7 +267,7 @@ class Handlers:
                                              parent_id=job.event.id, task_ids=[compiled.id]))
             if failed and job.event.topic not in models.ERROR_TOPICS:
                 data = {"message": final.error, "event": _event_summary(job.event),
-                        "task": _task_summary(final.task_name, compiled, None),
+                        "task": self._task_summary(final.task_name, compiled, None),
                         "action": action}
                 events.append(runs.new_event("mechanic/errors/action", data, "runnerd", now,
                                              parent_id=job.event.id))
@@ -304,15 +317,3 @@ def _event_summary(event: models.Event) -> dict[str, Any]:
     return {"id": event.id, "topic": event.topic, "source": event.source,
             "created_at": models.iso(event.created_at),
             "webhook_request_id": event.webhook_request_id}
-
-
-def _task_summary(name: str | None, compiled: registry.Compiled | None,
-                  run: models.Run | None) -> dict[str, Any]:
-    out: dict[str, Any] = {"name": name}
-    if compiled is not None:
-        out.update(id=compiled.id, enabled=compiled.task.enabled,
-                   subscriptions=[s.topic + (str(s.offset) if s.offset else "")
-                                  for s in compiled.subscriptions])
-    if run is not None:
-        out["run"] = _run_summary(run)
-    return out
