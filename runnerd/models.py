@@ -46,7 +46,10 @@ PRIORITY = {RunKind.ACTION: 3, RunKind.TASK: 2, RunKind.EVENT: 1}
 #: The largest SQLite INTEGER (signed 64 bits): run ids and cache counters stay within it.
 MAX_INT64 = 2**63 - 1
 
-ERROR_TOPICS = frozenset({"mechanic/errors/task", "mechanic/errors/action"})
+#: mechanic/errors/event: an event filter failed (no task to blame: only tasks subscribed to
+#: error topics alone receive it).
+EVENT_ERROR_TOPIC = "mechanic/errors/event"
+ERROR_TOPICS = frozenset({"mechanic/errors/task", "mechanic/errors/action", EVENT_ERROR_TOPIC})
 #: The action types runnerd performs (runnerd/actions/ has one executor for each).
 ACTION_TYPES = frozenset({"cache", "echo", "email", "event", "http"})
 PERFORM_TOPIC = "mechanic/actions/perform"

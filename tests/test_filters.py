@@ -570,7 +570,7 @@ def test_every_documented_filter_is_registered() -> None:
 
 
 @pytest.mark.parametrize("source", [
-    "{{ 1 | keys }}", "{{ x | values }}", '{{ "a" | in_groups_of: 0 }}', "{{ 1 | sum }}",
+    "{{ 1 | keys }}", "{{ 1 | values }}", '{{ "a" | in_groups_of: 0 }}', "{{ 1 | sum }}",
     "{{ 1 | index_by: 'a' }}", "{{ 1 | push: 2 }}", "{{ 1 | unshift: 2 }}", "{{ 1 | sample }}",
     "{{ 1 | sort_naturally }}", "{{ 'x' | gunzip }}", "{{ 1 | parse_jsonl }}",
     "{{ 1 | jsonl }}", "{{ 1 | csv }}", "{{ 1 | parse_csv }}", "{{ 'x' | hmac_sha256 }}",

@@ -4,6 +4,8 @@ graphql_arguments, url_param_escape, currency, rsa_sha256/512 and browser."""
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 from typing import Any
 
 import pytest
@@ -132,3 +134,29 @@ def test_browser_of_nil_and_of_too_long(renderer: render.Renderer) -> None:
     assert browser.browser("") is not None
     with pytest.raises(ValueError, match="user agent longer than"):
         browser.browser("x" * (browser.MAX_USER_AGENT + 1))
+
+
+# --- digests of arrays and hashes; keys and values of nil (Ruby Liquid; the docs are silent) ---
+
+@pytest.mark.parametrize("name", ["md5", "sha1", "sha256"])
+def test_digest_of_an_array_or_hash_is_that_of_its_ruby_text(renderer: render.Renderer,
+                                                               name: str) -> None:
+    # Ruby's Digest reads `input.to_s`: an array or hash as Ruby Liquid's inspect writes it
+    items = ["a\"b", None, 1, 2.5, True, {"k": [1e20]}, "#{x}\n"]
+    ruby = '["a\\"b", nil, 1, 2.5, true, {"k"=>[1.0e+20]}, "\\#{x}\\n"]'
+    assert out(renderer, f"{{{{ items | {name} }}}}", items=items) == (
+        hashlib.new(name, ruby.encode()).hexdigest())
+    assert out(renderer, f'{{{{ h | {name} }}}}', h={"a": None}) == (
+        hashlib.new(name, b'{"a"=>nil}').hexdigest())
+
+
+def test_hmac_of_an_array_signs_its_ruby_text(renderer: render.Renderer) -> None:
+    assert out(renderer, '{{ items | hmac_sha256: "key" }}', items=["x", 1]) == (
+        hmac.new(b"key", b'["x", 1]', "sha256").hexdigest())
+
+
+def test_keys_and_values_of_nil_are_empty(renderer: render.Renderer) -> None:
+    assert out(renderer, "{{ nothing | keys | size }}/{{ nothing | values | join: ',' }}/"
+                         "{{ options.unset | keys | size }}", options={}) == "0//0"
+    with pytest.raises(errors.RenderError, match="filter 'keys': expected a hash, got an array"):
+        out(renderer, "{{ items | keys }}", items=[1])

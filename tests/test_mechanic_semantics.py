@@ -101,6 +101,16 @@ def test_unset_option_in_a_recipient_list(renderer: render.Renderer) -> None:
         "a@example.com,|a,,false,b")
 
 
+def test_arrays_and_hashes_print_as_ruby_liquid_prints_them(renderer: render.Renderer) -> None:
+    # Ruby Liquid writes an array's items one after the other (nested ones too) and a hash
+    # in its inspect form; a text filter reads either in that form (Liquid::Utils.to_s)
+    values = {"a": [True, None, 1, "s", [False, None]], "h": {"x": 1, "y": None, "z": ["a"]}}
+    assert text(renderer, "{{ a }}|{{ h }}", **values) == 'true1sfalse|{"x"=>1, "y"=>nil, "z"=>["a"]}'
+    assert text(renderer, '{{ a | append: "!" }}', a=["x", None]) == '["x", nil]!'
+    assert text(renderer, '{{ "h: " | append: h }}', h={"k": False}) == 'h: {"k"=>false}'
+    assert "None" not in text(renderer, "{% capture c %}{{ a }}{% endcapture %}{{ c }}", **values)
+
+
 # --- 4. filter chains in mapped tag arguments ------------------------------------------------
 
 def test_filter_chain_ends_at_the_next_pair(renderer: render.Renderer) -> None:

@@ -423,7 +423,8 @@ async def test_loop_protection_fails_a_run_identical_to_its_predecessor(pipeline
     assert len([r for r in await p.runs(kind="action") if r.task_name == "Perform loop"]) == 1
 
 
-def no_tasks(event: models.Event, now: float) -> tuple[list[str], list[dict[str, Any]]]:
+def no_tasks(tx: db.Tx, event: models.Event,
+             now: float) -> tuple[list[str], list[dict[str, Any]]]:
     """A `runs.Route` for workers built by hand: no task subscribes."""
     return [], []
 
@@ -636,7 +637,8 @@ async def test_a_task_run_offered_while_it_renders_is_rendered_once(tmp_path: Pa
         w.offer(stored)  # the same run, handed over while the fetched copy renders
         return runs.Outcome(job.run, ok=True, finished_at=clock())
 
-    def route(event: models.Event, now: float) -> tuple[list[str], list[dict[str, Any]]]:
+    def route(tx: db.Tx, event: models.Event,
+              now: float) -> tuple[list[str], list[dict[str, Any]]]:
         return ["t"], [runs.run_row(models.RunKind.TASK, event.id, now, task_name="t")]
 
     w = worker.Worker(database, {models.RunKind.TASK: render}, route, concurrency=2,

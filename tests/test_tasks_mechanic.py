@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from runnerd import daemon, errors
+from runnerd import daemon, errors, models
 
 from .conftest import ROOT, Daemon, wait_until
 from .test_pipeline import pipeline  # noqa: F401 - the fixture
@@ -345,3 +345,66 @@ def test_an_export_in_tasks_dir_with_empty_required_options_loads_disabled(
                          "the export, or import it into tasks: with 'runnerd import')"), note
     checked = cli("check", "-c", str(path))
     assert checked.returncode == 0 and "recipient__email_required" in checked.stdout, checked
+
+
+# --- task.created_at: when the daemon first saw the task (platform/liquid/objects/task.md) ---
+
+CREATED = """
+tasks:
+  - name: {name}
+    subscriptions: user/created/{topic}
+    code: '{{% action "echo", created: task.created_at, id: task.id %}}'
+"""
+
+
+FAILING = """
+  - name: Failing
+    subscriptions: user/created/fail
+    code: '{% error "on purpose" %}'
+  - name: Reporter
+    subscriptions: mechanic/errors/task
+    code: '{% action "echo", created: error.task.created_at %}'
+"""
+
+
+async def test_first_seen_records_new_names_and_keeps_the_others(database) -> None:
+    from runnerd.queue import taskstatus
+
+    first = await database.write(lambda tx: taskstatus.first_seen(tx, ["A", "B"], 100.0))
+    assert first == {"A": 100.0, "B": 100.0}
+    later = await database.write(lambda tx: taskstatus.first_seen(tx, ["A", "C"], 200.0))
+    assert later == {"A": 100.0, "C": 200.0}
+
+
+def _created(d: Daemon, topic: str, count: int) -> list[str]:
+    assert d.cli("send", f"user/created/{topic}").returncode == 0
+    d.wait_runs("action_type = 'echo' AND state = 'succeeded'", count, timeout=10)
+    rows = d.query("SELECT result FROM runs WHERE action_type = 'echo' AND state = 'succeeded'"
+                   " ORDER BY id")
+    return [json.loads(r["result"])["created"] for r in rows]
+
+
+def test_task_created_at_survives_restarts_and_reloads_a_renamed_task_is_new(make_daemon) -> None:
+    d: Daemon = make_daemon(CREATED.format(name="Original", topic="one")).start()
+    [created] = _created(d, "one", 1)
+    [(recorded,)] = d.query("SELECT created_at FROM task_status WHERE name = 'Original'")
+    assert created == models.iso(recorded)  # ISO 8601, as event.created_at
+    assert d.stop() == 0
+    d.start()
+    assert _created(d, "one", 2)[1] == created  # a restart keeps it
+    d.write_config(CREATED.format(name="Original", topic="one")
+                   + CREATED.format(name="Renamed", topic="two").split("tasks:\n", 1)[1]
+                   + FAILING)
+    assert d.proc is not None
+    d.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: "configuration reloaded" in d.logs())
+    assert _created(d, "one", 3)[2] == created  # a reload keeps it
+    renamed = _created(d, "two", 4)[3]
+    assert renamed is not None and renamed > created  # a new name: a new task
+    # an error event's task has it too (platform/error-handling.md)
+    assert d.cli("send", "user/created/fail").returncode == 0
+    d.wait_runs("action_type = 'echo' AND state = 'succeeded'", 5, timeout=10)
+    [(failing,)] = d.query("SELECT created_at FROM task_status WHERE name = 'Failing'")
+    [row] = d.query("SELECT result FROM runs WHERE task_name = 'Reporter' AND kind = 'action'")
+    assert json.loads(row["result"])["created"] == models.iso(failing)
+    assert d.stop() == 0

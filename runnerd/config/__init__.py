@@ -138,6 +138,16 @@ class Monitor:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class EventFilter:
+    """One entry of `event_filters:`: Liquid rendered for each event before it reaches any task;
+    the output `false` skips the event (Mechanic's event filters)."""
+
+    name: str
+    code: str
+    source: str = ""  # "event_filters[0]", for messages
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Task:
     """One task: Liquid code subscribed to topics (subscriptions are rendered by `registry`)."""
 
@@ -184,6 +194,7 @@ class Settings:
     monitoring: Monitoring = Monitoring()
     webhooks: tuple[Webhook, ...] = ()
     monitors: tuple[Monitor, ...] = ()
+    event_filters: tuple[EventFilter, ...] = ()
     tasks: tuple[Task, ...] = ()
     tasks_dir: Path | None = None
 
@@ -275,7 +286,7 @@ def parse(path: str | os.PathLike[str], environ: Mapping[str, str]) -> tuple[Set
 _POSTGRES_URL = re.compile(r"postgres(ql)?://")
 _TOP = {"database", "timezone", "listen", "admin_token", "concurrency", "retention_days",
         "retention_days_failed", "shutdown_grace", "node_name", "node_timeout", "email", "http", "limits", "monitoring",
-        "webhooks", "monitors", "tasks", "tasks_dir"}
+        "webhooks", "monitors", "event_filters", "tasks", "tasks_dir"}
 
 
 def _settings(raw: Any, path: Path, r: yamlread.Reader) -> Settings:
@@ -318,6 +329,7 @@ def _settings(raw: Any, path: Path, r: yamlread.Reader) -> Settings:
         monitoring=_monitoring(top.get("monitoring"), r),
         webhooks=_webhooks(top.get("webhooks"), r),
         monitors=_monitors(top.get("monitors"), {t.name for t in tasks}, r),
+        event_filters=_event_filters(top.get("event_filters"), r),
         tasks=tuple(tasks),
         tasks_dir=base / tasks_dir if tasks_dir else None,
     )
@@ -510,6 +522,29 @@ def _cron_check(value: Any) -> str | None:
     except ValueError as exc:
         return str(exc)
     return None
+
+
+def _event_filters(raw: Any, r: yamlread.Reader) -> tuple[EventFilter, ...]:
+    """`event_filters:`; their Liquid is compiled with the tasks' (`tasks.registry`)."""
+    out = []
+    items = yamlread.items(raw, "event_filters", r)
+    yamlread.unique([str(item.get("name")) for _, item in items], "event_filters",
+                    "event filter name", r)
+    for p, item in items:
+        s = r.section(item, p, {"name", "code"})
+        name = r.get(s, p, "name", str, None, _label)
+        code = r.get(s, p, "code", str, None)
+        if name is None or code is None:
+            if "name" not in s or "code" not in s:
+                r.problem(p, "needs a name and code (Liquid that renders false to skip an event)")
+            continue
+        out.append(EventFilter(name=name, code=code, source=p))
+    return tuple(out)
+
+
+def _label(value: str) -> str | None:
+    """A name that is any descriptive text on one line (Mechanic's event filter names)."""
+    return None if value.strip() and "\n" not in value else f"expected text on one line, got {value!r}"
 
 
 _TASK_KEYS = {"name", "enabled", "subscriptions", "options", "code", "code_file",

@@ -1,4 +1,5 @@
-"""The composition root: lock, migrate, requeue orphans, build the parts, supervise, stop in order.
+"""The composition root: lock, migrate, requeue orphans, record the tasks first seen, build the
+parts, supervise, stop in order.
 
 Shutdown order on SIGTERM/SIGINT: the HTTP listener stops accepting and drains its requests, then
 the ingest queue commits what it holds, the scheduler stops, the worker stops claiming and gives
@@ -30,7 +31,7 @@ from runnerd.config import targets
 from runnerd.engine import paths, scheduler
 from runnerd.liquid import render
 from runnerd.monitoring import heartbeat, metrics, monitors, sd_notify
-from runnerd.queue import ingest, runs
+from runnerd.queue import ingest, runs, taskstatus
 from runnerd.store import backends, db, dbfiles
 from runnerd.tasks import registry
 from runnerd.web import app, context, listener
@@ -53,6 +54,12 @@ def load(path: str, environ: Mapping[str, str]) -> registry.Registry:
     if problems:
         raise errors.ConfigError(problems)
     return reg
+
+
+async def remember_tasks(database: db.Database, reg: registry.Registry, now: float) -> None:
+    """Give `reg` its tasks' first sightings (`task.created_at`), recording the new tasks'."""
+    names = list(reg.tasks)
+    reg.first_seen.update(await database.write(lambda tx: taskstatus.first_seen(tx, names, now)))
 
 
 def http_policy(settings: config.Settings) -> targets.Policy:
@@ -176,6 +183,9 @@ class Daemon:
         self.stop = asyncio.Event()
         self.notifier = sd_notify.Notifier(environ.get("NOTIFY_SOCKET"))
         self.parts: Parts | None = None
+        self.database: db.Database | None = None
+        #: the reloads' writes of the tasks they see first (held: asyncio keeps weak references)
+        self._remembering: set[asyncio.Task[None]] = set()
 
     async def run(self) -> int:
         """Run until a signal; return the exit code."""
@@ -193,6 +203,8 @@ class Daemon:
                 if requeued:
                     logger.warning("requeued %d run(s) left started by a crash", requeued,
                                    extra={"action": "orphans_requeued"})
+                await remember_tasks(database, reg, self.clock())
+                self.database = database
                 reader = database.sync_reader()
                 timeout = aiohttp.ClientTimeout(total=settings.http.timeout)
                 policy = http_policy(settings)
@@ -299,13 +311,29 @@ class Daemon:
         if changed:
             logger.warning("%s changed: that needs a restart; the rest is reloaded",
                            ", ".join(changed), extra={"action": "reload_partial"})
+        new.first_seen.update(parts.config.registry.first_seen)  # until the write below
         parts.config.swap(new)
+        if self.database is not None:
+            writing = asyncio.get_running_loop().create_task(self._remember(new))
+            self._remembering.add(writing)
+            writing.add_done_callback(self._remembering.discard)
         _settle_memory()
         logger.info("configuration reloaded: %d task(s)", len(new.tasks),
                     extra={"action": "reloaded"})
         self.notifier.send("READY=1")
         parts.engine.wake()
         return True
+
+
+    async def _remember(self, reg: registry.Registry) -> None:
+        """The reload's half that needs the database: the new tasks' first sightings."""
+        assert self.database is not None
+        try:
+            await remember_tasks(self.database, reg, self.clock())
+        except errors.DatabaseError as exc:
+            logger.error("cannot record the tasks first seen (task.created_at stays nil for "
+                         "new tasks until the next reload): %s", exc,
+                         extra={"action": "reload_partial"})
 
 
 def run(path: str, environ: Mapping[str, str]) -> int:

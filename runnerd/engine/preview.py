@@ -43,7 +43,7 @@ def preview(reg: registry.Registry, executors: actions.Registry, name: str, *,
     out: dict[str, Any] = {"event": {"topic": topic, "data": data}, "actions": [], "logs": [],
                            "errors": []}
     try:
-        variables = run_kinds.task_variables(reg.renderer, compiled, event, None,
+        variables = run_kinds.task_variables(reg, compiled, event, None,
                                             cache.View(None, now), preview=True)
         result = reg.renderer.render(compiled.template, variables)
     except errors.RenderError as exc:

@@ -49,15 +49,18 @@ class Handlers:
         """The runs the worker performs as jobs (event runs are routed: `route`)."""
         return {RunKind.TASK: self.task_run, RunKind.ACTION: self.action_run}
 
-    def route(self, event: models.Event, now: float) -> tuple[list[str], list[dict[str, Any]]]:
-        """Perform an event run: one task run per enabled subscribed task (delayed by its
-        offset), and their names (a `runs.Route`).
+    def route(self, tx: db.Tx, event: models.Event,
+              now: float) -> tuple[list[str], list[dict[str, Any]]]:
+        """Perform an event run: the event filters, then one task run per enabled subscribed
+        task (delayed by its offset), and their names (a `runs.Route`).
 
-        Called on the database thread, inside the transaction that stores the event (the
+        Called on the database thread, inside the transaction `tx` that stores the event (the
         ingest's batch: `runs.insert_events`) or that finds its event run due (the worker's
         turn: `runs.route_due`).
         """
         reg = self.get_registry()
+        if reg.event_filters and event.topic != models.EVENT_ERROR_TOPIC:
+            self._filter(reg, tx, event, now)
         tz = reg.settings.tz
         children, names = [], []
         for compiled, sub in reg.subscribers(event):
@@ -67,11 +70,31 @@ class Handlers:
             names.append(compiled.name)
         return names, children
 
+    def _filter(self, reg: registry.Registry, tx: db.Tx, event: models.Event,
+                now: float) -> None:
+        """Mechanic's event filters: each renders with `event` and `cache` (read in `tx`);
+        raises `runs.NotRouted` when one renders `false` (the event is skipped) or fails
+        (its event run fails, and mechanic/errors/event tells the error-handling tasks).
+        mechanic/errors/event itself is never filtered: a filter failing on every event
+        would hide its own error."""
+        for name, template in reg.event_filters:
+            variables = {"event": event.to_liquid(None), "cache": cache.View(tx, now)}
+            try:
+                out = reg.renderer.text(template, variables)
+            except errors.RenderError as exc:
+                message = f"event filter {name!r}: {exc.message}"
+                data = {"message": message, "event": _event_summary(event),
+                        "event_filter": {"name": name}}
+                raise runs.NotRouted(error=message, events=[runs.new_event(
+                    models.EVENT_ERROR_TOPIC, data, "runnerd", now, parent_id=event.id)]) from None
+            if out.strip() == "false":
+                raise runs.NotRouted(result={"tasks": [], "skipped_by": name})
+
     def variables(self, compiled: registry.Compiled, event: models.Event,
                   parent: dict[str, Any] | None, now: float,
                   *, preview: bool = False) -> dict[str, Any]:
         """The Liquid environment of a task run (Mechanic's)."""
-        return task_variables(self.get_registry().renderer, compiled, event, parent,
+        return task_variables(self.get_registry(), compiled, event, parent,
                               cache.View(None if preview else self.reader, now),
                               preview=preview)
 
@@ -202,11 +225,24 @@ class Handlers:
             if final.state is not models.RunState.FAILED or job.event.topic in models.ERROR_TOPICS:
                 return []
             data = {"message": final.error, "event": _event_summary(job.event),
-                    "task": _task_summary(job.run.task_name, compiled, final)}
+                    "task": self._task_summary(job.run.task_name, compiled, final)}
             return [runs.new_event("mechanic/errors/task", data, "runnerd", self.clock(),
                                    parent_id=job.event.id)]
 
         return follow_up
+
+    def _task_summary(self, name: str | None, compiled: registry.Compiled | None,
+                      run: models.Run | None) -> dict[str, Any]:
+        """An error event's `task`, as Mechanic's has it (the fields runnerd knows)."""
+        out: dict[str, Any] = {"name": name}
+        if compiled is not None:
+            out.update(id=compiled.id, enabled=compiled.task.enabled,
+                       subscriptions=[s.topic + (str(s.offset) if s.offset else "")
+                                      for s in compiled.subscriptions],
+                       created_at=models.iso(self.get_registry().first_seen.get(compiled.name)))
+        if run is not None:
+            out["run"] = _run_summary(run)
+        return out
 
     def _action_follow_up(
         self, job: runs.Job, compiled: registry.Compiled | None,
@@ -231,7 +267,7 @@ class Handlers:
                                              parent_id=job.event.id, task_ids=[compiled.id]))
             if failed and job.event.topic not in models.ERROR_TOPICS:
                 data = {"message": final.error, "event": _event_summary(job.event),
-                        "task": _task_summary(final.task_name, compiled, None),
+                        "task": self._task_summary(final.task_name, compiled, None),
                         "action": action}
                 events.append(runs.new_event("mechanic/errors/action", data, "runnerd", now,
                                              parent_id=job.event.id))
@@ -240,7 +276,7 @@ class Handlers:
         return follow_up
 
 
-def task_variables(renderer: render.Renderer, compiled: registry.Compiled, event: models.Event,
+def task_variables(reg: registry.Registry, compiled: registry.Compiled, event: models.Event,
                    parent: dict[str, Any] | None, cache_view: cache.View,
                    *, preview: bool = False) -> dict[str, Any]:
     """`event`, `task`, `options`, `cache` and the subject variable, as Mechanic gives them.
@@ -250,7 +286,8 @@ def task_variables(renderer: render.Renderer, compiled: registry.Compiled, event
     event_obj = event.to_liquid(parent)
     if preview:
         event_obj["preview"] = True
-    variables: dict[str, Any] = {"event": event_obj, "task": compiled.liquid(),
+    variables: dict[str, Any] = {"event": event_obj,
+                                 "task": compiled.liquid(reg.first_seen.get(compiled.name)),
                                  "cache": cache_view}
     if event.topic == models.PERFORM_TOPIC:
         variables["action"] = event.data
@@ -258,7 +295,7 @@ def task_variables(renderer: render.Renderer, compiled: registry.Compiled, event
         variables["error"] = event.data
     opts = dict(compiled.task.options)
     for key in compiled.liquid_options:
-        opts[key] = renderer.render_text(opts[key], variables,
+        opts[key] = reg.renderer.render_text(opts[key], variables,
                                          name=f"{compiled.name} (option {key})")
     variables["options"] = opts
     return variables
@@ -280,15 +317,3 @@ def _event_summary(event: models.Event) -> dict[str, Any]:
     return {"id": event.id, "topic": event.topic, "source": event.source,
             "created_at": models.iso(event.created_at),
             "webhook_request_id": event.webhook_request_id}
-
-
-def _task_summary(name: str | None, compiled: registry.Compiled | None,
-                  run: models.Run | None) -> dict[str, Any]:
-    out: dict[str, Any] = {"name": name}
-    if compiled is not None:
-        out.update(id=compiled.id, enabled=compiled.task.enabled,
-                   subscriptions=[s.topic + (str(s.offset) if s.offset else "")
-                                  for s in compiled.subscriptions])
-    if run is not None:
-        out["run"] = _run_summary(run)
-    return out

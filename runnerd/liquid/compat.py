@@ -15,6 +15,9 @@
   on either side this meaning.
 - **nil and false in text filters**: Ruby's `to_s` makes nil `""` and false `"false"`, never
   Python's `None`/`False` (`ruby_text`).
+- **Output of arrays and hashes** (`ruby_output`): `{{ array }}` writes each item as `{{ }}`
+  would, nested arrays too (nil as nothing, false as `false`); `{{ hash }}` writes Ruby Liquid's
+  inspect form (`{"a"=>1, "b"=>nil}`), never Python's `repr`.
 - **Messages in Liquid's words** (`liquid_terms`): nil, true, false, string, array, hash and
   number, never Python's names for them or a Python function's signature.
 """
@@ -29,12 +32,14 @@ import liquid
 from liquid import ast as lqast
 from liquid import expression as lqexpression
 from liquid import stream as lqstream
+from liquid import stringify
 from liquid import token as lqtok
 from liquid.builtin import expressions as lqexpr
 from liquid.builtin.expressions import logical, primitive
 from liquid.builtin.tags import case_tag
 
 from runnerd.liquid import tree
+from runnerd.liquid.filters import data
 
 #: Keyword tokens that are plain names wherever a keyword could not stand.
 NAMES = frozenset({
@@ -164,6 +169,16 @@ def ruby_text(value: Any) -> Any:
     return value
 
 
+def ruby_output(value: Any, autoescape: bool) -> str:
+    """What `{{ value }}` writes, as Ruby Liquid does: an array's items one after the other
+    (recursively), a plain hash in its inspect form, anything else as python-liquid writes it."""
+    if isinstance(value, (list, tuple)) and type(value).__str__ in (list.__str__, tuple.__str__):
+        return "".join(ruby_output(item, autoescape) for item in value)
+    if isinstance(value, dict) and type(value).__str__ is dict.__str__:
+        return stringify.to_liquid_string(data.inspect(value), autoescape)
+    return stringify.to_liquid_string(value, autoescape)
+
+
 #: Liquid's filters that take text: nil and false in their input or arguments are text as in
 #: Ruby (`"a" | append: nil` is `a`, `append: false` is `afalse`); `join` joins them so too.
 TEXT_FILTERS = frozenset({
@@ -179,7 +194,15 @@ def ruby_arguments(name: str, left: Any, args: tuple[Any, ...]) -> tuple[Any, tu
     if name == "join":
         items = [ruby_text(item) for item in left] if isinstance(left, (list, tuple)) else left
         return items, tuple(map(ruby_text, args))
-    return ruby_text(left), tuple(map(ruby_text, args))
+    return _ruby_string(left), tuple(map(_ruby_string, args))
+
+
+def _ruby_string(value: Any) -> Any:
+    """A text filter's input or argument as Ruby Liquid's `Utils.to_s` makes it: `ruby_text`,
+    and a plain array or hash in its inspect form (`["a", nil]`), never Python's `repr`."""
+    if type(value) in (list, tuple, dict):
+        return data.inspect(value)
+    return ruby_text(value)
 
 
 # --- messages in Liquid's words ------------------------------------------------------------

@@ -223,13 +223,14 @@ class Renderer:
         self._env = env
         self._texts: dict[str, Template] = {}
 
-    def compile(self, source: str, *, name: str) -> Template:
-        """Parse once; a syntax error is a one-line `ConfigError` naming the task and line."""
+    def compile(self, source: str, *, name: str, what: str = "task") -> Template:
+        """Parse once; a syntax error is a one-line `ConfigError` naming the task (`what`) and
+        line."""
         try:
             template = self._env.from_string(source, name=name)
         except Exception as exc:  # noqa: BLE001 - the parser may fail in any way on bad input
             raise errors.ConfigError(
-                f"task {name!r}: {_located(exc, None, self.limits)}") from None
+                f"{what} {name!r}: {_located(exc, None, self.limits)}") from None
         compat.mechanic_comparisons(template.nodes)
         return template
 
@@ -262,6 +263,10 @@ class Renderer:
             if len(self._texts) >= _TEXT_CACHE:
                 self._texts.clear()
             self._texts[source] = template
+        return self.text(template, variables)
+
+    def text(self, template: Template, variables: Mapping[str, Any]) -> str:
+        """Render a compiled template as text (an event filter). Raises `RenderError`."""
         buffer = lqout.LimitedStringIO(limit=self.limits.output_bytes)
         self._run(template, variables, buffer)
         return buffer.getvalue()

@@ -214,7 +214,7 @@ class _OutputNode(output.OutputNode):
         value = self.expression.evaluate(context)
         if isinstance(value, (list, tuple, dict)):
             cast(Context, context).state.check_room(value, self.token, "output")
-        return buffer.write(stringify.to_liquid_string(value, context.autoescape))
+        return buffer.write(compat.ruby_output(value, context.autoescape))
 
 
 class OutputTag(output.Output):

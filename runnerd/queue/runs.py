@@ -98,16 +98,42 @@ def run_row(
     }
 
 
-#: Performs an event run: the names of the tasks that receive the event, and their task runs
-#: (`run_row`s). The engine's (`run_kinds.Handlers.route`), passed in by the caller.
-Route = Callable[[models.Event, float], tuple[list[str], list[dict[str, Any]]]]
+#: Performs an event run in the transaction `tx` that finishes it: the names of the tasks that
+#: receive the event, and their task runs (`run_row`s); or raises `NotRouted`. The engine's
+#: (`run_kinds.Handlers.route`), passed in by the caller.
+Route = Callable[[db.Tx, models.Event, float], tuple[list[str], list[dict[str, Any]]]]
 
 
-def performed_event_run(event: models.Event, names: list[str], now: float) -> dict[str, Any]:
-    """An event run already performed: its task runs are stored beside it."""
+class NotRouted(Exception):  # noqa: N818 - an outcome, not a failure of the code
+    """Raised by a `Route`: the event goes to no task. With `error` its event run fails (an
+    event filter failed), else it succeeds with `result` (a filter skipped the event).
+    `events` are stored with it (mechanic/errors/event), their event runs due."""
+
+    def __init__(self, *, result: dict[str, Any] | None = None, error: str | None = None,
+                 events: Sequence[models.Event] = ()) -> None:
+        super().__init__(error or "not routed")
+        self.state = _SUCCEEDED if error is None else str(RunState.FAILED)
+        self.result = None if result is None else models.dumps(result)
+        self.error = error
+        self.events = list(events)
+
+
+def _perform_route(tx: db.Tx, route: Route, event: models.Event, now: float,
+                   follow: list[models.Event]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """An event run performed with `route`: its task runs and how it ended (state, result,
+    error); the events a `NotRouted` brings are added to `follow`."""
+    try:
+        names, children = route(tx, event, now)
+    except NotRouted as halt:
+        follow.extend(halt.events)
+        return [], {"state": halt.state, "result": halt.result, "error": halt.error}
+    return children, {"state": _SUCCEEDED, "result": _routed_result(names), "error": None}
+
+
+def performed_event_run(event: models.Event, ended: dict[str, Any], now: float) -> dict[str, Any]:
+    """An event run already performed (`_perform_route`): its task runs are stored beside it."""
     row = run_row(RunKind.EVENT, event.id, now)
-    row.update(state=_SUCCEEDED, attempts=1, started_at=now, finished_at=now,
-               result=_routed_result(names))
+    row.update(ended, attempts=1, started_at=now, finished_at=now)
     return row
 
 
@@ -164,12 +190,13 @@ def insert_events(tx: db.Tx, events: Iterable[models.Event], now: float,
                                       for e in events])
         return NOTHING_ROUTED
     rows, ready, routed = [], [], 0
+    follow: list[models.Event] = []
     for e in events:
         if e.run_at is not None and e.run_at > now:
             rows.append(run_row(RunKind.EVENT, e.id, now, run_at=e.run_at))
             continue
-        names, task_runs = route(e, now)
-        rows.append(performed_event_run(e, names, now))
+        task_runs, ended = _perform_route(tx, route, e, now, follow)
+        rows.append(performed_event_run(e, ended, now))
         for row in task_runs:
             if row["state"] == _DUE and e.parent_id is None:  # its Job needs no ancestors
                 ready.append((row, e))
@@ -177,6 +204,7 @@ def insert_events(tx: db.Tx, events: Iterable[models.Event], now: float,
                 rows.append(row)
         routed += 1
     tx.executemany("insert_run", rows)
+    insert_events(tx, follow, now)  # routed by the worker's next turn
     jobs = []
     for row, e in ready:  # one by one: a job needs its run's id
         row = {**row, "error": None, "id": tx.execute("insert_run", row).lastrowid}
@@ -232,14 +260,15 @@ def route_due(tx: db.Tx, route: Route, limit: int, now: float) -> int:
         return 0
     events = _events(tx, {row["event_id"] for row in rows})
     finished, task_runs = [], []
+    follow: list[models.Event] = []
     for row in rows:
-        names, children = route(events[row["event_id"]], now)
-        finished.append({"id": row["id"], "from": _DUE, "state": _SUCCEEDED, "error": None,
-                         "result": _routed_result(names), "now": now, "started_at": now,
+        children, ended = _perform_route(tx, route, events[row["event_id"]], now, follow)
+        finished.append({"id": row["id"], "from": _DUE, **ended, "now": now, "started_at": now,
                          "attempts": row["attempts"] + 1})
         task_runs.extend(children)
     tx.executemany("finish_run", finished)
     tx.executemany("insert_run", task_runs)
+    insert_events(tx, follow, now)  # routed by the worker's next turn
     return len(rows)
 
 

@@ -316,6 +316,15 @@ def _monitor(tx: db.Tx, name: str) -> Any:
     return row
 
 
+def first_seen(tx: db.Tx, names: Iterable[str], now: float) -> dict[str, float]:
+    """When each of these tasks was first seen (`task.created_at`): now for a name this database
+    never had a row for (the row is created), else its row's creation. A renamed task is a new
+    task."""
+    wanted = set(names)
+    tx.executemany("status_seen", [{"name": name, "now": now} for name in sorted(wanted)])
+    return {r["name"]: r["created_at"] for r in tx.all("status_all") if r["name"] in wanted}
+
+
 def rows(tx: db.Tx) -> list[dict[str, Any]]:
     """Every row, by name."""
     return [row_json(r) for r in tx.all("status_all")]

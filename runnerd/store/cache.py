@@ -77,7 +77,7 @@ class View(Mapping[str, Any]):
 
     __slots__ = ("_reader", "_now")
 
-    def __init__(self, reader: db.Reader | None, now: float) -> None:
+    def __init__(self, reader: db.Queries | None, now: float) -> None:
         self._reader = reader
         self._now = now
 

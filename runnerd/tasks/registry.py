@@ -1,7 +1,8 @@
 """Tasks made ready to run: subscriptions rendered and parsed, code compiled, topics indexed.
 
-A `Registry` is built from `Settings` in one go and never changes; a reload builds a new one and
-swaps it in, so a run always sees one consistent configuration.
+A `Registry` is built from `Settings` in one go and never changes (but for `first_seen`, filled
+from the database as it is put in force); a reload builds a new one and swaps it in, so a run
+always sees one consistent configuration.
 """
 
 from __future__ import annotations
@@ -122,9 +123,10 @@ class Compiled:
         """Subscribed to error topics only: such a task receives every error."""
         return bool(self.subscriptions) and self.topics <= models.ERROR_TOPICS
 
-    def liquid(self) -> dict[str, Any]:
-        """`task` in Liquid."""
-        return {"id": self.id, "name": self.name}
+    def liquid(self, first_seen: float | None) -> dict[str, Any]:
+        """`task` in Liquid; `created_at` is when the daemon first saw the task (nil if not
+        known: `Registry.first_seen`)."""
+        return {"id": self.id, "name": self.name, "created_at": models.iso(first_seen)}
 
 
 class Registry:
@@ -145,9 +147,16 @@ class Registry:
                 problems.extend(exc.problems)
             except errors.RenderError as exc:
                 problems.append(f"{task.source}: task {task.name!r}: {exc.message}")
+        #: `event_filters:` compiled, in the file's order: (name, template)
+        self.event_filters: tuple[tuple[str, Any], ...] = tuple(
+            (f.name, self._compile_filter(f, problems)) for f in settings.event_filters)
         if problems:
             raise errors.ConfigError(problems)
         self.tasks: Mapping[str, Compiled] = compiled
+        #: when each task was first seen (Unix seconds; `task.created_at`): read from the
+        #: database by the daemon as it puts the registry in force (`daemon.remember_tasks`);
+        #: empty without a database (`runnerd preview`)
+        self.first_seen: dict[str, float] = {}
         index: dict[str, list[tuple[Compiled, Subscription]]] = {}
         for c in compiled.values():
             for sub in c.subscriptions:
@@ -183,6 +192,17 @@ class Registry:
             self.renderer.compile(task.options[key], name=f"{task.name} (option {key})")
         return Compiled(task=task, template=template, subscriptions=tuple(subs),
                         liquid_options=liquid_options)
+
+    def _compile_filter(self, event_filter: config.EventFilter, problems: list[str]) -> Any:
+        where = f"{event_filter.source}: event filter {event_filter.name!r}"
+        try:
+            template = self.renderer.compile(event_filter.code, name=event_filter.name,
+                                             what="event filter")
+        except errors.ConfigError as exc:
+            problems.extend(f"{event_filter.source}: {p}" for p in exc.problems)
+            return None
+        problems.extend(f"{where}: {p}" for p in self.renderer.check(template, models.ACTION_TYPES))
+        return template
 
     @property
     def scheduler_topics(self) -> frozenset[str]:

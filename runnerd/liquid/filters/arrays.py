@@ -38,13 +38,13 @@ def _count(value: Any, what: str = "count") -> int:
 
 
 def keys(value: Any) -> list[Any]:
-    """`keys`: a hash's keys."""
-    return list(_hash(value).keys())
+    """`keys`: a hash's keys; nil has none (as Liquid's array filters read nil as empty)."""
+    return [] if value is None else list(_hash(value).keys())
 
 
 def values(value: Any) -> list[Any]:
-    """`values`: a hash's values."""
-    return list(_hash(value).values())
+    """`values`: a hash's values; nil has none."""
+    return [] if value is None else list(_hash(value).values())
 
 
 def _hash(value: Any) -> Mapping[Any, Any]:

@@ -262,12 +262,59 @@ def gunzip(value: Any, force_utf8: Any = True, *, limit: int) -> str:
     return _decoded(bytes(out), force_utf8)
 
 
+#: Ruby's `String#inspect` escapes (other control characters as `\uXXXX`; `#` before `{`, `$`, `@` too).
+_RUBY_ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r", "\f": "\\f",
+                 "\v": "\\v", "\b": "\\b", "\a": "\\a", "\x1b": "\\e", "\x7f": "\\x7F"}
+
+
+def _inspect_text(text: str) -> str:
+    out = ['"']
+    for i, char in enumerate(text):
+        if char in _RUBY_ESCAPES:
+            out.append(_RUBY_ESCAPES[char])
+        elif char < " ":
+            out.append(f"\\u{ord(char):04X}")
+        elif char == "#" and text[i + 1:i + 2] in ("{", "$", "@"):
+            out.append("\\#")
+        else:
+            out.append(char)
+    return "".join(out) + '"'
+
+
+def inspect(value: Any) -> str:
+    """Ruby Liquid's text of a value (`Liquid::Utils.inspect`): arrays and hashes as Ruby's
+    `inspect` writes them (`["a", nil, 1]`, `{"k"=>1.0}`), the way a text filter given one
+    sees it."""
+    if value is None:
+        return "nil"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return _inspect_text(value)
+    if isinstance(value, float):
+        text = repr(value)
+        mantissa, e, exponent = text.partition("e")
+        return (mantissa if "." in mantissa or not e else mantissa + ".0") + e + exponent
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{inspect(k)}=>{inspect(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(map(inspect, value)) + "]"
+    return str(value)
+
+
+def _digest_input(value: Any) -> bytes:
+    """What a digest or HMAC reads: the text, or an array's or hash's Ruby text (`inspect`),
+    as Ruby's `Digest` given `input.to_s` would."""
+    return to_bytes(inspect(value) if isinstance(value, (list, tuple, Mapping)) else value)
+
+
 def _digest(name: str) -> Any:
     def digest(value: Any) -> str:
-        return hashlib.new(name, to_bytes(value)).hexdigest()
+        return hashlib.new(name, _digest_input(value)).hexdigest()
 
     digest.__name__ = name
-    digest.__doc__ = f"`{name}`: the hex {name.upper()} digest of the text."
+    digest.__doc__ = (f"`{name}`: the hex {name.upper()} digest of the text (of an array or "
+                      "hash: of its Ruby text).")
     return digest
 
 
@@ -275,7 +322,7 @@ def _hmac(name: str) -> Any:
     def sign(value: Any, key: Any) -> str:
         if key is None:
             raise ValueError("missing key")
-        return hmac.new(to_bytes(key), to_bytes(value), name).hexdigest()
+        return hmac.new(to_bytes(key), _digest_input(value), name).hexdigest()
 
     sign.__name__ = f"hmac_{name}"
     sign.__doc__ = f"`hmac_{name}: key`: the hex HMAC-{name.upper()} of the text."

@@ -229,6 +229,11 @@ ON CONFLICT (name) DO UPDATE SET
 -- RETURNING clause of this upsert (every report would read its row back).
 RETURNING typeof(monitor) <> 'null' OR state <> 'new' AS evaluated;
 
+-- name: status_seen
+-- A configured task's row, created the first time the daemon sees the task (its created_at is
+-- the task's `task.created_at`); an existing row is left as it is.
+INSERT INTO task_status (name, created_at) VALUES (:name, :now) ON CONFLICT (name) DO NOTHING;
+
 -- name: status_get
 -- One task's or monitor's row.
 SELECT * FROM task_status WHERE name = :name;

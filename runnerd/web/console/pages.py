@@ -67,7 +67,7 @@ async def tasks(request: web.Request) -> web.StreamResponse:
             "name": name, "href": parse.quote(name, safe=""), "enabled": compiled.task.enabled,
             "subscriptions": [s.topic for s in compiled.subscriptions],
             "options": _masked(compiled.task.options),
-            "status": row["last_status"] if row else "never run",
+            "status": (row["last_status"] if row else None) or "never run",
             "state": row["state"] if row and row["monitor"] else "",
             "error": (row["last_error"] or "")[:200] if row else "",
             "last": render.when(row["last_run_at"] if row else None, now),
