@@ -241,6 +241,11 @@ RETURNING typeof(monitor) <> 'null' OR state <> 'new' AS evaluated;
 -- One task's or monitor's row.
 SELECT * FROM task_status WHERE name = :name;
 
+-- name: status_hold
+-- One monitor's row, to re-evaluate and write in this transaction (the ticker's): PostgreSQL's
+-- block locks it, so two nodes ticking at once evaluate it one after the other.
+SELECT * FROM task_status WHERE name = :name;
+
 -- name: status_all
 -- Every row, by name.
 SELECT * FROM task_status ORDER BY name;
@@ -327,6 +332,12 @@ WHERE name = :name AND mail_state <> 'pending'
 -- The pending alerts whose (next) attempt is due, oldest first.
 SELECT * FROM monitor_flips WHERE mail_state = 'pending' AND mail_next_at <= :now
 ORDER BY id LIMIT :limit;
+
+-- name: flip_take
+-- Take a pending alert to send now: no other node sends it before :until (its next attempt
+-- then, should this node die sending it); rowcount 0: another node took it first.
+UPDATE monitor_flips SET mail_next_at = :until
+WHERE id = :id AND mail_state = 'pending' AND mail_next_at <= :now;
 
 -- name: flip_mail_done
 -- An alert was sent, skipped or given up: final.

@@ -122,6 +122,11 @@ ON CONFLICT (name) DO UPDATE SET
                       ELSE task_status.last_error END
 RETURNING monitor IS NOT NULL OR state <> 'new' AS evaluated;
 
+-- name: status_hold
+-- FOR UPDATE: a node ticking waits for another's tick of the row and then reads its result, so
+-- a change (and a summary of damped changes) is written once.
+SELECT * FROM task_status WHERE name = :name FOR UPDATE;
+
 -- name: status_unmonitor
 UPDATE task_status SET monitor = NULL, state = 'new', expect_from = NULL, state_changed_at = :now,
     flaps = 0
