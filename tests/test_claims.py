@@ -27,6 +27,7 @@ from runnerd.store import backends, cache, db
 from .conftest import ping
 from .helpers_servers import smtp_server
 from .test_monitors import settings as monitor_settings
+from .test_postgres import PIPELINE, PgDaemon
 
 NOW = 1_750_000_000.0
 NODES = 4
@@ -345,3 +346,18 @@ async def test_racing_schedulers_fire_each_slot_once(pg_url: str) -> None:
     finally:
         await close(nodes)
 
+
+
+# The daemon claims, leases and routes as its node_name ---------------------------------------
+
+def test_a_daemon_records_its_node_name_on_the_runs_it_performs(make_daemon: Any,
+                                                                pg_url: str) -> None:
+    d = make_daemon("node_name: web-1\n" + PIPELINE, PgDaemon, url=pg_url).start()
+    assert d.post_json("/webhooks/orders", {"id": 7})[0] == 204  # routed by the ingest
+    assert d.cli("send", "user/orders/ready", "--data", '{"id": 8}').returncode == 0  # the worker
+    d.wait_runs("kind = 'action' AND state = 'succeeded'", 4)
+    assert d.stop() == 0
+    rows = d.query("SELECT kind, node, lease_until FROM runs ORDER BY id")
+    assert len(rows) == 8
+    assert {(r["kind"], r["node"], r["lease_until"]) for r in rows} == {
+        ("event", "web-1", None), ("task", "web-1", None), ("action", "web-1", None)}

@@ -121,11 +121,12 @@ def run_row(
 Route = Callable[[models.Event, float], tuple[list[str], list[dict[str, Any]]]]
 
 
-def performed_event_run(event: models.Event, names: list[str], now: float) -> dict[str, Any]:
-    """An event run already performed: its task runs are stored beside it."""
+def performed_event_run(event: models.Event, names: list[str], now: float,
+                        node: str | None) -> dict[str, Any]:
+    """An event run already performed (by `node`): its task runs are stored beside it."""
     row = run_row(RunKind.EVENT, event.id, now)
     row.update(state=_SUCCEEDED, attempts=1, started_at=now, finished_at=now,
-               result=_routed_result(names))
+               result=_routed_result(names), node=node)
     return row
 
 
@@ -189,7 +190,7 @@ def insert_events(tx: db.Tx, events: Iterable[models.Event], now: float,
             rows.append(run_row(RunKind.EVENT, e.id, now, run_at=e.run_at))
             continue
         names, task_runs = route(e, now)
-        rows.append(performed_event_run(e, names, now))
+        rows.append(performed_event_run(e, names, now, node))
         for row in task_runs:
             if row["state"] == _DUE and e.parent_id is None:  # its Job needs no ancestors
                 ready.append((row, e))
