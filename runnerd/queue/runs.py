@@ -200,8 +200,8 @@ def insert_events(tx: db.Tx, events: Iterable[models.Event], now: float,
     tx.executemany("insert_run", rows)
     jobs, lease_until = [], now + TASK_LEASE_SECONDS
     for row, e in ready:  # one by one: a job needs its run's id
-        row = {**row, "node": node, "lease_until": lease_until}
-        row = {**row, "error": None, "id": tx.execute("insert_run", row).lastrowid}
+        row = {**row, "node": node, "lease_until": lease_until, "error": None}
+        row["id"] = tx.execute("insert_run", row).lastrowid
         jobs.append(Job(models.Run.from_row(row), e))
     return Stored(jobs, routed)
 
