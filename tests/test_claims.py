@@ -22,7 +22,7 @@ from runnerd.engine import scheduler
 from runnerd.models import RunKind, RunState
 from runnerd.monitoring import monitors
 from runnerd.queue import runs
-from runnerd.store import backends, cache, db
+from runnerd.store import backends, cache, db, sql
 
 from .conftest import ping
 from .helpers_servers import smtp_server
@@ -361,3 +361,24 @@ def test_a_daemon_records_its_node_name_on_the_runs_it_performs(make_daemon: Any
     assert len(rows) == 8
     assert {(r["kind"], r["node"], r["lease_until"]) for r in rows} == {
         ("event", "web-1", None), ("task", "web-1", None), ("action", "web-1", None)}
+
+
+@pytest.mark.parametrize("name", ["claim_runs", "due_task_runs", "due_event_runs"])
+async def test_the_queue_statements_read_the_due_index_on_postgres(pg_url: str,
+                                                                   name: str) -> None:
+    """Their cost follows the queue, not the runs kept for retention: no scan of `runs`."""
+    (node,) = await open_nodes(pg_url, 1)
+    params = {"now": NOW, "limit": 10, "event_limit": 10, "node": "a",
+              "lease_until": NOW + 10, **runs.PRIORITIES}
+
+    def plan(tx: db.Tx) -> list[str]:
+        tx.conn.execute("SET LOCAL enable_seqscan = off")  # tiny tables: ask what it can use
+        return [row[0] for row in tx.conn.execute(
+            "EXPLAIN " + sql.pg_queries()[name], params)]
+
+    try:
+        lines = await node.write(plan)
+    finally:
+        await close([node])
+    assert not [line for line in lines if "Seq Scan on runs" in line], lines
+    assert any("runs_due" in line for line in lines), lines
