@@ -178,7 +178,7 @@ async def finish_task_run(database: db.Database, task: str, ok: bool, now: float
     def go(tx: db.Tx) -> None:
         run_id = tx.execute("insert_run", runs.run_row(models.RunKind.TASK, event.id, now,
                                                        task_name=task)).lastrowid
-        (job,) = [runs.begin(j, now) for j in runs.due_task_runs(tx, 100) if j.run.id == run_id]
+        (job,) = [runs.begin(j, now) for j in runs.due_task_runs(tx, 100, now) if j.run.id == run_id]
         runs.finish(tx, runs.Outcome(job.run, ok=ok, error=None if ok else "boom",
                                      retryable=retryable, finished_at=now + 1), now + 1)
 

@@ -45,7 +45,8 @@ PARAMS: dict[str, Any] = {
     "problem": None, "loop_lag": 0.0, "before": T + 1e6, "after_at": float("-inf"),
     "after_rid": 0, "cutoff_failed": T + 1e6, "page": 10, "batch": 100, "since": T - 10,
     "sent_at": T, "next_at": T + 60, "task": None, "attempt": 1, "until": T + 1e6,
-    "per_task": 5, "before_at": T + 1e6, "before_rid": "~",
+    "per_task": 5, "before_at": T + 1e6, "before_rid": "~", "node": "n1", "lease_until": T + 20,
+    "held": 0,
 }
 #: Where a query needs another value than PARAMS's.
 OVERRIDES: dict[str, dict[str, Any]] = {
@@ -62,7 +63,8 @@ _NAMES = re.compile(r"(?<![:\w]):([a-z_][a-z_0-9]*)")
 
 
 def _params(name: str) -> dict[str, Any]:
-    wanted = set(_NAMES.findall(sql.queries[name]))
+    wanted = {*_NAMES.findall(sql.queries[name]),  # and those only PostgreSQL's block names
+              *re.findall(r"%\(([a-z_0-9]+)\)s", sql.pg_queries()[name])}
     return {k: v for k, v in {**PARAMS, **OVERRIDES.get(name, {})}.items() if k in wanted}
 
 

@@ -54,7 +54,7 @@ async def test_claim_order_is_action_then_event_then_fifo(database: db.Database,
     # Task runs take no slot: they are never claimed, but rendered between turns (FIFO).
     assert order == [("action", "t", {"n": 0}), ("action", "t", {"n": 1}),
                      ("event", None, None)]
-    tasks = await database.write(lambda tx: runs.due_task_runs(tx, 10))
+    tasks = await database.write(lambda tx: runs.due_task_runs(tx, 10, 0.0))
     assert [(j.run.task_name, j.run.state, j.run.attempts) for j in tasks] == [
         ("t0", RunState.DUE, 0), ("t1", RunState.DUE, 0)]
 
@@ -68,8 +68,8 @@ async def test_due_task_runs_are_left_due_and_never_take_a_claim(database: db.Da
     # A backlog of task runs does not stand between a free slot and the event run behind it.
     (job,) = await database.write(lambda tx: runs.claim(tx, 1, now, event_runs=True))
     assert job.run.kind is RunKind.EVENT
-    first = await database.write(lambda tx: runs.due_task_runs(tx, 3))
-    again = await database.write(lambda tx: runs.due_task_runs(tx, 3))
+    first = await database.write(lambda tx: runs.due_task_runs(tx, 3, 0.0))
+    again = await database.write(lambda tx: runs.due_task_runs(tx, 3, 0.0))
     assert [j.run.id for j in first] == [j.run.id for j in again]  # nothing was changed
     run = runs.begin(first[0], now + 1).run
     assert (run.state, run.attempts, run.started_at) == (RunState.DUE, 1, now + 1)
@@ -112,7 +112,7 @@ async def test_task_job_carries_parent_chain(database: db.Database, clock) -> No
     e1 = await add_event(database, now)
     e2 = await add_event(database, now, parent_id=e1.id)
     await add_runs(database, [runs.run_row(RunKind.TASK, e2.id, now, task_name="t")])
-    (task_job,) = await database.write(lambda tx: runs.due_task_runs(tx, 10))
+    (task_job,) = await database.write(lambda tx: runs.due_task_runs(tx, 10, 0.0))
     assert task_job.parent is not None and task_job.parent["id"] == e1.id
     assert task_job.parent["parent"] is None
 
@@ -127,7 +127,7 @@ async def test_parent_chains_of_a_batch_stop_at_five_generations(database: db.Da
     await add_runs(database, [runs.run_row(RunKind.TASK, chain[7].id, now, task_name="a"),
                               runs.run_row(RunKind.TASK, chain[2].id, now, task_name="b")])
     jobs = {j.run.task_name: j for j in await database.write(
-        lambda tx: runs.due_task_runs(tx, 10))}
+        lambda tx: runs.due_task_runs(tx, 10, 0.0))}
 
     def ids(parent: dict | None) -> list[str]:
         out = []
@@ -203,7 +203,7 @@ async def test_manual_retry_and_cancel(database: db.Database, clock) -> None:
     event = await add_event(database, now)
     await add_runs(database, [runs.run_row(RunKind.TASK, event.id, now, task_name="t"),
                               runs.run_row(RunKind.TASK, event.id, now + 100, task_name="u")])
-    task = runs.begin((await database.write(lambda tx: runs.due_task_runs(tx, 1)))[0], now).run
+    task = runs.begin((await database.write(lambda tx: runs.due_task_runs(tx, 1, 0.0)))[0], now).run
     with pytest.raises(errors.InvalidInput, match="only failed runs"):
         await database.write(lambda tx: runs.retry(tx, task.id, now))
     await database.write(lambda tx: runs.finish(tx, _outcome(task, ok=False, error="x"), now))
@@ -315,7 +315,7 @@ def test_new_id_is_a_time_ordered_version_7_uuid() -> None:
 async def test_queue_queries_read_partial_indexes_not_history(database: db.Database,
                                                               name: str) -> None:
     # Their cost must follow the queue, not the runs kept for retention: no full scan of runs.
-    params = {"now": 0.0, "limit": 10, "event_limit": 10, **runs.PRIORITIES}
+    params = {"now": 0.0, "limit": 10, "event_limit": 10, "node": None, **runs.PRIORITIES}
 
     def plan(tx: db.Tx) -> list[str]:
         return [row["detail"] for row in tx.conn.execute(

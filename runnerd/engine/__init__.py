@@ -15,7 +15,8 @@ The fast paths call that same code earlier; all are chosen here, in the engine:
 1. a webhook batch's events are routed in the transaction that stores them
    (`paths.Engine.store_events`, the ingest's transaction function);
 2. the task runs that batch made due are handed to the worker once committed
-   (`paths.Engine.events_stored` → `Worker.offer`), so it renders them without fetching them;
+   (`paths.Engine.events_stored` → `Worker.offer`), so it renders them without fetching them
+   (they are stored leased to this node: no other node sharing the database renders them);
 3. a task run's in-process action runs are performed in the transaction that finishes the task
    run (`runs.Outcome.perform_inline` = `Handlers.action_run_now`).
 

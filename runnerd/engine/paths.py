@@ -38,18 +38,21 @@ class Engine:
         clock: Callable[[], float],
         on_finished: Callable[[list[runs.Outcome]], None],
         on_routed: Callable[[int], None],
+        node: str | None = None,
     ) -> None:
         self.kinds = run_kinds.Handlers(get_registry, executors, reader=reader, clock=clock)
         self.on_routed = on_routed
+        self.node = node  #: this node's name (`Settings.node`): what it claims, leases, routes
         self.worker = worker.Worker(database, self.kinds.for_kind(), self.kinds.route,
                                     concurrency=concurrency, clock=clock,
                                     on_finished=on_finished, on_routed=on_routed,
-                                    lane=http_lane)
+                                    lane=http_lane, node=node)
 
     def store_events(self, tx: db.Tx, events: Sequence[models.Event], now: float) -> runs.Stored:
         """Fast path 1, the ingest's transaction function: store a webhook batch and route the
-        events due now in the same transaction (`run_kinds.Handlers.route`)."""
-        return runs.insert_events(tx, events, now, self.kinds.route)
+        events due now in the same transaction (`run_kinds.Handlers.route`); the task runs it
+        hands over are stored leased to this node."""
+        return runs.insert_events(tx, events, now, self.kinds.route, node=self.node)
 
     def events_stored(self, stored: runs.Stored) -> None:
         """Fast path 2, once the ingest's batch is committed: count its routed event runs and

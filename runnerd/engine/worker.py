@@ -13,6 +13,10 @@ a handler per run kind it performs (task, action), the event router and a lane f
 wakes when the webhook, the scheduler or a finished run says there is work, and polls so that
 scheduled runs and retries come due.
 
+On PostgreSQL several nodes' workers share the queue (SPEC §14): the worker claims, routes and
+leases as its `node` (`runs.finish_and_claim`), so what one node takes no other performs, and
+`_held` only keeps this node from rendering a run it holds twice.
+
 Lanes: a run may belong to a lane (an http action run: its target host). At most `lane_cap` runs
 of one lane are started at once; a claimed run over the cap is handed back, `scheduled` a moment
 later with its attempt uncounted, and the slot goes to the next run in the queue. So one slow or
@@ -74,8 +78,10 @@ class Worker:
         on_routed: Callable[[int], None] | None = None,
         lane: Lane | None = None,
         lane_cap: int | None = None,
+        node: str | None = None,
     ) -> None:
         self.db = database
+        self.node = node  #: the node name its claims, leases and finishes are made as
         self.handlers = handlers  #: task and action runs (event runs are routed: `route`)
         self.route = route
         self.on_routed = on_routed
@@ -227,7 +233,7 @@ class Worker:
         """On the db thread: finish, claim, route, and hand back claimed runs whose lane is
         full. Returns the claimed jobs kept, the task runs to render and the event runs routed."""
         jobs, task_jobs, routed = runs.finish_and_claim(tx, done, limit, now, self.route,
-                                                        performed, renders, routes)
+                                                        performed, renders, routes, self.node)
         if self.lane is None or not jobs:
             return jobs, task_jobs, routed
         kept: list[runs.Job] = []
@@ -248,7 +254,7 @@ class Worker:
             if not rounds:
                 break
             # Handed-back runs are scheduled in the future, so this claim takes the next ones.
-            jobs = runs.claim(tx, len(handed_back), now)
+            jobs = runs.claim(tx, len(handed_back), now, node=self.node)
         return kept, task_jobs, routed
 
     async def _outcome(self, job: runs.Job) -> runs.Outcome:

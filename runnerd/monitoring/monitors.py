@@ -13,6 +13,9 @@ as the state change, `pending` unless damped (`taskstatus`: at most one alert pe
 `transport: outbox`, writes the `outbox` row and marks the flip sent in one transaction. A
 transient SMTP failure is retried with backoff; a restart resumes the pending rows and never
 re-sends a sent one (at-least-once: a crash between the SMTP reply and the write re-sends it).
+Before sending, the loop takes the row (`flip_take`, a conditional update whose rowcount
+decides), so when several nodes share a PostgreSQL database one of them sends each alert; a
+node that dies sending leaves it to the others after `ALERT_TAKE_SECONDS`.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ logger = logging.getLogger(__name__)
 TICK_SECONDS = 1.0
 #: Waits between attempts to email an alert; then it is marked failed.
 ALERT_BACKOFF = (30.0, 76.0, 152.0, 308.0, 600.0)
+#: How long an alert taken for sending is this node's: four SMTP timeouts at the default 30 s.
+ALERT_TAKE_SECONDS = 120.0
 #: The monitor's facts an alert email lists.
 ALERT_FACTS = ("state", "previous_state", "last_status", "last_success_at", "last_failure_at",
                "last_started_at", "last_error", "state_changed_at")
@@ -219,12 +224,23 @@ class Monitors:
         return self._executor
 
     async def deliver(self, now: float) -> int:
-        """Email the pending alerts that are due; return how many were handled."""
+        """Email the pending alerts that are due and that this node takes; return how many
+        were handled."""
         settings = self.get_settings()
         flips = await self.db.read(lambda tx: tx.all("flips_due", {"now": now, "limit": 50}))
+        handled = 0
         for flip in flips:
-            await self._deliver_one(settings, flip, now)
-        return len(flips)
+            if await self.db.write(self._take(flip["id"], now)):
+                await self._deliver_one(settings, flip, now)
+                handled += 1
+        return handled
+
+    @staticmethod
+    def _take(flip_id: int, now: float) -> Callable[[db.Tx], bool]:
+        """The transaction taking a pending alert for this node to send: False when another
+        node took it first."""
+        return lambda tx: tx.execute("flip_take", {
+            "id": flip_id, "now": now, "until": now + ALERT_TAKE_SECONDS}).rowcount > 0
 
     async def _deliver_one(self, settings: config.Settings, flip: Any, now: float) -> None:
         recipients = settings.monitoring.mail_recipients

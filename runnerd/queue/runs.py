@@ -13,6 +13,14 @@ Task runs are never claimed by the worker: it renders them while they are `due` 
 takes them straight from `due` to their final state (see `due_task_runs`). Nor are event runs:
 the engine routes them with its `Route` where they are stored (`insert_events`, the ingest) or,
 once due, in the worker's transaction (`route_due`).
+
+Several nodes may share one PostgreSQL database (SPEC §14): each function that takes work takes
+the node's name (`node`) and the statements hold what they take. A claim and the routing of due
+event runs lock their rows (`FOR UPDATE SKIP LOCKED`), a task run being rendered carries a lease
+(`runs.node`, `runs.lease_until`: `TASK_LEASE_SECONDS`), and every finish is conditional on the
+run being as it was read (its state and attempts; on PostgreSQL also held by this node), so a
+late finish changes nothing, not even its cache or event action's write. On SQLite one process
+works: the same statements, with no lease to take.
 """
 
 from __future__ import annotations
@@ -34,6 +42,13 @@ logger = logging.getLogger(__name__)
 BACKOFF = (30.0, 76.0, 152.0, 308.0)
 MAX_ATTEMPTS = len(BACKOFF) + 1
 JITTER = 0.1  # +/- 10 %
+#: How long a task run fetched (or stored by the ingest) for rendering is this node's. A healthy
+#: fetch, render (at most the worker's 0.05 s render batch) and finish take milliseconds, so ten
+#: seconds leave two orders of magnitude for a slow render or a slow database before another
+#: node renders the run again (wasted work only: the late finish is a no-op); and a dead
+#: node's task runs are rendered elsewhere well before its started runs are requeued (the
+#: default node_timeout is 30 s).
+TASK_LEASE_SECONDS = 10.0
 
 
 def backoff(attempt: int, rand: Callable[[], float] = random.random) -> float:
@@ -76,7 +91,8 @@ def run_row(
     perform_event: bool = True,
     task_run_id: int | None = None,
 ) -> dict[str, Any]:
-    """Parameters of `insert_run`: due now, or scheduled when `run_at` is in the future."""
+    """Parameters of `insert_run`: due now, or scheduled when `run_at` is in the future; held
+    by no node."""
     at = now if run_at is None or run_at < now else run_at
     return {
         "kind": str(kind),
@@ -95,6 +111,8 @@ def run_row(
         "attempts": 0,
         "started_at": None,
         "finished_at": None,
+        "node": None,
+        "lease_until": None,
     }
 
 
@@ -130,10 +148,12 @@ def _perform_route(tx: db.Tx, route: Route, event: models.Event, now: float,
     return children, {"state": _SUCCEEDED, "result": _routed_result(names), "error": None}
 
 
-def performed_event_run(event: models.Event, ended: dict[str, Any], now: float) -> dict[str, Any]:
-    """An event run already performed (`_perform_route`): its task runs are stored beside it."""
+def performed_event_run(event: models.Event, ended: dict[str, Any], now: float,
+                        node: str | None) -> dict[str, Any]:
+    """An event run already performed (`_perform_route`, by `node`): its task runs are stored
+    beside it."""
     row = run_row(RunKind.EVENT, event.id, now)
-    row.update(ended, attempts=1, started_at=now, finished_at=now)
+    row.update(ended, attempts=1, started_at=now, finished_at=now, node=node)
     return row
 
 
@@ -165,13 +185,15 @@ NOTHING_ROUTED = Stored([], 0)
 
 
 def insert_events(tx: db.Tx, events: Iterable[models.Event], now: float,
-                  route: Route | None = None) -> Stored:
+                  route: Route | None = None, *, node: str | None = None) -> Stored:
     """Store events, each with its event run (due now or at the event's `run_at`).
 
     With `route` (the engine's ingest), an event due now is routed in this same transaction:
     its event run is stored `succeeded` with its task runs, saving the worker a turn per
     event. Routing is pure CPU (the registry's subscription index), so the result is the same
-    as when the worker routes the event run a moment later (`route_due`).
+    as when the worker routes the event run a moment later (`route_due`). The task runs handed
+    back as `Stored.jobs` are stored leased to `node` (the ingest's), so no other node renders
+    them while this node's worker does.
     """
     events = list(events)
     if not events:
@@ -196,7 +218,7 @@ def insert_events(tx: db.Tx, events: Iterable[models.Event], now: float,
             rows.append(run_row(RunKind.EVENT, e.id, now, run_at=e.run_at))
             continue
         task_runs, ended = _perform_route(tx, route, e, now, follow)
-        rows.append(performed_event_run(e, ended, now))
+        rows.append(performed_event_run(e, ended, now, node))
         for row in task_runs:
             if row["state"] == _DUE and e.parent_id is None:  # its Job needs no ancestors
                 ready.append((row, e))
@@ -205,9 +227,10 @@ def insert_events(tx: db.Tx, events: Iterable[models.Event], now: float,
         routed += 1
     tx.executemany("insert_run", rows)
     insert_events(tx, follow, now)  # routed by the worker's next turn
-    jobs = []
+    jobs, lease_until = [], now + TASK_LEASE_SECONDS
     for row, e in ready:  # one by one: a job needs its run's id
-        row = {**row, "error": None, "id": tx.execute("insert_run", row).lastrowid}
+        row = {**row, "node": node, "lease_until": lease_until, "error": None}
+        row["id"] = tx.execute("insert_run", row).lastrowid
         jobs.append(Job(models.Run.from_row(row), e))
     return Stored(jobs, routed)
 
@@ -230,20 +253,22 @@ def promote(tx: db.Tx, now: float) -> None:
     tx.execute("promote_scheduled", {"now": now})
 
 
-def claim(tx: db.Tx, limit: int, now: float, *, event_runs: bool = False) -> list[Job]:
+def claim(tx: db.Tx, limit: int, now: float, *, event_runs: bool = False,
+          node: str | None = None) -> list[Job]:
     """Promote scheduled runs whose time came, then start up to `limit` due action runs, by
-    priority. Task runs are never claimed (see `due_task_runs`), nor event runs: the worker
-    routes those (`route_due`); `event_runs=True` claims them too, for the queue's own tests of
-    the claim order (nothing performs a claimed event run)."""
+    priority, as `node`'s (on PostgreSQL, rows another node is claiming are skipped: no run is
+    started twice). Task runs are never claimed (see `due_task_runs`), nor event runs: the
+    worker routes those (`route_due`); `event_runs=True` claims them too, for the queue's own
+    tests of the claim order (nothing performs a claimed event run)."""
     promote(tx, now)
     if limit <= 0:
         return []
-    return _jobs(tx, tx.all("claim_runs", {"now": now, "limit": limit,
+    return _jobs(tx, tx.all("claim_runs", {"now": now, "limit": limit, "node": node,
                                            "event_limit": limit if event_runs else 0,
                                            **PRIORITIES}))
 
 
-def route_due(tx: db.Tx, route: Route, limit: int, now: float) -> int:
+def route_due(tx: db.Tx, route: Route, limit: int, now: float, node: str | None = None) -> int:
     """Route up to `limit` due event runs, oldest first, with `route`: each goes from `due`
     straight to `succeeded`, its task runs stored beside it, as `insert_events` does for the
     events it routes. Returns how many were routed.
@@ -251,11 +276,12 @@ def route_due(tx: db.Tx, route: Route, limit: int, now: float) -> int:
     These are the events stored without a route (the CLI, the API, the scheduler, the
     monitors, follow-up events) or for later. Routing is CPU work (a lookup in memory), so an
     event run takes no worker slot: slow action runs holding every slot never hold up the task
-    runs of waiting events.
+    runs of waiting events. On PostgreSQL the rows are locked until the commit and those
+    another node is routing are skipped: each event's task runs are created once.
     """
     if limit <= 0:
         return 0
-    rows = tx.all("due_event_runs", {"limit": limit, **PRIORITIES})
+    rows = tx.all("due_event_runs", {"limit": limit, "node": node, **PRIORITIES})
     if not rows:
         return 0
     events = _events(tx, {row["event_id"] for row in rows})
@@ -264,7 +290,8 @@ def route_due(tx: db.Tx, route: Route, limit: int, now: float) -> int:
     for row in rows:
         children, ended = _perform_route(tx, route, events[row["event_id"]], now, follow)
         finished.append({"id": row["id"], "from": _DUE, **ended, "now": now, "started_at": now,
-                         "attempts": row["attempts"] + 1})
+                         "held": row["attempts"], "attempts": row["attempts"] + 1,
+                         "node": node})
         task_runs.extend(children)
     tx.executemany("finish_run", finished)
     tx.executemany("insert_run", task_runs)
@@ -272,17 +299,21 @@ def route_due(tx: db.Tx, route: Route, limit: int, now: float) -> int:
     return len(rows)
 
 
-def due_task_runs(tx: db.Tx, limit: int) -> list[Job]:
+def due_task_runs(tx: db.Tx, limit: int, now: float, node: str | None = None) -> list[Job]:
     """Up to `limit` due task runs, oldest first, left `due`.
 
     A task run is pure CPU (a render), so the worker renders these one at a time between its
     transactions instead of giving each a slot: `begin` marks a run's attempt in memory, and
     `finish` records it straight from `due`. A crash during the render leaves it due, to be
-    rendered again.
+    rendered again. On PostgreSQL the runs fetched are leased to `node` for
+    `TASK_LEASE_SECONDS` in the same statement, and runs another node holds are left alone
+    until its lease expires (it died mid-render): then this node renders them again.
     """
     if limit <= 0:
         return []
-    return _jobs(tx, tx.all("due_task_runs", {"limit": limit, **PRIORITIES}))
+    return _jobs(tx, tx.all("due_task_runs", {"limit": limit, "now": now, "node": node,
+                                              "lease_until": now + TASK_LEASE_SECONDS,
+                                              **PRIORITIES}))
 
 
 def begin(job: Job, now: float) -> Job:
@@ -362,21 +393,25 @@ class _Stale(Exception):
 
 def finish(tx: db.Tx, outcome: Outcome, now: float,
            rand: Callable[[], float] = random.random, *,
-           performed: list[Outcome] | None = None, inline: bool = False) -> models.Run | None:
-    """Record an outcome: succeeded, failed, or scheduled for an automatic retry.
+           performed: list[Outcome] | None = None, inline: bool = False,
+           node: str | None = None) -> models.Run | None:
+    """Record an outcome of `node`'s: succeeded, failed, or scheduled for an automatic retry.
 
-    Returns the run as recorded, or None when it was no longer in the state it was read in
-    (`started`, or `due` for a task run rendered between the worker's turns: lost race); a
-    deferred write (`Outcome.deferred`) is then undone with it, so a stale finish never applies
-    a cache or event action twice. Children performed in place (`Outcome.perform_inline`) are
-    finished here too (`inline`) and their outcomes appended to `performed`; their task's status
-    is then recorded once, by the parent.
+    Returns the run as recorded, or None when it was no longer as it was read (`started`, or
+    `due` for a task run rendered between the worker's turns, with the same attempts; on
+    PostgreSQL also still held by `node`): a lost race, a run requeued and claimed again, a
+    lease another node took over. A deferred write (`Outcome.deferred`) is then undone with it,
+    so a stale finish never applies a cache or event action twice. Children performed in place
+    (`Outcome.perform_inline`) are finished here too (`inline`) and their outcomes appended to
+    `performed`; their task's status is then recorded once, by the parent.
     """
     run, ok, result, error = outcome.run, outcome.ok, outcome.result, outcome.error
     retryable = outcome.retryable
     finished_at = outcome.finished_at or now
+    # A due task run's attempt is counted in memory (`begin`) until it is written here.
+    held = run.attempts - 1 if run.state is RunState.DUE else run.attempts
     was = {"id": run.id, "from": str(run.state), "started_at": run.started_at,
-           "attempts": run.attempts}
+           "attempts": run.attempts, "held": held, "node": node}
     if ok and outcome.deferred is not None:
         try:
             with tx.savepoint():
@@ -390,7 +425,7 @@ def finish(tx: db.Tx, outcome: Outcome, now: float,
             return None
         else:
             return _finished(tx, outcome, RunState.SUCCEEDED, result, None, now, rand, performed,
-                             inline)
+                             inline, node)
     if not ok and retryable and run.attempts < MAX_ATTEMPTS:
         retry_at = finished_at + backoff(run.attempts, rand)
         if tx.execute("retry_later", {**was, "run_at": retry_at, "error": error}).rowcount == 0:
@@ -403,7 +438,7 @@ def finish(tx: db.Tx, outcome: Outcome, now: float,
     if not _moved(tx, was, state, result, error, finished_at):
         _stale(run)
         return None
-    return _finished(tx, outcome, state, result, error, now, rand, performed, inline)
+    return _finished(tx, outcome, state, result, error, now, rand, performed, inline, node)
 
 
 def _moved(tx: db.Tx, was: dict[str, Any], state: RunState, result: Any, error: str | None,
@@ -422,7 +457,7 @@ def _stale(run: models.Run) -> None:
 
 def _finished(tx: db.Tx, outcome: Outcome, state: RunState, result: Any, error: str | None,
               now: float, rand: Callable[[], float],
-              performed: list[Outcome] | None, inline: bool) -> models.Run:
+              performed: list[Outcome] | None, inline: bool, node: str | None) -> models.Run:
     """What follows a run's final state: its children, follow-up events and task status (not
     for a child performed `inline`: its parent records its task's status once)."""
     run = outcome.run
@@ -430,7 +465,7 @@ def _finished(tx: db.Tx, outcome: Outcome, state: RunState, result: Any, error: 
     final = dataclasses.replace(run, state=state, result=result, error=error,
                                 finished_at=finished_at)
     if state is RunState.SUCCEEDED and outcome.children:
-        _store_children(tx, outcome, now, rand, [] if performed is None else performed)
+        _store_children(tx, outcome, now, rand, [] if performed is None else performed, node)
     events = outcome.follow_up(final) if outcome.follow_up is not None else []
     if not inline:
         # task_status changes when the task's work for the event is done, in this same
@@ -441,8 +476,9 @@ def _finished(tx: db.Tx, outcome: Outcome, state: RunState, result: Any, error: 
 
 
 def _store_children(tx: db.Tx, outcome: Outcome, now: float, rand: Callable[[], float],
-                    performed: list[Outcome]) -> None:
-    """Insert the children in order; those of an in-process type are performed at once."""
+                    performed: list[Outcome], node: str | None) -> None:
+    """Insert the children in order; those of an in-process type are performed at once (by
+    `node`, which holds them)."""
     queued: list[dict[str, Any]] = []
     for row in outcome.children:
         if (outcome.perform_inline is None or row["state"] != _DUE
@@ -452,10 +488,12 @@ def _store_children(tx: db.Tx, outcome: Outcome, now: float, rand: Callable[[], 
         if queued:
             tx.executemany("insert_run", queued)
             queued = []
-        row = {**row, "state": _STARTED, "attempts": 1, "started_at": now, "error": None}
+        row = {**row, "state": _STARTED, "attempts": 1, "started_at": now, "error": None,
+               "node": node}
         row["id"] = tx.execute("insert_run", row).lastrowid
         child = outcome.perform_inline(models.Run.from_row(row))
-        if finish(tx, child, now, rand, performed=performed, inline=True) is not None:
+        if finish(tx, child, now, rand, performed=performed, inline=True,
+                  node=node) is not None:
             performed.append(child)
     if queued:
         tx.executemany("insert_run", queued)
@@ -463,8 +501,10 @@ def _store_children(tx: db.Tx, outcome: Outcome, now: float, rand: Callable[[], 
 
 def finish_and_claim(tx: db.Tx, outcomes: Sequence[Outcome], limit: int, now: float,
                      route: Route, performed: list[Outcome] | None = None, renders: int = 0,
-                     routes: int = 0) -> tuple[list[Job], list[Job], int]:
-    """The worker's one transaction per turn: record what finished, claim what is next.
+                     routes: int = 0, node: str | None = None
+                     ) -> tuple[list[Job], list[Job], int]:
+    """The worker's one transaction per turn as `node`: record what finished, claim what is
+    next.
 
     Returns the claimed action runs (at most `limit`), up to `renders` due task runs (those of
     the up to `routes` event runs routed here with `route` included: `route_due`), and how many
@@ -472,10 +512,10 @@ def finish_and_claim(tx: db.Tx, outcomes: Sequence[Outcome], limit: int, now: fl
     is never handed out again, and the events they store are routed in this same transaction.
     `performed` receives the outcomes of the action runs performed in place."""
     for outcome in outcomes:
-        finish(tx, outcome, now, performed=performed)
-    jobs = claim(tx, limit, now)
-    routed = route_due(tx, route, routes, now)
-    return jobs, due_task_runs(tx, renders), routed
+        finish(tx, outcome, now, performed=performed, node=node)
+    jobs = claim(tx, limit, now, node=node)
+    routed = route_due(tx, route, routes, now, node)
+    return jobs, due_task_runs(tx, renders, now, node), routed
 
 
 def defer(tx: db.Tx, run_ids: Iterable[int], run_at: float) -> None:

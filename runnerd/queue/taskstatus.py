@@ -273,13 +273,16 @@ def record_work(tx: db.Tx, run: models.Run) -> list[models.Event]:
 
 
 def tick(tx: db.Tx, names: Iterable[str], now: float) -> list[models.Event]:
-    """Re-evaluate these monitors at `now` and send the summaries due (the ticker's write)."""
+    """Re-evaluate these monitors at `now` and send the summaries due (the ticker's write).
+
+    Each row is read held (`status_hold`: locked on PostgreSQL), so nodes ticking at once
+    write each change, and each summary, once."""
     events = []
     for name in names:
-        row = tx.one("status_get", {"name": name})
+        row = tx.one("status_hold", {"name": name})
         if row is not None:
             events += flip(tx, row, now)
-            events += summarize(tx, tx.one("status_get", {"name": name}), now)
+            events += summarize(tx, tx.one("status_hold", {"name": name}), now)
     return events
 
 

@@ -28,13 +28,15 @@ SELECT source, n FROM event_counts ORDER BY source;
 -- The run queue: storing, claiming and finishing runs ----------------------------------------
 
 -- name: insert_run
--- Store a run (any kind, any state: due, scheduled, or already performed).
+-- Store a run (any kind, any state: due, scheduled, or already performed); :node and
+-- :lease_until: the node holding it (a task run stored leased to the ingesting node, a run
+-- performed in place), or NULL.
 INSERT INTO runs (kind, state, priority, run_at, event_id, task_name, action_type, options, meta,
                   perform_event, task_run_id, created_at, result, attempts, started_at,
-                  finished_at)
+                  finished_at, node, lease_until)
 VALUES (:kind, :state, :priority, :run_at, :event_id, :task_name, :action_type, :options, :meta,
         :perform_event, :task_run_id, :created_at, :result, :attempts, :started_at,
-        :finished_at);
+        :finished_at, :node, :lease_until);
 
 -- name: promote_scheduled
 -- Scheduled runs whose time came become due.
@@ -44,7 +46,8 @@ UPDATE runs SET state = 'due' WHERE state = 'scheduled' AND run_at <= :now;
 -- Start the due runs that take a worker slot: action runs, then event runs, FIFO within
 -- a kind; two ranges of the runs_due index, so a backlog of due task runs is never scanned.
 -- :event_limit caps the event runs (0 where the daemon routes them instead: due_event_runs).
-UPDATE runs SET state = 'started', started_at = :now, attempts = attempts + 1
+-- :node is the claiming node (runs.node).
+UPDATE runs SET state = 'started', started_at = :now, attempts = attempts + 1, node = :node
 WHERE id IN (SELECT id FROM (
                  SELECT * FROM (SELECT id, priority, run_at FROM runs
                                 WHERE state = 'due' AND priority = :action_priority
@@ -57,27 +60,32 @@ WHERE id IN (SELECT id FROM (
 RETURNING *;
 
 -- name: due_task_runs
--- The due task runs the worker renders next, FIFO; they stay due until they are finished.
+-- The due task runs the worker renders next, FIFO; they stay due until they are finished. One
+-- process renders on SQLite: no lease (PostgreSQL's block leases them to :node until
+-- :lease_until, skipping those another node holds).
 SELECT * FROM runs WHERE state = 'due' AND priority = :task_priority
 ORDER BY run_at, id LIMIT :limit;
 
 -- name: due_event_runs
--- The due event runs the daemon's worker routes in its own transaction, FIFO; no slot taken.
+-- The due event runs the daemon's worker routes in its own transaction, FIFO; no slot taken
+-- (PostgreSQL's block locks them, skipping those another node is routing, and sets :node).
 SELECT id, event_id, attempts FROM runs WHERE state = 'due' AND priority = :event_priority
 ORDER BY run_at, id LIMIT :limit;
 
 -- name: finish_run
 -- Move a run to its final state, only if it is still in state :from ('started', or 'due' for
--- a task run rendered or an event run routed without a claim); rowcount 0: a stale finish.
+-- a task run rendered or an event run routed without a claim) with the :held attempts it was
+-- read with (a run requeued and claimed again has one more); rowcount 0: a stale finish. The
+-- lease ends (PostgreSQL's block also requires the run to be held by :node).
 UPDATE runs SET state = :state, result = :result, error = :error, finished_at = :now,
-                started_at = :started_at, attempts = :attempts
-WHERE id = :id AND state = :from;
+                started_at = :started_at, attempts = :attempts, lease_until = NULL
+WHERE id = :id AND state = :from AND attempts = :held;
 
 -- name: retry_later
--- Schedule a failed attempt's automatic retry at :run_at, only if still in state :from.
+-- Schedule a failed attempt's automatic retry at :run_at, only if still as finish_run requires.
 UPDATE runs SET state = 'scheduled', run_at = :run_at, error = :error,
-                started_at = :started_at, attempts = :attempts
-WHERE id = :id AND state = :from;
+                started_at = :started_at, attempts = :attempts, lease_until = NULL
+WHERE id = :id AND state = :from AND attempts = :held;
 
 -- name: insert_attempt
 -- Record a retried attempt (the latest attempt is the run row itself).
@@ -238,6 +246,11 @@ INSERT INTO task_status (name, created_at) VALUES (:name, :now) ON CONFLICT (nam
 -- One task's or monitor's row.
 SELECT * FROM task_status WHERE name = :name;
 
+-- name: status_hold
+-- One monitor's row, to re-evaluate and write in this transaction (the ticker's): PostgreSQL's
+-- block locks it, so two nodes ticking at once evaluate it one after the other.
+SELECT * FROM task_status WHERE name = :name;
+
 -- name: status_all
 -- Every row, by name.
 SELECT * FROM task_status ORDER BY name;
@@ -324,6 +337,12 @@ WHERE name = :name AND mail_state <> 'pending'
 -- The pending alerts whose (next) attempt is due, oldest first.
 SELECT * FROM monitor_flips WHERE mail_state = 'pending' AND mail_next_at <= :now
 ORDER BY id LIMIT :limit;
+
+-- name: flip_take
+-- Take a pending alert to send now: no other node sends it before :until (its next attempt
+-- then, should this node die sending it); rowcount 0: another node took it first.
+UPDATE monitor_flips SET mail_next_at = :until
+WHERE id = :id AND mail_state = 'pending' AND mail_next_at <= :now;
 
 -- name: flip_mail_done
 -- An alert was sent, skipped or given up: final.

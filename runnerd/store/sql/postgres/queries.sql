@@ -11,25 +11,67 @@ SELECT * FROM events WHERE id IN (SELECT json_array_elements_text(CAST(:ids AS j
 -- RETURNING id: the run's id (`Result.lastrowid`).
 INSERT INTO runs (kind, state, priority, run_at, event_id, task_name, action_type, options, meta,
                   perform_event, task_run_id, created_at, result, attempts, started_at,
-                  finished_at)
+                  finished_at, node, lease_until)
 VALUES (:kind, :state, :priority, :run_at, :event_id, :task_name, :action_type, :options, :meta,
         :perform_event, :task_run_id, :created_at, :result, :attempts, :started_at,
-        :finished_at)
+        :finished_at, :node, :lease_until)
 RETURNING id;
 
 -- name: claim_runs
--- Subqueries in FROM need an alias on PostgreSQL 15.
-UPDATE runs SET state = 'started', started_at = :now, attempts = attempts + 1
-WHERE id IN (SELECT id FROM (
-                 (SELECT id, priority, run_at FROM runs
-                  WHERE state = 'due' AND priority = :action_priority
-                  ORDER BY run_at, id LIMIT :limit)
-                 UNION ALL
-                 (SELECT id, priority, run_at FROM runs
-                  WHERE state = 'due' AND priority = :event_priority
-                  ORDER BY run_at, id LIMIT :event_limit)) AS due
-             ORDER BY priority DESC, run_at, id LIMIT :limit)
+-- Several nodes claim at once: each priority's due runs are locked in their own MATERIALIZED
+-- CTE (FOR UPDATE is not allowed over a UNION) and SKIP LOCKED passes over the rows another
+-- node is claiming, so no run is started twice and no claimer waits for another.
+WITH action AS MATERIALIZED (
+         SELECT id, priority, run_at FROM runs
+         WHERE state = 'due' AND priority = :action_priority
+         ORDER BY run_at, id LIMIT :limit FOR UPDATE SKIP LOCKED),
+     event AS MATERIALIZED (
+         SELECT id, priority, run_at FROM runs
+         WHERE state = 'due' AND priority = :event_priority
+         ORDER BY run_at, id LIMIT :event_limit FOR UPDATE SKIP LOCKED),
+     picked AS (
+         SELECT id FROM (SELECT * FROM action UNION ALL SELECT * FROM event) AS due
+         ORDER BY priority DESC, run_at, id LIMIT :limit)
+UPDATE runs SET state = 'started', started_at = :now, attempts = attempts + 1, node = :node
+FROM picked WHERE runs.id = picked.id
+RETURNING runs.*;
+
+-- name: due_task_runs
+-- Several nodes render: the task runs fetched are leased to :node until :lease_until in this
+-- same statement (they stay due). Taken: unleased, expired, or already this node's (the worker
+-- keeps its own from rendering twice); SKIP LOCKED passes over those another node is leasing.
+UPDATE runs SET node = :node, lease_until = :lease_until
+WHERE id IN (SELECT id FROM runs
+             WHERE state = 'due' AND priority = :task_priority
+               AND (lease_until IS NULL OR lease_until <= :now OR node = :node)
+             ORDER BY run_at, id LIMIT :limit FOR UPDATE SKIP LOCKED)
 RETURNING *;
+
+-- name: due_event_runs
+-- Several nodes route: the due event runs are locked until the routing transaction commits
+-- (SKIP LOCKED: another node routes the others) and marked with :node, which finishes them.
+WITH picked AS MATERIALIZED (
+         SELECT id, run_at FROM runs WHERE state = 'due' AND priority = :event_priority
+         ORDER BY run_at, id LIMIT :limit FOR UPDATE SKIP LOCKED),
+     marked AS (
+         UPDATE runs SET node = :node FROM picked WHERE runs.id = picked.id
+         RETURNING runs.id, runs.event_id, runs.attempts, picked.run_at)
+SELECT id, event_id, attempts FROM marked ORDER BY run_at, id;
+
+-- name: finish_run
+-- As SQLite's, and only by the node holding the run (its claim, its lease, its routing): once
+-- a task run's lease expired and another node leased it, this node's late finish is a no-op.
+UPDATE runs SET state = :state, result = :result, error = :error, finished_at = :now,
+                started_at = :started_at, attempts = :attempts, lease_until = NULL
+WHERE id = :id AND state = :from AND attempts = :held
+  AND node IS NOT DISTINCT FROM CAST(:node AS TEXT);
+
+-- name: retry_later
+-- As SQLite's, and only by the node holding the run (see finish_run).
+UPDATE runs SET state = 'scheduled', run_at = :run_at, error = :error,
+                started_at = :started_at, attempts = :attempts, lease_until = NULL
+WHERE id = :id AND state = :from AND attempts = :held
+  AND node IS NOT DISTINCT FROM CAST(:node AS TEXT);
 
 -- name: list_runs
 SELECT * FROM runs
@@ -79,6 +121,11 @@ ON CONFLICT (name) DO UPDATE SET
     last_error = CASE WHEN excluded.last_status = 'failed' THEN excluded.last_error
                       ELSE task_status.last_error END
 RETURNING monitor IS NOT NULL OR state <> 'new' AS evaluated;
+
+-- name: status_hold
+-- FOR UPDATE: a node ticking waits for another's tick of the row and then reads its result, so
+-- a change (and a summary of damped changes) is written once.
+SELECT * FROM task_status WHERE name = :name FOR UPDATE;
 
 -- name: status_unmonitor
 UPDATE task_status SET monitor = NULL, state = 'new', expect_from = NULL, state_changed_at = :now,
