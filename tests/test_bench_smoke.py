@@ -1,14 +1,24 @@
-"""The bench's pure helpers (statistics, formatting, the table). No load, no timing: speed is
-measured by scripts/bench, never by a test."""
+"""The bench's pure helpers (statistics, formatting, the table), and a tiny run of its
+PostgreSQL rows (`--postgres-only`). No figure is judged: speed is measured by scripts/bench,
+never by a test."""
 
 from __future__ import annotations
 
 import math
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 import bench
 from bench import loadgen, profile
+
+from . import helpers_postgres
+from .conftest import require
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_percentile_interpolates() -> None:
@@ -71,3 +81,25 @@ def test_loadgen_request_and_profile_helpers() -> None:
     summary = profile.summarise("main (x.py:1);Handle._run (asyncio/events.py:80);"
                                 "Renderer.render (runnerd/render.py:570) 3\n")
     assert "samples: 3" in summary and "| event loop (main thread) | 3 | 100% |" in summary
+
+
+@pytest.mark.timeout(300)
+def test_the_postgres_rows_run_end_to_end() -> None:
+    """`python -m bench --postgres-only N`: its own throwaway server, a node on it beside a
+    SQLite daemon, the second node (or why there is none); every figure measured, none faked."""
+    require(helpers_postgres.bindir() is not None, "PostgreSQL is not installed")
+    done = subprocess.run([sys.executable, "-m", "bench", "--postgres-only", "96"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=280, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = done.stdout
+    for what in ("end to end, one node (pipelines/s)", "runnerd CPU a pipeline",
+                 "server CPU a pipeline", "idle RSS"):
+        line = next(ln for ln in table.splitlines() if what in ln)
+        assert re.search(r"\| [\d.]+k? (/s|ms|MiB)", line), line  # a number, not n/a
+    two = next(ln for ln in table.splitlines() if "two nodes on one database" in ln)
+    if "pipelines/s" in two:  # several nodes per database: measured
+        assert re.search(r"\| [\d.]+k? /s", two), two
+    else:  # one node per database: said so, with the second node's own words
+        assert re.search(r"two nodes: not available \(runnerd exited 1: .*already running",
+                         table), table
+    assert "Projection from the CPU per pipeline: one node core ≈" in table
