@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -159,6 +160,9 @@ def bench_postgres(plan: Any, tmp: Path, procs: Procs, e2e: E2E,
             log(f"g/h: no PostgreSQL rows: {server}")
             return [Row("g", "PostgreSQL rows", [], note=f"not measured: {server}")], raw
         assert server.postmaster is not None
+        raw["postgres_version"] = subprocess.run(
+            [str(server.bin / "postgres"), "--version"], capture_output=True, text=True,
+            check=False).stdout.strip()
         one = _node(procs, tmp, server.new_database(), "a")
         lite_dir = tmp / "pg-sqlite"
         lite_dir.mkdir()
@@ -204,9 +208,9 @@ def rows(raw: dict[str, Any], two_nodes_missing: str | None) -> list[Row]:
     out = [
         Row("g", "PostgreSQL: end to end, one node (pipelines/s)", pg, "/s", lite,
             "SQLite", g_ratio, "≥ 50 %", g_ratio >= 0.5 if not math.isnan(g_ratio) else None,
-            note=("the b pipeline on a node whose database is a PostgreSQL server (same "
-                  "machine, Unix socket, fsync on, unpinned) vs a SQLite daemon, interleaved "
-                  "repetitions on fresh databases.")),
+            note=(f"the b pipeline on a node whose database is a PostgreSQL server "
+                  f"({raw.get('postgres_version', '?')}, same machine, Unix socket, fsync on, "
+                  "unpinned) vs a SQLite daemon, interleaved repetitions on fresh databases.")),
         Row("g", "PostgreSQL: runnerd CPU a pipeline", ours_cpu, "ms", lite_cpu,
             "on SQLite", ratio(median(ours_cpu), median(lite_cpu)),
             note="user + system CPU of the node process over the repetitions above."),
