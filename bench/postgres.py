@@ -222,6 +222,8 @@ def rows(raw: dict[str, Any], two_nodes_missing: str | None) -> list[Row]:
             note="VmRSS of a node on PostgreSQL 1s after start-up."),
     ]
     node_ms, server_ms = median(ours_cpu), median(server)
+    shared = (f"{os.cpu_count()} cores: the load generator, the nodes and PostgreSQL share "
+              "them, so this machine cannot show scaling (not judged). ")
     projection = (f"Projection from the CPU per pipeline: one node core ≈ "
                   f"{1000 / node_ms:.0f} pipelines/s; PostgreSQL needs {server_ms:.2f} ms a "
                   f"pipeline ({server_ms / (node_ms + server_ms):.0%} of the total), so one "
@@ -231,7 +233,7 @@ def rows(raw: dict[str, Any], two_nodes_missing: str | None) -> list[Row]:
         out.append(Row("h", "PostgreSQL: two nodes on one database", [], "/s",
                        target="≥ 1.6× one node where the cores allow",
                        note=(f"two nodes: not available ({two_nodes_missing}). "
-                             + projection)))
+                             + shared + projection)))
         return out
     two = [r["actions_per_s"] for r in raw["pg_two_nodes"]]
     h_ratio = ratio(median(two), median(pg))
@@ -239,9 +241,7 @@ def rows(raw: dict[str, Any], two_nodes_missing: str | None) -> list[Row]:
     out.append(Row(
         "h", "PostgreSQL: two nodes on one database (pipelines/s)", two, "/s", pg, "one node",
         h_ratio, "≥ 1.6× where the cores allow",
-        note=(f"{os.cpu_count()} cores: the load generator, both nodes and PostgreSQL share "
-              "them, so this cannot show scaling here (not judged). Node CPU a pipeline, both "
-              f"nodes: {median(per_node):.2f} ms vs one node {node_ms:.2f} ms; server "
+        note=(shared + f"Node CPU a pipeline, both nodes: {median(per_node):.2f} ms vs one node {node_ms:.2f} ms; server "
               f"{median([r['server_cpu_ms_per_pipeline'] for r in raw['pg_two_nodes']]):.2f}"
               f" ms. " + projection)))
     return out

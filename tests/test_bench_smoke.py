@@ -103,3 +103,27 @@ def test_the_postgres_rows_run_end_to_end() -> None:
         assert re.search(r"two nodes: not available \(runnerd exited 1: .*already running",
                          table), table
     assert "Projection from the CPU per pipeline: one node core ≈" in table
+
+
+def test_the_postgres_rows_with_two_nodes_measured() -> None:
+    """The h row once several nodes share a database: both nodes' CPU, the ratio to one node,
+    not judged on 2 cores, and the projection from the measured CPU per pipeline."""
+    from bench import postgres
+
+    one = {"actions_per_s": 100.0, "cpu_ms_per_pipeline": 2.0, "server_cpu_ms_per_pipeline": 1.0}
+    lite = {"actions_per_s": 400.0, "cpu_ms_per_pipeline": 0.5}
+    two = {"actions_per_s": 150.0, "cpu_ms_per_pipeline_per_node": [1.1, 1.0],
+           "server_cpu_ms_per_pipeline": 1.2}
+    rows = postgres.rows({"pg_e2e": [one], "pg_sqlite_e2e": [lite], "pg_two_nodes": [two],
+                          "pg_idle_rss_mib": [58.0]}, None)
+    assert [r.key for r in rows] == ["g", "g", "g", "g", "h"]
+    assert rows[0].ratio == 0.25 and rows[0].passed is False
+    h = rows[-1]
+    assert h.ratio == 1.5 and h.passed is None
+    assert "both nodes: 2.10 ms vs one node 2.00 ms; server 1.20 ms" in h.note
+    assert "one node core ≈ 500 pipelines/s" in h.note
+    assert "one server core keeps up with ≈ 2.0 node cores" in h.note
+    missing = postgres.rows({"pg_e2e": [one], "pg_sqlite_e2e": [lite],
+                             "pg_idle_rss_mib": [58.0]}, "runnerd exited 1: taken")
+    assert missing[-1].ours == [] and missing[-1].note.startswith(
+        "two nodes: not available (runnerd exited 1: taken).")
