@@ -3,7 +3,8 @@
 Imported only when the configured database is a URL (`backends.open_database`), so SQLite users need
 neither psycopg nor this module. The same synchronous transaction functions run here as on
 SQLite: `PgDatabase` keeps `Database`'s threads and group commits and changes only what the
-engine changes: the connections (psycopg, autocommit, runnerd writes BEGIN and COMMIT), the
+engine changes: the connections (psycopg, autocommit, runnerd writes BEGIN and COMMIT; a
+transaction's statements go in pipeline mode, waited for only where they are read), the
 statements (`sql.pg_queries`: the portable `queries.sql` with `postgres/queries.sql`'s blocks in
 place of the ones that differ, parameters rewritten to psycopg's style), the migrations
 (`postgres/migrations/`, applied under an advisory lock and recorded in `runnerd_schema`), and
