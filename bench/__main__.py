@@ -1,4 +1,4 @@
-"""`scripts/bench [--quick]`: SPEC §12, runnerd beside its baselines, one table.
+"""`scripts/bench [--quick] [--postgres]`: SPEC §12, runnerd beside its baselines, one table.
 
 Phases (each figure repeated, median and min–max reported):
   f  start-up with 100 tasks (fresh database each time)
@@ -9,6 +9,8 @@ Phases (each figure repeated, median and min–max reported):
   a  webhook ingest req/s vs a bare aiohttp handler (interleaved)
   e  soak: more end-to-end load, RSS again (leak check)
   d  the end-to-end figure again on a database holding 1M finished runs (100k with --quick)
+  g  --postgres: one node on PostgreSQL vs SQLite, CPU per pipeline of each side, idle RSS
+  h  --postgres: one vs two nodes on one database, and a projection (bench/postgres.py)
 
 The server under test is pinned to CPU 0 and the load generator to CPU 1. Everything runs on
 127.0.0.1, every wait is bounded, and the whole bench has a hard time limit; children and the
@@ -29,10 +31,12 @@ import sqlite3
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from bench import Row, median, percentile, ratio, render_table
+from bench.postgres import bench_postgres
 from bench.procs import (
     CLIENT_CPU,
     E2E_BODY,
@@ -65,16 +69,19 @@ class Plan:
     history_runs: int
     soak_seconds: float
     time_limit: int
+    pg_events: int = 0  #: events per end-to-end repetition on PostgreSQL (0: no PostgreSQL rows)
 
     @staticmethod
-    def make(quick: bool) -> Plan:
+    def make(quick: bool, postgres: bool = False) -> Plan:
         if quick:
             return Plan(quick=True, reps=3, startup_reps=3, ingest_seconds=2.0, e2e_events=1500,
                         huey_tasks=3000, latency_seconds=3.0, history_runs=100_000,
-                        soak_seconds=0.0, time_limit=240)
+                        soak_seconds=0.0, time_limit=240 + 180 * postgres,
+                        pg_events=1500 * postgres)
         return Plan(quick=False, reps=3, startup_reps=5, ingest_seconds=6.0, e2e_events=5000,
                     huey_tasks=10_000, latency_seconds=10.0, history_runs=1_000_000,
-                    soak_seconds=90.0, time_limit=1200)
+                    soak_seconds=90.0, time_limit=1200 + 420 * postgres,
+                    pg_events=5000 * postgres)
 
 
 def log(msg: str) -> None:
@@ -171,16 +178,20 @@ class Noise:
 # --- the figures -------------------------------------------------------------------------------
 
 def e2e_once(rd: Runnerd, procs: Procs, events: int, *, conns: int = 64,
-             timeout: float = 120.0) -> dict[str, Any]:
+             timeout: float = 120.0,
+             along: Callable[[], Callable[[], int]] | None = None) -> dict[str, Any]:
     """Post `events` to the e2e webhook (closed loop) and time them until their action runs are
-    finished: action runs / (last action finished − first event accepted), from the database."""
+    finished: action runs / (last action finished − first event accepted), from the database.
+    `along` starts more load elsewhere (other nodes on the same database) at the same time and
+    returns how to wait for it: the requests it had accepted."""
     since = time.time()
     assert rd.proc is not None
     cpu_before = cpu_seconds(rd.proc.pid)
+    others = along() if along is not None else None
     per_conn = max(1, events // conns)
     sent = loadgen(procs, rd.port, "/webhooks/e2e", mode="closed", conns=conns, warmup=0.0,
                    duration=timeout, max_requests=per_conn)
-    expected = sent["ok"]
+    expected = sent["ok"] + (others() if others is not None else 0)
     sql = ("SELECT COUNT(*) FROM events e CROSS JOIN runs r ON r.event_id = e.id "
            "WHERE e.created_at >= ? AND e.topic = 'user/bench/e2e' AND r.kind = 'action' "
            "AND r.state IN ('succeeded', 'failed')")
@@ -196,7 +207,7 @@ def e2e_once(rd: Runnerd, procs: Procs, events: int, *, conns: int = 64,
     rd.wait_idle(30)
     cpu = cpu_seconds(rd.proc.pid) - cpu_before  # the daemon's, all its threads
     return {"events": expected, "actions": done, "failed": failed, "elapsed": elapsed,
-            "actions_per_s": done / elapsed, "runs_per_s": 3 * done / elapsed,
+            "actions_per_s": done / elapsed, "runs_per_s": 3 * done / elapsed, "cpu_s": cpu,
             "cpu_ms_per_pipeline": 1000 * cpu / done if done else math.nan, "loadgen": sent}
 
 
@@ -478,6 +489,10 @@ def bench(plan: Plan, tmp: Path, procs: Procs, huey_workers: int) -> tuple[list[
         hist_growth <= 1.2 if not math.isnan(hist_growth) else None,
         note="a daemon started on the history database, after its end-to-end repetitions."))
     rows.append(rows_f)
+    if plan.pg_events:
+        pg_rows, raw["postgres"] = bench_postgres(plan, tmp, procs, e2e_once, log)
+        rows += pg_rows
+        foreign["g"] = foreign["h"] = noise.mark()
     seen: set[str] = set()
     for row in rows:
         share = foreign.get(row.key, 0.0)
@@ -516,8 +531,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="huey consumer threads (1 is huey's fastest on 2 cores)")
     p.add_argument("--keep", action="store_true", help="keep the temp directory (debugging)")
     p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    p.add_argument("--postgres", action="store_true",
+                   help="add SPEC §12's PostgreSQL rows (a throwaway server of its own)")
+    p.add_argument("--postgres-only", type=int, metavar="EVENTS", default=0,
+                   help="only the PostgreSQL rows, one repetition of EVENTS events, results "
+                        "not saved (the smoke test)")
     args = p.parse_args(argv)
-    plan = Plan.make(args.quick)
+    plan = Plan.make(args.quick, args.postgres)
+    if args.postgres_only:
+        plan = dataclasses.replace(plan, reps=1, pg_events=args.postgres_only, time_limit=240)
     started = time.time()
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -534,13 +556,18 @@ def main(argv: list[str] | None = None) -> int:
     signal.alarm(plan.time_limit)
     tmp = Path(tempfile.mkdtemp(prefix="runnerd-bench-"))
     procs = Procs()
-    log(f"{'quick' if plan.quick else 'full'} run; temp dir {tmp}; server CPU {SERVER_CPU}, "
+    log(f"{'PostgreSQL rows only' if args.postgres_only else 'quick' if plan.quick else 'full'}"
+        f" run; temp dir {tmp}; server CPU {SERVER_CPU}, "
         f"load generator CPU {CLIENT_CPU}")
     background = [busy_share(1.0)]
     if background[0] > 0.1:
         log(f"warning: other processes keep {background[0]:.0%} of the CPUs busy; "
             "the figures will be noisy")
     try:
+        if args.postgres_only:
+            rows, raw = bench_postgres(plan, tmp, procs, e2e_once, log)
+            print(render_table(rows))
+            return 0
         rows, raw = bench(plan, tmp, procs, args.huey_workers)
     except (KeyboardInterrupt, TimeoutError) as exc:
         log(f"stopped: {exc or 'interrupted'}")

@@ -163,11 +163,13 @@ def loadgen(procs: Procs, port: int, path: str, *, mode: str, duration: float,
     return procs.run_json(argv, timeout=warmup + duration + 90)
 
 
-def runnerd_config(tmp: Path, port: int, db: Path, *, extra_tasks: int = 0,
-                   concurrency: int = 8) -> Path:
-    """A config with the e2e task and the webhooks of the bench (+ `extra_tasks` filler tasks)."""
+def runnerd_config(tmp: Path, port: int, db: Path | str, *, extra_tasks: int = 0,
+                   concurrency: int = 8, extra: Sequence[str] = ()) -> Path:
+    """A config with the e2e task and the webhooks of the bench (+ `extra_tasks` filler tasks,
+    + `extra` top-level lines); `db` a SQLite file or a PostgreSQL URL."""
     lines = [
         f"database: {db}",
+        *extra,
         f"listen: {{host: 127.0.0.1, port: {port}}}",
         f"concurrency: {concurrency}",
         "email: {transport: outbox, from: bench@example.com}",
@@ -199,14 +201,15 @@ class Runnerd:
     """`python -m runnerd run -c CONFIG`, pinned to the server CPU."""
 
     def __init__(self, procs: Procs, tmp: Path, db: Path, *, extra_tasks: int = 0,
-                 concurrency: int = 8, launcher: Sequence[str] = ("-m", "runnerd")) -> None:
+                 concurrency: int = 8, launcher: Sequence[str] = ("-m", "runnerd"),
+                 url: str | None = None, extra: Sequence[str] = ()) -> None:
         self.procs = procs
         self.launcher = list(launcher)  #: how Python starts runnerd (experiments may wrap it)
         self.tmp = tmp
         self.db = db
         self.port = free_port()
-        self.config = runnerd_config(tmp, self.port, db, extra_tasks=extra_tasks,
-                                     concurrency=concurrency)
+        self.config = runnerd_config(tmp, self.port, url or db, extra_tasks=extra_tasks,
+                                     concurrency=concurrency, extra=extra)
         self.log = tmp / f"runnerd-{self.port}.log"
         self.proc: subprocess.Popen[Any] | None = None
         self.notify_sock: socket.socket | None = None

@@ -1,7 +1,8 @@
 """A throwaway PostgreSQL server for the tests: Debian's `postgresql` package (installed by
 scripts/setup-test-deps), a cluster in a temp dir listening on a Unix socket only (no TCP port),
 run as the `postgres` user when the tests run as root (PostgreSQL refuses root), stopped at the
-end of the session. Each test gets a fresh database on it (`Server.new_database`)."""
+end of the session. Each test gets a fresh database on it (`Server.new_database`).
+`scripts/bench --postgres` starts its server with this module too, with fsync on."""
 
 from __future__ import annotations
 
@@ -30,8 +31,9 @@ def bindir() -> Path | None:
 class Server:
     """One cluster; `url(name)` is a libpq URL of one of its databases, over the socket."""
 
-    def __init__(self, bin_dir: Path) -> None:
+    def __init__(self, bin_dir: Path, *, fsync: bool = False) -> None:
         self.bin = bin_dir
+        self.fsync = fsync  #: off for the tests (fast); on for scripts/bench (what users run)
         self.dir = Path(tempfile.mkdtemp(prefix="runnerd-pg-"))
         self.data = self.dir / "data"
         self._names = itertools.count(1)
@@ -49,7 +51,7 @@ class Server:
         self._run(str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres",
                   "-A", "trust", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync")
         options = (f"-c listen_addresses='' -c unix_socket_directories='{self.dir}' "
-                   "-c fsync=off -c max_connections=200")
+                   f"-c fsync={'on' if self.fsync else 'off'} -c max_connections=200")
         self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l",
                   str(self.dir / "server.log"), "-o", options, "-w", "start")
         return self
@@ -64,6 +66,14 @@ class Server:
         """A libpq URL of database `name` over the Unix socket (user postgres, no password)."""
         return f"postgresql://postgres@/{name}?host={self.dir}"
 
+    @property
+    def postmaster(self) -> int | None:
+        """The server's main process id (the first line of postmaster.pid), or None."""
+        try:
+            return int((self.data / "postmaster.pid").read_text().split()[0])
+        except (OSError, IndexError, ValueError):
+            return None
+
     def new_database(self) -> str:
         """Create an empty database; its URL."""
         import psycopg  # noqa: PLC0415 - only the PostgreSQL tests need it
@@ -75,8 +85,8 @@ class Server:
 
 
 @contextlib.contextmanager
-def server() -> Iterator[Server | str]:
-    """A started server, or why there is none (a string)."""
+def server(*, fsync: bool = False) -> Iterator[Server | str]:
+    """A started server, or why there is none (a string). scripts/bench imports this too."""
     bin_dir = bindir()
     if bin_dir is None:
         yield "PostgreSQL is not installed (scripts/setup-test-deps installs it)"
@@ -86,7 +96,7 @@ def server() -> Iterator[Server | str]:
     except ImportError:
         yield "psycopg is not installed (pip install -e '.[test]')"
         return
-    s = Server(bin_dir)
+    s = Server(bin_dir, fsync=fsync)
     try:
         s.start()
     except subprocess.CalledProcessError as exc:

@@ -227,10 +227,12 @@ def insert_events(tx: db.Tx, events: Iterable[models.Event], now: float,
         routed += 1
     tx.executemany("insert_run", rows)
     insert_events(tx, follow, now)  # routed by the worker's next turn
-    jobs, lease_until = [], now + TASK_LEASE_SECONDS
-    for row, e in ready:  # one by one: a job needs its run's id
-        row = {**row, "node": node, "lease_until": lease_until, "error": None}
-        row["id"] = tx.execute("insert_run", row).lastrowid
+    lease_until = now + TASK_LEASE_SECONDS  # handed over leased to this node
+    leased = [{**row, "node": node, "lease_until": lease_until, "error": None} for row, _ in ready]
+    ids = tx.inserted_ids("insert_run", leased)  # a job needs its run's id
+    jobs = []
+    for row, (_, e), run_id in zip(leased, ready, ids, strict=True):
+        row["id"] = run_id
         jobs.append(Job(models.Run.from_row(row), e))
     return Stored(jobs, routed)
 
@@ -416,7 +418,8 @@ def finish(tx: db.Tx, outcome: Outcome, now: float,
         try:
             with tx.savepoint():
                 result = outcome.deferred(tx)
-                if not _moved(tx, was, RunState.SUCCEEDED, result, None, finished_at):
+                if not _moved(tx, was, RunState.SUCCEEDED, result, None, finished_at,
+                              check=not inline):
                     raise _Stale
         except errors.RunnerdError as exc:
             ok, error, retryable = False, exc.message, False
@@ -435,18 +438,20 @@ def finish(tx: db.Tx, outcome: Outcome, now: float,
                                       "error": error})
         return dataclasses.replace(run, state=RunState.SCHEDULED, run_at=retry_at, error=error)
     state = RunState.SUCCEEDED if ok else RunState.FAILED
-    if not _moved(tx, was, state, result, error, finished_at):
+    if not _moved(tx, was, state, result, error, finished_at, check=not inline):
         _stale(run)
         return None
     return _finished(tx, outcome, state, result, error, now, rand, performed, inline, node)
 
 
 def _moved(tx: db.Tx, was: dict[str, Any], state: RunState, result: Any, error: str | None,
-           finished_at: float) -> bool:
-    """Move the run to its final state unless it left the state it was read in."""
-    return tx.execute("finish_run", {**was, "state": str(state), "error": error,
-                                     "result": models.dumps(result),
-                                     "now": finished_at}).rowcount > 0
+           finished_at: float, *, check: bool = True) -> bool:
+    """Move the run to its final state unless it left the state it was read in. A run this
+    transaction stored (`check` False: a child performed in place) cannot have, so the answer
+    is not waited for (a round trip on PostgreSQL)."""
+    moved = tx.execute("finish_run", {**was, "state": str(state), "error": error,
+                                      "result": models.dumps(result), "now": finished_at})
+    return not check or moved.rowcount > 0
 
 
 def _stale(run: models.Run) -> None:

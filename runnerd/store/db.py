@@ -32,7 +32,7 @@ import sqlite3
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 from runnerd import errors
 from runnerd.store import dbfiles, sql
@@ -160,6 +160,10 @@ class Tx(Queries):
     def executemany(self, name: str, rows: Iterable[Mapping[str, Any]]) -> None:
         """Run the named query once per parameter mapping."""
         self.conn.executemany(sql.queries[name], rows)
+
+    def inserted_ids(self, name: str, rows: Iterable[Mapping[str, Any]]) -> list[int]:
+        """Run the named INSERT once per row; the ids of the rows stored, in order."""
+        return [cast("int", self.conn.execute(sql.queries[name], row).lastrowid) for row in rows]
 
     @contextlib.contextmanager
     def savepoint(self) -> Iterator[None]:

@@ -3,7 +3,8 @@
 Imported only when the configured database is a URL (`backends.open_database`), so SQLite users need
 neither psycopg nor this module. The same synchronous transaction functions run here as on
 SQLite: `PgDatabase` keeps `Database`'s threads and group commits and changes only what the
-engine changes: the connections (psycopg, autocommit, runnerd writes BEGIN and COMMIT), the
+engine changes: the connections (psycopg, autocommit, runnerd writes BEGIN and COMMIT; a
+transaction's statements go in pipeline mode, waited for only where they are read), the
 statements (`sql.pg_queries`: the portable `queries.sql` with `postgres/queries.sql`'s blocks in
 place of the ones that differ, parameters rewritten to psycopg's style), the migrations
 (`postgres/migrations/`, applied under an advisory lock and recorded in `runnerd_schema`), and
@@ -59,31 +60,49 @@ def _rows(cursor: Any) -> Callable[[Sequence[Any]], PgRow]:
 
 class PgResult:
     """A statement's effect (`db.Result`): the id an INSERT stored is the first column it
-    RETURNs (the PostgreSQL blocks of inserts whose id is used say `RETURNING id`)."""
+    RETURNs (the PostgreSQL blocks of inserts whose id is used say `RETURNING id`).
 
-    __slots__ = ("_cursor",)
+    Inside a transaction the statement was only queued (pipeline mode, see `_transaction`):
+    reading its effect is what waits for the server, once for everything queued so far."""
 
-    def __init__(self, cursor: psycopg.Cursor[Any]) -> None:
+    __slots__ = ("_cursor", "_pipe")
+
+    def __init__(self, cursor: psycopg.Cursor[Any], pipe: psycopg.Pipeline | None) -> None:
         self._cursor = cursor
+        self._pipe = pipe
+
+    def _ready(self) -> psycopg.Cursor[Any]:
+        if self._pipe is not None and self._cursor.pgresult is None:
+            self._pipe.sync()
+        return self._cursor
 
     @property
     def rowcount(self) -> int:
         """The rows the statement changed."""
-        return self._cursor.rowcount
+        return self._ready().rowcount
 
     @property
     def lastrowid(self) -> int | None:
         """The id RETURNed by an INSERT; None without RETURNING."""
-        if self._cursor.description is None:
+        cursor = self._ready()
+        if cursor.description is None:
             return None
-        row = self._cursor.fetchone()
+        row = cursor.fetchone()
         return None if row is None else int(row[0])
 
 
 class PgQueries(db.Tx):
-    """Named queries on a psycopg connection (inside a transaction, or autocommit)."""
+    """Named queries on a psycopg connection (inside a transaction, or autocommit).
 
-    __slots__ = ()
+    In a transaction, `pipe` is the connection's pipeline: statements are sent without waiting,
+    and the server is waited for only where a function reads an answer (rows, a rowcount, an
+    id) and once at the end, so a transaction costs a round trip per read, not per statement."""
+
+    __slots__ = ("pipe",)
+
+    def __init__(self, conn: Any, pipe: psycopg.Pipeline | None = None) -> None:
+        super().__init__(conn)
+        self.pipe = pipe
 
     @property
     def pg(self) -> psycopg.Connection[Any]:
@@ -92,7 +111,7 @@ class PgQueries(db.Tx):
 
     def execute(self, name: str, params: db.Params = None) -> db.Result:
         """Run the named query."""
-        return PgResult(self.pg.execute(sql.pg_queries()[name], params or {}))
+        return PgResult(self.pg.execute(sql.pg_queries()[name], params or {}), self.pipe)
 
     def all(self, name: str, params: db.Params = None) -> list[db.Row]:
         """All rows of the named query."""
@@ -106,8 +125,22 @@ class PgQueries(db.Tx):
 
     def executemany(self, name: str, rows: Iterable[Mapping[str, Any]]) -> None:
         """Run the named query once per parameter mapping (one pipeline)."""
-        with self.pg.cursor() as cursor:
-            cursor.executemany(sql.pg_queries()[name], list(rows))
+        self.pg.cursor().executemany(sql.pg_queries()[name], list(rows))
+
+    def inserted_ids(self, name: str, rows: Iterable[Mapping[str, Any]]) -> list[int]:
+        """Run the named INSERT (it says `RETURNING id`) once per row in one pipeline; the ids
+        stored, in order: one wait for the server for all of them."""
+        params = list(rows)
+        if not params:
+            return []
+        cursor = self.pg.cursor()
+        cursor.executemany(sql.pg_queries()[name], params, returning=True)
+        ids = []
+        while True:
+            row = cursor.fetchone()
+            ids.append(int(row[0]) if row is not None else 0)
+            if not cursor.nextset():
+                return ids
 
     def close(self) -> None:
         """Close the connection (a `Reader`'s)."""
@@ -130,43 +163,65 @@ def _in_transaction(conn: psycopg.Connection[Any]) -> bool:
     return conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
 
 
+def _drain(pipe: psycopg.Pipeline) -> None:
+    """After an exception: take in the answers still queued, whatever they say (a failed
+    statement leaves the pipeline aborted until then; its error is the exception being handled,
+    or came after it), so that the next statement is run."""
+    with contextlib.suppress(psycopg.Error):
+        pipe.sync()
+
+
+def _rollback(conn: psycopg.Connection[Any], pipe: psycopg.Pipeline) -> None:
+    _drain(pipe)
+    if _in_transaction(conn):
+        conn.execute("ROLLBACK")
+
+
 def _transaction(conn: psycopg.Connection[Any], fn: Callable[[db.Tx], T], mode: str) -> T:
-    conn.execute(f"BEGIN {mode}")
-    try:
-        result = fn(PgQueries(conn))  # type: ignore[arg-type]
-        conn.execute("COMMIT")
-    except BaseException:
-        if _in_transaction(conn):
-            conn.execute("ROLLBACK")
-        raise
+    """`fn` between BEGIN and COMMIT in pipeline mode (`PgQueries`): BEGIN, the statements
+    nobody reads and COMMIT travel together."""
+    with conn.pipeline() as pipe:
+        conn.execute(f"BEGIN {mode}")
+        try:
+            result = fn(PgQueries(conn, pipe))
+            conn.execute("COMMIT")
+            pipe.sync()
+        except BaseException:
+            _rollback(conn, pipe)
+            raise
     return result
 
 
 def _group(conn: psycopg.Connection[Any],
            fns: list[Callable[[db.Tx], Any]]) -> list[tuple[bool, Any]]:
     """`db._group` on PostgreSQL: the functions in one transaction, each in a savepoint (a
-    failed statement aborts the transaction until its savepoint is rolled back)."""
-    conn.execute("BEGIN")
+    failed statement aborts the transaction until its savepoint is rolled back), in pipeline
+    mode like `_transaction`: each function's statements are settled before its savepoint is
+    released, so an error is handed to the function whose statement failed."""
     out: list[tuple[bool, Any]] = []
-    try:
-        for fn in fns:
-            conn.execute("SAVEPOINT w")
-            try:
-                result = fn(PgQueries(conn))  # type: ignore[arg-type]
-            except psycopg.OperationalError:
-                raise  # the connection or the server failed: nothing of the group commits
-            except Exception as exc:  # noqa: BLE001 - handed back to the caller
-                conn.execute("ROLLBACK TO w")
+    with conn.pipeline() as pipe:
+        conn.execute("BEGIN")
+        try:
+            for fn in fns:
+                conn.execute("SAVEPOINT w")
+                try:
+                    result = fn(PgQueries(conn, pipe))
+                    pipe.sync()
+                except psycopg.OperationalError:
+                    raise  # the connection or the server failed: nothing of the group commits
+                except Exception as exc:  # noqa: BLE001 - handed back to the caller
+                    _drain(pipe)
+                    conn.execute("ROLLBACK TO w")
+                    conn.execute("RELEASE w")
+                    out.append((False, exc))
+                    continue
                 conn.execute("RELEASE w")
-                out.append((False, exc))
-                continue
-            conn.execute("RELEASE w")
-            out.append((True, result))
-        conn.execute("COMMIT")
-    except BaseException:
-        if _in_transaction(conn):
-            conn.execute("ROLLBACK")
-        raise
+                out.append((True, result))
+            conn.execute("COMMIT")
+            pipe.sync()
+        except BaseException:
+            _rollback(conn, pipe)
+            raise
     return out
 
 
@@ -253,7 +308,7 @@ class PgDatabase(db.Database):
 
     def sync_reader(self) -> db.Reader:
         """A read-only connection for the event loop's thread (cache reads while rendering)."""
-        return PgQueries(connect(self.url, readonly=True))  # type: ignore[arg-type,return-value]
+        return PgQueries(connect(self.url, readonly=True))  # type: ignore[return-value]
 
 
 def _first_line(exc: BaseException) -> str:
