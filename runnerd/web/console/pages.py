@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib import parse
 
@@ -121,21 +121,26 @@ def _older(q: Any, rows: list[Any], id_column: str) -> str:
     return "?" + parse.urlencode(older)
 
 
-async def run_list(request: web.Request) -> web.StreamResponse:
-    """/console/runs?state=&kind=&task=&since=&until=&before=: a keyset page, newest first.
+def runs_query(q: Mapping[str, str]) -> tuple[str, dict[str, Any]]:
+    """The named query and parameters of a runs page (?state=&kind=&task=&since=&until=&before=).
 
     Every combination of filters is a range scan per (kind, state) pair of an index that ends
     with the creation time (runs_kind_state, or runs_task_kind_state for a task), each bounded
     by the page size.
     """
-    view = request.app[render.VIEW]
-    q = request.query
     state, kind, task = q.get("state") or None, q.get("kind") or None, q.get("task") or None
     operator.check_filters(state, kind, task, PAGE)
     kinds = [kind] if kind else ["task", "action"] if task else [k.value for k in models.RunKind]
     params = {**_window(q, operator.parse_run_id), "kinds": json.dumps(kinds), "task": task,
               "states": json.dumps([state] if state else [s.value for s in models.RunState])}
-    query = "console_runs_of_task" if task else "console_runs"
+    return ("console_runs_of_task" if task else "console_runs"), params
+
+
+async def run_list(request: web.Request) -> web.StreamResponse:
+    """/console/runs: a keyset page of runs, newest first (`runs_query`)."""
+    view = request.app[render.VIEW]
+    q = request.query
+    query, params = runs_query(q)
     rows = await view.db.read(lambda tx: tx.all(query, params))
     now = view.clock()
     return render.page(request, "runs.html", {
@@ -195,20 +200,25 @@ async def run(request: web.Request) -> web.StreamResponse:
         "child_events": [{"id": e["id"], "topic": e["topic"]} for e in child_events]})
 
 
-async def events(request: web.Request) -> web.StreamResponse:
-    """/console/events?topic=&since=&until=&before= (or ?id=): events newest first, each with
-    its run tree; a range scan of events_topic or events_created bounded by the page size."""
-    view = request.app[render.VIEW]
-    q = request.query
+def events_query(q: Mapping[str, str]) -> tuple[str, dict[str, Any]]:
+    """The named query and parameters of an events page (?topic=&since=&until=&before=, or
+    ?id=): a range scan of events_topic or events_created bounded by the page size."""
     topic = q.get("topic") or None
     if topic is not None:
         operator.check_topic(topic)
+    if q.get("id"):
+        return "console_event", {"id": q["id"]}
     window = _window(q, str)
-    params = {"topic": topic, "id": q.get("id"), "since": window["since"],
-              "before_at": window["before_at"], "before_rid": window["before_id"],
-              "limit": window["limit"]}
-    query = "console_event" if q.get("id") else (
-        "console_events_of_topic" if topic else "console_events")
+    params = {"topic": topic, "since": window["since"], "before_at": window["before_at"],
+              "before_rid": window["before_id"], "limit": window["limit"]}
+    return ("console_events_of_topic" if topic else "console_events"), params
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    """/console/events: events newest first (`events_query`), each with its run tree."""
+    view = request.app[render.VIEW]
+    q = request.query
+    query, params = events_query(q)
 
     def read(tx: db.Tx) -> tuple[list[Any], list[Any]]:
         found = tx.all(query, params)
