@@ -11,11 +11,12 @@ import hashlib
 import re
 import sqlite3
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .conftest import Daemon
+from .conftest import Clock, Daemon
 from .console_client import TOKEN, Client, csrf_of
 from .test_postgres import PgDaemon
 
@@ -412,3 +413,33 @@ def test_queue_shows_every_worker_with_its_node_and_stale_heartbeats(daemon: Dae
     assert by_id["h2:7:1"][0] == "node-two" and "stale" in by_id["h2:7:1"][1]
     [own] = [w for w in by_id if w != "h2:7:1"]
     assert "stale" not in by_id[own][1] and by_id[own][0]  # this daemon: alive, a node name
+
+
+async def test_sessions_are_shared_by_daemons_on_one_postgres_database(
+        tmp_path: Path, pg_url: str) -> None:
+    """Two daemons' databases (two connections, as behind a load balancer): a session started on
+    one is honoured and ended on the other."""
+    from aiohttp.test_utils import make_mocked_request
+
+    from runnerd.store import backends
+    from runnerd.web.console import access
+
+    first = await backends.open_database(tmp_path / "unused.db", pg_url).open()
+    await first.migrate()
+    second = await backends.open_database(tmp_path / "unused.db", pg_url).open()
+    try:
+        clock = Clock(T0)
+        one, two = access.Sessions(first, clock), access.Sessions(second, clock)
+        sid, session = await one.start()
+        browser = make_mocked_request("GET", "/console/tasks",
+                                      headers={"Cookie": f"{access.COOKIE}={sid}"})
+        seen = await two.get(browser)
+        assert seen is not None and seen.csrf == session.csrf
+        clock.advance(access.SESSION_SECONDS)
+        assert await two.get(browser) is None  # expired everywhere
+        clock.now = T0
+        await two.end(browser)  # logout on the other node
+        assert await one.get(browser) is None
+    finally:
+        await first.close()
+        await second.close()
