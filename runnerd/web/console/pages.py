@@ -90,7 +90,7 @@ def _time(value: str, name: str) -> float | None:
     return (parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)).timestamp()
 
 
-def _window(q: Any, key: Callable[[str], Any]) -> dict[str, Any]:
+def _window(q: Mapping[str, str], key: Callable[[str], Any]) -> dict[str, Any]:
     """The time filters and the keyset cursor of a list page, as its query's parameters.
 
     `before` is `CREATED_AT:ID` of the last row of the previous page (`key` parses the id);
@@ -111,7 +111,7 @@ def _window(q: Any, key: Callable[[str], Any]) -> dict[str, Any]:
             "before_id": before_id, "limit": PAGE + 1}
 
 
-def _older(q: Any, rows: list[Any], id_column: str) -> str:
+def _older(q: Mapping[str, str], rows: list[Any], id_column: str) -> str:
     """The query string of the next (older) page, or "" on the last one."""
     if len(rows) <= PAGE:
         return ""
