@@ -1,18 +1,24 @@
 """The web console over HTTP: access, sessions, CSRF, escaping and secrets (issue 21, SPEC §15).
 
-The browser flows and screenshots are in tests/test_console_browser.py.
+The tests on the `daemon` fixture run on SQLite and on PostgreSQL. The browser flows and
+screenshots are in tests/test_console_browser.py; the queries' plans in
+tests/test_console_queries.py.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 import sqlite3
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .conftest import Daemon
+from .conftest import Clock, Daemon
 from .console_client import TOKEN, Client, csrf_of
+from .test_postgres import PgDaemon
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -44,11 +50,31 @@ POSTS = ["/console/runs/1/retry", "/console/runs/1/cancel", "/console/tasks/Trig
          "/console/monitors/backup/resume", "/console/logout"]
 
 
-@pytest.fixture
-def daemon(make_daemon: Any) -> Any:
-    d: Daemon = make_daemon(CONFIG).start()
-    yield d
+@pytest.fixture(params=["sqlite", "postgres"])
+def daemon(make_daemon: Any, request: Any) -> Any:
+    """A daemon with the console on, on SQLite and on a PostgreSQL database."""
+    if request.param == "postgres":
+        d: Daemon = make_daemon(CONFIG, PgDaemon, url=request.getfixturevalue("pg_url"))
+    else:
+        d = make_daemon(CONFIG)
+    yield d.start()
     assert d.stop() == 0, d.logs()
+
+
+def write(d: Daemon, statement: str, params: tuple[Any, ...] = ()) -> None:
+    """Change the daemon's database behind its back (a test's setup)."""
+    if isinstance(d, PgDaemon):
+        import psycopg
+
+        with psycopg.connect(d.pg_url) as conn:
+            conn.execute(statement.replace("?", "%s"), params)
+        return
+    conn = sqlite3.connect(d.db_path, timeout=10)
+    try:
+        with conn:
+            conn.execute(statement, params)
+    finally:
+        conn.close()
 
 
 def test_console_is_off_without_admin_token(make_daemon: Any) -> None:
@@ -256,8 +282,7 @@ def test_events_page_by_keyset_with_equal_times(daemon: Daemon) -> None:
     for i in range(55):
         daemon.post_json("/api/events", {"topic": "user/many/same", "data": {"n": i}},
                          {"Authorization": f"Bearer {TOKEN}"})
-    with sqlite3.connect(daemon.db_path) as conn:  # every event at one instant: ties in order
-        conn.execute("UPDATE events SET created_at = 1750000000.5")
+    write(daemon, "UPDATE events SET created_at = 1750000000.5")  # one instant: ties in order
     c = Client(daemon.port)
     c.login()
     _, _, first = c.get("/console/events?topic=user/many/same")
@@ -268,3 +293,153 @@ def test_events_page_by_keyset_with_equal_times(daemon: Daemon) -> None:
     assert sorted(map(int, seen)) == list(range(55))  # each event once, none skipped
     assert 'rel="next"' not in second
     assert c.get("/console/events?before=garbage")[0] == 400
+
+
+def test_sessions_are_stored_hashed_survive_a_restart_and_end_at_logout(daemon: Daemon) -> None:
+    c = Client(daemon.port)
+    c.login()
+    sid = c.cookies["runnerd_session"]
+    [row] = daemon.query("SELECT * FROM console_sessions")
+    assert row["id_hash"] == hashlib.sha256(sid.encode()).hexdigest()
+    assert sid not in repr(dict(row))  # the id itself is never stored
+    assert row["expires_at"] - row["created_at"] == 12 * 3600
+    assert daemon.stop() == 0
+    daemon.start()
+    status, _, page = c.get("/console/tasks")  # the same browser, signed in after the restart
+    assert status == 200 and "Trigger me" in page
+    assert c.post("/console/logout")[0] == 303
+    assert daemon.query("SELECT COUNT(*) AS n FROM console_sessions")[0]["n"] == 0
+    assert c.get("/console/tasks")[0] == 303
+    c.cookies["runnerd_session"] = sid  # an ended session is not honoured again
+    assert c.get("/console/tasks")[0] == 303
+
+
+def test_expired_sessions_are_refused_and_pruned_at_the_next_login(daemon: Daemon) -> None:
+    old, new = Client(daemon.port), Client(daemon.port)
+    old.login()
+    write(daemon, "UPDATE console_sessions SET expires_at = 1")  # expired long ago
+    assert old.get("/console/tasks")[0] == 303
+    new.login()
+    [row] = daemon.query("SELECT id_hash FROM console_sessions")
+    assert row["id_hash"] == hashlib.sha256(new.cookies["runnerd_session"].encode()).hexdigest()
+
+
+T0 = 1_750_000_000.0
+
+
+def _events_shown(page: str) -> list[int]:
+    return [int(n) for n in re.findall(r'&#34;n&#34;: (\d+)', page)]
+
+
+def test_events_by_topic_and_time_by_keyset(daemon: Daemon) -> None:
+    for i in range(60):
+        daemon.post_json("/api/events", {"topic": "user/many/times", "data": {"n": i}},
+                         {"Authorization": f"Bearer {TOKEN}"})
+    daemon.post_json("/api/events", {"topic": "user/other/thing", "data": {"n": 1000}},
+                     {"Authorization": f"Bearer {TOKEN}"})
+    # event n at T0 + n minutes; the other topic's inside the window
+    write(daemon, "UPDATE events SET created_at = ? + 60 * CAST(CAST(data AS json) ->> 'n' "
+                  "AS INTEGER)" if isinstance(daemon, PgDaemon) else
+                  "UPDATE events SET created_at = ? + 60 * json_extract(data, '$.n')", (T0,))
+    write(daemon, "UPDATE events SET created_at = ? WHERE topic = 'user/other/thing'",
+          (T0 + 600,))
+    c = Client(daemon.port)
+    c.login()
+    # since 00:05 (inclusive), until 00:58 (exclusive), UTC: n = 5 … 57, newest first
+    query = ("/console/events?topic=user/many/times&since=2025-06-15T15:11:40"
+             "&until=2025-06-15T16:04:40")
+    status, _, first = c.get(query)
+    assert status == 200 and _events_shown(first) == list(range(57, 7, -1))
+    older = re.search(r'href="/console/events(\?[^"]+)" rel="next"', first)
+    assert older and "since=" in older.group(1) and "topic=" in older.group(1)
+    _, _, second = c.get("/console/events" + older.group(1).replace("&amp;", "&"))
+    assert _events_shown(second) == [7, 6, 5] and 'rel="next"' not in second
+    _, _, window = c.get("/console/events?since=2025-06-15T15:16:40&until=2025-06-15T15:17:40")
+    assert sorted(_events_shown(window)) == [10, 1000]  # any topic, one minute
+    assert c.get("/console/events?until=soon")[0] == 400
+
+
+def test_runs_by_task_state_and_time(daemon: Daemon) -> None:
+    for i in range(8):
+        daemon.post_json("/api/tasks/Trigger%20me/trigger", {"text": f"n{i}"},
+                         {"Authorization": f"Bearer {TOKEN}"})
+    daemon.wait_runs("kind = 'task' AND state = 'succeeded'", 8)
+    ids = [r["id"] for r in daemon.query("SELECT id FROM runs WHERE kind = 'task' ORDER BY id")]
+    for n, run_id in enumerate(ids):  # task run n created at T0 + n hours
+        write(daemon, "UPDATE runs SET created_at = ? WHERE id = ?", (T0 + 3600 * n, run_id))
+    write(daemon, "UPDATE runs SET state = 'failed' WHERE id = ?", (ids[3],))
+    c = Client(daemon.port)
+    c.login()
+
+    def shown(query: str) -> list[int]:
+        status, _, page = c.get("/console/runs?" + query)
+        assert status == 200, page
+        return [int(x) for x in re.findall(r'href="/console/runs/(\d+)">#', page)]
+
+    window = "since=2025-06-15T17:06:40&until=2025-06-15T21:06:40"  # T0 + 2h … T0 + 6h
+    assert shown("task=Trigger+me&" + window) == ids[5:1:-1]
+    assert shown("task=Trigger+me&kind=task&state=succeeded&" + window) == [ids[5], ids[4], ids[2]]
+    assert shown("state=failed&" + window) == [ids[3]]
+    assert shown("task=Trigger+me&state=failed") == [ids[3]]
+    assert shown("kind=task&until=2025-06-15T17:06:40") == [ids[1], ids[0]]
+    assert shown("task=Nobody") == []
+    assert c.get("/console/runs?before=1:x")[0] == 400
+
+
+def test_list_pages_refresh_on_request(daemon: Daemon) -> None:
+    c = Client(daemon.port)
+    c.login()
+    for path in ("/console/tasks", "/console/runs?state=failed&task=Trigger+me",
+                 "/console/events?topic=user/evil/go&since=2026-01-01", "/console/monitors",
+                 "/console/queue"):
+        status, _, page = c.get(path)
+        assert status == 200
+        link = re.search(r'<a href="([^"]*)" class="refresh">Refresh</a>', page)
+        assert link and link.group(1).replace("&amp;", "&") == path, path
+
+
+def test_queue_shows_every_worker_with_its_node_and_stale_heartbeats(daemon: Daemon) -> None:
+    beat = time.time() - 600  # silent for 10 min: stale (node_timeout 30 s), not yet pruned
+    write(daemon, "INSERT INTO workers (id, pid, host, started_at, heartbeat_at, healthy, node) "
+                  "VALUES ('h2:7:1', 7, 'h2', ?, ?, 1, 'node-two')", (beat - 60, beat))
+    c = Client(daemon.port)
+    c.login()
+    status, _, page = c.get("/console/queue")
+    assert status == 200 and "node_timeout" in page
+    rows = re.findall(r"<tr><td>([^<]*)</td><td>([^<]*)</td>.*?</tr>", page, re.DOTALL)
+    by_id = {worker: (node, row) for node, worker in rows
+             for row in re.findall(rf"<tr><td>{re.escape(node)}</td><td>{re.escape(worker)}"
+                                   r"</td>.*?</tr>", page, re.DOTALL)}
+    assert by_id["h2:7:1"][0] == "node-two" and "stale" in by_id["h2:7:1"][1]
+    [own] = [w for w in by_id if w != "h2:7:1"]
+    assert "stale" not in by_id[own][1] and by_id[own][0]  # this daemon: alive, a node name
+
+
+async def test_sessions_are_shared_by_daemons_on_one_postgres_database(
+        tmp_path: Path, pg_url: str) -> None:
+    """Two daemons' databases (two connections, as behind a load balancer): a session started on
+    one is honoured and ended on the other."""
+    from aiohttp.test_utils import make_mocked_request
+
+    from runnerd.store import backends
+    from runnerd.web.console import access
+
+    first = await backends.open_database(tmp_path / "unused.db", pg_url).open()
+    await first.migrate()
+    second = await backends.open_database(tmp_path / "unused.db", pg_url).open()
+    try:
+        clock = Clock(T0)
+        one, two = access.Sessions(first, clock), access.Sessions(second, clock)
+        sid, session = await one.start()
+        browser = make_mocked_request("GET", "/console/tasks",
+                                      headers={"Cookie": f"{access.COOKIE}={sid}"})
+        seen = await two.get(browser)
+        assert seen is not None and seen.csrf == session.csrf
+        clock.advance(access.SESSION_SECONDS)
+        assert await two.get(browser) is None  # expired everywhere
+        clock.now = T0
+        await two.end(browser)  # logout on the other node
+        assert await one.get(browser) is None
+    finally:
+        await first.close()
+        await second.close()

@@ -2,10 +2,10 @@
 
 Flows: a logged-out browser is refused every page but /status and the login form; log in, open
 a failed run, fix the task, retry, watch the run page turn to succeeded without a reload;
-trigger a task with text; pause and resume a monitor. Every page is screenshotted at desktop
+trigger a task with text; pause and resume a monitor (on SQLite and on PostgreSQL). Every page is screenshotted at desktop
 (1280) and phone (390) width into `console-screenshots/` under the test's tmp directory (the
 path is printed); with RUNNERD_DOCS_SCREENSHOTS=1 the docs' copies in docs/console/ are
-regenerated from them.
+regenerated from them (from the SQLite run).
 """
 
 from __future__ import annotations
@@ -22,13 +22,14 @@ import pytest
 
 from .conftest import Daemon, require, wait_until
 from .console_client import TOKEN
+from .test_postgres import PgDaemon
 
 pytestmark = pytest.mark.timeout(240)
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--no-first-run"]
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "console"
-DOCS_PAGES = {"tasks", "run-failed", "run-succeeded", "events", "preview", "monitor", "queue"}
+DOCS_PAGES = {"tasks", "runs", "run-failed", "run-succeeded", "events", "preview", "monitor", "queue"}
 WIDTHS = {"desktop": 1280, "phone": 390}
 CONFIG = f"""
 admin_token: {TOKEN}
@@ -105,9 +106,15 @@ def _login(page: Any, url: str) -> None:
     page.wait_for_url(url + "/console/tasks")
 
 
+@pytest.mark.parametrize("engine", ["sqlite", "postgres"])
 def test_fix_and_retry_trigger_pause_with_screenshots(make_daemon: Any, browser: Any,
-                                                       tmp_path: Path) -> None:
-    d: Daemon = make_daemon(BROKEN).start()
+                                                       tmp_path: Path, engine: str,
+                                                       request: Any) -> None:
+    if engine == "postgres":
+        d: Daemon = make_daemon(BROKEN, PgDaemon, url=request.getfixturevalue("pg_url"))
+    else:
+        d = make_daemon(BROKEN)
+    d.start()
     assert d.post_json("/api/events", {"topic": "user/orders/ready",
                                        "data": {"order": 1042}},
                        {"Authorization": f"Bearer {TOKEN}"})[0] == 201
@@ -121,6 +128,9 @@ def test_fix_and_retry_trigger_pause_with_screenshots(make_daemon: Any, browser:
     shots.take("tasks")
 
     page.goto(d.url + "/console/runs?state=failed")
+    page.click("a.refresh")  # the same list, its filters kept
+    page.wait_for_load_state()
+    assert page.url == d.url + "/console/runs?state=failed"
     shots.take("runs")
     page.click("a:has-text('#')")
     assert "the mail target is down" in page.inner_text("#error")
@@ -177,7 +187,7 @@ def test_fix_and_retry_trigger_pause_with_screenshots(make_daemon: Any, browser:
     page.goto(d.url + "/console/tasks")
     assert page.url.endswith("/console/login")
     assert d.stop() == 0
-    if os.environ.get("RUNNERD_DOCS_SCREENSHOTS") == "1":
+    if os.environ.get("RUNNERD_DOCS_SCREENSHOTS") == "1" and engine == "sqlite":
         DOCS.mkdir(exist_ok=True)
         for name in DOCS_PAGES:
             for label in WIDTHS:

@@ -46,7 +46,9 @@ PARAMS: dict[str, Any] = {
     "after_rid": 0, "cutoff_failed": T + 1e6, "page": 10, "batch": 100, "since": T - 10,
     "sent_at": T, "next_at": T + 60, "task": None, "attempt": 1, "until": T + 1e6,
     "per_task": 5, "before_at": T + 1e6, "before_rid": "~", "node": "n1", "lease_until": T + 20,
-    "held": 0,
+    "held": 0, "before_id": 1 << 40,
+    "kinds": '["event", "task", "action"]', "states": '["due", "succeeded"]',
+    "id_hash": "ab" * 32, "csrf": "c",
 }
 #: Where a query needs another value than PARAMS's.
 OVERRIDES: dict[str, dict[str, Any]] = {
@@ -56,9 +58,11 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     "workers_retire": {"id": "w2"}, "workers_prune": {"id": "w2"},
     "finish_run": {"state": "succeeded", "from": "due"}, "status_alerted": {"state": "down"},
     "ping_insert": {"kind": "start"}, "retry_later": {"from": "due"},
-    "cache_set": {"value": "40"}, "console_events": {"id": None},
+    "cache_set": {"value": "40"}, "console_event": {"id": EVENT},
     "console_child_events": {"id": EVENT}, "insert_attempt": {"finished_at": T}, "status_flip": {"old_state": "new", "new_state": "up"},
 }
+#: the queries whose `rid` column is an engine's own keyset cursor
+CURSORS = {"prune_roots", "console_events", "console_events_of_topic", "console_event"}
 _NAMES = re.compile(r"(?<![:\w]):([a-z_][a-z_0-9]*)")
 
 
@@ -70,9 +74,9 @@ def _params(name: str) -> dict[str, Any]:
 
 def _normal(name: str, rows: list[db.Row]) -> list[tuple[Any, ...]]:
     """Rows as sorted tuples of (column, value), booleans as SQLite's 0/1; prune_roots' `rid`
-    is an opaque keyset cursor (SQLite's rowid, PostgreSQL's event id): only its presence
-    counts."""
-    out = [tuple((k, "cursor" if (name, k) == ("prune_roots", "rid") else int(r[k]) if isinstance(r[k], bool) else r[k])
+    and the console's events' `rid` are opaque keyset cursors (SQLite's rowid, PostgreSQL's
+    event id): only their presence counts."""
+    out = [tuple((k, "cursor" if k == "rid" and name in CURSORS else int(r[k]) if isinstance(r[k], bool) else r[k])
                  for k in r.keys()) for r in rows]
     return sorted(out, key=repr)
 

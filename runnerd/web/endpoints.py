@@ -131,6 +131,7 @@ async def status_page(request: web.Request) -> web.StreamResponse:
     now = st.clock()
     try:
         data = await st.db.read(lambda tx: status.gather(tx, now))
+        signed_in = await console.signed_in(request)
     except errors.DatabaseError as exc:
         return _text(503, f"database unavailable: {exc.message}")
     facts = st.heartbeat.facts(now)
@@ -138,5 +139,5 @@ async def status_page(request: web.Request) -> web.StreamResponse:
     configured = {"tasks": [t.name for t in settings.tasks],
                   "monitors": [m.name for m in settings.monitors]}
     return web.Response(text=status.render({**data, **configured}, facts, now,
-                                           console=console.signed_in(request)),
+                                           console=signed_in),
                         content_type="text/html")

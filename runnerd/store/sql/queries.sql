@@ -544,16 +544,29 @@ WHERE created_at >= :since ORDER BY id DESC LIMIT 50;
 -- The web console (web/console/pages.py) ------------------------------------------------------
 
 -- name: console_runs
--- A page of runs, newest first, below the keyset cursor :before (an id), optionally of one
--- state, kind and task and created in [:since, :until) (NULL: any); the primary key bounds it.
-SELECT * FROM runs
-WHERE id < :before
-  AND (:state IS NULL OR state = :state)
-  AND (:kind IS NULL OR kind = :kind)
-  AND (:task IS NULL OR task_name = :task)
-  AND (:since IS NULL OR created_at >= :since)
-  AND (:until IS NULL OR created_at < :until)
-ORDER BY id DESC LIMIT :limit;
+-- A page of runs, newest first by (created_at, id): of each kind in :kinds and state in :states
+-- (JSON arrays), created at or after :since and before the keyset cursor (:before_at,
+-- :before_id: created before :before_at, or at it with a smaller id; :before_id NULL: strictly
+-- before). One range scan of runs_kind_state per (kind, state) pair, each at most :limit rows.
+SELECT r.* FROM json_each(:kinds) AS k, json_each(:states) AS s
+JOIN runs AS r ON r.id IN (
+    SELECT id FROM runs
+    WHERE kind = k.value AND state = s.value
+      AND created_at >= :since AND created_at <= :before_at
+      AND (created_at < :before_at OR id < :before_id)
+    ORDER BY created_at DESC, id DESC LIMIT :limit)
+ORDER BY r.created_at DESC, r.id DESC LIMIT :limit;
+
+-- name: console_runs_of_task
+-- console_runs for the runs of one task (:task), on runs_task_kind_state.
+SELECT r.* FROM json_each(:kinds) AS k, json_each(:states) AS s
+JOIN runs AS r ON r.id IN (
+    SELECT id FROM runs
+    WHERE task_name = :task AND kind = k.value AND state = s.value
+      AND created_at >= :since AND created_at <= :before_at
+      AND (created_at < :before_at OR id < :before_id)
+    ORDER BY created_at DESC, id DESC LIMIT :limit)
+ORDER BY r.created_at DESC, r.id DESC LIMIT :limit;
 
 -- name: console_task_runs
 -- The latest :per_task task runs (by finish, unfinished last) of each task in :names (a JSON
@@ -568,13 +581,25 @@ ORDER BY r.task_name, r.finished_at DESC;
 SELECT * FROM runs WHERE event_id = :event_id ORDER BY id LIMIT :limit;
 
 -- name: console_events
--- A page of events, newest first, below the keyset cursor (:before_at, :before_rid: the last
--- event's time and id, ties broken by id on both engines), optionally of one topic or one id
--- (NULL: any), on the events_created index.
-SELECT id AS rid, * FROM events
-WHERE created_at <= :before_at AND (created_at < :before_at OR id < :before_rid)
-  AND (:topic IS NULL OR topic = :topic) AND (:id IS NULL OR id = :id)
-ORDER BY created_at DESC, id DESC LIMIT :limit;
+-- A page of events, newest first by (created_at, rid), created at or after :since and before
+-- the keyset cursor (:before_at, :before_rid: the last event's time and rid; :before_rid NULL:
+-- strictly before :before_at), on events_created. SQLite's rid is the rowid, which that index
+-- ends with; PostgreSQL's is the id.
+SELECT rowid AS rid, * FROM events
+WHERE created_at >= :since AND created_at <= :before_at
+  AND (created_at < :before_at OR rowid < :before_rid)
+ORDER BY created_at DESC, rowid DESC LIMIT :limit;
+
+-- name: console_events_of_topic
+-- console_events of one :topic, on events_topic.
+SELECT rowid AS rid, * FROM events
+WHERE topic = :topic AND created_at >= :since AND created_at <= :before_at
+  AND (created_at < :before_at OR rowid < :before_rid)
+ORDER BY created_at DESC, rowid DESC LIMIT :limit;
+
+-- name: console_event
+-- One event by :id, as console_events shows it.
+SELECT rowid AS rid, * FROM events WHERE id = :id;
 
 -- name: console_runs_of_events
 -- The runs of the events in :ids (a JSON array), in order, at most :limit.
@@ -584,3 +609,22 @@ LIMIT :limit;
 -- name: console_child_events
 -- The events a run tree's actions emitted (children of event :id), at most :limit.
 SELECT id, topic, created_at FROM events WHERE parent_id = :id ORDER BY created_at LIMIT :limit;
+
+-- name: console_session_start
+-- A signed-in browser: the SHA-256 of its session id, never the id.
+INSERT INTO console_sessions (id_hash, csrf, created_at, expires_at)
+VALUES (:id_hash, :csrf, :now, :expires_at);
+
+-- name: console_session_get
+-- The live session whose id hashes to :id_hash.
+SELECT csrf, expires_at FROM console_sessions WHERE id_hash = :id_hash AND expires_at > :now;
+
+-- name: console_session_end
+-- Logout: the session ends on every daemon.
+DELETE FROM console_sessions WHERE id_hash = :id_hash;
+
+-- name: console_sessions_prune
+-- Expired sessions, and the oldest beyond the newest :keep.
+DELETE FROM console_sessions
+WHERE expires_at <= :now
+   OR id_hash NOT IN (SELECT id_hash FROM console_sessions ORDER BY created_at DESC LIMIT :keep);

@@ -1,4 +1,4 @@
--- The schema all the migrations together produce (migrations/0001 to 0005): a snapshot to read,
+-- The schema all the migrations together produce (migrations/0001 to 0006): a snapshot to read,
 -- never applied. tests/test_store.py builds a database from the migrations and from this file
 -- and fails, with a diff, when their tables, columns, indexes, views or triggers differ: a new
 -- migration updates this file too. Times are Unix seconds (REAL, UTC); JSON is stored as TEXT.
@@ -19,6 +19,9 @@ CREATE TABLE events (
 CREATE INDEX events_parent ON events (parent_id) WHERE parent_id IS NOT NULL;
 
 CREATE INDEX events_created ON events (created_at);
+
+-- The console's events list by topic, newest first.
+CREATE INDEX events_topic ON events (topic, created_at);
 
 -- The run queue: one row per event run, task run and action run, moved through its states
 -- by conditional updates (`WHERE state = :from`).
@@ -63,6 +66,13 @@ CREATE INDEX runs_failed ON runs (finished_at) WHERE state = 'failed';
 CREATE INDEX runs_event ON runs (event_id);
 
 CREATE INDEX runs_task ON runs (task_name, finished_at) WHERE task_name IS NOT NULL;
+
+-- The console's runs list, newest first by (created_at, id): a filter by kind and state (and
+-- task) is one range scan per (kind, state) pair; the id is the rowid every index ends with.
+CREATE INDEX runs_kind_state ON runs (kind, state, created_at);
+
+CREATE INDEX runs_task_kind_state ON runs (task_name, kind, state, created_at)
+    WHERE task_name IS NOT NULL;
 
 -- One row per failed attempt that was retried (the last attempt is the run row itself).
 CREATE TABLE run_attempts (
@@ -238,3 +248,12 @@ CREATE TABLE monitor_pings (
     body_bytes  INTEGER NOT NULL            -- the body's size as received
 );
 CREATE INDEX monitor_pings_name ON monitor_pings (name, id);
+
+-- Signed-in console browsers, shared by every daemon on the database and kept across restarts.
+CREATE TABLE console_sessions (
+    id_hash    TEXT PRIMARY KEY,            -- SHA-256 (hex) of the cookie's session id, never
+                                            -- the id itself
+    csrf       TEXT NOT NULL,               -- the token the session's POST forms carry
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL                -- pruned at the next login after it
+) WITHOUT ROWID;

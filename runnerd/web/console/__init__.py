@@ -21,9 +21,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def add_routes(app: web.Application, view: context.Api) -> None:
-    """Register the /console/* routes; the sessions live in the application."""
+    """Register the /console/* routes (the sessions' bookkeeping lives in the application)."""
     app[render.VIEW] = view
-    app[render.SESSIONS] = access.Sessions(view.clock)
+    app[render.SESSIONS] = access.Sessions(view.db, view.clock)
     open_routes: list[tuple[str, str, Handler]] = [
         ("GET", "/console/login", forms.login_form),
         ("POST", "/console/login", forms.login),
@@ -68,7 +68,7 @@ def _enabled(handler: Handler) -> Handler:
 def _signed_in(handler: Handler) -> Handler:
     """GET without a session: to the login form; POST without a session or its CSRF token: 403."""
     async def signed_in(request: web.Request) -> web.StreamResponse:
-        session = request.app[render.SESSIONS].get(request)
+        session = await request.app[render.SESSIONS].get(request)
         if session is None:
             if request.method == "GET":
                 raise web.HTTPSeeOther("/console/login")
@@ -85,10 +85,10 @@ def _signed_in(handler: Handler) -> Handler:
     return signed_in
 
 
-def signed_in(request: web.Request) -> bool:
+async def signed_in(request: web.Request) -> bool:
     """Whether the request comes from a signed-in browser (/status links into the console)."""
     sessions: Any = request.app.get(render.SESSIONS)
-    return sessions is not None and sessions.get(request) is not None
+    return sessions is not None and await sessions.get(request) is not None
 
 
 

@@ -1,14 +1,18 @@
-"""Who may use the console: server-side sessions started by the admin token, and CSRF tokens.
+"""Who may use the console: sessions started by the admin token, and CSRF tokens.
 
 A session id is a random value the server made at login (never the token, never one a browser
-offered before: a cookie set before login is not honoured after it). Sessions live in memory
-(one process: a restart signs everyone out) and expire `SESSION_SECONDS` after login. Every POST
-form carries the session's CSRF token; the login form carries a token of its own, kept in a
-short-lived cookie, so a page elsewhere cannot sign a browser in.
+offered before: a cookie set before login is not honoured after it). Sessions are rows of the
+database's `console_sessions` (the SHA-256 of the id, never the id, and the session's CSRF
+token), so they survive a restart and every daemon on a shared database honours them; they
+expire `SESSION_SECONDS` after login and are pruned at the next login. Every POST form carries
+the session's CSRF token; the login form carries a token of its own, kept in a short-lived
+cookie, so a page elsewhere cannot sign a browser in. Login attempts are counted in memory,
+per process.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import secrets
 from collections.abc import Callable
@@ -16,6 +20,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from runnerd.monitoring import ratelimit
+from runnerd.store import db
 
 COOKIE = "runnerd_session"
 LOGIN_COOKIE = "runnerd_login"
@@ -36,35 +41,47 @@ class Session:
         self.expires_at = expires_at
 
 
-class Sessions:
-    """The signed-in browsers, and the login attempts by client address."""
+def _hash(sid: str) -> str:
+    return hashlib.sha256(sid.encode()).hexdigest()
 
-    def __init__(self, clock: Callable[[], float]) -> None:
+
+class Sessions:
+    """The signed-in browsers (in the database), and the login attempts by client address."""
+
+    def __init__(self, database: db.Database, clock: Callable[[], float]) -> None:
+        self.db = database
         self.clock = clock
-        self._sessions: dict[str, Session] = {}
         self.attempts = ratelimit.Buckets()
 
-    def start(self) -> tuple[str, Session]:
-        """A new session (a fresh id); the oldest ones go when there are too many."""
+    async def start(self) -> tuple[str, Session]:
+        """A new session (a fresh id); expired ones go, and the oldest beyond MAX_SESSIONS."""
         now = self.clock()
-        self._sessions = {k: s for k, s in self._sessions.items() if s.expires_at > now}
-        while len(self._sessions) >= MAX_SESSIONS:
-            del self._sessions[next(iter(self._sessions))]
         sid = secrets.token_urlsafe(32)
         session = Session(secrets.token_urlsafe(32), now + SESSION_SECONDS)
-        self._sessions[sid] = session
+
+        def store(tx: db.Tx) -> None:
+            tx.execute("console_sessions_prune", {"now": now, "keep": MAX_SESSIONS - 1})
+            tx.execute("console_session_start", {"id_hash": _hash(sid), "csrf": session.csrf,
+                                                 "now": now, "expires_at": session.expires_at})
+
+        await self.db.write(store)
         return sid, session
 
-    def get(self, request: web.Request) -> Session | None:
+    async def get(self, request: web.Request) -> Session | None:
         """The request's live session, if its cookie names one."""
-        session = self._sessions.get(request.cookies.get(COOKIE, ""))
-        if session is None or session.expires_at <= self.clock():
+        sid = request.cookies.get(COOKIE)
+        if not sid:
             return None
-        return session
+        params = {"id_hash": _hash(sid), "now": self.clock()}
+        row = await self.db.read(lambda tx: tx.one("console_session_get", params))
+        return Session(row["csrf"], row["expires_at"]) if row else None
 
-    def end(self, request: web.Request) -> None:
-        """Forget the request's session (logout)."""
-        self._sessions.pop(request.cookies.get(COOKIE, ""), None)
+    async def end(self, request: web.Request) -> None:
+        """Forget the request's session (logout, or a login replacing it)."""
+        sid = request.cookies.get(COOKIE)
+        if sid:
+            await self.db.write(lambda tx: tx.execute("console_session_end",
+                                                      {"id_hash": _hash(sid)}))
 
     def throttled(self, request: web.Request) -> float:
         """Count a login attempt from the client; seconds to wait when it is one too many."""

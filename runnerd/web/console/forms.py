@@ -46,8 +46,8 @@ async def login(request: web.Request) -> web.StreamResponse:
     expected = request.app[render.VIEW].config.settings.admin_token or ""
     if not access.same(token if isinstance(token, str) else None, expected):
         return await login_form(request, status=401, message="wrong token")
-    sessions.end(request)
-    sid, _ = sessions.start()
+    await sessions.end(request)
+    sid, _ = await sessions.start()
     response = web.HTTPSeeOther("/console/tasks")
     access.set_cookie(response, request, access.COOKIE, sid, access.SESSION_SECONDS)
     response.del_cookie(access.LOGIN_COOKIE, path="/")
@@ -56,7 +56,7 @@ async def login(request: web.Request) -> web.StreamResponse:
 
 async def logout(request: web.Request) -> web.StreamResponse:
     """POST /console/logout: the session ends."""
-    request.app[render.SESSIONS].end(request)
+    await request.app[render.SESSIONS].end(request)
     response = web.HTTPSeeOther("/console/login")
     response.del_cookie(access.COOKIE, path="/")
     return response

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib import parse
 
@@ -88,29 +90,63 @@ def _time(value: str, name: str) -> float | None:
     return (parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)).timestamp()
 
 
-def _cursor(value: str) -> int:
-    return models.MAX_INT64 if not value else operator.parse_run_id(value)
+def _window(q: Mapping[str, str], key: Callable[[str], Any]) -> dict[str, Any]:
+    """The time filters and the keyset cursor of a list page, as its query's parameters.
+
+    `before` is `CREATED_AT:ID` of the last row of the previous page (`key` parses the id);
+    `until` (exclusive) is the same bound with no id, so the nearer of the two applies.
+    """
+    since, until = _time(q.get("since", ""), "since"), _time(q.get("until", ""), "until")
+    before_at, before_id = float("inf"), None
+    if q.get("before"):
+        at, _, row_id = q["before"].partition(":")
+        try:
+            before_at, before_id = float(at), key(row_id)
+        except (ValueError, errors.NotFound):
+            raise errors.InvalidInput(f"bad cursor {q['before'][:40]!r}: follow the Older "
+                                      "link") from None
+    if until is not None and until <= before_at:
+        before_at, before_id = until, None
+    return {"since": -math.inf if since is None else since, "before_at": before_at,
+            "before_id": before_id, "limit": PAGE + 1}
+
+
+def _older(q: Mapping[str, str], rows: list[Any], id_column: str) -> str:
+    """The query string of the next (older) page, or "" on the last one."""
+    if len(rows) <= PAGE:
+        return ""
+    last = rows[PAGE - 1]
+    older = {k: v for k, v in q.items() if v and k != "before"}
+    older["before"] = f"{last['created_at']!r}:{last[id_column]}"
+    return "?" + parse.urlencode(older)
+
+
+def runs_query(q: Mapping[str, str]) -> tuple[str, dict[str, Any]]:
+    """The named query and parameters of a runs page (?state=&kind=&task=&since=&until=&before=).
+
+    Every combination of filters is a range scan per (kind, state) pair of an index that ends
+    with the creation time (runs_kind_state, or runs_task_kind_state for a task), each bounded
+    by the page size.
+    """
+    state, kind, task = q.get("state") or None, q.get("kind") or None, q.get("task") or None
+    operator.check_filters(state, kind, task, PAGE)
+    kinds = [kind] if kind else ["task", "action"] if task else [k.value for k in models.RunKind]
+    params = {**_window(q, operator.parse_run_id), "kinds": json.dumps(kinds), "task": task,
+              "states": json.dumps([state] if state else [s.value for s in models.RunState])}
+    return ("console_runs_of_task" if task else "console_runs"), params
 
 
 async def run_list(request: web.Request) -> web.StreamResponse:
-    """/console/runs?state=&kind=&task=&since=&until=&before=: a keyset page, newest first."""
+    """/console/runs: a keyset page of runs, newest first (`runs_query`)."""
     view = request.app[render.VIEW]
     q = request.query
-    state, kind, task = q.get("state") or None, q.get("kind") or None, q.get("task") or None
-    operator.check_filters(state, kind, task, PAGE)
-    params = {"state": state, "kind": kind, "task": task, "since": _time(q.get("since", ""),
-              "since"), "until": _time(q.get("until", ""), "until"),
-              "before": _cursor(q.get("before", "")), "limit": PAGE + 1}
-    rows = await view.db.read(lambda tx: tx.all("console_runs", params))
+    query, params = runs_query(q)
+    rows = await view.db.read(lambda tx: tx.all(query, params))
     now = view.clock()
-    shown = [_run_row(models.Run.from_row(r), now) for r in rows[:PAGE]]
-    more = dict(q)
-    more["before"] = str(shown[-1]["id"]) if shown else ""
     return render.page(request, "runs.html", {
-        "runs": shown, "filters": dict(q), "states": [s.value for s in models.RunState],
-        "kinds": [k.value for k in models.RunKind],
-        "next": "?" + parse.urlencode({k: v for k, v in more.items() if v})
-                if len(rows) > PAGE else ""})
+        "runs": [_run_row(models.Run.from_row(r), now) for r in rows[:PAGE]],
+        "filters": dict(q), "states": [s.value for s in models.RunState],
+        "kinds": [k.value for k in models.RunKind], "next": _older(q, rows, "id")})
 
 
 def _tree(tx: db.Tx, run: models.Run) -> tuple[list[models.Run], list[Any]]:
@@ -164,21 +200,30 @@ async def run(request: web.Request) -> web.StreamResponse:
         "child_events": [{"id": e["id"], "topic": e["topic"]} for e in child_events]})
 
 
-async def events(request: web.Request) -> web.StreamResponse:
-    """/console/events?topic=&id=&before=: events newest first, each with its run tree."""
-    view = request.app[render.VIEW]
-    q = request.query
+def events_query(q: Mapping[str, str]) -> tuple[str, dict[str, Any]]:
+    """The named query and parameters of an events page (?topic=&since=&until=&before=, or
+    ?id=): a range scan of events_topic or events_created bounded by the page size."""
     topic = q.get("topic") or None
     if topic is not None:
         operator.check_topic(topic)
-    before_at, before_rid = _event_cursor(q.get("before", ""))
-    params = {"topic": topic, "id": q.get("id") or None, "before_at": before_at,
-              "before_rid": before_rid, "limit": PAGE}
+    if q.get("id"):
+        return "console_event", {"id": q["id"]}
+    window = _window(q, str)
+    params = {"topic": topic, "since": window["since"], "before_at": window["before_at"],
+              "before_rid": window["before_id"], "limit": window["limit"]}
+    return ("console_events_of_topic" if topic else "console_events"), params
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    """/console/events: events newest first (`events_query`), each with its run tree."""
+    view = request.app[render.VIEW]
+    q = request.query
+    query, params = events_query(q)
 
     def read(tx: db.Tx) -> tuple[list[Any], list[Any]]:
-        found = tx.all("console_events", params)
+        found = tx.all(query, params)
         return found, tx.all("console_runs_of_events", {
-            "ids": json.dumps([e["id"] for e in found]), "limit": PAGE * 20})
+            "ids": json.dumps([e["id"] for e in found[:PAGE]]), "limit": PAGE * 20})
 
     found, tree = await view.db.read(read)
     now = view.clock()
@@ -188,22 +233,9 @@ async def events(request: web.Request) -> web.StreamResponse:
     shown = [{"id": e["id"], "topic": e["topic"], "source": e["source"],
               "created": render.when(e["created_at"], now),
               "data": render.pretty(models.loads(e["data"]))[0][:300],
-              "runs": by_event.get(e["id"], [])} for e in found]
-    older = f"{found[-1]['created_at']!r}:{found[-1]['rid']}" if len(found) == PAGE else ""
-    return render.page(request, "events.html", {"events": shown, "topic": topic or "",
-                                                 "older": older})
-
-
-def _event_cursor(value: str) -> tuple[float, str]:
-    """`CREATED_AT:ID` of the last event of the previous page; none: from the newest."""
-    if not value:
-        return float("inf"), ""
-    at, _, event_id = value.partition(":")
-    try:
-        return float(at), event_id
-    except ValueError:
-        raise errors.InvalidInput(f"bad cursor {value[:40]!r}: follow the Older events "
-                                  "link") from None
+              "runs": by_event.get(e["id"], [])} for e in found[:PAGE]]
+    return render.page(request, "events.html", {
+        "events": shown, "filters": dict(q), "next": _older(q, found, "rid")})
 
 
 def _schedule(monitor: Any) -> str:
@@ -245,9 +277,11 @@ async def monitor(request: web.Request) -> web.StreamResponse:
 
 
 async def queue(request: web.Request) -> web.StreamResponse:
-    """/console/queue: counts by kind and state, lag, what waits most, workers' heartbeats."""
+    """/console/queue: counts by kind and state, lag, what waits most, and every worker process
+    on the database with its node and heartbeat (stale: older than `node_timeout`)."""
     view = request.app[render.VIEW]
     now = view.clock()
+    timeout = view.config.settings.node_timeout
 
     def read(tx: db.Tx) -> tuple[dict[str, Any], list[Any]]:
         return runs.stats(tx, now), tx.all("workers_all")
@@ -256,6 +290,10 @@ async def queue(request: web.Request) -> web.StreamResponse:
     return render.page(request, "queue.html", {
         "stats": stats, "counts": [{"kind": k, "states": sorted(v.items())}
                                    for k, v in stats["queue"].items()],
-        "workers": [{"id": w["id"], "healthy": bool(w["healthy"]), "problem": w["problem"] or "",
-                     "active": w["active_runs"], "beat": render.when(w["heartbeat_at"], now),
+        "timeout": render.ago(0, timeout).removesuffix(" ago"),
+        "workers": [{"id": w["id"], "node": w["node"] or w["host"], "healthy": bool(w["healthy"]),
+                     "problem": w["problem"] or "", "active": w["active_runs"],
+                     "beat": render.when(w["heartbeat_at"], now),
+                     "stale": w["stopped_at"] is None and now - w["heartbeat_at"] > timeout,
+                     "stopped": render.when(w["stopped_at"], now) if w["stopped_at"] else None,
                      "started": render.when(w["started_at"], now)} for w in workers]})

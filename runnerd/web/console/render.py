@@ -32,12 +32,14 @@ def environment() -> liquid.Environment:
 
 def page(request: web.Request, name: str, values: dict[str, Any], *,
          status: int = 200) -> web.Response:
-    """A whole page: the template `name` inside the layout, with the session's CSRF token."""
+    """A whole page: the template `name` inside the layout, with the session's CSRF token and
+    `here` (the address with its query: the Refresh links)."""
     session = request.get(SESSION)
     nonce = secrets.token_urlsafe(16)  # the only scripts that run are ours, on this response
     template = environment().get_template(name)
     body = template.render(**values, csrf=session.csrf if session else "",
-                           signed_in=session is not None, path=request.path, nonce=nonce)
+                           signed_in=session is not None, path=request.path,
+                           here=request.path_qs, nonce=nonce)
     return web.Response(text=body, status=status, content_type="text/html", headers={
         "Cache-Control": "no-store", "X-Frame-Options": "DENY",
         "Content-Security-Policy": "default-src 'self'; style-src 'unsafe-inline'; "

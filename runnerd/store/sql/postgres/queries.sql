@@ -179,14 +179,26 @@ FROM tree LEFT JOIN runs r ON r.event_id = tree.id GROUP BY tree.id;
 -- The web console: NULL filters need a type here, and JSON arrays are read with json functions.
 
 -- name: console_runs
-SELECT * FROM runs
-WHERE id < :before
-  AND (CAST(:state AS TEXT) IS NULL OR state = :state)
-  AND (CAST(:kind AS TEXT) IS NULL OR kind = :kind)
-  AND (CAST(:task AS TEXT) IS NULL OR task_name = :task)
-  AND (CAST(:since AS DOUBLE PRECISION) IS NULL OR created_at >= :since)
-  AND (CAST(:until AS DOUBLE PRECISION) IS NULL OR created_at < :until)
-ORDER BY id DESC LIMIT :limit;
+SELECT r.* FROM json_array_elements_text(CAST(:kinds AS json)) AS k(value)
+CROSS JOIN json_array_elements_text(CAST(:states AS json)) AS s(value)
+CROSS JOIN LATERAL (
+    SELECT * FROM runs
+    WHERE kind = k.value AND state = s.value
+      AND created_at >= :since AND created_at <= :before_at
+      AND (created_at < :before_at OR id < :before_id)
+    ORDER BY created_at DESC, id DESC LIMIT :limit) AS r
+ORDER BY r.created_at DESC, r.id DESC LIMIT :limit;
+
+-- name: console_runs_of_task
+SELECT r.* FROM json_array_elements_text(CAST(:kinds AS json)) AS k(value)
+CROSS JOIN json_array_elements_text(CAST(:states AS json)) AS s(value)
+CROSS JOIN LATERAL (
+    SELECT * FROM runs
+    WHERE task_name = :task AND kind = k.value AND state = s.value
+      AND created_at >= :since AND created_at <= :before_at
+      AND (created_at < :before_at OR id < :before_id)
+    ORDER BY created_at DESC, id DESC LIMIT :limit) AS r
+ORDER BY r.created_at DESC, r.id DESC LIMIT :limit;
 
 -- name: console_task_runs
 -- SQLite's DESC puts NULLs last: so does NULLS LAST.
@@ -197,10 +209,18 @@ ORDER BY r.task_name, r.finished_at DESC NULLS LAST;
 
 -- name: console_events
 SELECT id AS rid, * FROM events
-WHERE created_at <= :before_at AND (created_at < :before_at OR id < CAST(:before_rid AS TEXT))
-  AND (CAST(:topic AS TEXT) IS NULL OR topic = :topic)
-  AND (CAST(:id AS TEXT) IS NULL OR id = :id)
+WHERE created_at >= :since AND created_at <= :before_at
+  AND (created_at < :before_at OR id < CAST(:before_rid AS TEXT))
 ORDER BY created_at DESC, id DESC LIMIT :limit;
+
+-- name: console_events_of_topic
+SELECT id AS rid, * FROM events
+WHERE topic = :topic AND created_at >= :since AND created_at <= :before_at
+  AND (created_at < :before_at OR id < CAST(:before_rid AS TEXT))
+ORDER BY created_at DESC, id DESC LIMIT :limit;
+
+-- name: console_event
+SELECT id AS rid, * FROM events WHERE id = :id;
 
 -- name: console_runs_of_events
 SELECT * FROM runs WHERE event_id IN (SELECT json_array_elements_text(CAST(:ids AS json)))
