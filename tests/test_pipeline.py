@@ -824,3 +824,50 @@ async def test_an_in_process_action_that_fails_fails_alone_with_its_error_event(
     await p.drain()
     assert await p.cache("orders") == 2
     assert (await p.runs(kind="action"))[1].state is models.RunState.SUCCEEDED
+
+
+async def test_a_flood_of_webhooks_is_stored_before_it_is_rendered(pipeline) -> None:
+    """Listener first: while webhooks wait for their commit, the worker renders at most one task
+    run per `EVENTS_PER_RENDER` events stored (one per batch at least); the rest after."""
+    p = await pipeline("""
+        tasks:
+          - name: Sum
+            subscriptions: user/load/flood
+            code: |
+              {% assign total = 0 %}
+              {% for i in (1..200) %}{% assign total = total | plus: i %}{% endfor %}
+              {% action "cache", "set", "flood", total %}
+    """)
+    import asyncio
+
+    stop = asyncio.Event()
+    running = [asyncio.create_task(p.parts.ingest.run(stop)), asyncio.create_task(p.worker.run(
+        stop, grace=5))]
+    batches: list[int] = []
+    events_stored = p.parts.ingest.on_stored
+
+    def counting(stored: runs.Stored) -> None:
+        batches.append(stored.routed)
+        events_stored(stored)
+
+    p.parts.ingest.on_stored = counting
+
+    async def client(n: int) -> None:  # a keep-alive connection: the next request once answered
+        for i in range(n):
+            await p.parts.ingest.submit(runs.new_event("user/load/flood", {"i": i}, "webhook",
+                                                       p.clock()))
+
+    await asyncio.wait_for(asyncio.gather(*(client(20) for _ in range(64))), timeout=60)
+    rendered_during = p.worker.rendered
+    allowed = sum(max(1, n // worker.EVENTS_PER_RENDER) for n in batches)
+    assert sum(batches) == 64 * 20
+    assert rendered_during <= allowed < 64 * 20 / 2, (rendered_during, allowed, len(batches))
+    # ... and the rest is rendered once the flood is over.
+    for _ in range(600):
+        if p.worker.rendered == 64 * 20 and not p.worker.active:
+            break
+        await asyncio.sleep(0.05)
+    assert p.worker.rendered == 64 * 20
+    stop.set()
+    await asyncio.wait_for(asyncio.gather(*running), timeout=30)
+    assert await p.cache("flood") == 20100

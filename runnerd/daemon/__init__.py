@@ -140,7 +140,8 @@ def build(reg: registry.Registry, database: db.Database, executors: actions.Regi
     counters = metrics.Metrics()
     engine = paths.Engine(database, current.get_registry, executors, reader=reader,
                           concurrency=reg.settings.concurrency, clock=clock,
-                          on_finished=counters.finished, on_routed=counters.routed)
+                          on_finished=counters.finished, on_routed=counters.routed,
+                          listener_busy=lambda: queue.busy)
     worker_ = engine.worker
     beat = heartbeat.Heartbeat(database, notifier=notifier, clock=clock,
                                interval=heartbeat.watchdog_interval(environ),

@@ -49,6 +49,14 @@ DEFER_ROUNDS = 8
 #: stay due for the next turn): a burst is recorded in steps, never one long transaction.
 RENDER_BATCH = 64
 RENDER_BATCH_SECONDS = 0.05
+#: Listener first: while webhooks wait for their commit (`listener_busy`), the worker renders at
+#: most one task run per `EVENTS_PER_RENDER` events the ingest stores (at least one per batch,
+#: at most `RENDER_QUOTA` ahead), so a burst is taken at the listener's pace and rendered after;
+#: when no webhook waits, it renders freely.
+EVENTS_PER_RENDER = 8
+RENDER_QUOTA = 8
+#: How long the worker waits for a batch before it asks `listener_busy` again.
+LISTENER_WAIT_SECONDS = 0.1
 #: Due event runs routed per turn.
 ROUTE_BATCH = 64
 
@@ -74,8 +82,10 @@ class Worker:
         on_routed: Callable[[int], None] | None = None,
         lane: Lane | None = None,
         lane_cap: int | None = None,
+        listener_busy: Callable[[], bool] = lambda: False,
     ) -> None:
         self.db = database
+        self.listener_busy = listener_busy  #: webhooks wait for their commit (`ingested`)
         self.handlers = handlers  #: task and action runs (event runs are routed: `route`)
         self.route = route
         self.on_routed = on_routed
@@ -102,6 +112,8 @@ class Worker:
         #: of time): until a fetch catches up, offers are refused so that the queue's order
         #: (oldest first) holds
         self._behind = True
+        self._quota = 0  #: renders allowed by the batches stored (`ingested`)
+        self._quota_ready = asyncio.Event()
 
     @property
     def active(self) -> int:
@@ -215,10 +227,27 @@ class Worker:
                 self._behind = True
                 self._held.difference_update(left.run.id for left in jobs[i:])
                 return i
+            await self._listener_first()
             self._done.append(await self._outcome(runs.begin(job, self.clock())))
             self.rendered += 1
             await asyncio.sleep(0)  # let requests and started runs move between renders
         return len(jobs)
+
+    def ingested(self, events: int) -> None:
+        """The ingest stored a batch of `events` webhooks: the renders it allows
+        (`EVENTS_PER_RENDER`)."""
+        self._quota = min(RENDER_QUOTA, self._quota + max(1, events // EVENTS_PER_RENDER))
+        self._quota_ready.set()
+
+    async def _listener_first(self) -> None:
+        """Before a render: while webhooks wait for their commit, wait until a batch stored
+        allows it."""
+        while self._quota <= 0 and self.listener_busy():
+            self._quota_ready.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(LISTENER_WAIT_SECONDS):
+                    await self._quota_ready.wait()
+        self._quota = max(0, self._quota - 1)
 
     def _finish_and_claim(self, tx: db.Tx, done: list[runs.Outcome], limit: int, now: float,
                           busy: collections.Counter[str], performed: list[runs.Outcome],
