@@ -45,7 +45,7 @@ PARAMS: dict[str, Any] = {
     "problem": None, "loop_lag": 0.0, "before": T + 1e6, "after_at": float("-inf"),
     "after_rid": 0, "cutoff_failed": T + 1e6, "page": 10, "batch": 100, "since": T - 10,
     "sent_at": T, "next_at": T + 60, "task": None, "attempt": 1, "until": T + 1e6,
-    "per_task": 5, "before_at": T + 1e6, "before_rid": "~",
+    "per_task": 5, "before_at": T + 1e6, "before_rid": "~", "cap": 3,
 }
 #: Where a query needs another value than PARAMS's.
 OVERRIDES: dict[str, dict[str, Any]] = {
