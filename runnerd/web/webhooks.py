@@ -62,6 +62,8 @@ async def read_body(request: web.Request, listen: config.Listen) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise BodyRefused(413, f"body over {limit} bytes")
     try:
+        if request.content.is_eof():  # received whole (a small body comes with its headers)
+            return await request.read()
         async with asyncio.timeout(listen.body_timeout):
             return await request.read()
     except TimeoutError:
@@ -210,7 +212,8 @@ async def _webhook(request: web.Request) -> web.StreamResponse:
         data, data_json = full_data(request, body, request_id, hook.name), None
     else:
         data, data_json = auto_data(body, request.content_type,
-                                    {k: v for k, v in request.query.items()})
+                                    {k: v for k, v in request.query.items()}
+                                    if request.query_string else {})
     event = runs.new_event(hook.topic, data, "webhook", st.clock(),
                            webhook_request_id=request_id, data_json=data_json)
     try:
