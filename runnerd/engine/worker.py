@@ -5,13 +5,15 @@ slot: a render is CPU work on this thread, so the worker renders the due task ru
 right after each turn (for at most `RENDER_BATCH_SECONDS`, yielding to the event loop between
 renders) and records them in the next turn, straight from `due`. Task runs may also be handed
 over (`offer`: the engine's fast path for a webhook batch, see the package docstring): the
-worker renders them before its next turn instead of fetching them in it. Event runs take no slot
-and are never claimed: routing is a lookup in memory, so the turn's transaction routes the due
-ones with the engine's `route` (`runs.route_due`) and fetches their task runs with the others;
-slow action runs holding every slot hold up neither. The worker performs no run itself: it gets
-a handler per run kind it performs (task, action), the event router and a lane function. It
-wakes when the webhook, the scheduler or a finished run says there is work, and polls so that
-scheduled runs and retries come due.
+worker renders them before its next turn instead of fetching them in it. Webhooks come first:
+while requests wait for their commit (`listener_busy`), each render waits for its share of the
+batches the ingest stores (`ingested`), so a burst is answered at the listener's pace and
+rendered after. Event runs take no slot and are never claimed: routing is a lookup in memory, so
+the turn's transaction routes the due ones with the engine's `route` (`runs.route_due`) and
+fetches their task runs with the others; slow action runs holding every slot hold up neither.
+The worker performs no run itself: it gets a handler per run kind it performs (task, action), the
+event router and a lane function. It wakes when the webhook, the scheduler or a finished run says
+there is work, and polls so that scheduled runs and retries come due.
 
 Lanes: a run may belong to a lane (an http action run: its target host). At most `lane_cap` runs
 of one lane are started at once; a claimed run over the cap is handed back, `scheduled` a moment
