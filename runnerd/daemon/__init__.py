@@ -140,8 +140,7 @@ def build(reg: registry.Registry, database: db.Database, executors: actions.Regi
     counters = metrics.Metrics()
     engine = paths.Engine(database, current.get_registry, executors, reader=reader,
                           concurrency=reg.settings.concurrency, clock=clock,
-                          on_finished=counters.finished, on_routed=counters.routed,
-                          listener_busy=lambda: queue.busy)
+                          on_finished=counters.finished, on_routed=counters.routed)
     worker_ = engine.worker
     beat = heartbeat.Heartbeat(database, notifier=notifier, clock=clock,
                                interval=heartbeat.watchdog_interval(environ),

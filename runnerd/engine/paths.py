@@ -38,14 +38,13 @@ class Engine:
         clock: Callable[[], float],
         on_finished: Callable[[list[runs.Outcome]], None],
         on_routed: Callable[[int], None],
-        listener_busy: Callable[[], bool] = lambda: False,
     ) -> None:
         self.kinds = run_kinds.Handlers(get_registry, executors, reader=reader, clock=clock)
         self.on_routed = on_routed
         self.worker = worker.Worker(database, self.kinds.for_kind(), self.kinds.route,
                                     concurrency=concurrency, clock=clock,
                                     on_finished=on_finished, on_routed=on_routed,
-                                    lane=http_lane, listener_busy=listener_busy)
+                                    lane=http_lane)
 
     def store_events(self, tx: db.Tx, events: Sequence[models.Event], now: float) -> runs.Stored:
         """Fast path 1, the ingest's transaction function: store a webhook batch and route the
@@ -54,9 +53,7 @@ class Engine:
 
     def events_stored(self, stored: runs.Stored) -> None:
         """Fast path 2, once the ingest's batch is committed: count its routed event runs and
-        hand its due task runs to the worker, which renders them without fetching them; the
-        batch also tells the worker how many renders it allows (`Worker.ingested`)."""
-        self.worker.ingested(stored.routed)
+        hand its due task runs to the worker, which renders them without fetching them."""
         if stored.routed:
             self.on_routed(stored.routed)
         if stored.jobs:

@@ -5,15 +5,13 @@ slot: a render is CPU work on this thread, so the worker renders the due task ru
 right after each turn (for at most `RENDER_BATCH_SECONDS`, yielding to the event loop between
 renders) and records them in the next turn, straight from `due`. Task runs may also be handed
 over (`offer`: the engine's fast path for a webhook batch, see the package docstring): the
-worker renders them before its next turn instead of fetching them in it. Webhooks come first:
-while requests wait for their commit (`listener_busy`), each render waits for its share of the
-batches the ingest stores (`ingested`), so a burst is answered at the listener's pace and
-rendered after. Event runs take no slot and are never claimed: routing is a lookup in memory, so
-the turn's transaction routes the due ones with the engine's `route` (`runs.route_due`) and
-fetches their task runs with the others; slow action runs holding every slot hold up neither.
-The worker performs no run itself: it gets a handler per run kind it performs (task, action), the
-event router and a lane function. It wakes when the webhook, the scheduler or a finished run says
-there is work, and polls so that scheduled runs and retries come due.
+worker renders them before its next turn instead of fetching them in it. Event runs take no slot
+and are never claimed: routing is a lookup in memory, so the turn's transaction routes the due
+ones with the engine's `route` (`runs.route_due`) and fetches their task runs with the others;
+slow action runs holding every slot hold up neither. The worker performs no run itself: it gets
+a handler per run kind it performs (task, action), the event router and a lane function. It
+wakes when the webhook, the scheduler or a finished run says there is work, and polls so that
+scheduled runs and retries come due.
 
 Lanes: a run may belong to a lane (an http action run: its target host). At most `lane_cap` runs
 of one lane are started at once; a claimed run over the cap is handed back, `scheduled` a moment
@@ -51,14 +49,6 @@ DEFER_ROUNDS = 8
 #: stay due for the next turn): a burst is recorded in steps, never one long transaction.
 RENDER_BATCH = 64
 RENDER_BATCH_SECONDS = 0.05
-#: Listener first: while webhooks wait for their commit (`listener_busy`), the worker renders at
-#: most one task run per `EVENTS_PER_RENDER` events the ingest stores (at least one per batch,
-#: at most `RENDER_QUOTA` ahead), so a burst is taken at the listener's pace and rendered after;
-#: when no webhook waits, it renders freely.
-EVENTS_PER_RENDER = 8
-RENDER_QUOTA = 8
-#: How long the worker waits for a batch before it asks `listener_busy` again.
-LISTENER_WAIT_SECONDS = 0.1
 #: Due event runs routed per turn.
 ROUTE_BATCH = 64
 
@@ -84,10 +74,8 @@ class Worker:
         on_routed: Callable[[int], None] | None = None,
         lane: Lane | None = None,
         lane_cap: int | None = None,
-        listener_busy: Callable[[], bool] = lambda: False,
     ) -> None:
         self.db = database
-        self.listener_busy = listener_busy  #: webhooks wait for their commit (`ingested`)
         self.handlers = handlers  #: task and action runs (event runs are routed: `route`)
         self.route = route
         self.on_routed = on_routed
@@ -114,8 +102,6 @@ class Worker:
         #: of time): until a fetch catches up, offers are refused so that the queue's order
         #: (oldest first) holds
         self._behind = True
-        self._quota = 0  #: renders allowed by the batches stored (`ingested`)
-        self._quota_ready = asyncio.Event()
 
     @property
     def active(self) -> int:
@@ -229,27 +215,10 @@ class Worker:
                 self._behind = True
                 self._held.difference_update(left.run.id for left in jobs[i:])
                 return i
-            await self._listener_first()
             self._done.append(await self._outcome(runs.begin(job, self.clock())))
             self.rendered += 1
             await asyncio.sleep(0)  # let requests and started runs move between renders
         return len(jobs)
-
-    def ingested(self, events: int) -> None:
-        """The ingest stored a batch of `events` webhooks: the renders it allows
-        (`EVENTS_PER_RENDER`)."""
-        self._quota = min(RENDER_QUOTA, self._quota + max(1, events // EVENTS_PER_RENDER))
-        self._quota_ready.set()
-
-    async def _listener_first(self) -> None:
-        """Before a render: while webhooks wait for their commit, wait until a batch stored
-        allows it."""
-        while self._quota <= 0 and self.listener_busy():
-            self._quota_ready.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(LISTENER_WAIT_SECONDS):
-                    await self._quota_ready.wait()
-        self._quota = max(0, self._quota - 1)
 
     def _finish_and_claim(self, tx: db.Tx, done: list[runs.Outcome], limit: int, now: float,
                           busy: collections.Counter[str], performed: list[runs.Outcome],

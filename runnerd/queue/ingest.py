@@ -42,7 +42,6 @@ class Ingest:
         self._pending: list[tuple[models.Event, asyncio.Future[None]]] = []
         self._ready = asyncio.Event()
         self._closed = False
-        self._committing = False  #: a batch's transaction is under way
         self.due_task_runs = 0  #: task runs waiting to be rendered, at the last count
         self._counted_at = -DEPTH_MAX_AGE  #: when (monotonic) that count was made
         self._counting: asyncio.Task[None] | None = None
@@ -51,11 +50,6 @@ class Ingest:
     def closed(self) -> bool:
         """True once the ingest refuses new events (shutdown)."""
         return self._closed
-
-    @property
-    def busy(self) -> bool:
-        """True while events wait for their commit (their requests wait for an answer)."""
-        return self._committing or bool(self._pending)
 
     def admit(self, max_due_runs: int) -> bool:
         """False while more than `max_due_runs` task runs wait to be rendered (the webhook then
@@ -104,7 +98,6 @@ class Ingest:
         batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch:]
         events = [event for event, _ in batch]
         now = self.clock()
-        self._committing = True
         try:
             stored = await self.db.write(lambda tx: self.store(tx, events, now))
         except Exception as exc:  # noqa: BLE001 - whatever failed, the ingest must live on
@@ -121,8 +114,6 @@ class Ingest:
                 if not future.done():
                     future.set_exception(exc)
             return
-        finally:
-            self._committing = False
         for _, future in batch:
             if not future.done():
                 future.set_result(None)
