@@ -249,6 +249,11 @@ def ingest_once(procs: Procs, port: int, seconds: float,
                    duration=seconds, body=body)
 
 
+def count_events(rd: Runnerd) -> int:
+    """Events stored (every webhook the daemon answered 204, warm-up included)."""
+    return int(rd.query("SELECT COUNT(*) FROM events")[0][0])
+
+
 def finished_runs(rd: Runnerd) -> int:
     """Runs the daemon has created (all finished once it is idle); MAX(id) needs no scan."""
     return int(rd.query("SELECT COALESCE(MAX(id), 0) FROM runs")[0][0])
@@ -352,7 +357,10 @@ def bench(plan: Plan, tmp: Path, procs: Procs, huey_workers: int) -> tuple[list[
             b = ingest_once(procs, bare_port, plan.ingest_seconds)
             raw["bare"].append(b)
             bare_a.append(b["rps"])
+            cpu0, events0 = cpu_seconds(rd.pid), count_events(rd)
             r = ingest_once(procs, rd.port, plan.ingest_seconds)
+            r["cpu_us_per_request"] = (1e6 * (cpu_seconds(rd.pid) - cpu0)
+                                       / max(1, count_events(rd) - events0))
             raw["ingest"].append(r)
             ours_a.append(r["rps"])
             log(f"   bare {b['rps']:.0f} req/s (client CPU {b['cpu_share']:.0%})   "
@@ -421,6 +429,11 @@ def bench(plan: Plan, tmp: Path, procs: Procs, huey_workers: int) -> tuple[list[
               f"up to {client_cpu:.0%} of its core against the bare server"
               + (" — at saturation, so the bare figure is a floor and the ratio flattering."
                  if client_cpu > 0.9 else ".") + a_note_err)))
+    rows.append(Row(
+        "a", "daemon CPU a webhook (ingest)", [x["cpu_us_per_request"] for x in raw["ingest"]],
+        "µs", note="user + system CPU of the daemon (all its threads) over an ingest repetition "
+                   "with its warm-up, divided by the events it stored: the load-independent "
+                   "figure behind the row above."))
     ours_w = [x["rps"] for x in raw["ingest_rendering"]]
     w_failed = sum(x["completed"] - x["ok"] + x["errors"] for x in raw["ingest_rendering"])
     w_ratio = ratio(median(ours_w), median(bare_a))

@@ -1,4 +1,4 @@
-"""What-if measurements behind bench/PROFILE.md: runnerd with one change patched in at start-up.
+"""What-if measurements: runnerd with one change patched in at start-up.
 
     .venv/bin/python -m bench.experiments [--only NAME ...] [--events 3000] [--reps 3]
 

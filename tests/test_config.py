@@ -32,6 +32,7 @@ def test_defaults(tmp_path: Path) -> None:
     s = load(tmp_path, "database: x.db\n")
     assert s.database == tmp_path / "x.db"
     assert (s.listen.host, s.listen.port, s.listen.max_body_bytes) == ("127.0.0.1", 8787, 1048576)
+    assert s.listen.max_due_runs == 100_000
     assert (s.concurrency, s.retention_days, s.retention_days_failed) == (8, 15, 90)
     assert s.admin_token is None and s.timezone == "UTC"
 
@@ -73,7 +74,7 @@ def test_every_problem_is_listed_with_its_key_path(tmp_path: Path) -> None:
         database: x.db
         concurrency: "eight"
         timezone: Mars/Olympus
-        listen: {host: 127.0.0.1, port: 99999, colour: blue}
+        listen: {host: 127.0.0.1, port: 99999, colour: blue, max_due_runs: 0}
         email: {transport: pigeon, smtp: {starttls: sometimes}}
         webhooks:
           - {name: orders, topic: shopify/orders/create}
@@ -90,6 +91,7 @@ def test_every_problem_is_listed_with_its_key_path(tmp_path: Path) -> None:
         "timezone: unknown timezone 'Mars/Olympus'",
         "listen.port: expected a port from 0 to 65535, got 99999",
         "listen.colour: unknown key",
+        "listen.max_due_runs: must be greater than 0, got 0",
         "email.transport: expected one of smtp, outbox, got 'pigeon'",
         "email.smtp.starttls: expected one of auto, always, never",
         "webhooks[0].topic: bad topic 'shopify/orders/create'",

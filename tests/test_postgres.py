@@ -48,7 +48,7 @@ PARAMS: dict[str, Any] = {
     "per_task": 5, "before_at": T + 1e6, "before_rid": "~", "node": "n1", "lease_until": T + 20,
     "held": 0, "before_id": 1 << 40,
     "kinds": '["event", "task", "action"]', "states": '["due", "succeeded"]',
-    "id_hash": "ab" * 32, "csrf": "c",
+    "id_hash": "ab" * 32, "csrf": "c", "cap": 3,
 }
 #: Where a query needs another value than PARAMS's.
 OVERRIDES: dict[str, dict[str, Any]] = {

@@ -52,6 +52,9 @@ class Listen:
     #: a connection with no request under way (idle keep-alive, or silent since it opened)
     #: is closed after this
     keepalive_timeout: float = 15.0
+    #: back-pressure: while more task runs than this wait to be rendered, webhooks get 503 with
+    #: Retry-After (a burst is taken and rendered after; only a backlog this deep refuses)
+    max_due_runs: int = 100_000
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -338,12 +341,14 @@ def _settings(raw: Any, path: Path, r: yamlread.Reader) -> Settings:
 
 def _listen(raw: Any, r: yamlread.Reader) -> Listen:
     timeouts = ("header_timeout", "body_timeout", "keepalive_timeout")
-    s = r.section(raw, "listen", {"host", "port", "max_body_bytes", *timeouts})
+    s = r.section(raw, "listen", {"host", "port", "max_body_bytes", "max_due_runs", *timeouts})
     return Listen(
         host=r.get(s, "listen", "host", str, _default(Listen, "host")),
         port=r.get(s, "listen", "port", int, _default(Listen, "port"), _port),
         max_body_bytes=r.get(s, "listen", "max_body_bytes", int,
                              _default(Listen, "max_body_bytes"), yamlread.positive),
+        max_due_runs=r.get(s, "listen", "max_due_runs", int, _default(Listen, "max_due_runs"),
+                           yamlread.positive),
         **{key: r.duration(s, "listen", key, _default(Listen, key), _finite_positive)
            for key in timeouts},
     )

@@ -4,6 +4,10 @@
 answer 204. While one batch is being written, new submissions gather for the next one. How a
 batch is stored is the engine's `store` (it routes the events in the same transaction), and
 what it stored goes to the engine's `on_stored` once committed (see runnerd/engine/).
+
+Back-pressure: `admit` says whether a webhook may be taken, from the last count of the task runs
+waiting to be rendered (a capped count on the read connection, refreshed in the background when
+it is older than `DEPTH_MAX_AGE`), so only a backlog that is really there refuses requests.
 """
 
 from __future__ import annotations
@@ -18,6 +22,9 @@ from runnerd.queue import runs
 from runnerd.store import db
 
 logger = logging.getLogger(__name__)
+
+#: How old (seconds) the count of waiting task runs may be before a webhook has it refreshed.
+DEPTH_MAX_AGE = 0.5
 
 
 class Ingest:
@@ -35,11 +42,32 @@ class Ingest:
         self._pending: list[tuple[models.Event, asyncio.Future[None]]] = []
         self._ready = asyncio.Event()
         self._closed = False
+        self.due_task_runs = 0  #: task runs waiting to be rendered, at the last count
+        self._counted_at = -DEPTH_MAX_AGE  #: when (monotonic) that count was made
+        self._counting: asyncio.Task[None] | None = None
 
     @property
     def closed(self) -> bool:
         """True once the ingest refuses new events (shutdown)."""
         return self._closed
+
+    def admit(self, max_due_runs: int) -> bool:
+        """False while more than `max_due_runs` task runs wait to be rendered (the webhook then
+        answers 503), by the last count; a count older than `DEPTH_MAX_AGE` is refreshed in the
+        background (the request does not wait for it)."""
+        if self._counting is None and time.monotonic() - self._counted_at >= DEPTH_MAX_AGE:
+            self._counting = asyncio.create_task(self._count(max_due_runs))
+        return self.due_task_runs <= max_due_runs
+
+    async def _count(self, max_due_runs: int) -> None:
+        try:
+            self.due_task_runs = await self.db.read(
+                lambda tx: runs.due_task_depth(tx, max_due_runs + 1))
+        except errors.DatabaseError:
+            pass  # keep the last count; the write path reports the database's trouble
+        finally:
+            self._counted_at = time.monotonic()
+            self._counting = None
 
     async def submit(self, event: models.Event) -> None:
         """Store `event` durably; DatabaseError if it could not be stored."""

@@ -610,3 +610,9 @@ def stats(tx: db.Tx, now: float) -> dict[str, Any]:
         "top_waiting_actions": top("top_waiting_actions"),
         "top_waiting_topics": top("top_waiting_topics"),
     }
+
+
+def due_task_depth(tx: db.Tx, cap: int) -> int:
+    """How many task runs are due (waiting to be rendered), counted up to `cap`."""
+    row = tx.one("due_task_depth", {"cap": cap, **PRIORITIES})
+    return int(row["n"]) if row is not None else 0

@@ -26,6 +26,8 @@ VIEW = web.AppKey("webhooks", context.Webhooks)
 SIGNATURE_HEADER = "X-Runnerd-Signature"
 #: Optional, with a signature: Unix seconds, signed as `<timestamp>.<body>` (replay protection).
 TIMESTAMP_HEADER = "X-Runnerd-Timestamp"
+#: Seconds a webhook refused for back-pressure is told to wait (`Retry-After`).
+RETRY_AFTER = 1
 
 
 def add_routes(app: web.Application, view: context.Webhooks) -> None:
@@ -60,6 +62,8 @@ async def read_body(request: web.Request, listen: config.Listen) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise BodyRefused(413, f"body over {limit} bytes")
     try:
+        if request.content.is_eof():  # received whole (a small body comes with its headers)
+            return await request.read()
         async with asyncio.timeout(listen.body_timeout):
             return await request.read()
     except TimeoutError:
@@ -186,6 +190,11 @@ async def _webhook(request: web.Request) -> web.StreamResponse:
     if request.method != "POST":
         return web.json_response({"error": "only POST is allowed"}, status=405,
                                  headers={"Allow": "POST"})
+    if not st.ingest.admit(settings.listen.max_due_runs):
+        return web.json_response(
+            {"error": f"event not stored: over {settings.listen.max_due_runs} task runs wait to "
+                      "be rendered (listen.max_due_runs); retry later"},
+            status=503, headers={"Retry-After": str(RETRY_AFTER)})
     try:
         body = await read_body(request, settings.listen)
     except BodyRefused as exc:
@@ -203,7 +212,8 @@ async def _webhook(request: web.Request) -> web.StreamResponse:
         data, data_json = full_data(request, body, request_id, hook.name), None
     else:
         data, data_json = auto_data(body, request.content_type,
-                                    {k: v for k, v in request.query.items()})
+                                    {k: v for k, v in request.query.items()}
+                                    if request.query_string else {})
     event = runs.new_event(hook.topic, data, "webhook", st.clock(),
                            webhook_request_id=request_id, data_json=data_json)
     try:

@@ -495,6 +495,12 @@ SELECT kind, 'scheduled', COUNT(*) FROM runs WHERE state = 'scheduled' GROUP BY 
 UNION ALL
 SELECT kind, 'started', COUNT(*) FROM runs WHERE state = 'started' GROUP BY kind;
 
+-- name: due_task_depth
+-- How many task runs wait to be rendered, counted up to :cap (the webhooks' back-pressure):
+-- a range of the partial index runs_due, so it costs at most :cap index entries.
+SELECT COUNT(*) AS n FROM (SELECT 1 FROM runs WHERE state = 'due' AND priority = :task_priority
+                           LIMIT :cap) AS due;
+
 -- name: finished_counts_since
 -- Runs finished since :since, by kind and final state.
 SELECT kind, state, COUNT(*) AS n FROM runs
