@@ -45,7 +45,8 @@ PARAMS: dict[str, Any] = {
     "problem": None, "loop_lag": 0.0, "before": T + 1e6, "after_at": float("-inf"),
     "after_rid": 0, "cutoff_failed": T + 1e6, "page": 10, "batch": 100, "since": T - 10,
     "sent_at": T, "next_at": T + 60, "task": None, "attempt": 1, "until": T + 1e6,
-    "per_task": 5, "before_at": T + 1e6, "before_rid": "~",
+    "per_task": 5, "before_at": T + 1e6, "before_rid": "~", "node": "n1", "timeout": "30",
+    "holder": "n1", "ttl": 15.0,
 }
 #: Where a query needs another value than PARAMS's.
 OVERRIDES: dict[str, dict[str, Any]] = {
@@ -53,6 +54,7 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     "prune_event": {"id": EVENT}, "worker_beat": {"id": "w1", "started_at": T},
     "worker_stopped": {"id": "w1"},
     "workers_retire": {"id": "w2"}, "workers_prune": {"id": "w2"},
+    "workers_retire_node": {"id": "w2"}, "lease_take": {"name": "leader"},
     "finish_run": {"state": "succeeded", "from": "due"}, "status_alerted": {"state": "down"},
     "ping_insert": {"kind": "start"}, "retry_later": {"from": "due"},
     "cache_set": {"value": "40"}, "console_events": {"id": None},

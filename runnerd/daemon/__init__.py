@@ -1,5 +1,9 @@
 """The composition root: lock, migrate, requeue orphans, build the parts, supervise, stop in order.
 
+The lock is the SQLite file's (one daemon per file), or on PostgreSQL the node's name's (several
+nodes per database, one per name: `engine.nodes` says what each node does at start-up and which
+one leads).
+
 Shutdown order on SIGTERM/SIGINT: the HTTP listener stops accepting and drains its requests, then
 the ingest queue commits what it holds, the scheduler stops, the worker stops claiming and gives
 started runs `shutdown_grace` seconds, requeues what is left, and the database closes. A second
@@ -27,10 +31,10 @@ from runnerd import actions, config, errors
 from runnerd.actions import echo, email, event, guard, http
 from runnerd.actions import executors as action_executors
 from runnerd.config import targets
-from runnerd.engine import paths, scheduler
+from runnerd.engine import nodes, paths, scheduler
 from runnerd.liquid import render
 from runnerd.monitoring import heartbeat, metrics, monitors, sd_notify
-from runnerd.queue import ingest, runs
+from runnerd.queue import ingest
 from runnerd.store import backends, db, dbfiles
 from runnerd.tasks import registry
 from runnerd.web import app, context, listener
@@ -126,6 +130,7 @@ class Parts:
     heartbeat: heartbeat.Heartbeat
     metrics: metrics.Metrics
     app: web.Application
+    leader: nodes.Leader | None  #: PostgreSQL's; None on SQLite (that daemon always leads)
 
 
 def build(reg: registry.Registry, database: db.Database, executors: actions.Registry,
@@ -137,20 +142,28 @@ def build(reg: registry.Registry, database: db.Database, executors: actions.Regi
     `reader`: the event loop's read-only connection (cache reads while rendering).
     """
     current = context.Current(reg)
-    counters = metrics.Metrics()
+    settings = reg.settings
+    leader = (nodes.Leader(database, settings.node, timeout=settings.node_timeout, clock=clock)
+              if nodes.shared(database) else None)
+    is_leader = leader.is_leader if leader is not None else lambda: True
+    counters = metrics.Metrics(node=settings.node, is_leader=is_leader)
     engine = paths.Engine(database, current.get_registry, executors, reader=reader,
                           concurrency=reg.settings.concurrency, clock=clock,
                           on_finished=counters.finished, on_routed=counters.routed)
+    if leader is not None:
+        leader.on_requeued = engine.wake
     worker_ = engine.worker
-    beat = heartbeat.Heartbeat(database, notifier=notifier, clock=clock,
-                               interval=heartbeat.watchdog_interval(environ),
+    interval = heartbeat.INTERVAL if leader is None else min(
+        heartbeat.INTERVAL, settings.node_timeout / 3)  # other nodes judge it by its beats
+    beat = heartbeat.Heartbeat(database, notifier=notifier, clock=clock, node=settings.node,
+                               interval=heartbeat.watchdog_interval(environ, interval),
                                active_runs=lambda: worker_.active,
                                db_writable=lambda: worker_.healthy,
                                dead_components=dead_components)
     queue = ingest.Ingest(database, store=engine.store_events, on_stored=engine.events_stored,
                           clock=clock)
     ticks = scheduler.Scheduler(database, current.get_registry, on_fire=engine.wake,
-                                clock=clock)
+                                clock=clock, is_leader=is_leader)
     watch = monitors.Monitors(database, lambda: current.settings, clock=clock,
                               on_event=engine.wake)
 
@@ -162,7 +175,7 @@ def build(reg: registry.Registry, database: db.Database, executors: actions.Regi
         context.Webhooks(current, queue, clock, on_webhook=counters.webhook),
         context.Api(current, database, executors, clock, wake=engine.wake),
         context.Ops(current, database, clock, beat, watch, counters, ticks, wake=pinged))
-    return Parts(current, engine, queue, ticks, watch, beat, counters, application)
+    return Parts(current, engine, queue, ticks, watch, beat, counters, application, leader)
 
 
 class Daemon:
@@ -181,7 +194,7 @@ class Daemon:
         """Run until a signal; return the exit code."""
         reg = load(self.path, self.environ)
         settings = reg.settings
-        with backends.lock_database(settings.database, settings.database_url):
+        with backends.lock_database(settings.database, settings.database_url, settings.node):
             if settings.database_url is None:
                 dbfiles.remove_stale_partials(settings.database.parent)
             database = await backends.open_database(settings.database, settings.database_url).open()
@@ -189,7 +202,7 @@ class Daemon:
             try:
                 await database.migrate()
                 database.watch()
-                requeued = await database.write(runs.requeue_started)
+                requeued = await nodes.requeue_orphans(database, settings.node)
                 if requeued:
                     logger.warning("requeued %d run(s) left started by a crash", requeued,
                                    extra={"action": "orphans_requeued"})
@@ -220,6 +233,7 @@ class Daemon:
         self.parts = parts
         beat, worker_ = parts.heartbeat, parts.engine.worker
         runner = listener.Runner(parts.app, settings.listen)
+        await beat.begin()  # this node's row exists before its worker claims anything
         loop = asyncio.get_running_loop()
         self._install_signals(loop)
         try:
@@ -233,11 +247,9 @@ class Daemon:
                         ("scheduler", parts.scheduler.run(halt), halt),
                         ("monitors", parts.monitors.run(halt), halt),
                         ("alerts", parts.monitors.run_alerts(halt), halt),
-                        ("heartbeat", beat.run(halt), halt)):
+                        ("heartbeat", beat.run(halt), halt),
+                        *([("leader", parts.leader.run(halt), halt)] if parts.leader else [])):
                     components[name] = tg.create_task(_supervise(name, coro, until), name=name)
-                # /health answers 200 from the first request on, and READY=1 implies it.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(beat.first_beat.wait(), timeout=5.0)
                 await runner.setup()
                 site = web.TCPSite(runner, settings.listen.host, settings.listen.port)
                 try:
