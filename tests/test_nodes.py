@@ -130,22 +130,24 @@ async def test_recovery_racing_a_late_finish_of_the_same_run(pg_url: str, first:
     setup = pg_connect(pg_url)
     [run_id] = seed(setup, [("started", "dead")], [("w-dead", "dead", T)])
     one, two = pg_connect(pg_url), pg_connect(pg_url)
-    steps = {"finish": lambda conn: _finish(conn, run_id), "recovery": _recover}
-    second = "recovery" if first == "finish" else "finish"
-    assert steps[first](one) == 1
-    # The second blocks on the first's row lock, then re-checks its guard on the new row.
-    thread, out = _in_thread(lambda: steps[second](two))
-    wait_until(lambda: setup.execute(
-        "SELECT COUNT(*) AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-    ).fetchone()["n"] == 1, timeout=10, message="the second transaction waits")
-    one.execute("COMMIT")
-    thread.join(timeout=10)
-    two.execute("COMMIT")
-    assert out == [0]
-    row = setup.execute("SELECT state, node FROM runs WHERE id = %s", (run_id,)).fetchone()
-    assert row["state"] == ("succeeded" if first == "finish" else "due")
-    for conn in (setup, one, two):
-        conn.close()
+    try:
+        steps = {"finish": lambda conn: _finish(conn, run_id), "recovery": _recover}
+        second = "recovery" if first == "finish" else "finish"
+        assert steps[first](one) == 1
+        # The second blocks on the first's row lock, then re-checks its guard on the new row.
+        thread, out = _in_thread(lambda: steps[second](two))
+        wait_until(lambda: setup.execute(
+            "SELECT COUNT(*) AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+        ).fetchone()["n"] == 1, timeout=10, message="the second transaction waits")
+        one.execute("COMMIT")
+        thread.join(timeout=10)
+        two.execute("COMMIT")
+        assert out == [0]
+        row = setup.execute("SELECT state, node FROM runs WHERE id = %s", (run_id,)).fetchone()
+        assert row["state"] == ("succeeded" if first == "finish" else "due")
+    finally:
+        for conn in (setup, one, two):
+            conn.close()
 
 
 # -- the leader's lease ---------------------------------------------------------------------
