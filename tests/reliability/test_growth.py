@@ -228,6 +228,7 @@ GROWTH = {
                      "retention.prune_batch: older than retention_days",
     "task_status": "one row per task or monitor name in the configuration",
     "event_counts": "one row per event source (a handful)",
+    "leases": "one row per lease name (the nodes' leader: 'leader'), renewed in place",
     "sqlite_sequence": "one row per AUTOINCREMENT table",
 }
 
