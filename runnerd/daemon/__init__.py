@@ -82,6 +82,12 @@ def restart_only_changes(old: config.Settings, new: config.Settings) -> list[str
     return [key for key in RESTART_ONLY if getattr(old, key) != getattr(new, key)]
 
 
+async def _after(ready: asyncio.Event, start: Callable[[], Awaitable[None]]) -> None:
+    """Run `start()` once `ready` is set."""
+    await ready.wait()
+    await start()
+
+
 def _first(group: BaseExceptionGroup[Any], kind: type[BaseException]) -> BaseException | None:
     """The first exception of `kind` in a (nested) exception group."""
     for exc in group.exceptions:
@@ -233,7 +239,6 @@ class Daemon:
         self.parts = parts
         beat, worker_ = parts.heartbeat, parts.engine.worker
         runner = listener.Runner(parts.app, settings.listen)
-        await beat.begin()  # this node's row exists before its worker claims anything
         loop = asyncio.get_running_loop()
         self._install_signals(loop)
         try:
@@ -242,14 +247,19 @@ class Daemon:
                 # listener drains, not after it (a keep-alive client can hold that for seconds).
                 for name, coro, until in (
                         ("ingest", parts.ingest.run(halt), halt),
-                        ("worker", worker_.run(self.stop, grace=settings.shutdown_grace),
-                         self.stop),
+                        # This node's row exists before its worker claims anything: other
+                        # nodes judge its runs by it (engine.nodes).
+                        ("worker", _after(beat.first_beat, lambda: worker_.run(
+                            self.stop, grace=settings.shutdown_grace)), self.stop),
                         ("scheduler", parts.scheduler.run(halt), halt),
                         ("monitors", parts.monitors.run(halt), halt),
                         ("alerts", parts.monitors.run_alerts(halt), halt),
                         ("heartbeat", beat.run(halt), halt),
                         *([("leader", parts.leader.run(halt), halt)] if parts.leader else [])):
                     components[name] = tg.create_task(_supervise(name, coro, until), name=name)
+                # /health answers 200 from the first request on, and READY=1 implies it.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(beat.first_beat.wait(), timeout=5.0)
                 await runner.setup()
                 site = web.TCPSite(runner, settings.listen.host, settings.listen.port)
                 try:

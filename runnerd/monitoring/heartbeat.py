@@ -149,8 +149,9 @@ class Heartbeat:
             self._lag = max(self._lag, time.monotonic() - start - PROBE_SECONDS)
 
     async def begin(self) -> None:
-        """Retire earlier processes' rows and write the first beat (once). The daemon calls it
-        before its worker claims a run: other nodes judge this node's runs by this row."""
+        """Retire earlier processes' rows and write the first beat (once), then set
+        `first_beat`: the daemon's worker starts after it, as other nodes judge this node's runs
+        by this row."""
         if self.first_beat.is_set():
             return
         try:
