@@ -487,3 +487,20 @@ def test_janitor_runs_on_the_leader_only(tmp_path: Path) -> None:
 
     assert asyncio.run(janitor_purges(False)) is False
     assert asyncio.run(janitor_purges(True)) is True
+
+
+async def test_prune_by_hand_while_another_node_prunes_is_one_line(
+        make_node: Any, pg_url: str) -> None:
+    await (await migrated(pg_url)).close()
+    node = make_node("a")
+    conn = pg_connect(pg_url)
+    try:
+        conn.execute("BEGIN")
+        assert tx_on(conn).one("prune_lock")["ok"]
+        done = await asyncio.to_thread(node.cli, "prune")
+        assert done.returncode == 1 and done.stderr.splitlines()[-1] == (
+            "runnerd: prune: another runnerd is applying retention now; nothing pruned")
+        conn.execute("COMMIT")
+        assert (await asyncio.to_thread(node.cli, "prune")).returncode == 0
+    finally:
+        conn.close()
