@@ -56,7 +56,7 @@ async def test_beat_writes_the_row_and_feeds_the_watchdog(database: db.Database,
                                    dead_components=lambda: dead)
         assert await beat.beat(clock()) is True
         assert drain(sock) == ["WATCHDOG=1"]
-        (row,) = await database.read(lambda tx: heartbeat.rows(tx, clock() + 2))
+        (row,) = await database.read(lambda tx: heartbeat.rows(tx, clock() + 2, 30.0))
         assert row["healthy"] is True and row["active_runs"] == 3 and row["pid"] == os.getpid()
         assert row["heartbeat_age_seconds"] == 2.0
         assert beat.facts(clock())["status"] == "ok"
@@ -65,7 +65,7 @@ async def test_beat_writes_the_row_and_feeds_the_watchdog(database: db.Database,
         clock.advance(5)
         assert await beat.beat(clock()) is False
         assert drain(sock) == []  # no WATCHDOG=1 while unhealthy: systemd restarts us
-        (row,) = await database.read(lambda tx: heartbeat.rows(tx, clock()))
+        (row,) = await database.read(lambda tx: heartbeat.rows(tx, clock(), 30.0))
         assert row["healthy"] is False
         assert row["problem"] == "component scheduler stopped; database unwritable"
         clock.advance(16)  # three intervals without a beat: stale

@@ -49,6 +49,7 @@ PARAMS: dict[str, Any] = {
     "held": 0, "before_id": 1 << 40,
     "kinds": '["event", "task", "action"]', "states": '["due", "succeeded"]',
     "id_hash": "ab" * 32, "csrf": "c", "cap": 3,
+    "timeout": "30", "holder": "n1", "ttl": 15.0,
 }
 #: Where a query needs another value than PARAMS's.
 OVERRIDES: dict[str, dict[str, Any]] = {
@@ -56,6 +57,7 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     "prune_event": {"id": EVENT}, "worker_beat": {"id": "w1", "started_at": T},
     "worker_stopped": {"id": "w1"},
     "workers_retire": {"id": "w2"}, "workers_prune": {"id": "w2"},
+    "workers_retire_node": {"id": "w2"}, "lease_take": {"name": "leader"},
     "finish_run": {"state": "succeeded", "from": "due"}, "status_alerted": {"state": "down"},
     "ping_insert": {"kind": "start"}, "retry_later": {"from": "due"},
     "cache_set": {"value": "40"}, "console_event": {"id": EVENT},

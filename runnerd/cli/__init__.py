@@ -387,6 +387,9 @@ def cmd_prune(args: argparse.Namespace, path: str, environ: dict[str, str]) -> i
 
     out = shared.with_db(settings, lambda d: retention.prune(d, settings, time.time(),
                                                               on_batch=batch))
+    if not out:
+        raise errors.RunnerdError("prune: another runnerd is applying retention now; "
+                                  "nothing pruned")
     if args.json:
         shared.print_json(out)
     else:

@@ -36,7 +36,8 @@ def add_parsers(add: Add, jsonable: argparse.ArgumentParser) -> None:
     s = add("monitors", "list the monitors, or: monitors pause|resume|show NAME", jsonable)
     s.add_argument("action", nargs="?", choices=["pause", "resume", "show"])
     s.add_argument("name", nargs="?")
-    add("workers", "the daemon processes' heartbeats, with ages", jsonable)
+    add("workers", "the daemon processes (nodes) with their heartbeats and ages, alive or not",
+        jsonable)
 
 
 def _checks(pairs: list[list[str]]) -> list[tuple[str, float]]:
@@ -166,20 +167,24 @@ def _listing(settings: config.Settings) -> dict[str, dict[str, Any]]:
 
 
 def cmd_workers(args: argparse.Namespace, path: str, environ: dict[str, str]) -> int:
-    """`runnerd workers`: one line per daemon process seen, newest first."""
+    """`runnerd workers`: one line per daemon process seen (each with its node), newest first;
+    alive: not stopped, and beat within `node_timeout`."""
     settings = config.load(path, environ)
     now = time.time()
-    rows = shared.with_db(settings, lambda d: d.read(lambda tx: heartbeat.rows(tx, now)))
+    rows = shared.with_db(settings, lambda d: d.read(
+        lambda tx: heartbeat.rows(tx, now, settings.node_timeout)))
     if args.json:
         shared.print_json(rows)
         return 0
     if not rows:
         print("no workers have run on this database")
         return 0
-    print(f"{'WORKER':<36} {'HEALTHY':<8} {'ACTIVE':>6} {'BEAT AGE':>9} {'UPTIME':>9}  PROBLEM")
+    print(f"{'NODE':<16} {'WORKER':<36} {'ALIVE':<7} {'HEALTHY':<8} {'ACTIVE':>6} "
+          f"{'BEAT AGE':>9} {'UPTIME':>9}  PROBLEM")
     for r in rows:
         state = "stopped" if r["stopped_at"] else ("yes" if r["healthy"] else "NO")
-        print(f"{r['id'][:36]:<36} {state:<8} {r['active_runs']:>6} "
+        print(f"{(r['node'] or '-')[:16]:<16} {r['id'][:36]:<36} "
+              f"{'yes' if r['alive'] else 'no':<7} {state:<8} {r['active_runs']:>6} "
               f"{r['heartbeat_age_seconds']:>8.1f}s {r['uptime_seconds']:>8.0f}s  "
               f"{r['problem'] or ''}")
     return 0

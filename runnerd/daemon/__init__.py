@@ -1,6 +1,10 @@
 """The composition root: lock, migrate, requeue orphans, record the tasks first seen, build the
 parts, supervise, stop in order.
 
+The lock is the SQLite file's (one daemon per file), or on PostgreSQL the node's name's (several
+nodes per database, one per name: `engine.nodes` says what each node does at start-up and which
+one leads).
+
 Shutdown order on SIGTERM/SIGINT: the HTTP listener stops accepting and drains its requests, then
 the ingest queue commits what it holds, the scheduler stops, the worker stops claiming and gives
 started runs `shutdown_grace` seconds, requeues what is left, and the database closes. A second
@@ -28,7 +32,7 @@ from runnerd import actions, config, errors
 from runnerd.actions import echo, email, event, guard, http
 from runnerd.actions import executors as action_executors
 from runnerd.config import targets
-from runnerd.engine import paths, scheduler
+from runnerd.engine import nodes, paths, scheduler
 from runnerd.liquid import render
 from runnerd.monitoring import heartbeat, metrics, monitors, sd_notify
 from runnerd.queue import ingest, runs, taskstatus
@@ -85,6 +89,12 @@ def restart_only_changes(old: config.Settings, new: config.Settings) -> list[str
     return [key for key in RESTART_ONLY if getattr(old, key) != getattr(new, key)]
 
 
+async def _after(ready: asyncio.Event, start: Callable[[], Awaitable[None]]) -> None:
+    """Run `start()` once `ready` is set."""
+    await ready.wait()
+    await start()
+
+
 def _first(group: BaseExceptionGroup[Any], kind: type[BaseException]) -> BaseException | None:
     """The first exception of `kind` in a (nested) exception group."""
     for exc in group.exceptions:
@@ -133,6 +143,7 @@ class Parts:
     heartbeat: heartbeat.Heartbeat
     metrics: metrics.Metrics
     app: web.Application
+    leader: nodes.Leader | None  #: PostgreSQL's; None on SQLite (that daemon always leads)
 
 
 def build(reg: registry.Registry, database: db.Database, executors: actions.Registry,
@@ -144,21 +155,29 @@ def build(reg: registry.Registry, database: db.Database, executors: actions.Regi
     `reader`: the event loop's read-only connection (cache reads while rendering).
     """
     current = context.Current(reg)
-    counters = metrics.Metrics()
+    settings = reg.settings
+    leader = (nodes.Leader(database, settings.node, timeout=settings.node_timeout, clock=clock)
+              if nodes.shared(database) else None)
+    is_leader = leader.is_leader if leader is not None else lambda: True
+    counters = metrics.Metrics(node=settings.node, is_leader=is_leader)
     engine = paths.Engine(database, current.get_registry, executors, reader=reader,
                           concurrency=reg.settings.concurrency, clock=clock,
                           on_finished=counters.finished, on_routed=counters.routed,
                           node=reg.settings.node)
+    if leader is not None:
+        leader.on_requeued = engine.wake
     worker_ = engine.worker
-    beat = heartbeat.Heartbeat(database, notifier=notifier, clock=clock,
-                               interval=heartbeat.watchdog_interval(environ),
+    interval = heartbeat.INTERVAL if leader is None else min(
+        heartbeat.INTERVAL, settings.node_timeout / 3)  # other nodes judge it by its beats
+    beat = heartbeat.Heartbeat(database, notifier=notifier, clock=clock, node=settings.node,
+                               interval=heartbeat.watchdog_interval(environ, interval),
                                active_runs=lambda: worker_.active,
                                db_writable=lambda: worker_.healthy,
                                dead_components=dead_components)
     queue = ingest.Ingest(database, store=engine.store_events, on_stored=engine.events_stored,
                           clock=clock)
     ticks = scheduler.Scheduler(database, current.get_registry, on_fire=engine.wake,
-                                clock=clock)
+                                clock=clock, is_leader=is_leader)
     watch = monitors.Monitors(database, lambda: current.settings, clock=clock,
                               on_event=engine.wake)
 
@@ -170,7 +189,7 @@ def build(reg: registry.Registry, database: db.Database, executors: actions.Regi
         context.Webhooks(current, queue, clock, on_webhook=counters.webhook),
         context.Api(current, database, executors, clock, wake=engine.wake),
         context.Ops(current, database, clock, beat, watch, counters, ticks, wake=pinged))
-    return Parts(current, engine, queue, ticks, watch, beat, counters, application)
+    return Parts(current, engine, queue, ticks, watch, beat, counters, application, leader)
 
 
 class Daemon:
@@ -192,7 +211,7 @@ class Daemon:
         """Run until a signal; return the exit code."""
         reg = load(self.path, self.environ)
         settings = reg.settings
-        with backends.lock_database(settings.database, settings.database_url):
+        with backends.lock_database(settings.database, settings.database_url, settings.node):
             if settings.database_url is None:
                 dbfiles.remove_stale_partials(settings.database.parent)
             database = await backends.open_database(settings.database, settings.database_url).open()
@@ -200,7 +219,7 @@ class Daemon:
             try:
                 await database.migrate()
                 database.watch()
-                requeued = await database.write(runs.requeue_started)
+                requeued = await nodes.requeue_orphans(database, settings.node)
                 if requeued:
                     logger.warning("requeued %d run(s) left started by a crash", requeued,
                                    extra={"action": "orphans_requeued"})
@@ -241,12 +260,15 @@ class Daemon:
                 # listener drains, not after it (a keep-alive client can hold that for seconds).
                 for name, coro, until in (
                         ("ingest", parts.ingest.run(halt), halt),
-                        ("worker", worker_.run(self.stop, grace=settings.shutdown_grace),
-                         self.stop),
+                        # This node's row exists before its worker claims anything: other
+                        # nodes judge its runs by it (engine.nodes).
+                        ("worker", _after(beat.first_beat, lambda: worker_.run(
+                            self.stop, grace=settings.shutdown_grace)), self.stop),
                         ("scheduler", parts.scheduler.run(halt), halt),
                         ("monitors", parts.monitors.run(halt), halt),
                         ("alerts", parts.monitors.run_alerts(halt), halt),
-                        ("heartbeat", beat.run(halt), halt)):
+                        ("heartbeat", beat.run(halt), halt),
+                        *([("leader", parts.leader.run(halt), halt)] if parts.leader else [])):
                     components[name] = tg.create_task(_supervise(name, coro, until), name=name)
                 # /health answers 200 from the first request on, and READY=1 implies it.
                 with contextlib.suppress(TimeoutError):

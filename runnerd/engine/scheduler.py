@@ -1,5 +1,8 @@
 """The scheduler: mechanic/scheduler/* events on wall-clock boundaries, and the janitor.
 
+Every node runs the scheduler (a slot's row fires it once across nodes); the janitor runs on the
+leader only (`engine.nodes`; on SQLite the one daemon always leads).
+
 `latest_slot(name, now, tz)` is pure: the most recent boundary at or before `now` in `tz`.
 The ticker only enqueues; a slot fires at most once because `scheduler_slots` has the primary key
 (topic, slot_at). After downtime, each topic's latest missed slot fires once, late; the first
@@ -84,11 +87,13 @@ class Scheduler:
         *,
         on_fire: Callable[[], None],
         clock: Callable[[], float] = time.time,
+        is_leader: Callable[[], bool] = lambda: True,
     ) -> None:
         self.db = database
         self.get_registry = get_registry
         self.on_fire = on_fire
         self.clock = clock
+        self.is_leader = is_leader  #: the janitor runs on the leader only (engine.nodes)
         self.known: dict[str, float] = {}  # topic -> latest recorded slot
         self.last_tick: dict[str, float] = {}  # topic -> when it last fired (metrics)
         self._last_janitor = 0.0
@@ -134,7 +139,7 @@ class Scheduler:
             now = self.clock()
             try:
                 await self.tick(now)
-                if now - self._last_janitor >= JANITOR_SECONDS:
+                if now - self._last_janitor >= JANITOR_SECONDS and self.is_leader():
                     self._last_janitor = now
                     await self.janitor(now)
             except errors.DatabaseError as exc:

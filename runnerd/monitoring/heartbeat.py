@@ -1,4 +1,5 @@
-"""The heartbeat: a `workers` row every 5 s, the health facts behind /health, systemd's watchdog.
+"""The heartbeat: a `workers` row every 5 s (on PostgreSQL at least three per `node_timeout`, which
+other nodes judge it by: `engine.nodes`), the health facts behind /health, systemd's watchdog.
 
 Healthy means: every supervised component is alive, the event loop has not stalled for more
 than `lag_threshold` seconds since the last beat (a probe sleeps a quarter second and measures
@@ -56,6 +57,7 @@ class Heartbeat:
         clock: Callable[[], float] = time.time,
         interval: float = INTERVAL,
         lag_threshold: float = LAG_THRESHOLD,
+        node: str | None = None,
     ) -> None:
         self.db = database
         self.notifier = notifier
@@ -68,6 +70,7 @@ class Heartbeat:
         self.started_at = clock()
         self.pid = os.getpid()
         self.host = socket.gethostname()
+        self.node = node or self.host  #: the node name (`Settings.node`)
         self.id = f"{self.host}:{self.pid}:{int(self.started_at)}"
         self.last_beat_at: float | None = None
         self.beat_ok = True  #: False when the last beat could not be written
@@ -104,6 +107,7 @@ class Heartbeat:
             "worker_id": self.id,
             "pid": self.pid,
             "host": self.host,
+            "node": self.node,
             "started_at": models.iso(self.started_at),
             "uptime_seconds": round(now - self.started_at, 3),
             "heartbeat_at": models.iso(self.last_beat_at),
@@ -121,7 +125,8 @@ class Heartbeat:
         problems = [p for p in self.problems(now) if not p.startswith(("heartbeat", "no heart"))]
         row = {"id": self.id, "pid": self.pid, "host": self.host, "started_at": self.started_at,
                "now": now, "healthy": int(not problems), "active_runs": self.active_runs(),
-               "problem": "; ".join(problems) or None, "loop_lag": round(window, 4)}
+               "problem": "; ".join(problems) or None, "loop_lag": round(window, 4),
+               "node": self.node}
         try:
             await self.db.write(lambda tx: tx.execute("worker_beat", row))
         except errors.DatabaseError as exc:
@@ -143,23 +148,35 @@ class Heartbeat:
             await asyncio.sleep(PROBE_SECONDS)
             self._lag = max(self._lag, time.monotonic() - start - PROBE_SECONDS)
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Beat every `interval` until `stop`; then record the clean stop."""
+    async def begin(self) -> None:
+        """Retire earlier processes' rows and write the first beat (once), then set
+        `first_beat`: the daemon's worker starts after it, as other nodes judge this node's runs
+        by this row."""
+        if self.first_beat.is_set():
+            return
         try:
             # Rows of processes silent for long are pruned with the rest of retention
-            # (retention.prune_batch).
-            await self.db.write(lambda tx: tx.execute("workers_retire", {"id": self.id}))
+            # (retention.prune_batch). On PostgreSQL only this node's earlier rows are
+            # retired: other nodes' are theirs (a dead one's are the leader's: engine.nodes).
+            await self.db.write(lambda tx: tx.execute(
+                "workers_retire_node" if self.db.engine == "postgres" else "workers_retire",
+                {"id": self.id, "node": self.node}))
         except errors.DatabaseError as exc:
             logger.error("workers table not updated: %s", exc, extra={"action": "db_write_failed"})
+        await self.beat(self.clock())
+        self.first_beat.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Beat every `interval` (the first beat: `begin`) until `stop`; then record the clean
+        stop."""
+        await self.begin()
         probe = asyncio.create_task(self._probe(stop), name="loop-lag-probe")
         try:
             while not stop.is_set():
-                await self.beat(self.clock())
-                self.first_beat.set()
                 try:
                     await asyncio.wait_for(stop.wait(), timeout=self.interval)
                 except TimeoutError:
-                    pass
+                    await self.beat(self.clock())
         finally:
             probe.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -171,12 +188,14 @@ class Heartbeat:
                 pass
 
 
-def rows(tx: db.Tx, now: float) -> list[dict[str, Any]]:
-    """`runnerd workers`: every row, newest first, with ages in seconds."""
+def rows(tx: db.Tx, now: float, timeout: float) -> list[dict[str, Any]]:
+    """`runnerd workers`: every row, newest first, with ages in seconds; `alive` when it has not
+    stopped and beat within `timeout` seconds (`node_timeout`)."""
     out = []
     for r in tx.all("workers_all"):
         out.append({
-            "id": r["id"], "pid": r["pid"], "host": r["host"],
+            "id": r["id"], "node": r["node"], "pid": r["pid"], "host": r["host"],
+            "alive": r["stopped_at"] is None and now - r["heartbeat_at"] <= timeout,
             "started_at": models.iso(r["started_at"]),
             "heartbeat_at": models.iso(r["heartbeat_at"]),
             "heartbeat_age_seconds": round(now - r["heartbeat_at"], 1),

@@ -8,6 +8,10 @@ listener's `on_webhook` hook). Read at scrape time, cached for `CACHE_SECONDS`: 
 `event_counts` table a trigger keeps, so CLI events count and pruning never lowers it), worker
 health, the scheduler's last ticks, and from `task_status` each monitor's state and latest report
 and each task's latest success (the task's work: its task run and its action runs).
+
+With several nodes on one PostgreSQL database each node serves its own /metrics: the counters
+are that node's, the queue gauges (and events, monitors, tasks) the whole database's, so alert
+rules aggregate them with `max`, not `sum`; `runnerd_node_info{node,leader}` names the node.
 """
 
 from __future__ import annotations
@@ -73,7 +77,9 @@ class _Histogram:
 class Metrics:
     """The daemon's counters, and the collector that exposes them with the scrape-time facts."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, node: str = "", is_leader: Callable[[], bool] = lambda: True) -> None:
+        self.node = node  #: this node's name (runnerd_node_info)
+        self.is_leader = is_leader
         #: scrape-time facts given to `render`: is the daemon healthy, the scheduler's last ticks
         self.healthy = True
         self.last_ticks: Mapping[str, float] = {}
@@ -167,6 +173,11 @@ class Metrics:
         for source, n in sorted(snap.get("events", {}).items()):
             events.add_metric([source], n)
         yield events
+        info = core.GaugeMetricFamily(
+            "runnerd_node_info", "This node (1); leader is 1 on the node that runs recovery and "
+            "retention", labels=["node", "leader"])
+        info.add_metric([self.node, "1" if self.is_leader() else "0"], 1.0)
+        yield info
         yield core.GaugeMetricFamily("runnerd_worker_healthy",
                                      "1 when the daemon is healthy (see /health)",
                                      value=1.0 if self.healthy else 0.0)

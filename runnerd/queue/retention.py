@@ -2,7 +2,8 @@
 
 Event trees whose runs all finished long enough ago (`retention_days`, or
 `retention_days_failed` when one failed) go whole, with their runs and attempts; so do handled
-monitor flips, monitor pings, outbox messages, silent workers rows, old scheduler slots and expired cache keys.
+monitor flips, monitor pings, outbox messages, silent workers rows, old scheduler slots and expired cache keys. One process at a time
+prunes (`locked`): the daemon's janitor runs on the leading node only (engine.nodes).
 """
 
 from __future__ import annotations
@@ -26,27 +27,35 @@ async def prune(database: db.Database, settings: config.Settings, now: float, *,
                 batch: int = PRUNE_BATCH,
                 on_batch: Callable[[dict[str, Any]], None] = lambda _: None) -> dict[str, int]:
     """`runnerd prune`: retention now, in short transactions until nothing more is due;
-    `on_batch` gets the counts so far after each one (the CLI's progress lines).
+    `on_batch` gets the counts so far after each one (the CLI's progress lines). Each
+    transaction first takes retention's lock (`locked`): while another node (or `runnerd prune`)
+    holds it, this call stops, returning {} if it pruned nothing.
 
     Expired cache keys, event trees past retention with their runs (`prune_batch`), handled
     monitor flips, monitor pings, outbox messages, silent workers rows and old scheduler slots.
     """
-    progress: dict[str, Any] = {}
+    progress: dict[str, Any] = dict.fromkeys(("events", "runs", "trees", "monitor_flips",
+                                              "monitor_pings", "outbox", "workers"), 0)
 
-    def first(tx: db.Tx) -> dict[str, int]:
+    def first(tx: db.Tx) -> dict[str, int] | None:
+        if not locked(tx):
+            return None
         return {"cache_keys_purged": cache.purge(tx, now),
                 "scheduler_slots_pruned": tx.execute(
                     "prune_slots", {"before": now - SLOTS_KEEP_SECONDS}).rowcount}
 
     def step(tx: db.Tx) -> bool:
         """One batch; True while a batch was full (more may be due)."""
-        before = {k: progress.get(k, 0) for k in ("trees", "monitor_flips", "monitor_pings",
-                                                       "outbox")}
+        if not locked(tx):
+            return False
+        before = {k: progress[k] for k in ("trees", "monitor_flips", "monitor_pings", "outbox")}
         prune_batch(tx, now, days=settings.retention_days,
                     days_failed=settings.retention_days_failed, batch=batch, stats=progress)
         return any(progress[k] - n >= batch for k, n in before.items())
 
     totals = await database.write(first)
+    if totals is None:
+        return {}  # another node prunes now
     while await database.write(step):
         on_batch(progress)
     on_batch(progress)
@@ -55,6 +64,14 @@ async def prune(database: db.Database, settings: config.Settings, now: float, *,
             "monitor_flips_pruned": progress["monitor_flips"],
             "monitor_pings_pruned": progress["monitor_pings"],
             "outbox_pruned": progress["outbox"], "workers_pruned": progress["workers"]}
+
+
+def locked(tx: db.Tx) -> bool:
+    """Take retention's lock for this transaction: on PostgreSQL an advisory transaction lock,
+    so nodes that briefly both think they lead never prune at once; False if another holds it.
+    (SQLite's writer lock serialises already.)"""
+    row = tx.one("prune_lock")
+    return row is not None and bool(row["ok"])
 
 
 def prune_batch(tx: db.Tx, now: float, *, days: float, days_failed: float, batch: int = 5000,

@@ -22,9 +22,11 @@ def open_database(path: Path, url: str | None) -> db.Database:
     return pg.PgDatabase(url)
 
 
-def lock_database(path: Path, url: str | None) -> contextlib.AbstractContextManager[None]:
-    """The daemon's hold on its database (`lock`, or `pg.lock` on a URL)."""
+def lock_database(path: Path, url: str | None,
+                  node: str) -> contextlib.AbstractContextManager[None]:
+    """The daemon's hold on its database: the SQLite file's `lock` (one daemon per file), or
+    on a URL `pg.lock` on the node's name (one live node per name)."""
     if url is None:
         return db.lock(path)
     from runnerd.store import pg  # see open_database
-    return pg.lock(url)
+    return pg.lock(url, node)

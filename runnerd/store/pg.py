@@ -10,8 +10,9 @@ place of the ones that differ, parameters rewritten to psycopg's style), the mig
 (`postgres/migrations/`, applied under an advisory lock and recorded in `runnerd_schema`), and
 which errors mean "the database cannot be used" (`psycopg.OperationalError`).
 
-One daemon per database until nodes exist: `lock` holds a session advisory lock for the
-daemon's lifetime, as the SQLite lock file does. `backup` writes a pg_dump archive. A lost
+Several nodes share one database (SPEC §14): `lock` holds a session advisory lock on the node's
+name for the node's lifetime, so two live nodes never share a name (the SQLite lock file keeps
+one daemon per file). `backup` writes a pg_dump archive. A lost
 connection is not re-opened yet: writes fail (webhooks get 503) until runnerd is restarted.
 """
 
@@ -34,9 +35,9 @@ from runnerd.store import db, dbfiles, sql
 
 T = TypeVar("T")
 
-#: pg_advisory_lock keys (any bigint): the daemon's and the migrations'.
-DAEMON_LOCK = 0x72756E6E657264  # "runnerd"
-MIGRATE_LOCK = DAEMON_LOCK + 1
+#: pg_advisory_lock key (any bigint) of the migrations ("runnerd" + 1). A node's lock is a
+#: 64-bit hash of its name (`lock`); retention's is in postgres/queries.sql (`prune_lock`).
+MIGRATE_LOCK = 0x72756E6E657264 + 1
 
 
 class PgRow(dict[str, Any]):
@@ -340,26 +341,45 @@ def backup(url: str, target: str | os.PathLike[str]) -> int:
     return dbfiles.publish(Path(target), dump)
 
 
+#: A node's session advisory lock key: a 64-bit hash of its name (prefixed, so it cannot be
+#: another of runnerd's keys by accident).
+_NODE_KEY = "hashtextextended('runnerd node ' || %(node)s, 0)"
+
+
 @contextlib.contextmanager
-def lock(url: str) -> Iterator[None]:
-    """Hold the daemon's session advisory lock on the database for the daemon's lifetime;
-    AlreadyRunning if another runnerd holds it (one daemon per database until nodes exist)."""
+def lock(url: str, node: str) -> Iterator[None]:
+    """Hold the session advisory lock on the name `node` for the node's lifetime; AlreadyRunning
+    naming the other node (its pid and host from `workers`) if a live node has that name."""
     try:
-        conn = connect(url, name="runnerd lock")
+        conn = connect(url, name=f"runnerd node {node}")
     except psycopg.Error as exc:
         raise errors.DatabaseError(
             f"cannot open database {db.redact(url)}: {_first_line(exc)}") from exc
     try:
-        row = conn.execute("SELECT pg_try_advisory_lock(%s) AS ok", (DAEMON_LOCK,)).fetchone()
+        row = conn.execute(f"SELECT pg_try_advisory_lock({_NODE_KEY}) AS ok",
+                           {"node": node}).fetchone()
         if row is None or not row["ok"]:
-            holder = conn.execute(
-                "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a"
-                " ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted"
-                " AND (l.classid::bigint << 32) + l.objid::bigint = %s", (DAEMON_LOCK,),
-            ).fetchone()
-            who = holder["application_name"].removeprefix("runnerd lock ") if holder else "?"
             raise errors.AlreadyRunning(
-                f"another runnerd ({who}) is already running on {db.redact(url)}")
+                f"another runnerd node named {node!r} ({_holder(conn, node)}) is already "
+                f"running on {db.redact(url)}")
         yield
     finally:
         conn.close()
+
+
+def _holder(conn: psycopg.Connection[Any], node: str) -> str:
+    """"pid N on HOST" of the live node named `node`: its latest `workers` row (before its
+    first beat: the pid in its lock connection's application_name)."""
+    exists = conn.execute("SELECT to_regclass('workers') IS NOT NULL AS ok").fetchone()
+    found = conn.execute(
+        "SELECT pid, host FROM workers WHERE node = %(node)s AND stopped_at IS NULL"
+        " ORDER BY heartbeat_at DESC LIMIT 1", {"node": node}).fetchone() if (
+        exists and exists["ok"]) else None
+    if found is not None:
+        return f"pid {found['pid']} on {found['host']}"
+    prefix = f"runnerd node {node} pid "
+    for row in conn.execute("SELECT application_name AS name FROM pg_stat_activity"
+                            " WHERE application_name LIKE 'runnerd node %%'").fetchall():
+        if row["name"].startswith(prefix):
+            return f"pid {row['name'].removeprefix(prefix)}, starting"
+    return "starting"

@@ -229,6 +229,7 @@ GROWTH = {
     "task_status": "one row per task or monitor name in the configuration",
     "event_counts": "one row per event source (a handful)",
     "console_sessions": "expired sessions deleted at each console login; at most 1000 kept",
+    "leases": "one row per lease name (the nodes' leader: 'leader'), renewed in place",
     "sqlite_sequence": "one row per AUTOINCREMENT table",
 }
 

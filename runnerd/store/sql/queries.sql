@@ -104,6 +104,27 @@ WHERE id = :id AND state = 'started';
 -- Every started run back to due (start-up: the lock file proves no other process runs them).
 UPDATE runs SET state = 'due' WHERE state = 'started';
 
+-- name: requeue_node_started
+-- Start-up on PostgreSQL: this node's runs left started by its earlier process (the node's
+-- advisory lock proves it is gone; its worker has not started yet) back to due, and those
+-- started with no node (by a runnerd before nodes: one daemon per database); the attempt
+-- counts.
+UPDATE runs SET state = 'due', node = NULL, lease_until = NULL,
+    error = 'node ' || COALESCE(node, 'unnamed') || ' restarted while the run was started'
+WHERE state = 'started' AND (node = :node OR node IS NULL);
+
+-- name: recover_lost_runs
+-- The leader: the started runs of nodes other than :node with no process beating since
+-- :before (killed, cut off, or stopped without requeueing) back to due; the attempt counts.
+-- One guarded statement: a finish that commits first wins, and a late finish of a run
+-- requeued here finds it no longer started (finish_run's guard).
+UPDATE runs SET state = 'due', node = NULL, lease_until = NULL,
+    error = 'node ' || node || ' lost (no heartbeat for ' || :timeout || ' s)'
+WHERE state = 'started' AND node IS NOT NULL AND node != :node
+  AND NOT EXISTS (SELECT 1 FROM workers
+                  WHERE workers.node = runs.node AND workers.stopped_at IS NULL
+                    AND workers.heartbeat_at >= :before);
+
 -- name: requeue_run
 -- One started run back to due (interrupted by a stop); its attempt counts.
 UPDATE runs SET state = 'due' WHERE id = :id AND state = 'started';
@@ -392,8 +413,8 @@ SELECT * FROM monitor_pings WHERE name = :name ORDER BY id DESC LIMIT :limit;
 -- name: worker_beat
 -- This process's heartbeat: insert or refresh its row.
 INSERT INTO workers (id, pid, host, started_at, heartbeat_at, healthy, active_runs, problem,
-                     loop_lag)
-VALUES (:id, :pid, :host, :started_at, :now, :healthy, :active_runs, :problem, :loop_lag)
+                     loop_lag, node)
+VALUES (:id, :pid, :host, :started_at, :now, :healthy, :active_runs, :problem, :loop_lag, :node)
 ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at,
     healthy = excluded.healthy, active_runs = excluded.active_runs,
     problem = excluded.problem, loop_lag = excluded.loop_lag;
@@ -405,9 +426,22 @@ UPDATE workers SET heartbeat_at = :now, stopped_at = :now, healthy = 0, active_r
 WHERE id = :id;
 
 -- name: workers_retire
--- Start-up: mark the other processes' rows gone (the lock file proves they are).
+-- Start-up on SQLite: mark the other processes' rows gone (the lock file proves they are).
 UPDATE workers SET healthy = 0, active_runs = 0, problem = COALESCE(problem, 'gone')
 WHERE id != :id AND stopped_at IS NULL AND healthy = 1;
+
+-- name: workers_retire_node
+-- Start-up on PostgreSQL: mark this node's earlier processes gone (the node's advisory lock
+-- proves they are); other nodes' rows are theirs.
+UPDATE workers SET healthy = 0, active_runs = 0, problem = COALESCE(problem, 'gone')
+WHERE node = :node AND id != :id AND stopped_at IS NULL AND healthy = 1;
+
+-- name: workers_lost
+-- The leader: mark the rows of processes silent since before :before lost (their runs are
+-- requeued by recover_lost_runs); a node that beats again rewrites its row.
+UPDATE workers SET healthy = 0, active_runs = 0, problem = 'lost: no heartbeat'
+WHERE stopped_at IS NULL AND heartbeat_at < :before
+  AND (problem IS NULL OR problem != 'lost: no heartbeat');
 
 -- name: workers_prune
 -- Forget other processes' rows silent since before :before.
@@ -416,6 +450,31 @@ DELETE FROM workers WHERE heartbeat_at < :before AND id != :id;
 -- name: workers_all
 -- Every process's row, newest first.
 SELECT * FROM workers ORDER BY started_at DESC;
+
+-- Leases (PostgreSQL nodes): one holder at a time ----------------------------------------------
+
+-- name: lease_take
+-- Take or renew the lease :name for :holder until :ttl seconds after now (:now, or the
+-- database's clock when NULL): granted when free, expired or already :holder's; a change of
+-- holder starts a new term. No row: another holder has it.
+INSERT INTO leases (name, holder, term, expires_at)
+VALUES (:name, :holder, 1, COALESCE(:now, (julianday('now') - 2440587.5) * 86400.0) + :ttl)
+ON CONFLICT (name) DO UPDATE SET
+    holder = excluded.holder,
+    term = CASE WHEN leases.holder = excluded.holder THEN leases.term ELSE leases.term + 1 END,
+    expires_at = excluded.expires_at
+WHERE leases.holder = excluded.holder
+   OR leases.expires_at < COALESCE(:now, (julianday('now') - 2440587.5) * 86400.0)
+RETURNING holder, term, expires_at;
+
+-- name: lease_release
+-- Give the lease up at a clean stop (it expires now), if still :holder's.
+UPDATE leases SET expires_at = 0 WHERE name = :name AND holder = :holder;
+
+-- name: prune_lock
+-- Retention runs from one process at a time: on PostgreSQL a transaction-level advisory lock
+-- (ok false: another node prunes now); SQLite's writer lock already serialises.
+SELECT 1 AS ok;
 
 -- Retention: whole event trees (an event with no parent and every event descending from it) --
 

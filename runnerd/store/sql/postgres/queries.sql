@@ -225,3 +225,28 @@ SELECT id AS rid, * FROM events WHERE id = :id;
 -- name: console_runs_of_events
 SELECT * FROM runs WHERE event_id IN (SELECT json_array_elements_text(CAST(:ids AS json)))
 ORDER BY id LIMIT :limit;
+
+-- name: recover_lost_runs
+UPDATE runs SET state = 'due', node = NULL, lease_until = NULL,
+    error = 'node ' || node || ' lost (no heartbeat for ' || CAST(:timeout AS TEXT) || ' s)'
+WHERE state = 'started' AND node IS NOT NULL AND node != :node
+  AND NOT EXISTS (SELECT 1 FROM workers
+                  WHERE workers.node = runs.node AND workers.stopped_at IS NULL
+                    AND workers.heartbeat_at >= :before);
+
+-- name: lease_take
+-- The database's clock: the transaction's start (a lease statement runs on its own).
+INSERT INTO leases (name, holder, term, expires_at)
+VALUES (:name, :holder, 1,
+        COALESCE(CAST(:now AS DOUBLE PRECISION), EXTRACT(EPOCH FROM now())) + :ttl)
+ON CONFLICT (name) DO UPDATE SET
+    holder = excluded.holder,
+    term = CASE WHEN leases.holder = excluded.holder THEN leases.term ELSE leases.term + 1 END,
+    expires_at = excluded.expires_at
+WHERE leases.holder = excluded.holder
+   OR leases.expires_at < COALESCE(CAST(:now AS DOUBLE PRECISION), EXTRACT(EPOCH FROM now()))
+RETURNING holder, term, expires_at;
+
+-- name: prune_lock
+-- The key is "runnerd" + 2 (pg.MIGRATE_LOCK is + 1); released at the transaction's end.
+SELECT pg_try_advisory_xact_lock(32217264504009318) AS ok;
