@@ -30,8 +30,9 @@ def bindir() -> Path | None:
 class Server:
     """One cluster; `url(name)` is a libpq URL of one of its databases, over the socket."""
 
-    def __init__(self, bin_dir: Path) -> None:
+    def __init__(self, bin_dir: Path, *, fsync: bool = False) -> None:
         self.bin = bin_dir
+        self.fsync = fsync  #: on for a server a test stops with -m immediate (a crash)
         self.dir = Path(tempfile.mkdtemp(prefix="runnerd-pg-"))
         self.data = self.dir / "data"
         self._names = itertools.count(1)
@@ -48,11 +49,20 @@ class Server:
     def start(self) -> Server:
         self._run(str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres",
                   "-A", "trust", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync")
+        return self.resume()
+
+    def resume(self) -> Server:
+        """Start the cluster (again, after `halt`), on the same socket and data."""
         options = (f"-c listen_addresses='' -c unix_socket_directories='{self.dir}' "
-                   "-c fsync=off -c max_connections=200")
+                   f"-c fsync={'on' if self.fsync else 'off'} -c max_connections=200")
         self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l",
                   str(self.dir / "server.log"), "-o", options, "-w", "start")
         return self
+
+    def halt(self, mode: str = "fast") -> None:
+        """Stop the server, keeping its data (`resume` starts it again): `fast` disconnects
+        the clients and shuts down cleanly, `immediate` is a crash (recovery at the start)."""
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop")
 
     def stop(self) -> None:
         with contextlib.suppress(subprocess.SubprocessError):
@@ -75,7 +85,7 @@ class Server:
 
 
 @contextlib.contextmanager
-def server() -> Iterator[Server | str]:
+def server(*, fsync: bool = False) -> Iterator[Server | str]:
     """A started server, or why there is none (a string)."""
     bin_dir = bindir()
     if bin_dir is None:
@@ -86,7 +96,7 @@ def server() -> Iterator[Server | str]:
     except ImportError:
         yield "psycopg is not installed (pip install -e '.[test]')"
         return
-    s = Server(bin_dir)
+    s = Server(bin_dir, fsync=fsync)
     try:
         s.start()
     except subprocess.CalledProcessError as exc:

@@ -416,23 +416,3 @@ async def test_retention_pages_through_trees_alike_on_both_engines(
         await lite.close()
         await pg.close()
 
-
-def test_a_server_stopped_under_the_daemon_means_503_never_204(tmp_path: Path) -> None:
-    """Its own server (the session's must stay up): stopped under a running daemon, webhooks
-    answer 503 and /health names the database; nothing is acknowledged unstored."""
-    with helpers_postgres.server() as own:
-        require(not isinstance(own, str), str(own))
-        assert isinstance(own, helpers_postgres.Server)
-        d = PgDaemon(tmp_path, PIPELINE, own.new_database()).start()
-        try:
-            assert d.post_json("/webhooks/orders", {"id": 1})[0] == 204
-            own.stop()
-            status, _, body = d.post_json("/webhooks/orders", {"id": 2})
-            assert status == 503 and b"not stored" in body
-            # /health follows the worker's and the heartbeat's next writes
-            wait_until(lambda: d.request("GET", "/health")[0] == 503)
-            problems = json.loads(d.request("GET", "/health")[2])["problems"]
-            assert "database unwritable" in problems
-            assert "postgresql://postgres@/" in d.logs()  # the URL as written, no folded //
-        finally:
-            d.kill()

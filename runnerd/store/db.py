@@ -326,6 +326,11 @@ class Database:
         self._sealed: Awaitable[None] | None = None
 
     @property
+    def unreachable(self) -> str | None:
+        """Why the database server cannot be reached now (`store.pg`); a file: always None."""
+        return None
+
+    @property
     def gone(self) -> str | None:
         """Why the database's files are no longer the ones opened; None while they are."""
         return self.files.gone
