@@ -225,24 +225,11 @@ def test_a_url_without_psycopg_is_one_config_error(tmp_path: Path,
 # -- the daemon on PostgreSQL -----------------------------------------------------------------
 
 class PgDaemon(Daemon):
-    """`Daemon` with `database:` a PostgreSQL URL; `query` reads that database."""
+    """`Daemon` on the PostgreSQL database `url`, whatever the engine switch says."""
 
     def __init__(self, tmp: Path, body: str, url: str) -> None:
-        self.pg_url = url
+        self.pg_url: str | None = url
         super().__init__(tmp, body)
-
-    def write_config(self, body: str) -> None:
-        head = (f"database: {self.pg_url}\n"
-                f"listen: {{host: 127.0.0.1, port: {self.port}}}\n")
-        self.config.write_text(head + textwrap.dedent(body))
-
-    def query(self, sql_text: str, params: tuple[Any, ...] = ()) -> list[Any]:
-        import psycopg
-
-        from runnerd.store import pg
-
-        with psycopg.connect(self.pg_url, row_factory=pg._rows) as conn:  # type: ignore[arg-type]
-            return conn.execute(sql_text.replace("?", "%s"), params).fetchall()
 
 
 PIPELINE = """
@@ -273,7 +260,7 @@ def test_webhook_to_task_to_cache_and_email_on_postgres(pg_daemon: Any) -> None:
     assert json.loads(event["data"]) == {"id": 7}
     d.wait_runs("kind = 'action' AND state = 'succeeded'", 2)
     states = d.query("SELECT kind, state, attempts FROM runs ORDER BY id")
-    assert [tuple(r.values()) for r in states] == [
+    assert [tuple(r) for r in states] == [
         ("event", "succeeded", 1), ("task", "succeeded", 1), ("action", "succeeded", 1),
         ("action", "succeeded", 1)]
     [mail] = d.query("SELECT recipients, subject, message FROM outbox")

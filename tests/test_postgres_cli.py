@@ -82,16 +82,12 @@ def _shape(value: Any) -> Any:
 
 
 def _text_shape(text: str, d: Daemon) -> list[str]:
-    text = text.replace(_where(d), "DATABASE").replace(str(d.tmp), "TMP")
+    text = text.replace(d.database, "DATABASE").replace(str(d.tmp), "TMP")
     out = []
     for line in text.splitlines():
         line = _NUMBER.sub("N", _TIME.sub("T", _UUID.sub("U", line)))
         out.append(" ".join(line.split()))
     return out
-
-
-def _where(d: Daemon) -> str:
-    return d.pg_url if isinstance(d, PgDaemon) else str(d.db_path)
 
 
 def _history(d: Daemon) -> dict[str, str]:

@@ -65,7 +65,8 @@ def daemon(tmp_path: Path, own_server: helpers_postgres.Server) -> Iterator[PgDa
         d = PgDaemon(tmp_path, CONFIG.replace("URL", target.url), own_server.new_database())
         d.target = target  # type: ignore[attr-defined]
         try:
-            yield d.start()
+            d.start()
+            yield d
         finally:
             if d.proc is not None and d.proc.poll() is None:
                 d.kill()
@@ -109,7 +110,7 @@ def test_a_server_stopped_under_the_daemon_means_503s_then_recovery_by_itself(
     _refused(d)
     problems = wait_until(lambda: _unhealthy(d), message="/health 503")
     [why] = [p for p in problems if p.startswith("database unwritable")]
-    assert db.redact(d.pg_url) in why and why != "database unwritable", problems  # names both
+    assert db.redact(d.database) in why and why != "database unwritable", problems  # names both
     _refused(d)  # still refused, at once (no wait on a server that is gone)
 
     own_server.resume()
@@ -148,7 +149,7 @@ def test_outcomes_kept_through_an_outage_are_written_on_recovery(
     d.wait_runs("kind = 'action' AND action_type = 'http' AND state = 'succeeded'", 1,
                 timeout=30)
     [run] = d.query("SELECT attempts, error FROM runs WHERE action_type = 'http'")
-    assert run == {"attempts": 1, "error": None}
+    assert dict(run) == {"attempts": 1, "error": None}
     assert target.hits["slow"] == 1
     assert d.stop() == 0, d.logs()
 
@@ -163,7 +164,7 @@ def test_terminated_connections_are_replaced_while_the_server_is_up(
     assert d.post_json("/webhooks/orders", {"i": 0})[0] == 204
     d.wait_runs("kind = 'action' AND action_type = 'echo' AND state = 'succeeded'", 1)
     mine = "application_name LIKE 'runnerd pid %%' AND datname = current_database()"
-    with psycopg.connect(d.pg_url, autocommit=True) as conn:
+    with psycopg.connect(d.database, autocommit=True) as conn:
         killed = conn.execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                               f"WHERE {mine}").fetchall()
         assert len(killed) >= 3  # the writer, the reader, the event loop's reader
@@ -191,7 +192,7 @@ def test_a_server_down_at_start_up_is_exit_1_with_one_line(
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert done.stderr.count("\n") == 1, done.stderr
-    assert f"cannot open database {db.redact(d.pg_url)}" in done.stderr
+    assert f"cannot open database {db.redact(d.database)}" in done.stderr
 
 
 async def test_a_render_reading_an_unreachable_database_is_retried_not_failed(
