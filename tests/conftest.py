@@ -271,6 +271,21 @@ class Daemon:
         finally:
             conn.close()
 
+    def execute(self, sql: str, params: tuple[Any, ...] = ()) -> int:
+        """Change the daemon's database behind its back (one committed statement with `?`
+        placeholders); the rows it changed."""
+        if self.pg_url is not None:
+            from runnerd.store import pg  # noqa: PLC0415 - see create_pg_database
+
+            with pg.connect(self.pg_url, name="runnerd tests") as pg_conn:
+                return pg_conn.execute(sql.replace("?", "%s"), params).rowcount
+        conn = sqlite3.connect(self.db_path, timeout=10)
+        try:
+            with conn:
+                return conn.execute(sql, params).rowcount
+        finally:
+            conn.close()
+
     def cli(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "runnerd", *args, "-c", str(self.config)],
                               capture_output=True, text=True, env=self.env, timeout=30,

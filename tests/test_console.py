@@ -6,7 +6,6 @@ The browser flows and screenshots are in tests/test_console_browser.py.
 from __future__ import annotations
 
 import re
-import sqlite3
 from typing import Any
 
 import pytest
@@ -256,8 +255,7 @@ def test_events_page_by_keyset_with_equal_times(daemon: Daemon) -> None:
     for i in range(55):
         daemon.post_json("/api/events", {"topic": "user/many/same", "data": {"n": i}},
                          {"Authorization": f"Bearer {TOKEN}"})
-    with sqlite3.connect(daemon.db_path) as conn:  # every event at one instant: ties in order
-        conn.execute("UPDATE events SET created_at = 1750000000.5")
+    daemon.execute("UPDATE events SET created_at = 1750000000.5")  # ties in order
     c = Client(daemon.port)
     c.login()
     _, _, first = c.get("/console/events?topic=user/many/same")
