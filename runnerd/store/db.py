@@ -83,7 +83,7 @@ class DatabaseThread:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.conn: Any = None  #: a sqlite3 or (store.pg) psycopg connection
+        self.conn: Any = None  #: a sqlite3 connection, or store.pg's `Link` to a psycopg one
         self._jobs: queue.SimpleQueue[tuple[asyncio.Future[Any], Callable[..., Any],
                                             tuple[Any, ...]] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
