@@ -196,23 +196,44 @@ def test_a_server_down_at_start_up_is_exit_1_with_one_line(
 
 
 async def test_a_render_reading_an_unreachable_database_is_retried_not_failed(
-        own_server: helpers_postgres.Server) -> None:
+        own_server: helpers_postgres.Server, tmp_path: Path) -> None:
     """The event loop's reader (the cache a render reads) with its server gone: a DatabaseError
-    naming the database, which the render lets through (not the template's error: the task run
-    is retried, run_kinds.task_run); and the same reader works again once the server is back."""
+    naming the database, which the render lets through (not the template's error) and the task
+    run's handler makes a retryable outcome; the same reader works again once the server is
+    back."""
+    from runnerd import actions, config, models
+    from runnerd.engine import run_kinds
     from runnerd.liquid import render
+    from runnerd.queue import runs
     from runnerd.store import backends, cache
+    from runnerd.tasks import registry
 
     database = await backends.open_database(Path("unused"), own_server.new_database()).open()
+    path = tmp_path / "runnerd.yaml"
+    path.write_text("database: unused.db\ntasks:\n  - {name: Reads, subscriptions: user/a/b, "
+                    "code: '{% log cache.n %}'}\n")
+    renderer = render.Renderer(timezone="UTC", clock=lambda: 0.0)
+    reg = registry.Registry(config.load(path, {}), renderer)
     try:
         await database.migrate()
         reader = database.sync_reader()
-        renderer = render.Renderer(timezone="UTC", clock=lambda: 0.0)
+        handlers = run_kinds.Handlers(lambda: reg, actions.Registry(), reader=reader,
+                                      clock=lambda: 0.0)
+        event = runs.new_event("user/a/b", None, "cli", 0.0)
+        run = models.Run(id=1, kind=models.RunKind.TASK, state=models.RunState.STARTED,
+                         priority=2, run_at=0.0, event_id=event.id, task_name="Reads",
+                         action_type=None, options=None, meta=None, perform_event=False,
+                         result=None, error=None, attempts=1, created_at=0.0, started_at=0.0,
+                         finished_at=None)
         template = renderer.compile('{% log cache["n"] %}', name="demo")
         assert renderer.render(template, {"cache": cache.View(reader, 0.0)}).logs == [None]
+        assert (await handlers.task_run(runs.Job(run, event))).ok
         own_server.halt("fast")
         with pytest.raises(errors.DatabaseError, match=re.escape(database.label)):
             renderer.render(template, {"cache": cache.View(reader, 0.0)})
+        outcome = await handlers.task_run(runs.Job(run, event))
+        assert not outcome.ok and outcome.retryable, outcome.error
+        assert outcome.error is not None and outcome.error.startswith("not rendered: ")
         own_server.resume()
         await database.write(lambda tx: tx.execute("cache_set", {
             "key": "n", "value": "7", "expires_at": float("inf")}))
