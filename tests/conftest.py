@@ -1,4 +1,10 @@
-"""Shared fixtures: a migrated SQLite file, an injectable clock, and the real daemon as a process."""
+"""Shared fixtures: a migrated SQLite file, an injectable clock, and the real daemon as a process.
+
+`RUNNERD_TEST_DATABASE=postgres` is the engine switch: every `Daemon` (the process-level tests)
+then runs on a fresh PostgreSQL database of the session's throwaway server instead of a SQLite
+file, and `Daemon.query` reads it (SQLite's `?` placeholders kept). Tests that are about SQLite
+by nature (its files, its lock file, the sqlite3 CLI) carry `@pytest.mark.sqlite_only(reason)`
+and are skipped with that reason under the switch."""
 
 from __future__ import annotations
 
@@ -29,6 +35,12 @@ from runnerd.store import db
 from tests import helpers_postgres
 
 ROOT = Path(__file__).resolve().parent.parent
+#: The engine switch (see the module docstring): "postgres", or SQLite when unset or "sqlite".
+ENGINE = os.environ.get("RUNNERD_TEST_DATABASE", "sqlite")
+if ENGINE not in ("sqlite", "postgres"):
+    raise pytest.UsageError(f"RUNNERD_TEST_DATABASE={ENGINE!r}: use sqlite or postgres")
+#: The session's PostgreSQL server under the switch (set by `_engine_switch`).
+_server: helpers_postgres.Server | None = None
 #: What starts a log line when stderr is not journald's (`runnerd.logs`).
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3} ")
 
@@ -109,6 +121,45 @@ async def async_wait_until(predicate: Callable[[], Any], timeout: float = 15.0) 
             await asyncio.sleep(0.01)
 
 
+def create_pg_database(url: str) -> None:
+    """`create_database` on a PostgreSQL database."""
+    from runnerd.store import pg  # noqa: PLC0415 - psycopg only under the switch
+
+    with pg.connect(url, name="runnerd tests") as conn:
+        pg.migrate_sync(conn)
+
+
+class PgRow(tuple[Any, ...]):
+    """A PostgreSQL row as a test reads a `sqlite3.Row`: its values (iterating, by position),
+    by column name, `keys()`."""
+
+    names: tuple[str, ...] = ()
+
+    def __getitem__(self, key: Any) -> Any:
+        return super().__getitem__(self.names.index(key) if isinstance(key, str) else key)
+
+    def keys(self) -> list[str]:
+        return list(self.names)
+
+
+def pg_query(url: str, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+    """Rows of `sql` on a PostgreSQL database: `?` placeholders become psycopg's `%s`."""
+    from runnerd.store import pg  # noqa: PLC0415 - see create_pg_database
+
+    def rows(cursor: Any) -> Callable[[Any], PgRow]:
+        names = tuple(column.name for column in cursor.description or ())
+
+        def make(values: Any) -> PgRow:
+            row = PgRow(values)
+            row.names = names
+            return row
+        return make
+
+    with pg.connect(url, name="runnerd tests") as conn:
+        cursor = conn.cursor(row_factory=rows)
+        return cursor.execute(sql.replace("%", "%%").replace("?", "%s"), params).fetchall()
+
+
 def create_database(path: Path) -> None:
     """Create and migrate a database as `runnerd run` does (no other command creates one)."""
     conn = sqlite3.connect(path)
@@ -120,25 +171,36 @@ def create_database(path: Path) -> None:
 
 
 class Daemon:
-    """`python -m runnerd run` on a temp config, fed over HTTP on 127.0.0.1."""
+    """`python -m runnerd run` on a temp config, fed over HTTP on 127.0.0.1; on a SQLite file,
+    or under the engine switch on a fresh PostgreSQL database (`pg_url`)."""
 
     def __init__(self, tmp: Path, body: str, *, env: dict[str, str] | None = None) -> None:
         self.tmp = tmp
         self.port = free_port()
         self.db_path = tmp / "runnerd.db"
+        if not hasattr(self, "pg_url"):  # a subclass may have chosen its database
+            self.pg_url: str | None = None if _server is None else _server.new_database()
         self.config = tmp / "runnerd.yaml"
         self.write_config(body)
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = tmp / "daemon.log"
 
+    @property
+    def database(self) -> str:
+        """What `database:` says: the PostgreSQL URL, or the SQLite file."""
+        return self.pg_url or str(self.db_path)
+
     def write_config(self, body: str) -> None:
-        head = f"database: {self.db_path}\nlisten: {{host: 127.0.0.1, port: {self.port}}}\n"
+        head = f"database: {self.database}\nlisten: {{host: 127.0.0.1, port: {self.port}}}\n"
         self.config.write_text(head + textwrap.dedent(body))
 
     def create_database(self) -> Daemon:
         """Create and migrate the database, without starting the daemon (`create_database`)."""
-        create_database(self.db_path)
+        if self.pg_url is not None:
+            create_pg_database(self.pg_url)
+        else:
+            create_database(self.db_path)
         return self
 
     @property
@@ -198,11 +260,29 @@ class Daemon:
         return self.request("POST", path, json.dumps(value),
                             {"Content-Type": "application/json", **(headers or {})})
 
-    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        """Rows of `sql` (with `?` placeholders) on the daemon's database, by name or position."""
+        if self.pg_url is not None:
+            return pg_query(self.pg_url, sql, params)
         conn = sqlite3.connect(self.db_path, timeout=10)
         conn.row_factory = sqlite3.Row
         try:
             return conn.execute(sql, params).fetchall()
+        finally:
+            conn.close()
+
+    def execute(self, sql: str, params: tuple[Any, ...] = ()) -> int:
+        """Change the daemon's database behind its back (one committed statement with `?`
+        placeholders); the rows it changed."""
+        if self.pg_url is not None:
+            from runnerd.store import pg  # noqa: PLC0415 - see create_pg_database
+
+            with pg.connect(self.pg_url, name="runnerd tests") as pg_conn:
+                return pg_conn.execute(sql.replace("?", "%s"), params).rowcount
+        conn = sqlite3.connect(self.db_path, timeout=10)
+        try:
+            with conn:
+                return conn.execute(sql, params).rowcount
         finally:
             conn.close()
 
@@ -272,6 +352,30 @@ def postgres_server() -> Iterator[helpers_postgres.Server | str]:
     """A throwaway PostgreSQL server for the session (tests/helpers_postgres.py), or why none."""
     with helpers_postgres.server() as server:
         yield server
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _engine_switch(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Under RUNNERD_TEST_DATABASE=postgres, start the session's server for every `Daemon`."""
+    global _server
+    if ENGINE == "postgres":
+        server = request.getfixturevalue("postgres_server")
+        if isinstance(server, str):
+            raise pytest.UsageError(f"RUNNERD_TEST_DATABASE=postgres, but {server}")
+        _server = server
+    yield
+    _server = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "sqlite_only(reason): about SQLite itself; skipped on PostgreSQL "
+        "(RUNNERD_TEST_DATABASE=postgres)")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if ENGINE == "postgres" and (mark := item.get_closest_marker("sqlite_only")) is not None:
+        pytest.skip(f"SQLite only: {mark.args[0] if mark.args else mark.kwargs['reason']}")
 
 
 @pytest.fixture

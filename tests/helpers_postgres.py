@@ -33,7 +33,8 @@ class Server:
 
     def __init__(self, bin_dir: Path, *, fsync: bool = False) -> None:
         self.bin = bin_dir
-        self.fsync = fsync  #: off for the tests (fast); on for scripts/bench (what users run)
+        self.fsync = fsync  #: off for most tests (fast); on for scripts/bench (what users run) and
+        #: for a server a test stops with -m immediate (a crash)
         self.dir = Path(tempfile.mkdtemp(prefix="runnerd-pg-"))
         self.data = self.dir / "data"
         self._names = itertools.count(1)
@@ -50,11 +51,20 @@ class Server:
     def start(self) -> Server:
         self._run(str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres",
                   "-A", "trust", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync")
+        return self.resume()
+
+    def resume(self) -> Server:
+        """Start the cluster (again, after `halt`), on the same socket and data."""
         options = (f"-c listen_addresses='' -c unix_socket_directories='{self.dir}' "
                    f"-c fsync={'on' if self.fsync else 'off'} -c max_connections=200")
         self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l",
                   str(self.dir / "server.log"), "-o", options, "-w", "start")
         return self
+
+    def halt(self, mode: str = "fast") -> None:
+        """Stop the server, keeping its data (`resume` starts it again): `fast` disconnects
+        the clients and shuts down cleanly, `immediate` is a crash (recovery at the start)."""
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop")
 
     def stop(self) -> None:
         with contextlib.suppress(subprocess.SubprocessError):

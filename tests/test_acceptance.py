@@ -327,5 +327,7 @@ def test_webhook_json_is_stored_as_received_and_overflow_is_text(make_daemon) ->
     assert json.loads(rows[0])["big"] == 12345678901234567890
     assert json.loads(rows[1]) == '{"n": 1e400}'  # not a finite number: the body as text
     assert json.loads(rows[2]) == {"bom": True} and not rows[2].startswith("\ufeff")
-    assert all(r[0] == 1 for r in d.query("SELECT json_valid(data) FROM events"))
+    valid = ("json_valid(data)" if d.pg_url is None
+             else "CAST(CAST(data AS json) IS NOT NULL AS int)")
+    assert all(r[0] == 1 for r in d.query(f"SELECT {valid} FROM events"))
     assert d.stop() == 0

@@ -57,7 +57,7 @@ def test_usage_errors_exit_2_with_one_line(make_daemon: Any, args: tuple[str, ..
 def test_json_on_check_cache_import_backup_prune(make_daemon: Any, tmp_path: Path) -> None:
     d: Daemon = make_daemon(CONFIG).create_database()
     ok = json.loads(d.cli("check", "--json", check=True).stdout)
-    assert ok["ok"] is True and ok["tasks"] == 1 and ok["database"] == str(d.db_path)
+    assert ok["ok"] is True and ok["tasks"] == 1 and ok["database"] == d.database
     assert json.loads(d.cli("cache", "set", "k", '{"a": 1}', "--json", check=True).stdout) == \
         {"key": "k", "set": True, "ttl": 5184000}
     assert json.loads(d.cli("cache", "get", "k", "--json", check=True).stdout) == \
@@ -70,7 +70,7 @@ def test_json_on_check_cache_import_backup_prune(make_daemon: Any, tmp_path: Pat
     assert imported["file"] == str(EXPORT) and imported["yaml"].startswith("tasks:\n")
     target = tmp_path / "copy.db"
     backup = json.loads(d.cli("backup", str(target), "--json", check=True).stdout)
-    assert backup["path"] == str(target) and backup["pages"] > 0 and target.exists()
+    assert backup["path"] == str(target) and backup["pages" if d.pg_url is None else "bytes"] > 0 and target.exists()
     pruned = json.loads(d.cli("prune", "--json", check=True).stdout)
     assert pruned["events_pruned"] == 0 and "monitor_pings_pruned" in pruned
     # A bad configuration is JSON too (and exit 1), the problems listed.
@@ -112,7 +112,8 @@ def test_progress_lines_on_a_terminal_only(make_daemon: Any, tmp_path: Path) -> 
     assert "runnerd: prune: applying retention (15 days, 90 with a failure)" in tty
     assert "runnerd: prune: 0 event(s), 0 run(s) so far" in tty
     code, out, tty = on_a_terminal(d, "backup", str(tmp_path / "b.db"))
-    assert code == 0 and f"runnerd: backup: copying {d.db_path} (" in tty
+    doing = "copying" if d.pg_url is None else "dumping"  # a pg_dump archive on PostgreSQL
+    assert code == 0 and f"runnerd: backup: {doing} {d.database} " in tty
     # Not a terminal (cron, a pipe): no progress lines at all.
     quiet = d.cli("prune")
     assert quiet.returncode == 0 and quiet.stderr == ""

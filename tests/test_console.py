@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -59,22 +58,6 @@ def daemon(make_daemon: Any, request: Any) -> Any:
         d = make_daemon(CONFIG)
     yield d.start()
     assert d.stop() == 0, d.logs()
-
-
-def write(d: Daemon, statement: str, params: tuple[Any, ...] = ()) -> None:
-    """Change the daemon's database behind its back (a test's setup)."""
-    if isinstance(d, PgDaemon):
-        import psycopg
-
-        with psycopg.connect(d.pg_url) as conn:
-            conn.execute(statement.replace("?", "%s"), params)
-        return
-    conn = sqlite3.connect(d.db_path, timeout=10)
-    try:
-        with conn:
-            conn.execute(statement, params)
-    finally:
-        conn.close()
 
 
 def test_console_is_off_without_admin_token(make_daemon: Any) -> None:
@@ -282,7 +265,7 @@ def test_events_page_by_keyset_with_equal_times(daemon: Daemon) -> None:
     for i in range(55):
         daemon.post_json("/api/events", {"topic": "user/many/same", "data": {"n": i}},
                          {"Authorization": f"Bearer {TOKEN}"})
-    write(daemon, "UPDATE events SET created_at = 1750000000.5")  # one instant: ties in order
+    daemon.execute("UPDATE events SET created_at = 1750000000.5")  # one instant: ties in order
     c = Client(daemon.port)
     c.login()
     _, _, first = c.get("/console/events?topic=user/many/same")
@@ -317,7 +300,7 @@ def test_sessions_are_stored_hashed_survive_a_restart_and_end_at_logout(daemon: 
 def test_expired_sessions_are_refused_and_pruned_at_the_next_login(daemon: Daemon) -> None:
     old, new = Client(daemon.port), Client(daemon.port)
     old.login()
-    write(daemon, "UPDATE console_sessions SET expires_at = 1")  # expired long ago
+    daemon.execute("UPDATE console_sessions SET expires_at = 1")  # expired long ago
     assert old.get("/console/tasks")[0] == 303
     new.login()
     [row] = daemon.query("SELECT id_hash FROM console_sessions")
@@ -338,10 +321,10 @@ def test_events_by_topic_and_time_by_keyset(daemon: Daemon) -> None:
     daemon.post_json("/api/events", {"topic": "user/other/thing", "data": {"n": 1000}},
                      {"Authorization": f"Bearer {TOKEN}"})
     # event n at T0 + n minutes; the other topic's inside the window
-    write(daemon, "UPDATE events SET created_at = ? + 60 * CAST(CAST(data AS json) ->> 'n' "
+    daemon.execute("UPDATE events SET created_at = ? + 60 * CAST(CAST(data AS json) ->> 'n' "
                   "AS INTEGER)" if isinstance(daemon, PgDaemon) else
                   "UPDATE events SET created_at = ? + 60 * json_extract(data, '$.n')", (T0,))
-    write(daemon, "UPDATE events SET created_at = ? WHERE topic = 'user/other/thing'",
+    daemon.execute("UPDATE events SET created_at = ? WHERE topic = 'user/other/thing'",
           (T0 + 600,))
     c = Client(daemon.port)
     c.login()
@@ -366,8 +349,8 @@ def test_runs_by_task_state_and_time(daemon: Daemon) -> None:
     daemon.wait_runs("kind = 'task' AND state = 'succeeded'", 8)
     ids = [r["id"] for r in daemon.query("SELECT id FROM runs WHERE kind = 'task' ORDER BY id")]
     for n, run_id in enumerate(ids):  # task run n created at T0 + n hours
-        write(daemon, "UPDATE runs SET created_at = ? WHERE id = ?", (T0 + 3600 * n, run_id))
-    write(daemon, "UPDATE runs SET state = 'failed' WHERE id = ?", (ids[3],))
+        daemon.execute("UPDATE runs SET created_at = ? WHERE id = ?", (T0 + 3600 * n, run_id))
+    daemon.execute("UPDATE runs SET state = 'failed' WHERE id = ?", (ids[3],))
     c = Client(daemon.port)
     c.login()
 
@@ -400,7 +383,7 @@ def test_list_pages_refresh_on_request(daemon: Daemon) -> None:
 
 def test_queue_shows_every_worker_with_its_node_and_stale_heartbeats(daemon: Daemon) -> None:
     beat = time.time() - 600  # silent for 10 min: stale (node_timeout 30 s), not yet pruned
-    write(daemon, "INSERT INTO workers (id, pid, host, started_at, heartbeat_at, healthy, node) "
+    daemon.execute("INSERT INTO workers (id, pid, host, started_at, heartbeat_at, healthy, node) "
                   "VALUES ('h2:7:1', 7, 'h2', ?, ?, 1, 'node-two')", (beat - 60, beat))
     c = Client(daemon.port)
     c.login()

@@ -33,12 +33,7 @@ def history(d: Daemon) -> list[sqlite3.Row]:
 
 def age_pings(d: Daemon, seconds: float) -> None:
     """Move the stored pings back in time (what a clock moving forward would do)."""
-    conn = sqlite3.connect(d.db_path, timeout=10)
-    try:
-        with conn:
-            conn.execute("UPDATE monitor_pings SET created_at = created_at - ?", (seconds,))
-    finally:
-        conn.close()
+    d.execute("UPDATE monitor_pings SET created_at = created_at - ?", (seconds,))
 
 
 def test_healthchecks_ping_scheme(make_daemon: Any) -> None:

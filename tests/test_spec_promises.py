@@ -98,23 +98,18 @@ def _watch_until_not_scheduled(d: Daemon, ids: set[int], deadline: float
     `scheduled` and, per id, a wall-clock time by which it had left (an upper bound)."""
     seen_scheduled: set[int] = set()
     left: dict[int, float] = {}
-    conn = sqlite3.connect(d.db_path, timeout=10)
-    try:
-        while len(left) < len(ids):
-            marks = ",".join("?" * len(ids))
-            rows = conn.execute(f"SELECT id, state FROM runs WHERE id IN ({marks})",
-                                sorted(ids)).fetchall()
-            observed = time.time()
-            for run_id, state in rows:
-                if state == "scheduled":
-                    seen_scheduled.add(run_id)
-                elif run_id not in left:
-                    left[run_id] = observed
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.01)
-    finally:
-        conn.close()
+    while len(left) < len(ids):
+        marks = ",".join("?" * len(ids))
+        rows = d.query(f"SELECT id, state FROM runs WHERE id IN ({marks})", tuple(sorted(ids)))
+        observed = time.time()
+        for run_id, state in rows:
+            if state == "scheduled":
+                seen_scheduled.add(run_id)
+            elif run_id not in left:
+                left[run_id] = observed
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
     return seen_scheduled, left
 
 

@@ -74,12 +74,7 @@ def config(port: int) -> str:
 
 def hurry_retries(d: Daemon) -> int:
     """Make the retries waiting for their backoff due now (the daemon polls for them)."""
-    conn = sqlite3.connect(d.db_path, timeout=10)
-    try:
-        with conn:
-            return conn.execute("UPDATE runs SET run_at = 0 WHERE state = 'scheduled'").rowcount
-    finally:
-        conn.close()
+    return d.execute("UPDATE runs SET run_at = 0 WHERE state = 'scheduled'")
 
 
 def status(d: Daemon, name: str) -> sqlite3.Row:

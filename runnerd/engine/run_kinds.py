@@ -99,7 +99,16 @@ class Handlers:
                               preview=preview)
 
     async def task_run(self, job: runs.Job) -> runs.Outcome:
-        """Render the task; only a render with no error creates its action runs."""
+        """Render the task; only a render with no error creates its action runs. A database
+        that cannot be read while rendering (the cache, the loop protection's lookup: a
+        PostgreSQL server gone) is not the task's fault: the run is retried later."""
+        try:
+            return self._task_run(job)
+        except errors.DatabaseError as exc:
+            return runs.Outcome(job.run, ok=False, error=f"not rendered: {exc.message}",
+                                retryable=True, finished_at=self.clock())
+
+    def _task_run(self, job: runs.Job) -> runs.Outcome:
         run, now = job.run, self.clock()
         reg = self.get_registry()
         compiled = reg.tasks.get(run.task_name or "")

@@ -290,6 +290,8 @@ class Renderer:
                 state.collect_text()
             finally:
                 _ALARM.disarm(armed)  # may raise the limit itself, when the alarm was due
+        except errors.DatabaseError:
+            raise  # the database, not the template: the render is retried (run_kinds)
         except Exception as exc:  # noqa: BLE001 - no other exception type may escape a render
             fallback = node.token if node is not None else None
             raise errors.RenderError(_located(exc, fallback, self.limits)) from exc

@@ -5,6 +5,9 @@ Healthy means: every supervised component is alive, the event loop has not stall
 than `lag_threshold` seconds since the last beat (a probe sleeps a quarter second and measures
 how late it wakes), the database takes writes (the worker's last write and the beat itself), and
 its files are still the ones the daemon opened (not deleted or replaced: `Database.check_files`).
+The database problem says why when it is known (the beat's error, or a PostgreSQL server
+unreachable: `Database.unreachable`, both naming the database); the next beat written clears
+it: a server back after an outage needs no restart.
 `WATCHDOG=1` goes to systemd only on a healthy beat, so a daemon that stays unhealthy for
 `WatchdogSec` is restarted; with `WATCHDOG_USEC` set, beats come at least twice per period.
 """
@@ -74,6 +77,7 @@ class Heartbeat:
         self.id = f"{self.host}:{self.pid}:{int(self.started_at)}"
         self.last_beat_at: float | None = None
         self.beat_ok = True  #: False when the last beat could not be written
+        self.beat_error: str | None = None  #: why not (the database and its error)
         self.first_beat = asyncio.Event()  #: set once the first beat was attempted
         self._lag = 0.0  # worst loop lag since the last beat
         self._last_lag = 0.0  # the worst lag of the window the last beat reported
@@ -90,8 +94,10 @@ class Heartbeat:
             out.append(f"event loop stalled for {self.loop_lag:.1f}s")
         if (gone := self.db.check_files()) is not None:
             out.append(gone)
-        if not self.beat_ok or not self.db_writable():
-            out.append("database unwritable")
+        unreachable = self.db.unreachable
+        if not self.beat_ok or not self.db_writable() or unreachable is not None:
+            why = self.beat_error or unreachable
+            out.append("database unwritable" + (f": {why}" if why else ""))
         if self.last_beat_at is None:
             out.append("no heartbeat yet")
         elif now - self.last_beat_at > STALE_INTERVALS * self.interval:
@@ -132,9 +138,9 @@ class Heartbeat:
         except errors.DatabaseError as exc:
             if self.beat_ok:
                 logger.error("heartbeat not written: %s", exc, extra={"action": "db_write_failed"})
-            self.beat_ok = False
+            self.beat_ok, self.beat_error = False, exc.message
             return False
-        self.beat_ok = True
+        self.beat_ok, self.beat_error = True, None
         self.last_beat_at = now
         if problems:
             logger.warning("unhealthy: %s", "; ".join(problems), extra={"action": "unhealthy"})

@@ -83,7 +83,7 @@ class DatabaseThread:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.conn: Any = None  #: a sqlite3 or (store.pg) psycopg connection
+        self.conn: Any = None  #: a sqlite3 connection, or store.pg's `Link` to a psycopg one
         self._jobs: queue.SimpleQueue[tuple[asyncio.Future[Any], Callable[..., Any],
                                             tuple[Any, ...]] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
@@ -328,6 +328,11 @@ class Database:
         self._flusher: asyncio.Task[None] | None = None
         self.files = dbfiles.Watch(path)  #: the files opened (see `watch`)
         self._sealed: Awaitable[None] | None = None
+
+    @property
+    def unreachable(self) -> str | None:
+        """Why the database server cannot be reached now (`store.pg`); a file: always None."""
+        return None
 
     @property
     def gone(self) -> str | None:

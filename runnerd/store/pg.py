@@ -12,16 +12,27 @@ which errors mean "the database cannot be used" (`psycopg.OperationalError`).
 
 Several nodes share one database (SPEC §14): `lock` holds a session advisory lock on the node's
 name for the node's lifetime, so two live nodes never share a name (the SQLite lock file keeps
-one daemon per file). `backup` writes a pg_dump archive. A lost
-connection is not re-opened yet: writes fail (webhooks get 503) until runnerd is restarted.
+one daemon per file). `backup` writes a pg_dump archive.
+
+A connection lost under a running daemon (the server stopped or restarted, the backend
+terminated) is re-opened by itself (`Link`): each database thread's connection, and the event
+loop's reader, is checked before use and re-opened when broken, with a bounded backoff between
+attempts while the server stays away; meanwhile every statement fails at once with
+`psycopg.OperationalError` (a DatabaseError upstairs: webhooks, pings and /api answer 503).
+`Outage` logs one line when the server is lost and one when it is back, not one per attempt.
+A new connection starts with nothing prepared: psycopg prepares statements per connection again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import select
 import shutil
 import subprocess
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -34,6 +45,12 @@ from runnerd import errors
 from runnerd.store import db, dbfiles, sql
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
+
+#: Re-opening a lost connection: the first retry this many seconds after a failed attempt,
+#: each next one twice as late, up to RETRY_MAX (a server back is noticed within RETRY_MAX).
+RETRY_MIN = 0.25
+RETRY_MAX = 5.0
 
 #: pg_advisory_lock key (any bigint) of the migrations ("runnerd" + 1). A node's lock is a
 #: 64-bit hash of its name (`lock`); retention's is in postgres/queries.sql (`prune_lock`).
@@ -160,8 +177,157 @@ def connect(url: str, *, readonly: bool = False, name: str = "runnerd") -> psyco
     return conn
 
 
+class Outage:
+    """Whether a database's server is reachable, shared by its connections (their threads):
+    one log line when it is lost, one when it is back, whichever connection notices."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.why: str | None = None  #: why the server is unreachable; None while it is not
+        self._lock = threading.Lock()
+
+    def lost(self, why: str) -> None:
+        """A connection broke, or could not be opened."""
+        with self._lock:
+            if self.why is not None:
+                return
+            self.why = why
+        logger.error("database %s unreachable: %s (retrying)", self.label, why,
+                     extra={"action": "db_unreachable"})
+
+    def back(self) -> bool:
+        """A connection was opened again; whether that ended an outage."""
+        with self._lock:
+            if self.why is None:
+                return False
+            self.why = None
+        logger.warning("database %s reachable again", self.label,
+                       extra={"action": "db_reachable"})
+        return True
+
+
+def _closed_by_server(conn: psycopg.Connection[Any]) -> bool:
+    """Whether the server ended this idle connection (a terminated backend, a server stopped
+    or restarted): it is broken, or its socket has something to read though nothing was asked
+    (then one round trip tells)."""
+    if conn.broken or conn.closed:
+        return True
+    poller = select.poll()
+    poller.register(conn.fileno(), select.POLLIN)
+    if not poller.poll(0):
+        return False  # the usual case: one poll(2), no round trip
+    try:
+        conn.execute("SELECT 1")
+    except psycopg.OperationalError:
+        return True
+    return False
+
+
+class Link:
+    """One connection to the server, re-opened when the server ended it (`get`).
+
+    While the server stays unreachable, an attempt is made at most every RETRY_MIN..RETRY_MAX
+    seconds (doubling); between attempts `get` fails at once with the last reason, so a caller
+    never waits on a server that is gone; once another link of the database re-opened its
+    connection (the `Outage` is over), the next `get` tries at once. Used on one thread only
+    (the one it was opened on).
+    """
+
+    def __init__(self, connect: Callable[[], psycopg.Connection[Any]], outage: Outage,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._connect = connect
+        self._outage = outage
+        self._clock = clock
+        self._delay = RETRY_MIN
+        self._next = 0.0
+        self._why = ""
+        self.conn: psycopg.Connection[Any] | None = connect()  # the first failure is loud
+
+    @property
+    def label(self) -> str:
+        """The database, for messages."""
+        return self._outage.label
+
+    def get(self) -> psycopg.Connection[Any]:
+        """The connection, re-opened first if the server ended it; psycopg.OperationalError
+        when it cannot be (now, or at the last attempt, until the backoff has passed)."""
+        conn = self.conn
+        if conn is not None and not _closed_by_server(conn):
+            return conn
+        lost = conn is not None
+        self.close()
+        now = self._clock()
+        if now < self._next and self._outage.why is not None:  # unless another link is back
+            raise psycopg.OperationalError(self._why)
+        try:
+            self.conn = self._connect()
+        except psycopg.Error as exc:
+            self._why = _first_line(exc)
+            self._next, self._delay = now + self._delay, min(2 * self._delay, RETRY_MAX)
+            self._outage.lost(self._why)
+            raise psycopg.OperationalError(self._why) from exc
+        self._next, self._delay = 0.0, RETRY_MIN
+        if not self._outage.back() and lost:  # the server is up: only this connection ended
+            logger.info("database %s: a lost connection was re-opened", self._outage.label,
+                        extra={"action": "db_reconnected"})
+        return self.conn
+
+    def close(self) -> None:
+        """Close the connection (if open)."""
+        if self.conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                self.conn.close()
+            self.conn = None
+
+
+def _linked(fn: Callable[..., T]) -> Callable[..., T]:
+    """`fn(connection, *args)` as a database thread runs it on a `Link`: on its connection,
+    re-opened first if lost."""
+    def run(link: Link, *args: Any) -> T:
+        return fn(link.get(), *args)
+    return run
+
+
+class LinkedReader(PgQueries):
+    """The event loop's read-only `Reader` on a `Link` (re-opened when lost); a server that
+    cannot be reached is a DatabaseError, as on the database threads (`PgDatabase.read`)."""
+
+    __slots__ = ()
+
+    @property
+    def pg(self) -> psycopg.Connection[Any]:
+        """The connection, re-opened first if the server ended it."""
+        return cast("Link", self.conn).get()
+
+    def all(self, name: str, params: db.Params = None) -> list[db.Row]:
+        """All rows of the named query."""
+        with _unreachable(self):
+            return super().all(name, params)
+
+    def one(self, name: str, params: db.Params = None) -> db.Row | None:
+        """The first row of the named query, or None."""
+        with _unreachable(self):
+            return super().one(name, params)
+
+    def close(self) -> None:
+        """Close the connection."""
+        cast("Link", self.conn).close()
+
+
+@contextlib.contextmanager
+def _unreachable(reader: LinkedReader) -> Iterator[None]:
+    """psycopg.OperationalError as a DatabaseError naming the database."""
+    try:
+        yield
+    except psycopg.OperationalError as exc:
+        link = cast("Link", reader.conn)
+        raise errors.DatabaseError(
+            f"database error: {_first_line(exc)} ({link.label})") from exc
+
+
 def _in_transaction(conn: psycopg.Connection[Any]) -> bool:
-    return conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
+    """Whether a ROLLBACK is owed (not on an idle or broken connection)."""
+    return not conn.broken and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
 
 
 def _drain(pipe: psycopg.Pipeline) -> None:
@@ -261,15 +427,24 @@ class PgDatabase(db.Database):
 
     driver_error: type[Exception] = psycopg.Error
     engine = "postgres"
-    group = staticmethod(_group)
-    transaction = staticmethod(_transaction)
+    # the database threads hold a `Link`, not a connection
+    group = staticmethod(_linked(_group))
+    transaction = staticmethod(_linked(_transaction))
     read_mode = "ISOLATION LEVEL REPEATABLE READ READ ONLY"
-    migrator = staticmethod(migrate_sync)
+    migrator = staticmethod(_linked(migrate_sync))
 
     def __init__(self, url: str) -> None:
         super().__init__(Path(db.redact(url)))
         self.url = url
         self.label = db.redact(url)  # not str(self.path): a Path folds the URL's //
+        self.outage = Outage(self.label)  #: shared by the threads' and the loop's connections
+
+    @property
+    def unreachable(self) -> str | None:
+        """The database and why its server cannot be reached, while a connection to it cannot
+        be opened again (`Outage`); None otherwise."""
+        why = self.outage.why
+        return None if why is None else f"{self.label}: {why}"
 
     def check_files(self) -> str | None:
         """A server has no files under runnerd's eyes: always None."""
@@ -288,9 +463,10 @@ class PgDatabase(db.Database):
         SQLite's concern)."""
         try:
             self._writer = db.DatabaseThread("runnerd-db-writer")
-            await self._writer.open(lambda: connect(self.url))
+            await self._writer.open(lambda: Link(lambda: connect(self.url), self.outage))
             self._reader = db.DatabaseThread("runnerd-db-reader")
-            await self._reader.open(lambda: connect(self.url, readonly=True))
+            await self._reader.open(
+                lambda: Link(lambda: connect(self.url, readonly=True), self.outage))
         except psycopg.Error as exc:
             await self.close()
             raise errors.DatabaseError(
@@ -301,7 +477,7 @@ class PgDatabase(db.Database):
         """The number of the last migration applied (0: none)."""
         if self._reader is None:
             raise errors.DatabaseError("database is closed")
-        return await self._reader.call(_version)
+        return await self._reader.call(_linked(_version))
 
     def describe(self, exc: Exception) -> str:
         """The first line of psycopg's message (the rest is a server's DETAIL and HINT)."""
@@ -309,7 +485,8 @@ class PgDatabase(db.Database):
 
     def sync_reader(self) -> db.Reader:
         """A read-only connection for the event loop's thread (cache reads while rendering)."""
-        return PgQueries(connect(self.url, readonly=True))  # type: ignore[return-value]
+        return LinkedReader(Link(  # type: ignore[arg-type,return-value]
+            lambda: connect(self.url, readonly=True), self.outage))
 
 
 def _first_line(exc: BaseException) -> str:

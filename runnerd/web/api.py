@@ -51,7 +51,8 @@ def _guarded(handler: Handler) -> Handler:
             status = exc.status if isinstance(exc, webhooks.BodyRefused) else 400
             return web.json_response({"error": exc.message}, status=status)
         except errors.DatabaseError as exc:
-            return web.json_response({"error": exc.message}, status=503)
+            return web.json_response({"error": exc.message}, status=503,
+                                     headers=webhooks.RETRY_AFTER)
 
     return guarded
 

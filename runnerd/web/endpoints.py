@@ -38,7 +38,8 @@ def add_routes(app: web.Application, view: context.Ops) -> None:
 
 
 def _text(status_code: int, text: str) -> web.Response:
-    return web.Response(status=status_code, text=text + "\n")
+    return web.Response(status=status_code, text=text + "\n",
+                        headers=webhooks.RETRY_AFTER if status_code == 503 else None)
 
 
 def _too_many(wait: float, whose: str) -> web.Response:
@@ -109,7 +110,9 @@ async def health(request: web.Request) -> web.StreamResponse:
     facts = st.heartbeat.facts(st.clock())
     facts["monitors_last_tick"] = (None if st.monitors.last_tick is None
                                    else round(st.clock() - st.monitors.last_tick, 3))
-    return web.json_response(facts, status=200 if facts["status"] == "ok" else 503)
+    if facts["status"] == "ok":
+        return web.json_response(facts)
+    return web.json_response(facts, status=503, headers=webhooks.RETRY_AFTER)
 
 
 async def prometheus(request: web.Request) -> web.StreamResponse:

@@ -36,8 +36,14 @@ def add_routes(app: web.Application, view: context.Webhooks) -> None:
     app.router.add_route("*", "/webhooks/{name}", handle_webhook)
 
 
+#: Sent with every 503 (the database unavailable, or runnerd stopping): when to try again, in
+#: seconds (about the time a lost database connection takes to be re-opened: store.pg.RETRY_MAX).
+RETRY_AFTER = {"Retry-After": "5"}
+
+
 def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
+    return web.json_response({"error": message}, status=status,
+                             headers=RETRY_AFTER if status == 503 else None)
 
 
 class BodyRefused(errors.InvalidInput):

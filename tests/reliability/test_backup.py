@@ -21,6 +21,9 @@ from runnerd.store import sql
 from ..conftest import Daemon, require
 from .helpers import Loader, orders_config, tmpfs, wait_for
 
+#: SQLite's online copy; the pg_dump archive and its restore: test_postgres*.py.
+pytestmark = pytest.mark.sqlite_only("SQLite's online file copy")
+
 HOOKS = orders_config('{% action "echo", i: event.data.i %}')
 
 SCHEMA_VERSION = max(number for number, _, _ in sql.migrations())

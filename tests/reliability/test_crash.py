@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from runnerd.queue import operator
-from runnerd.store import db
+from runnerd.store import backends
 
 from .. import helpers_servers
 from ..conftest import Daemon
@@ -29,10 +29,12 @@ def _audit(d: Daemon, accepted: list[str]) -> dict[str, int]:
     """Per acknowledged event: stored once, one event run, one task run, both actions done."""
     rows = d.query("""
         SELECT e.webhook_request_id AS rid,
-               SUM(r.kind = 'event') AS event_runs,
-               SUM(r.kind = 'event' AND r.state = 'succeeded') AS event_ok,
-               SUM(r.kind = 'task') AS task_runs,
-               SUM(r.kind = 'action' AND r.state = 'succeeded') AS actions_ok
+               COUNT(CASE WHEN r.kind = 'event' THEN 1 END) AS event_runs,
+               COUNT(CASE WHEN r.kind = 'event' AND r.state = 'succeeded' THEN 1 END)
+                   AS event_ok,
+               COUNT(CASE WHEN r.kind = 'task' THEN 1 END) AS task_runs,
+               COUNT(CASE WHEN r.kind = 'action' AND r.state = 'succeeded' THEN 1 END)
+                   AS actions_ok
         FROM events e LEFT JOIN runs r ON r.event_id = e.id
         WHERE e.webhook_request_id IS NOT NULL GROUP BY e.id""")
     by_rid: dict[str, list[dict[str, int]]] = {}
@@ -203,7 +205,7 @@ def test_after_a_crash_stored_events_are_routed_while_slow_emails_hold_every_slo
         d.kill()  # the slots' emails stay `started` in the file
 
         async def store(n: int) -> None:  # what `runnerd send` does, n times
-            database = await db.Database(d.db_path).open()
+            database = await backends.open_database(d.db_path, d.pg_url).open()
             try:
                 for i in range(n):
                     await operator.send(database, "user/orders/ready", {"i": i}, source="cli",

@@ -54,6 +54,7 @@ def _health(d: Daemon) -> int:
     return d.request("GET", "/health")[0]
 
 
+@pytest.mark.sqlite_only("a full disk under the SQLite file (tmpfs); a PostgreSQL server gone is tests/test_postgres_outages.py")
 def test_disk_full_answers_503_never_204_and_recovers(make_daemon, small_fs: Path) -> None:
     d: Daemon = make_daemon(HOOKS)
     d.db_path = small_fs / "runnerd.db"
@@ -96,6 +97,7 @@ def test_disk_full_answers_503_never_204_and_recovers(make_daemon, small_fs: Pat
         check.close()
 
 
+@pytest.mark.sqlite_only("the database file itself")
 def test_read_only_database_is_one_clear_line(make_daemon, tmp_path: Path) -> None:
     d: Daemon = make_daemon(HOOKS)
     d.create_database()
@@ -112,6 +114,7 @@ def test_read_only_database_is_one_clear_line(make_daemon, tmp_path: Path) -> No
     assert str(d.db_path) in out.stderr
 
 
+@pytest.mark.sqlite_only("the database file itself")
 def test_read_only_file_system_at_start_is_one_clear_line(make_daemon,
                                                           small_fs: Path) -> None:
     d: Daemon = make_daemon(HOOKS)
@@ -151,6 +154,7 @@ def test_locked_database_at_start_is_one_clear_line(tmp_path: Path) -> None:
     _one_clear_line(out, "database is locked")
 
 
+@pytest.mark.sqlite_only("the database file itself")
 @pytest.mark.parametrize("damage", ["garbage", "pages"])
 def test_corrupt_database_at_start_is_one_clear_line(make_daemon, damage: str) -> None:
     d: Daemon = make_daemon(HOOKS)
@@ -182,6 +186,7 @@ def test_port_in_use_at_start_is_one_clear_line(make_daemon) -> None:
     _one_clear_line(out, "cannot listen")
 
 
+@pytest.mark.sqlite_only("a full disk under the SQLite file (tmpfs); a PostgreSQL server gone is tests/test_postgres_outages.py")
 def test_disk_full_under_webhook_load_logs_each_error_once_per_interval(make_daemon,
                                                                        small_fs: Path) -> None:
     d: Daemon = make_daemon(HOOKS)
@@ -215,6 +220,7 @@ monitors:
 """
 
 
+@pytest.mark.sqlite_only("the database file itself")
 @pytest.mark.parametrize("how", ["deleted", "replaced"])
 def test_a_database_deleted_or_replaced_under_the_daemon_gets_503_not_204(make_daemon,
                                                                           how: str) -> None:
@@ -252,6 +258,7 @@ def test_a_database_deleted_or_replaced_under_the_daemon_gets_503_not_204(make_d
 
 
 
+@pytest.mark.sqlite_only("the database file itself")
 def test_only_run_creates_or_migrates_the_database(make_daemon) -> None:
     d: Daemon = make_daemon(MONITORED)
     commands = [["runs"], ["runs", "show", "1"], ["runs", "retry", "1"], ["queue"],

@@ -110,6 +110,7 @@ def prune(d: Daemon) -> dict[str, int]:
     return result
 
 
+@pytest.mark.sqlite_only("seeds and ages rows with sqlite3 (retention on PostgreSQL: test_postgres.py)")
 def test_retention_deletes_whole_trees_keeps_failed_and_open_ones(make_daemon) -> None:
     d: Daemon = make_daemon(TREES).start()
     rids = {}
@@ -163,6 +164,7 @@ webhooks:
 """
 
 
+@pytest.mark.sqlite_only("seeds and ages rows with sqlite3 (retention on PostgreSQL: test_postgres.py)")
 def test_prune_purges_expired_cache_and_bounds_the_side_tables(make_daemon) -> None:
     d: Daemon = make_daemon(SIDE)
     conn = sqlite3.connect(d.db_path)
@@ -234,6 +236,7 @@ GROWTH = {
 }
 
 
+@pytest.mark.sqlite_only("seeds and ages rows with sqlite3 (retention on PostgreSQL: test_postgres.py)")
 def test_every_table_has_a_bound(tmp_path: Path) -> None:
     conn = sqlite3.connect(tmp_path / "t.db")
     db.migrate_sync(conn)
@@ -246,6 +249,7 @@ def test_every_table_has_a_bound(tmp_path: Path) -> None:
 LOAD = orders_config('{% action "echo", i: event.data.i %}')
 
 
+@pytest.mark.sqlite_only("seeds and ages rows with sqlite3 (retention on PostgreSQL: test_postgres.py)")
 def test_prune_by_hand_of_a_large_backlog_while_the_daemon_takes_webhooks(make_daemon) -> None:
     d: Daemon = make_daemon(LOAD)
     history = procs.make_history(d.db_path, 60_000, now=time.time() - 30 * DAY)

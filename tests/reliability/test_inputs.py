@@ -151,7 +151,7 @@ def strict(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     """A daemon with short listener timeouts."""
     d = Daemon(tmp_path_factory.mktemp("timeouts"), "")
     d.config.write_text(f"""
-database: {d.db_path}
+database: {d.database}
 listen: {{host: 127.0.0.1, port: {d.port}, header_timeout: 0.5s, body_timeout: 0.5s,
           keepalive_timeout: 1s}}
 webhooks:
@@ -319,7 +319,7 @@ def test_json_nested_too_deep_is_refused_at_every_door(daemon: Daemon) -> None:
     assert daemon.request("POST", "/webhooks/orders", deep,
                           {"Content-Type": "application/json"})[0] == 204
     wait_until(lambda: daemon.query(
-        "SELECT data FROM events WHERE topic = 'user/orders/paid' ORDER BY rowid DESC LIMIT 1"
+        "SELECT data FROM events WHERE topic = 'user/orders/paid' ORDER BY created_at DESC LIMIT 1"
     )[0][0] == json.dumps(deep))
     # A task that builds such a value fails with one line; 100 levels are fine.
     for levels, state in ((100, "succeeded"), (300, "failed")):

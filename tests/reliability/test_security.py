@@ -172,6 +172,7 @@ def test_without_an_admin_token_the_api_is_disabled(make_daemon: Any) -> None:
 
 # --- the database files ---------------------------------------------------------------------
 
+@pytest.mark.sqlite_only("the database file's mode")
 def test_database_files_are_created_private_whatever_the_umask(make_daemon: Any) -> None:
     d: Daemon = make_daemon("webhooks:\n  - {name: orders, topic: user/orders/ready}\n")
     old = os.umask(0o022)  # a shell's usual umask (systemd's unit sets 0027): files 0644
@@ -294,7 +295,10 @@ def database_text(d: Daemon) -> str:
     """Every text value of every table, but the stored options of http action runs (kept
     whole on purpose, so that a retry sends the same request: shown redacted everywhere)."""
     out = []
-    tables = [r[0] for r in d.query("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    tables = [r[0] for r in d.query(
+        "SELECT name FROM sqlite_master WHERE type = 'table'" if d.pg_url is None else
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
+        " AND table_type = 'BASE TABLE'")]
     for table in tables:
         for row in d.query(f"SELECT * FROM {table}"):  # noqa: S608 - names from sqlite_master
             values = dict(row)
