@@ -37,14 +37,15 @@ async def _traced(database: db.Database, trace: Path, fn: Any) -> collections.Co
     assert writer is not None
     fd = os.open(trace, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
 
-    def on(conn: Any) -> None:
+    def on(link: Any) -> None:  # the writer thread's `pg.Link`
+        conn = link.get()
         conn.pgconn.trace(fd)
         conn.pgconn.set_trace_flags(1 | 2)  # PQTRACE_SUPPRESS_TIMESTAMPS | PQTRACE_REGRESS_MODE
 
     try:
         await writer.call(on)
         await fn()
-        await writer.call(lambda conn: conn.pgconn.untrace())
+        await writer.call(lambda link: link.get().pgconn.untrace())
     finally:
         os.close(fd)
     sent: collections.Counter[str] = collections.Counter()

@@ -485,7 +485,7 @@ class PgDatabase(db.Database):
 
     def sync_reader(self) -> db.Reader:
         """A read-only connection for the event loop's thread (cache reads while rendering)."""
-        return LinkedReader(Link(  # type: ignore[arg-type,return-value]
+        return LinkedReader(Link(  # type: ignore[return-value]
             lambda: connect(self.url, readonly=True), self.outage))
 
 

@@ -26,8 +26,8 @@ VIEW = web.AppKey("webhooks", context.Webhooks)
 SIGNATURE_HEADER = "X-Runnerd-Signature"
 #: Optional, with a signature: Unix seconds, signed as `<timestamp>.<body>` (replay protection).
 TIMESTAMP_HEADER = "X-Runnerd-Timestamp"
-#: Seconds a webhook refused for back-pressure is told to wait (`Retry-After`).
-RETRY_AFTER = 1
+#: Sent with a webhook refused for back-pressure (`listen.max_due_runs`): try again in a second.
+BACKLOG_RETRY_AFTER = {"Retry-After": "1"}
 
 
 def add_routes(app: web.Application, view: context.Webhooks) -> None:
@@ -200,7 +200,7 @@ async def _webhook(request: web.Request) -> web.StreamResponse:
         return web.json_response(
             {"error": f"event not stored: over {settings.listen.max_due_runs} task runs wait to "
                       "be rendered (listen.max_due_runs); retry later"},
-            status=503, headers={"Retry-After": str(RETRY_AFTER)})
+            status=503, headers=BACKLOG_RETRY_AFTER)
     try:
         body = await read_body(request, settings.listen)
     except BodyRefused as exc:
