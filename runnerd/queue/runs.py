@@ -377,6 +377,9 @@ class Outcome:
     retryable: bool = False
     #: computes the result inside the finishing transaction (cache, event, outbox actions)
     deferred: Callable[[db.Tx], Any] | None = None
+    #: `deferred` in two steps, when the action has them (`actions.Deferred.send`): children
+    #: performed in place send their writes together and read their results together
+    send: Callable[[db.Tx], Callable[[], Any]] | None = None
     #: runs to create when the run succeeds (task runs of an event run, action runs of a task run)
     children: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     #: events to create once the run is final (error events, mechanic/actions/perform)
@@ -548,11 +551,37 @@ def _store_children(tx: db.Tx, parents: Sequence[Outcome], now: float,
         tx.executemany("insert_run", rows)
         return
     ids = tx.inserted_ids("insert_run", rows)
-    for perform, index in here:
-        child = perform(models.Run.from_row({**rows[index], "id": ids[index]}))
+    children = [perform(models.Run.from_row({**rows[index], "id": ids[index]}))
+                for perform, index in here]
+    sent = [_send(tx, child) for child in children]
+    for child, read in zip(children, sent, strict=True):
+        child = read()
         if finish(tx, child, now, rand, performed=performed, inline=True,
                   node=node) is not None:
             performed.append(child)
+
+
+def _send(tx: db.Tx, child: Outcome) -> Callable[[], Outcome]:
+    """A child performed in place, its deferred write sent when it has two steps (`send`, which
+    writes nothing when it refuses: no savepoint needed); the returned function gives the
+    outcome to finish, its result read (or its failure)."""
+    if not child.ok or child.send is None:
+        return lambda: child
+    try:
+        result = child.send(tx)
+    except errors.RunnerdError as exc:
+        return lambda: dataclasses.replace(child, ok=False, error=exc.message, deferred=None,
+                                           send=None)
+
+    def read() -> Outcome:
+        try:
+            value = result()
+        except errors.RunnerdError as exc:
+            return dataclasses.replace(child, ok=False, error=exc.message, deferred=None,
+                                       send=None)
+        return dataclasses.replace(child, result=value, deferred=None, send=None)
+
+    return read
 
 
 def finish_and_claim(tx: db.Tx, outcomes: Sequence[Outcome], limit: int, now: float,
