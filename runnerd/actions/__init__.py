@@ -47,6 +47,10 @@ class Deferred:
     """
 
     apply: Callable[[db.Tx], Any]
+    #: `apply` in two steps, when the action has them: `send(tx)` writes, and the function it
+    #: returns gives the result (on PostgreSQL reading it is what waits, so a batch of them
+    #: waits once). Both raise as `apply` does, but only before anything is written.
+    send: Callable[[db.Tx], Callable[[], Any]] | None = None
 
 
 class Executor(Protocol):

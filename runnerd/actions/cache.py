@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from runnerd import actions, errors, models
@@ -83,18 +84,29 @@ def apply(tx: db.Tx, command: str, args: dict[str, Any], now: float) -> Any:
 
     The counters (incr, incrby, decr, decrby) are one atomic statement (`cache.add`), so no
     increment is lost to a concurrent writer on any database."""
+    return send(tx, command, args, now)()
+
+
+def send(tx: db.Tx, command: str, args: dict[str, Any], now: float) -> Callable[[], Any]:
+    """`apply` in two steps (`actions.Deferred.send`): the command is written now, a counter's
+    new value read when the returned function is called. A refused command writes nothing."""
     key, ttl = args["key"], args["ttl"]
     if command == "del":
         cache.delete(tx, key)
-        return None
+        return lambda: None
     if command in ("set", "setex"):
         cache.put(tx, key, args["value"], ttl, now)
-        return args["value"]
+        return lambda: args["value"]
     increment = 1 if command == "incr" else args.get("increment", 0)
     decrement = 1 if command == "decr" else args.get("decrement", 0)
-    value = cache.add(tx, key, increment, decrement, ttl, now)
-    if value is None:
-        raise _refused(command, key, cache.get(tx, key, now))
+    added = cache.add(tx, key, increment, decrement, ttl, now)
+
+    def value() -> int:
+        new = added()
+        if new is None:
+            raise _refused(command, key, cache.get(tx, key, now))
+        return new
+
     return value
 
 
@@ -121,4 +133,5 @@ class CacheExecutor(actions.InProcess):
     def perform_now(self, options: Any, ctx: actions.Context) -> actions.Deferred:
         """Apply the command in the transaction that finishes the run."""
         command, args = check(options)
-        return actions.Deferred(lambda tx: apply(tx, command, args, ctx.now))
+        return actions.Deferred(lambda tx: apply(tx, command, args, ctx.now),
+                                lambda tx: send(tx, command, args, ctx.now))

@@ -221,8 +221,8 @@ class Handlers:
     def _action_done(self, run: models.Run, result: Any,
                      follow_up: Callable[[models.Run], list[models.Event]]) -> runs.Outcome:
         if isinstance(result, actions.Deferred):
-            return runs.Outcome(run, ok=True, deferred=result.apply, follow_up=follow_up,
-                                finished_at=self.clock())
+            return runs.Outcome(run, ok=True, deferred=result.apply, send=result.send,
+                                follow_up=follow_up, finished_at=self.clock())
         return runs.Outcome(run, ok=True, result=result, follow_up=follow_up,
                             finished_at=self.clock())
 

@@ -377,6 +377,9 @@ class Outcome:
     retryable: bool = False
     #: computes the result inside the finishing transaction (cache, event, outbox actions)
     deferred: Callable[[db.Tx], Any] | None = None
+    #: `deferred` in two steps, when the action has them (`actions.Deferred.send`): children
+    #: performed in place send their writes together and read their results together
+    send: Callable[[db.Tx], Callable[[], Any]] | None = None
     #: runs to create when the run succeeds (task runs of an event run, action runs of a task run)
     children: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     #: events to create once the run is final (error events, mechanic/actions/perform)
@@ -391,6 +394,19 @@ class Outcome:
 
 class _Stale(Exception):
     """The run was no longer in the state it was read in: its finish is undone."""
+
+
+def _was(run: models.Run, node: str | None) -> dict[str, Any]:
+    """The parameters saying how the run was read, on which its finish is conditional."""
+    # A due task run's attempt is counted in memory (`begin`) until it is written here.
+    held = run.attempts - 1 if run.state is RunState.DUE else run.attempts
+    return {"id": run.id, "from": str(run.state), "started_at": run.started_at,
+            "attempts": run.attempts, "held": held, "node": node}
+
+
+def _retried(outcome: Outcome) -> bool:
+    """Whether the outcome is a failure to try again later (an automatic retry)."""
+    return not outcome.ok and outcome.retryable and outcome.run.attempts < MAX_ATTEMPTS
 
 
 def finish(tx: db.Tx, outcome: Outcome, now: float,
@@ -408,12 +424,8 @@ def finish(tx: db.Tx, outcome: Outcome, now: float,
     `performed`; their task's status is then recorded once, by the parent.
     """
     run, ok, result, error = outcome.run, outcome.ok, outcome.result, outcome.error
-    retryable = outcome.retryable
     finished_at = outcome.finished_at or now
-    # A due task run's attempt is counted in memory (`begin`) until it is written here.
-    held = run.attempts - 1 if run.state is RunState.DUE else run.attempts
-    was = {"id": run.id, "from": str(run.state), "started_at": run.started_at,
-           "attempts": run.attempts, "held": held, "node": node}
+    was = _was(run, node)
     if ok and outcome.deferred is not None:
         try:
             with tx.savepoint():
@@ -422,14 +434,15 @@ def finish(tx: db.Tx, outcome: Outcome, now: float,
                               check=not inline):
                     raise _Stale
         except errors.RunnerdError as exc:
-            ok, error, retryable = False, exc.message, False
+            ok, error = False, exc.message
         except _Stale:
             _stale(run)
             return None
         else:
-            return _finished(tx, outcome, RunState.SUCCEEDED, result, None, now, rand, performed,
-                             inline, node)
-    if not ok and retryable and run.attempts < MAX_ATTEMPTS:
+            final = _final(outcome, RunState.SUCCEEDED, result, None, now)
+            _finished(tx, [(outcome, final)], now, rand, performed, inline, node)
+            return final
+    elif _retried(outcome):
         retry_at = finished_at + backoff(run.attempts, rand)
         if tx.execute("retry_later", {**was, "run_at": retry_at, "error": error}).rowcount == 0:
             return None
@@ -441,7 +454,39 @@ def finish(tx: db.Tx, outcome: Outcome, now: float,
     if not _moved(tx, was, state, result, error, finished_at, check=not inline):
         _stale(run)
         return None
-    return _finished(tx, outcome, state, result, error, now, rand, performed, inline, node)
+    final = _final(outcome, state, result, error, now)
+    _finished(tx, [(outcome, final)], now, rand, performed, inline, node)
+    return final
+
+
+def finish_all(tx: db.Tx, outcomes: Sequence[Outcome], now: float,
+               rand: Callable[[], float] = random.random, *,
+               performed: list[Outcome] | None = None, node: str | None = None) -> None:
+    """`finish` each outcome, in phases where a read would wait for the server (PostgreSQL).
+
+    The outcomes whose final state needs no read first (no deferred write, no automatic retry:
+    most task runs) are moved together: their conditional updates are all sent, then their
+    row counts read (one wait for all), then what follows them (`_finished`) is written for
+    those that moved, a batch at a time. The others go one by one through `finish`."""
+    together = []
+    for outcome in outcomes:
+        if outcome.deferred is None and not _retried(outcome):
+            together.append(outcome)
+        else:
+            finish(tx, outcome, now, rand, performed=performed, node=node)
+    sent = []
+    for outcome in together:
+        state = RunState.SUCCEEDED if outcome.ok else RunState.FAILED
+        sent.append((outcome, state, tx.execute("finish_run", {
+            **_was(outcome.run, node), "state": str(state), "error": outcome.error,
+            "result": models.dumps(outcome.result), "now": outcome.finished_at or now})))
+    moved = []
+    for outcome, state, update in sent:
+        if update.rowcount > 0:
+            moved.append((outcome, _final(outcome, state, outcome.result, outcome.error, now)))
+        else:
+            _stale(outcome.run)
+    _finished(tx, moved, now, rand, performed, False, node)
 
 
 def _moved(tx: db.Tx, was: dict[str, Any], state: RunState, result: Any, error: str | None,
@@ -460,48 +505,83 @@ def _stale(run: models.Run) -> None:
                    extra={"action": "stale_finish", "run_id": run.id})
 
 
-def _finished(tx: db.Tx, outcome: Outcome, state: RunState, result: Any, error: str | None,
-              now: float, rand: Callable[[], float],
-              performed: list[Outcome] | None, inline: bool, node: str | None) -> models.Run:
-    """What follows a run's final state: its children, follow-up events and task status (not
-    for a child performed `inline`: its parent records its task's status once)."""
-    run = outcome.run
-    finished_at = outcome.finished_at or now
-    final = dataclasses.replace(run, state=state, result=result, error=error,
-                                finished_at=finished_at)
-    if state is RunState.SUCCEEDED and outcome.children:
-        _store_children(tx, outcome, now, rand, [] if performed is None else performed, node)
-    events = outcome.follow_up(final) if outcome.follow_up is not None else []
+def _final(outcome: Outcome, state: RunState, result: Any, error: str | None,
+           now: float) -> models.Run:
+    """The run as its finish recorded it."""
+    return dataclasses.replace(outcome.run, state=state, result=result, error=error,
+                               finished_at=outcome.finished_at or now)
+
+
+def _finished(tx: db.Tx, moved: Sequence[tuple[Outcome, models.Run]], now: float,
+              rand: Callable[[], float], performed: list[Outcome] | None, inline: bool,
+              node: str | None) -> None:
+    """What follows runs' final states (each outcome with its run as recorded): their
+    children, follow-up events and task status (not for children performed `inline`: their
+    parent records its task's status once), each kind for all of them at once."""
+    parents = [outcome for outcome, final in moved
+               if final.state is RunState.SUCCEEDED and outcome.children]
+    if parents:
+        _store_children(tx, parents, now, rand, [] if performed is None else performed, node)
+    events = [event for outcome, final in moved if outcome.follow_up is not None
+              for event in outcome.follow_up(final)]
     if not inline:
         # task_status changes when the task's work for the event is done, in this same
         # transaction (SPEC §8); a monitor flipping to or from down adds its event.
-        events = [*events, *taskstatus.record_work(tx, final)]
+        events += taskstatus.record_work(tx, [final for _, final in moved])
     insert_events(tx, events, now)
-    return final
 
 
-def _store_children(tx: db.Tx, outcome: Outcome, now: float, rand: Callable[[], float],
-                    performed: list[Outcome], node: str | None) -> None:
-    """Insert the children in order; those of an in-process type are performed at once (by
-    `node`, which holds them)."""
-    queued: list[dict[str, Any]] = []
-    for row in outcome.children:
-        if (outcome.perform_inline is None or row["state"] != _DUE
-                or row["action_type"] not in outcome.inline_types):
-            queued.append(row)
-            continue
-        if queued:
-            tx.executemany("insert_run", queued)
-            queued = []
-        row = {**row, "state": _STARTED, "attempts": 1, "started_at": now, "error": None,
-               "node": node}
-        row["id"] = tx.execute("insert_run", row).lastrowid
-        child = outcome.perform_inline(models.Run.from_row(row))
+def _store_children(tx: db.Tx, parents: Sequence[Outcome], now: float,
+                    rand: Callable[[], float], performed: list[Outcome],
+                    node: str | None) -> None:
+    """Insert the parents' children in order (their ids read once for all, when some are
+    to be performed); those of an in-process type are then performed (by `node`, which holds
+    them) and finished."""
+    rows: list[dict[str, Any]] = []
+    here: list[tuple[Callable[[models.Run], Outcome], int]] = []  # (perform_inline, row index)
+    for outcome in parents:
+        for row in outcome.children:
+            if (outcome.perform_inline is not None and row["state"] == _DUE
+                    and row["action_type"] in outcome.inline_types):
+                here.append((outcome.perform_inline, len(rows)))
+                row = {**row, "state": _STARTED, "attempts": 1, "started_at": now,
+                       "error": None, "node": node}
+            rows.append(row)
+    if not here:
+        tx.executemany("insert_run", rows)
+        return
+    ids = tx.inserted_ids("insert_run", rows)
+    children = [perform(models.Run.from_row({**rows[index], "id": ids[index]}))
+                for perform, index in here]
+    sent = [_send(tx, child) for child in children]
+    for child, read in zip(children, sent, strict=True):
+        child = read()
         if finish(tx, child, now, rand, performed=performed, inline=True,
                   node=node) is not None:
             performed.append(child)
-    if queued:
-        tx.executemany("insert_run", queued)
+
+
+def _send(tx: db.Tx, child: Outcome) -> Callable[[], Outcome]:
+    """A child performed in place, its deferred write sent when it has two steps (`send`, which
+    writes nothing when it refuses: no savepoint needed); the returned function gives the
+    outcome to finish, its result read (or its failure)."""
+    if not child.ok or child.send is None:
+        return lambda: child
+    try:
+        result = child.send(tx)
+    except errors.RunnerdError as exc:
+        return lambda: dataclasses.replace(child, ok=False, error=exc.message, deferred=None,
+                                           send=None)
+
+    def read() -> Outcome:
+        try:
+            value = result()
+        except errors.RunnerdError as exc:
+            return dataclasses.replace(child, ok=False, error=exc.message, deferred=None,
+                                       send=None)
+        return dataclasses.replace(child, result=value, deferred=None, send=None)
+
+    return read
 
 
 def finish_and_claim(tx: db.Tx, outcomes: Sequence[Outcome], limit: int, now: float,
@@ -516,8 +596,7 @@ def finish_and_claim(tx: db.Tx, outcomes: Sequence[Outcome], limit: int, now: fl
     event runs were routed. Outcomes are recorded first, so a task run rendered in the last turn
     is never handed out again, and the events they store are routed in this same transaction.
     `performed` receives the outcomes of the action runs performed in place."""
-    for outcome in outcomes:
-        finish(tx, outcome, now, performed=performed, node=node)
+    finish_all(tx, outcomes, now, performed=performed, node=node)
     jobs = claim(tx, limit, now, node=node)
     routed = route_due(tx, route, routes, now, node)
     return jobs, due_task_runs(tx, renders, now, node), routed
@@ -579,7 +658,7 @@ def cancel(tx: db.Tx, run_id: int, now: float) -> models.Run:
         raise errors.InvalidInput(f"run {run_id} is {run.state}: only queued runs "
                                   "(unscheduled, scheduled, due) can be cancelled")
     cancelled = get(tx, run_id)
-    insert_events(tx, taskstatus.record_work(tx, cancelled), now)
+    insert_events(tx, taskstatus.record_work(tx, [cancelled]), now)
     return cancelled
 
 

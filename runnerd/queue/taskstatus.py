@@ -30,8 +30,8 @@ import dataclasses
 import functools
 import json
 import math
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 from runnerd import config, errors, models
@@ -221,23 +221,36 @@ def _flip_row(tx: db.Tx, data: dict[str, Any], old: str, now: float,
 def record(tx: db.Tx, name: str, status: str, now: float,
            error: str | None = None) -> list[models.Event]:
     """A report (`started`, `succeeded` or `failed`) for a task or a ping monitor."""
+    return _evaluate(tx, name, _report(tx, name, status, now, error), now)
+
+
+def _report(tx: db.Tx, name: str, status: str, now: float,
+            error: str | None) -> Callable[[], list[db.Row]]:
+    """Send a report (`record`); its answer (whether the row is a monitor's) when called."""
     if error is not None and len(error.encode()) > MAX_ERROR_BYTES:
         error = error.encode()[:MAX_ERROR_BYTES].decode(errors="ignore")
-    reported = tx.one("status_report", {"name": name, "status": status, "now": now,
-                                        "error": error})
-    if reported is None or not reported["evaluated"]:
+    return tx.later("status_report", {"name": name, "status": status, "now": now,
+                                      "error": error})
+
+
+def _evaluate(tx: db.Tx, name: str, reported: Callable[[], list[db.Row]],
+              now: float) -> list[models.Event]:
+    """After a report: a monitor's row is read back and evaluated (`flip`)."""
+    answer = reported()
+    if not answer or not answer[0]["evaluated"]:
         return []  # not a monitor (the common case): nothing to evaluate, nothing more to read
     row = tx.one("status_get", {"name": name})
     return [] if row is None else flip(tx, row, now)
 
 
-def work_outcome(tx: db.Tx, task_run_id: int) -> tuple[str, str | None] | None:
-    """How a task's work for an event went: its task run and that run's action runs.
+def _work_outcome(rows: list[db.Row]) -> tuple[str, str | None] | None:
+    """How a task's work for an event went, from its `task_work` row: its task run and that
+    run's action runs.
 
     ("failed", error) if the task run failed or any action run ended `failed`; ("succeeded",
     None) once all of them succeeded; None while an action is still due, started or retrying.
     """
-    work = tx.one("task_work", {"id": task_run_id})
+    work = rows[0] if rows else None
     if work is None or work["task_state"] not in ("succeeded", "failed"):
         return None
     if work["task_state"] == "failed":
@@ -247,29 +260,50 @@ def work_outcome(tx: db.Tx, task_run_id: int) -> tuple[str, str | None] | None:
     return None if work["pending"] else ("succeeded", None)
 
 
-def record_work(tx: db.Tx, run: models.Run) -> list[models.Event]:
-    """Record a task's status as the run `run` (final) makes it (SPEC §8).
+#: A run's report to come (`record_work`): the run, its outcome or the read that gives it, and
+#: whether it is an action run's (then a failure was recorded already, by what failed).
+_Pending = tuple[models.Run, "tuple[str, str | None] | Callable[[], list[db.Row]]", bool]
+
+
+def _works(tx: db.Tx, finished: Iterable[models.Run]) -> list[_Pending]:
+    """The reports these final runs make, in order, their `task_work` reads sent; a task run's
+    work completed by several of its action runs is reported once, as the last of them."""
+    pending: dict[int, _Pending] = {}
+    for run in finished:
+        if run.task_name is None or run.finished_at is None:
+            continue
+        if run.kind is models.RunKind.TASK:
+            pending[run.id] = run, tx.later("task_work", {"id": run.id}), False
+        elif run.kind is models.RunKind.ACTION and run.task_run_id is not None:
+            if run.state is models.RunState.FAILED:
+                error = f"action {run.action_type} (run {run.id}) failed: {run.error}"
+                pending[-run.id] = run, ("failed", error), False
+                continue
+            work = pending.pop(run.task_run_id, None)
+            read = work[1] if work is not None else tx.later("task_work",
+                                                             {"id": run.task_run_id})
+            pending[run.task_run_id] = run, read, True
+    return list(pending.values())
+
+
+def record_work(tx: db.Tx, finished: Iterable[models.Run]) -> list[models.Event]:
+    """Record tasks' statuses as these runs (final, in the order they finished) make them
+    (SPEC §8).
 
     A task run that failed is a failure at once; one that succeeded is recorded when its action
     runs are done (already, when they were performed in place). A failed action run is its
-    task's failure; a succeeded one records the success when it completes the work.
+    task's failure; a succeeded one records the success when it completes the work. The reads
+    go in two batches, the works then the reports: a worker turn waits twice for the server,
+    not twice per run.
     """
-    if run.task_name is None or run.finished_at is None:
-        return []
-    if run.kind is models.RunKind.TASK:
-        outcome = work_outcome(tx, run.id)
-    elif run.kind is models.RunKind.ACTION and run.task_run_id is not None:
-        if run.state is models.RunState.FAILED:
-            outcome = "failed", f"action {run.action_type} (run {run.id}) failed: {run.error}"
-        else:
-            outcome = work_outcome(tx, run.task_run_id)
-            if outcome is not None and outcome[0] == "failed":
-                return []  # recorded when that action (or the task run) failed
-    else:
-        return []
-    if outcome is None:
-        return []
-    return record(tx, run.task_name, outcome[0], run.finished_at, outcome[1])
+    reports = []
+    for run, how, of_action in _works(tx, finished):
+        outcome = _work_outcome(how()) if callable(how) else how
+        if outcome is None or (of_action and outcome[0] == "failed"):
+            continue  # not done yet, or recorded when that action (or the task run) failed
+        name, at = cast("str", run.task_name), cast("float", run.finished_at)
+        reports.append((name, at, _report(tx, name, outcome[0], at, outcome[1])))
+    return [event for name, at, reported in reports for event in _evaluate(tx, name, reported, at)]
 
 
 def tick(tx: db.Tx, names: Iterable[str], now: float) -> list[models.Event]:

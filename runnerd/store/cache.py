@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from runnerd import errors, models
@@ -53,13 +53,20 @@ def put(tx: db.Tx, key: str, value: Any, ttl: int, now: float) -> None:
     tx.execute("cache_set", {"key": key, "value": encode_value(value), "expires_at": now + ttl})
 
 
-def add(tx: db.Tx, key: str, increment: int, decrement: int, ttl: int, now: float) -> int | None:
+def add(tx: db.Tx, key: str, increment: int, decrement: int, ttl: int,
+        now: float) -> Callable[[], int | None]:
     """Add `increment - decrement` to the integer under `key` (0 when absent) in one atomic
-    statement, resetting its TTL; the new value, or None (nothing written) when the stored value
-    is not a 64-bit integer or the result would leave that range."""
-    rows = tx.all("cache_add", {"key": key, "increment": increment, "decrement": decrement,
-                                "expires_at": now + ttl, "now": now})
-    return int(rows[0]["value"]) if rows else None
+    statement, resetting its TTL. The returned function gives the new value, or None (nothing
+    written) when the stored value is not a 64-bit integer or the result would leave that
+    range; on PostgreSQL calling it is what waits for the answer (`db.Tx.later`)."""
+    rows = tx.later("cache_add", {"key": key, "increment": increment, "decrement": decrement,
+                                  "expires_at": now + ttl, "now": now})
+
+    def value() -> int | None:
+        added = rows()
+        return int(added[0]["value"]) if added else None
+
+    return value
 
 
 def delete(tx: db.Tx, key: str) -> bool:

@@ -165,6 +165,13 @@ class Tx(Queries):
         """Run the named INSERT once per row; the ids of the rows stored, in order."""
         return [cast("int", self.conn.execute(sql.queries[name], row).lastrowid) for row in rows]
 
+    def later(self, name: str, params: Params = None) -> Callable[[], list[Row]]:
+        """Run the named query now; its rows when the returned function is called. Here they are
+        read at once; on PostgreSQL (`pg.PgQueries.later`) the call is what waits for them, so
+        the reads of a batch are sent first and waited for together."""
+        rows = self.all(name, params)
+        return lambda: rows
+
     @contextlib.contextmanager
     def savepoint(self) -> Iterator[None]:
         """A nested transaction: an exception inside undoes only its writes, then propagates."""

@@ -160,6 +160,12 @@ class PgQueries(db.Tx):
             if not cursor.nextset():
                 return ids
 
+    def later(self, name: str, params: db.Params = None) -> Callable[[], list[db.Row]]:
+        """Send the named query; its rows when the returned function is called: in a transaction
+        the first such call waits once for everything sent so far."""
+        cursor = self.pg.execute(sql.pg_queries()[name], params or {})
+        return cursor.fetchall
+
     def close(self) -> None:
         """Close the connection (a `Reader`'s)."""
         self.pg.close()
