@@ -239,7 +239,7 @@ async def late_finish_after_a_second_claim(first: db.Database, second: db.Databa
     await first.write(store_runs(1, RunKind.ACTION, task_name="T", action_type="cache",
                                  options=["incr", "n"]))
     (job,) = await first.write(lambda tx: runs.claim(tx, 10, NOW, node="a"))
-    await first.write(lambda tx: runs.requeue(tx, [job.run.id]))
+    await first.write(lambda tx: runs.requeue(tx, [job.run.id], "a"))
     (again,) = await second.write(lambda tx: runs.claim(tx, 10, NOW + 1, node=again_by))
     assert again.run.id == job.run.id and again.run.attempts == 2
 
@@ -267,6 +267,23 @@ async def test_a_late_finish_after_a_second_claim_applies_nothing_on_postgres(
     a, b = await open_nodes(pg_url, 2)
     try:
         await late_finish_after_a_second_claim(a, b, again_by)
+    finally:
+        await close([a, b])
+
+
+async def test_a_stop_requeues_only_the_runs_its_node_still_holds(pg_url: str) -> None:
+    """Node a, counted dead, saw its run recovered and started by node b; when a stops at last,
+    its requeue of the interrupted run leaves b's run alone."""
+    a, b = await open_nodes(pg_url, 2)
+    try:
+        await a.write(store_runs(1, RunKind.ACTION, task_name="T", action_type="cache",
+                                 options=["incr", "n"]))
+        (job,) = await a.write(lambda tx: runs.claim(tx, 10, NOW, node="a"))
+        await b.write(lambda tx: runs.requeue(tx, [job.run.id], "a"))  # as the recovery does
+        (again,) = await b.write(lambda tx: runs.claim(tx, 10, NOW + 1, node="b"))
+        await a.write(lambda tx: runs.requeue(tx, [job.run.id], "a"))  # a's stop, late
+        assert await column(a, f"SELECT state || ' ' || node FROM runs WHERE id = {again.run.id}"
+                            ) == ["started b"]
     finally:
         await close([a, b])
 

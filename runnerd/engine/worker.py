@@ -312,7 +312,8 @@ class Worker:
             try:
                 await asyncio.shield(self._turn(claim=False))
                 if interrupted:
-                    await asyncio.shield(self.db.write(lambda tx: runs.requeue(tx, interrupted)))
+                    await asyncio.shield(self.db.write(
+                        lambda tx: runs.requeue(tx, interrupted, self.node)))
                     logger.info("requeued %d interrupted run(s)", len(interrupted),
                                 extra={"action": "runs_requeued"})
                 break

@@ -613,9 +613,9 @@ def requeue_started(tx: db.Tx) -> int:
     return tx.execute("requeue_started").rowcount
 
 
-def requeue(tx: db.Tx, run_ids: Iterable[int]) -> None:
-    """These `started` runs back to `due` (interrupted by a stop)."""
-    tx.executemany("requeue_run", [{"id": i} for i in run_ids])
+def requeue(tx: db.Tx, run_ids: Iterable[int], node: str | None = None) -> None:
+    """These `started` runs back to `due` (interrupted by a stop), those `node` still holds."""
+    tx.executemany("requeue_run", [{"id": i, "node": node} for i in run_ids])
 
 
 def get(tx: db.Tx, run_id: int) -> models.Run:

@@ -126,8 +126,11 @@ WHERE state = 'started' AND node IS NOT NULL AND node != :node
                     AND workers.heartbeat_at >= :before);
 
 -- name: requeue_run
--- One started run back to due (interrupted by a stop); its attempt counts.
-UPDATE runs SET state = 'due' WHERE id = :id AND state = 'started';
+-- One started run back to due (interrupted by a stop); its attempt counts. Only while this
+-- node still holds it: a node counted dead meanwhile may have seen it recovered and started
+-- again by another node.
+UPDATE runs SET state = 'due', node = NULL
+WHERE id = :id AND state = 'started' AND (node = :node OR node IS NULL);
 
 -- name: predecessor_actions
 -- Loop protection: the actions of this task's latest run on the parent event, in order.
