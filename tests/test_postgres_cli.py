@@ -76,8 +76,8 @@ def _shape(value: Any) -> Any:
         return ["list", _shape(value[0]) if value else None]
     if isinstance(value, bool) or value is None:
         return value  # found, ok, deleted…: the same answer
-    if isinstance(value, float) and value.is_integer():
-        return "int"  # a JSON number; a float column may print 3.0 on PostgreSQL
+    if isinstance(value, int | float):
+        return "number"  # 3 or 3.0 or 2.5: a rounded age or lag is any of them on either engine
     return type(value).__name__
 
 
