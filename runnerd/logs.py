@@ -132,21 +132,24 @@ _FORMAT = "%(levelname)s %(name)s: %(message)s"
 _TIMESTAMPED = "%(asctime)s.%(msecs)03d " + _FORMAT
 
 
-def log_config(verbose: bool, environ: Mapping[str, str]) -> dict[str, Any]:
-    """A `logging.config.dictConfig` mapping that writes to stderr (`environ`: the process's)."""
-    journald = under_journald(sys.stderr, environ)
-    return {
-        "version": 1,
-        "disable_existing_loggers": False,
-        "formatters": {"plain": {"format": _FORMAT if journald else _TIMESTAMPED,
-                                 "datefmt": "%Y-%m-%dT%H:%M:%S"}},
-        "filters": {"client_errors": {"()": ClientErrors}},
-        "handlers": {"stderr": {"class": "runnerd.logs.RepeatLimiter", "formatter": "plain",
-                                "stream": "ext://sys.stderr"}},
-        "loggers": {
-            "runnerd": {"level": "DEBUG" if verbose else "INFO"},
-            "aiohttp.access": {"level": "WARNING"},
-            "aiohttp.server": {"filters": ["client_errors"]},
-        },
-        "root": {"handlers": ["stderr"], "level": "WARNING"},
-    }
+def configure(verbose: bool, environ: Mapping[str, str]) -> None:
+    """Log to stderr (`environ`: the process's): runnerd's loggers at INFO (DEBUG when
+    `verbose`), everyone else's at WARNING, aiohttp's access log off and its client errors
+    filtered (`ClientErrors`), repeats limited (`RepeatLimiter`).
+
+    Set up by hand rather than with `logging.config.dictConfig`, whose module imports
+    logging.handlers, socketserver and pickle: about 1 MiB of the daemon's idle RSS.
+    """
+    handler = RepeatLimiter(sys.stderr)
+    handler.setFormatter(logging.Formatter(
+        _FORMAT if under_journald(sys.stderr, environ) else _TIMESTAMPED, "%Y-%m-%dT%H:%M:%S"))
+    root = logging.getLogger()
+    for old in root.handlers[:]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    logging.getLogger("runnerd").setLevel(logging.DEBUG if verbose else logging.INFO)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    server = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, ClientErrors) for f in server.filters):
+        server.addFilter(ClientErrors())

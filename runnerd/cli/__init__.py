@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import logging.config
 import os
 import sys
 import time
@@ -112,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `runnerd` console script."""
     args = _parser().parse_args(argv)
     environ = dict(os.environ)
-    logging.config.dictConfig(logs.log_config(args.verbose, environ))
+    logs.configure(args.verbose, environ)
     path = _config_path(args, environ)
     try:
         return COMMANDS[_canonical(args.command)](args, path, environ)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64 as b64
 import binascii
-import csv as csvlib
 import datetime as dt
 import decimal
 import gzip as gziplib
@@ -135,6 +134,8 @@ def parse_csv(value: Any, headers: Any = False, delimiter: Any = ",") -> list[An
     """`parse_csv`: CSV text to an array of arrays, or of hashes with `headers: true`."""
     if not isinstance(value, str):
         raise ValueError(f"expected CSV text, got {kind(value)}")
+    import csv as csvlib  # noqa: PLC0415 - imported on first use: idle RSS
+
     reader = csvlib.reader(io.StringIO(value.removeprefix("\ufeff"), newline=""),
                            delimiter=_delimiter(delimiter), strict=True)
     try:

@@ -11,7 +11,6 @@ import json
 import re
 from collections.abc import Mapping
 from typing import Any
-from xml.parsers import expat
 
 from runnerd.liquid.filters import data
 
@@ -59,6 +58,8 @@ def parse_xml(value: Any) -> Any:
         raise ValueError(f"expected XML text, got {data.kind(value)}")
     if len(value) > MAX_XML:
         raise ValueError(f"XML longer than {MAX_XML} characters")
+    from xml.parsers import expat  # noqa: PLC0415 - imported on first use: idle RSS
+
     stack: list[_Element] = [_Element({})]
     parser = expat.ParserCreate()
     parser.StartDoctypeDeclHandler = _refuse
