@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -193,6 +194,38 @@ async def test_an_expired_lease_is_rendered_again_and_the_late_finish_is_a_no_op
         assert await a.write(lambda tx: runs.finish(tx, late, later, node="a")) is None
         assert await column(a, "SELECT COUNT(*) FROM runs WHERE kind = 'action'") == [1]
         assert await column(a, f"SELECT node FROM runs WHERE id = {job.run.id}") == ["b"]
+    finally:
+        await close([a, b])
+
+
+async def test_a_turns_finishes_sent_together_apply_only_those_still_held(pg_url: str) -> None:
+    """`finish_all` moves a turn's task runs in one statement on PostgreSQL (`finish_runs`):
+    each run still only if it is as it was read and held by the finishing node."""
+    a, b = await open_nodes(pg_url, 2)
+    try:
+        await a.write(store_runs(3, RunKind.TASK, task_name="T"))
+        jobs = await a.write(lambda tx: runs.due_task_runs(tx, 10, NOW, "a"))
+        later = NOW + runs.TASK_LEASE_SECONDS + 1  # a's leases expired: b renders them all
+        again = await b.write(lambda tx: runs.due_task_runs(tx, 10, later, "b"))
+        assert sorted(j.run.id for j in again) == sorted(j.run.id for j in jobs)
+        first, *rest = sorted(again, key=lambda j: j.run.id)
+        await b.write(lambda tx: runs.finish_all(tx, [rendered(first, later)], later, node="b"))
+        # a's late finishes (b holds the runs) apply nothing...
+        await a.write(lambda tx: runs.finish_all(
+            tx, [rendered(j, later + 1) for j in jobs], later + 1, node="a"))
+        # ...b's turn moves the two still due, not the one it already finished.
+        outcomes = [dataclasses.replace(rendered(j, later + 2), result={"n": [j.run.id]})
+                    for j in [first, *rest]]
+        await b.write(lambda tx: runs.finish_all(tx, outcomes, later + 2, node="b"))
+        rows = await a.read(lambda tx: [tuple(r.values()) for r in tx.conn.execute(
+            "SELECT id, state, node, finished_at, result, attempts, lease_until FROM runs"
+            " WHERE kind = 'task' ORDER BY id")])
+        assert rows == [
+            (first.run.id, "succeeded", "b", later, '{"rendered":true}', 1, None),
+            *[(j.run.id, "succeeded", "b", later + 2, f'{{"n":[{j.run.id}]}}', 1, None)
+              for j in rest]]
+        # one action run a task run that moved, none of a's
+        assert await column(a, "SELECT COUNT(*) FROM runs WHERE kind = 'action'") == [3]
     finally:
         await close([a, b])
 
