@@ -294,17 +294,18 @@ def test_a_restart_leaves_other_nodes_runs_and_rows_alone(make_node: Any) -> Non
     # A long action of a's, started (what the claim records), and one of b's earlier life.
     a.query("INSERT INTO events (id, topic, data, source, created_at)"
             " VALUES (?, 't', '{}', 'cli', ?) RETURNING id", (EVENT, time.time()))
-    for node in ("a", "b"):
-        a.query("INSERT INTO runs (kind, state, priority, run_at, event_id, action_type, options,"
-                " meta, created_at, attempts, started_at, node) VALUES ('action', 'started', 3,"
-                " ?, ?, 'echo', '[]', '{}', ?, 1, ?, ?) RETURNING id",
-                (time.time(), EVENT, time.time(), time.time(), node))
+    ids = {node: a.query(
+        "INSERT INTO runs (kind, state, priority, run_at, event_id, action_type, options,"
+        " meta, created_at, attempts, started_at, node) VALUES ('action', 'started', 3,"
+        " ?, ?, 'echo', '[]', '{}', ?, 1, ?, ?) RETURNING id",
+        (time.time(), EVENT, time.time(), time.time(), node))[0]["id"] for node in ("a", "b")}
+    mine = f"SELECT state, node FROM runs WHERE id = {ids['a']}"  # a's long action
     b.kill()
     b.start()
     # b's own orphan requeued (then performed by any node), a's untouched.
     assert any("requeued 1 run(s) left started by a crash" in line for line in b.log_lines())
-    assert [r["state"] for r in a.query("SELECT state FROM runs WHERE node = 'a'")] == [
-        "started"]
+    # (b's requeued orphan may be claimed by a meanwhile: a's long action is known by its id)
+    assert [dict(r) for r in a.query(mine)] == [{"state": "started", "node": "a"}]
     workers = {r["node"]: r for r in a.query(
         "SELECT * FROM workers WHERE stopped_at IS NULL AND healthy = 1")}
     assert set(workers) == {"a", "b"}  # the restart did not mark a gone
@@ -314,7 +315,7 @@ def test_a_restart_leaves_other_nodes_runs_and_rows_alone(make_node: Any) -> Non
     wait_until(lambda: len(a.query("SELECT id FROM workers WHERE node = 'a'"
                                    " AND heartbeat_at > ?", (time.time() - 1,))) == 1)
     time.sleep(4)  # > node_timeout (3 s): a leader would have requeued a's run by now
-    assert a.query("SELECT state FROM runs WHERE node = 'a'")[0]["state"] == "started"
+    assert [dict(r) for r in a.query(mine)] == [{"state": "started", "node": "a"}]
     assert a.stop() == 0 and b.stop() == 0
 
 
