@@ -1,4 +1,4 @@
-"""runnerd: a self-hosted automation and monitoring daemon (Mechanic's model, on SQLite)."""
+"""runnerd: a self-hosted automation and monitoring daemon (Mechanic's model, on SQLite or PostgreSQL)."""
 
 from __future__ import annotations
 

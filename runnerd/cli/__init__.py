@@ -41,7 +41,8 @@ def _parser() -> argparse.ArgumentParser:
 
     p = _Parser(
         prog="runnerd", parents=[common],
-        description="A self-hosted automation and monitoring daemon (Mechanic's model, on SQLite).")
+        description="A self-hosted automation and monitoring daemon (Mechanic's model, on SQLite "
+                    "or PostgreSQL).")
     p.add_argument("-V", "--version", action="version", version=f"runnerd {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
