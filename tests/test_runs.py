@@ -1,13 +1,17 @@
-"""The run queue on a real SQLite file: states, priorities, FIFO, retries and their timing."""
+"""The run queue on a real SQLite file: states, priorities, FIFO, retries and their timing
+(the claim order on PostgreSQL too)."""
 
 from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from runnerd import errors, models
 from runnerd.models import RunKind, RunState
 from runnerd.queue import retention, runs
-from runnerd.store import db, sql
+from runnerd.store import backends, db, sql
 
 
 async def add_event(database: db.Database, now: float, **kw: object) -> models.Event:
@@ -41,7 +45,22 @@ async def test_event_gets_a_due_event_run(database: db.Database, clock) -> None:
     assert jobs[0].event == event
 
 
-async def test_claim_order_is_action_then_event_then_fifo(database: db.Database, clock) -> None:
+@pytest.fixture(params=["sqlite", "postgres"])
+async def any_database(request: pytest.FixtureRequest,
+                       tmp_path: Path) -> AsyncIterator[db.Database]:
+    """A migrated database on each engine (PostgreSQL's claim is its own statement)."""
+    url = request.getfixturevalue("pg_url") if request.param == "postgres" else None
+    database = await backends.open_database(tmp_path / "test.db", url).open()
+    await database.migrate()
+    try:
+        yield database
+    finally:
+        await database.close()
+
+
+async def test_claim_order_is_action_then_event_then_fifo(any_database: db.Database,
+                                                          clock) -> None:
+    database = any_database
     now = clock()
     event = await add_event(database, now)
     rows = [runs.run_row(RunKind.TASK, event.id, now + i, task_name=f"t{i}") for i in range(2)]
@@ -57,6 +76,19 @@ async def test_claim_order_is_action_then_event_then_fifo(database: db.Database,
     tasks = await database.write(lambda tx: runs.due_task_runs(tx, 10, 0.0))
     assert [(j.run.task_name, j.run.state, j.run.attempts) for j in tasks] == [
         ("t0", RunState.DUE, 0), ("t1", RunState.DUE, 0)]
+
+
+async def test_a_short_claim_takes_the_oldest_runs_of_the_highest_priority(
+        any_database: db.Database, clock) -> None:
+    """SPEC §14: priorities and FIFO hold within a node's claims (its limit cuts the rest)."""
+    now = clock()
+    event = await add_event(any_database, now)  # its event run: due, a lower priority
+    await add_runs(any_database, [
+        runs.run_row(RunKind.ACTION, event.id, now + i, task_name="t", action_type="echo",
+                     options={"n": i}) for i in (2, 0, 1)])
+    clock.advance(10)
+    jobs = await any_database.write(lambda tx: runs.claim(tx, 2, clock(), event_runs=True))
+    assert [j.run.options for j in jobs] == [{"n": 0}, {"n": 1}]
 
 
 async def test_due_task_runs_are_left_due_and_never_take_a_claim(database: db.Database,
