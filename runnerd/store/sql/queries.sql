@@ -100,6 +100,24 @@ ON CONFLICT (run_id, attempt) DO UPDATE SET error = excluded.error,
 UPDATE runs SET state = 'scheduled', run_at = :run_at, attempts = attempts - 1
 WHERE id = :id AND state = 'started';
 
+-- name: interrupted_started
+-- Start-up (SQLite): the started runs whose last allowed attempt a crash interrupted; failed
+-- one by one (runs.fail_interrupted) before requeue_started requeues the others.
+SELECT * FROM runs WHERE state = 'started' AND attempts >= :max_attempts;
+
+-- name: interrupted_node_started
+-- Start-up on PostgreSQL: interrupted_started among the runs requeue_node_started requeues.
+SELECT * FROM runs
+WHERE state = 'started' AND (node = :node OR node IS NULL) AND attempts >= :max_attempts;
+
+-- name: interrupted_lost_runs
+-- The leader: interrupted_started among the runs recover_lost_runs requeues.
+SELECT * FROM runs
+WHERE state = 'started' AND node IS NOT NULL AND node != :node AND attempts >= :max_attempts
+  AND NOT EXISTS (SELECT 1 FROM workers
+                  WHERE workers.node = runs.node AND workers.stopped_at IS NULL
+                    AND workers.heartbeat_at >= :before);
+
 -- name: requeue_started
 -- Every started run back to due (start-up: the lock file proves no other process runs them).
 UPDATE runs SET state = 'due' WHERE state = 'started';
