@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import textwrap
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,6 +21,7 @@ import pytest
 from runnerd.queue import runs
 
 from .conftest import Daemon, scrape, value, wait_until
+from .test_nodes import Node
 from .test_postgres import PgDaemon
 
 MAX = runs.MAX_ATTEMPTS
@@ -63,7 +65,7 @@ def poison() -> Iterator[int]:
 
 
 def config(port: int) -> str:
-    return f"""
+    return textwrap.dedent(f"""
         http: {{allow: ["127.0.0.1:{port}"]}}
         tasks:
           - name: Poisoned
@@ -74,7 +76,7 @@ def config(port: int) -> str:
             subscriptions: mechanic/errors/action
             code: |
               {{% action "cache", "set", "alarm", error.message %}}
-    """
+    """)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -166,3 +168,37 @@ def test_a_run_that_kills_its_daemon_every_time_stops_after_max_attempts(
     assert d.request("GET", "/health")[0] == 200
     assert d.proc is not None and d.proc.poll() is None and Poison.hits == MAX
     assert d.stop() == 0
+
+
+@pytest.mark.parametrize("attempts", [MAX - 1, MAX])
+def test_the_leader_fails_a_dead_nodes_run_out_of_attempts_and_requeues_the_others(
+        make_daemon: Any, poison: int, pg_url: str, attempts: int) -> None:
+    """PostgreSQL: node a dies of its run; node b, the leader, recovers it once a is silent for
+    node_timeout: requeued under the cap (and performed by b), failed at it (b never performs
+    it), with the failure's error event, task status and metrics on b."""
+    a: Node = make_daemon(config(poison), Node, url=pg_url, name="a")
+    Poison.victim = lambda: a.proc.pid  # type: ignore[union-attr]
+    a.create_database()
+    a.cli("send", "user/orders/ready", "--data", '{"id": 1}', check=True)
+    killed_by_its_run(a)
+    a.execute("UPDATE runs SET attempts = ? WHERE state = 'started'", (attempts,))
+    Poison.kill = False
+    b: Node = make_daemon(config(poison), Node, url=pg_url, name="b").start()
+    if attempts < MAX:
+        b.wait_runs("task_name = 'Poisoned' AND kind = 'action' AND state = 'succeeded'", 1)
+        assert action_run(b)["attempts"] == MAX and Poison.hits == 2
+        assert any("requeued 1 run(s) of lost node(s)" in line for line in b.log_lines())
+    else:
+        b.wait_runs("task_name = 'Poisoned' AND kind = 'action' AND state = 'failed'", 1)
+        run = action_run(b)
+        assert run["error"].startswith(f"interrupted on attempt {MAX} of {MAX} ")
+        assert run["node"] == "a" and run["attempts"] == MAX and Poison.hits == 1
+        wait_until(lambda: b.cli("cache", "get", "alarm").stdout.strip() == json.dumps(
+            run["error"]))
+        [status] = b.query("SELECT * FROM task_status WHERE name = 'Poisoned'")
+        assert status["last_status"] == "failed"
+        assert value(scrape(b), "runnerd_runs", "runnerd_runs_total", kind="action",
+                     state="failed") == 1
+        assert any(f"run {run['id']} (action run of task Poisoned) failed: interrupted" in line
+                   for line in b.log_lines())
+    assert b.stop() == 0

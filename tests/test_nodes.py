@@ -111,6 +111,40 @@ async def test_recovery_requeues_only_silent_nodes_runs(pg_url: str) -> None:
         await database.close()
 
 
+async def test_recovery_fails_a_lost_run_out_of_attempts(pg_url: str) -> None:
+    """A dead node's run whose interrupted attempt was its last is failed, not requeued (a run
+    that kills every node performing it would otherwise walk from node to node); the others
+    are requeued as before. tests/test_interrupted.py has it with real nodes."""
+    database = await migrated(pg_url)
+    try:
+        conn = pg_connect(pg_url)
+        now = T + 100
+        spent, spare, live = seed(conn, [("started", "dead"), ("started", "dead"),
+                                         ("started", "live")],
+                                  [("w-dead", "dead", now - 31), ("w-live", "live", now)])
+        for run_id, attempts in ((spent, runs.MAX_ATTEMPTS), (spare, runs.MAX_ATTEMPTS - 1),
+                                 (live, runs.MAX_ATTEMPTS)):
+            conn.execute("UPDATE runs SET attempts = %s WHERE id = %s", (attempts, run_id))
+        requeued, lost, failed = await database.write(
+            lambda tx: nodes.recover(tx, "me", 30.0, now, fail))
+        assert (requeued, lost, [o.run.id for o in failed]) == (1, 1, [spent])
+        rows = {r["id"]: r for r in conn.execute("SELECT * FROM runs").fetchall()}
+        assert (rows[spent]["state"], rows[spent]["attempts"], rows[spent]["node"],
+                rows[spent]["finished_at"]) == ("failed", runs.MAX_ATTEMPTS, "dead", now)
+        assert rows[spent]["error"] == (
+            f"interrupted on attempt {runs.MAX_ATTEMPTS} of {runs.MAX_ATTEMPTS} (the daemon "
+            f"stopped or crashed while performing it); not retried again: runnerd runs retry "
+            f"{spent} to try again")
+        assert (rows[spare]["state"], rows[spare]["attempts"], rows[spare]["error"]) == (
+            "due", runs.MAX_ATTEMPTS - 1, "node dead lost (no heartbeat for 30 s)")
+        assert rows[live]["state"] == "started"  # a live node's run is never touched
+        assert await database.write(
+            lambda tx: nodes.recover(tx, "me", 30.0, now, fail)) == (0, 0, [])
+        conn.close()
+    finally:
+        await database.close()
+
+
 def _in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
     out: list[Any] = []
     thread = threading.Thread(target=lambda: out.append(fn()), daemon=True)
