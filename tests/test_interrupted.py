@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import textwrap
 import threading
 from collections.abc import Callable, Iterator
@@ -164,7 +165,14 @@ def test_a_run_that_kills_its_daemon_every_time_stops_after_max_attempts(
         assert (action_run(d)["state"], action_run(d)["attempts"]) == ("started", death)
     d.start()
     d.wait_runs("task_name = 'Poisoned' AND kind = 'action' AND state = 'failed'", 1)
-    assert action_run(d)["error"].startswith(f"interrupted on attempt {MAX} of {MAX} ")
+    run = action_run(d)
+    assert run["error"].startswith(f"interrupted on attempt {MAX} of {MAX} ")
+    # The earlier interrupted attempts are kept in run_attempts, the last one is the run's.
+    kept = d.query("SELECT attempt, error FROM run_attempts WHERE run_id = ? ORDER BY attempt",
+                   (run["id"],))
+    assert [r["attempt"] for r in kept] == list(range(1, MAX))
+    restarted = f"node {socket.gethostname()} restarted while the run was started"
+    assert {r["error"] for r in kept} == {runs.INTERRUPTED if d.pg_url is None else restarted}
     assert d.request("GET", "/health")[0] == 200
     assert d.proc is not None and d.proc.poll() is None and Poison.hits == MAX
     assert d.stop() == 0

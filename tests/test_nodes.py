@@ -138,6 +138,10 @@ async def test_recovery_fails_a_lost_run_out_of_attempts(pg_url: str) -> None:
         assert (rows[spare]["state"], rows[spare]["attempts"], rows[spare]["error"]) == (
             "due", runs.MAX_ATTEMPTS - 1, "node dead lost (no heartbeat for 30 s)")
         assert rows[live]["state"] == "started"  # a live node's run is never touched
+        # The requeued run's interrupted attempt is kept; the failed one's is the run itself.
+        kept = [dict(r) for r in conn.execute("SELECT * FROM run_attempts").fetchall()]
+        assert kept == [{"run_id": spare, "attempt": runs.MAX_ATTEMPTS - 1, "started_at": T,
+                         "finished_at": now, "error": "node dead lost (no heartbeat for 30 s)"}]
         assert await database.write(
             lambda tx: nodes.recover(tx, "me", 30.0, now, fail)) == (0, 0, [])
         conn.close()

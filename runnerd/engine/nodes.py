@@ -54,16 +54,13 @@ async def requeue_orphans(database: db.Database, node: str, fail: runs.Fail,
     node's (its advisory lock proves its earlier process is gone), and those a runnerd before
     nodes left without a node. Returns how many were requeued, and the failures recorded."""
     if shared(database):
-        query, params = "interrupted_node_started", {"node": node}
-
-        def requeue(tx: db.Tx) -> int:
-            return tx.execute("requeue_node_started", params).rowcount
+        found, requeue, params = "interrupted_node_started", "requeue_node_started", {"node": node}
     else:
-        query, params, requeue = "interrupted_started", {}, runs.requeue_started
+        found, requeue, params = "interrupted_started", "requeue_started", {}
 
     def orphans(tx: db.Tx) -> tuple[int, list[runs.Outcome]]:
-        failed = runs.fail_interrupted(tx, query, params, fail, now)
-        return requeue(tx), failed
+        failed = runs.fail_interrupted(tx, found, params, fail, now)
+        return runs.requeued(tx, requeue, params, now), failed
 
     return await database.write(orphans)
 
@@ -103,8 +100,8 @@ def recover(tx: db.Tx, node: str, timeout: float, now: float,
     before = now - timeout
     failed = runs.fail_interrupted(tx, "interrupted_lost_runs",
                                    {"node": node, "before": before}, fail, now)
-    requeued = tx.execute("recover_lost_runs", {"node": node, "before": before,
-                                                "timeout": f"{timeout:g}"}).rowcount
+    requeued = runs.requeued(tx, "recover_lost_runs", {"node": node, "before": before,
+                                                       "timeout": f"{timeout:g}"}, now)
     lost = tx.execute("workers_lost", {"before": before}).rowcount
     return requeued, lost, failed
 

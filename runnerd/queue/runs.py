@@ -609,9 +609,26 @@ def defer(tx: db.Tx, run_ids: Iterable[int], run_at: float) -> None:
     tx.executemany("defer_run", [{"id": i, "run_at": run_at} for i in run_ids])
 
 
-def requeue_started(tx: db.Tx) -> int:
+#: The error of an interrupted attempt in `run_attempts` when its requeue names none.
+INTERRUPTED = "interrupted: the daemon stopped or crashed while performing it"
+
+
+def requeued(tx: db.Tx, query: str, params: dict[str, Any], now: float) -> int:
+    """Run `query`, a statement that puts `started` runs back to `due` (their attempt counts)
+    and returns them; each interrupted attempt is recorded in `run_attempts` as a retried
+    failure's is, ended `now`, with the error the requeue gave the run (else INTERRUPTED).
+    Returns how many were requeued."""
+    rows = tx.all(query, params)
+    if rows:
+        tx.executemany("insert_attempt", [
+            {"run_id": row["id"], "attempt": row["attempts"], "started_at": row["started_at"],
+             "finished_at": now, "error": row["error"] or INTERRUPTED} for row in rows])
+    return len(rows)
+
+
+def requeue_started(tx: db.Tx, now: float) -> int:
     """Every `started` run back to `due` (start-up after a crash); return how many."""
-    return tx.execute("requeue_started").rowcount
+    return requeued(tx, "requeue_started", {}, now)
 
 
 #: The engine's failure of a job without performing it, given the error to record: the
@@ -644,9 +661,10 @@ def fail_interrupted(tx: db.Tx, query: str, params: dict[str, Any], fail: Fail,
     return failed
 
 
-def requeue(tx: db.Tx, run_ids: Iterable[int], node: str | None = None) -> None:
+def requeue(tx: db.Tx, run_ids: Iterable[int], now: float, node: str | None = None) -> None:
     """These `started` runs back to `due` (interrupted by a stop), those `node` still holds."""
-    tx.executemany("requeue_run", [{"id": i, "node": node} for i in run_ids])
+    for run_id in run_ids:
+        requeued(tx, "requeue_run", {"id": run_id, "node": node}, now)
 
 
 def get(tx: db.Tx, run_id: int) -> models.Run:
