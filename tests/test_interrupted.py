@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from runnerd import models
 from runnerd.queue import runs
 
 from .conftest import Daemon, scrape, value, wait_until
@@ -80,18 +81,27 @@ def config(port: int) -> str:
     """)
 
 
+ENGINES = pytest.mark.parametrize("engine", ["sqlite", "postgres"])
+
+
+def on_engine(request: pytest.FixtureRequest, make_daemon: Any, engine: str,
+              body: str) -> Daemon:
+    """A daemon of `body` on `engine`, not started, its database made."""
+    if engine == "postgres":
+        d: Daemon = make_daemon(body, PgDaemon, url=request.getfixturevalue("pg_url"))
+    else:
+        d = make_daemon(body)
+        if d.pg_url is not None:  # the engine switch: this one is the PostgreSQL one's
+            pytest.skip("runs on SQLite only under the engine switch")
+    return d.create_database()
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def daemon(request: pytest.FixtureRequest, make_daemon: Any, poison: int) -> Daemon:
     """A daemon on SQLite or PostgreSQL, not started, whose Poisoned task's action kills it;
     its database made and an event for Poisoned stored (`runnerd send`)."""
-    if request.param == "postgres":
-        d: Daemon = make_daemon(config(poison), PgDaemon, url=request.getfixturevalue("pg_url"))
-    else:
-        d = make_daemon(config(poison))
-        if d.pg_url is not None:  # the engine switch: this one is the PostgreSQL one's
-            pytest.skip("runs on SQLite only under the engine switch")
+    d = on_engine(request, make_daemon, request.param, config(poison))
     Poison.victim = lambda: d.proc.pid  # type: ignore[union-attr]
-    d.create_database()
     d.cli("send", "user/orders/ready", "--data", '{"id": 1}', check=True)
     return d
 
@@ -175,6 +185,43 @@ def test_a_run_that_kills_its_daemon_every_time_stops_after_max_attempts(
     assert {r["error"] for r in kept} == {runs.INTERRUPTED if d.pg_url is None else restarted}
     assert d.request("GET", "/health")[0] == 200
     assert d.proc is not None and d.proc.poll() is None and Poison.hits == MAX
+    assert d.stop() == 0
+
+
+STUCK = """
+tasks:
+  - name: Stuck
+    subscriptions: user/stuck/now
+    code: |
+      {% action "echo", ok: true %}
+  - name: Alarm
+    subscriptions: mechanic/errors/task
+    code: |
+      {% action "cache", "set", "alarm", error.task.name | append: ": " | append: error.message %}
+"""
+
+
+@ENGINES
+def test_a_task_run_left_started_at_the_cap_fails_with_its_error_event(
+        request: pytest.FixtureRequest, make_daemon: Any, engine: str) -> None:
+    """A task run is rendered while due and never left started by this runnerd; one that is
+    (an older runnerd's) fails at the cap as a failed render does: mechanic/errors/task."""
+    d = on_engine(request, make_daemon, engine, STUCK)
+    d.cli("send", "user/nobody/listens", check=True)  # an event no task takes: the run's event
+    [event] = d.query("SELECT id, created_at FROM events")
+    d.execute("INSERT INTO runs (kind, state, priority, run_at, event_id, task_name, created_at,"
+              " attempts, started_at) VALUES ('task', 'started', 2, ?, ?, 'Stuck', ?, ?, ?)",
+              (event["created_at"], event["id"], event["created_at"], MAX, event["created_at"]))
+    [row] = d.query("SELECT id FROM runs WHERE kind = 'task'")
+    d.start()
+    d.wait_runs(f"id = {row['id']} AND state = 'failed'", 1)
+    [run] = d.query(f"SELECT * FROM runs WHERE id = {row['id']}")
+    assert run["error"] == runs.interrupted_error(models.Run.from_row(dict(run)))
+    wait_until(lambda: d.cli("cache", "get", "alarm").stdout.strip() == json.dumps(
+        f"Stuck: {run['error']}"))
+    [status] = d.query("SELECT * FROM task_status WHERE name = 'Stuck'")
+    assert status["last_status"] == "failed"
+    assert d.query("SELECT COUNT(*) AS n FROM runs WHERE action_type = 'echo'")[0]["n"] == 0
     assert d.stop() == 0
 
 
