@@ -183,6 +183,11 @@ def test_a_run_that_kills_its_daemon_every_time_stops_after_max_attempts(
     assert [r["attempt"] for r in kept] == list(range(1, MAX))
     restarted = f"node {socket.gethostname()} restarted while the run was started"
     assert {r["error"] for r in kept} == {runs.INTERRUPTED if d.pg_url is None else restarted}
+    shown = json.loads(d.cli("runs", "show", str(run["id"]), check=True).stdout)
+    assert [a["attempt"] for a in shown["failed_attempts"]] == list(range(1, MAX))
+    listed = json.loads(d.cli("runs", "--state", "failed", "--json", check=True).stdout)
+    assert [r["id"] for r in listed if (r["error"] or "").startswith("interrupted")] == [
+        run["id"]]
     assert d.request("GET", "/health")[0] == 200
     assert d.proc is not None and d.proc.poll() is None and Poison.hits == MAX
     assert d.stop() == 0
