@@ -12,9 +12,8 @@ import os
 import signal
 import socket
 import textwrap
-import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
@@ -22,6 +21,7 @@ import pytest
 from runnerd import models
 from runnerd.queue import runs
 
+from . import helpers_servers
 from .conftest import Daemon, scrape, value, wait_until
 from .test_nodes import Node
 from .test_postgres import PgDaemon
@@ -56,14 +56,8 @@ class Poison(BaseHTTPRequestHandler):
 @pytest.fixture
 def poison() -> Iterator[int]:
     Poison.hits, Poison.kill, Poison.victim = 0, True, None
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Poison)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
+    with helpers_servers.http_server(Poison) as port:
+        yield port
 
 
 def config(port: int) -> str:
