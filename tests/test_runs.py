@@ -347,11 +347,13 @@ def test_new_id_is_a_time_ordered_version_7_uuid() -> None:
 
 
 @pytest.mark.parametrize("name", ["claim_runs", "due_task_runs", "due_event_runs",
-                                  "promote_scheduled", "queue_counts", "oldest_due"])
+                                  "promote_scheduled", "queue_counts", "oldest_due",
+                                  "interrupted_started", "requeue_started"])
 async def test_queue_queries_read_partial_indexes_not_history(database: db.Database,
                                                               name: str) -> None:
     # Their cost must follow the queue, not the runs kept for retention: no full scan of runs.
-    params = {"now": 0.0, "limit": 10, "event_limit": 10, "node": None, **runs.PRIORITIES}
+    params = {"now": 0.0, "limit": 10, "event_limit": 10, "node": None,
+              "max_attempts": runs.MAX_ATTEMPTS, **runs.PRIORITIES}
 
     def plan(tx: db.Tx) -> list[str]:
         return [row["detail"] for row in tx.conn.execute(
