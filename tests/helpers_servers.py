@@ -1,4 +1,5 @@
-"""Real servers on loopback for the action tests: an aiosmtpd SMTP server, TLS material, ports.
+"""Real servers on loopback for the action tests: an aiosmtpd SMTP server, an HTTP server, TLS
+material, ports.
 
 Nothing here is a mock: the SMTP server is aiosmtpd's, run in its controller thread on
 127.0.0.1 with an ephemeral port bound before it starts (no free-port race).
@@ -13,6 +14,7 @@ import ssl
 import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import aiosmtpd.controller
@@ -104,6 +106,19 @@ class LoopbackController(aiosmtpd.controller.Controller):
                and time.monotonic() < deadline):
             time.sleep(0.01)
         super().stop(no_assert)
+
+
+@contextlib.contextmanager
+def http_server(handler: type[BaseHTTPRequestHandler]) -> Iterator[int]:
+    """A threaded HTTP server on 127.0.0.1 answering with `handler`: its port; shut on exit."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @contextlib.contextmanager

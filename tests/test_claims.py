@@ -272,7 +272,7 @@ async def late_finish_after_a_second_claim(first: db.Database, second: db.Databa
     await first.write(store_runs(1, RunKind.ACTION, task_name="T", action_type="cache",
                                  options=["incr", "n"]))
     (job,) = await first.write(lambda tx: runs.claim(tx, 10, NOW, node="a"))
-    await first.write(lambda tx: runs.requeue(tx, [job.run.id], "a"))
+    await first.write(lambda tx: runs.requeue(tx, [job.run.id], NOW, "a"))
     (again,) = await second.write(lambda tx: runs.claim(tx, 10, NOW + 1, node=again_by))
     assert again.run.id == job.run.id and again.run.attempts == 2
 
@@ -312,9 +312,9 @@ async def test_a_stop_requeues_only_the_runs_its_node_still_holds(pg_url: str) -
         await a.write(store_runs(1, RunKind.ACTION, task_name="T", action_type="cache",
                                  options=["incr", "n"]))
         (job,) = await a.write(lambda tx: runs.claim(tx, 10, NOW, node="a"))
-        await b.write(lambda tx: runs.requeue(tx, [job.run.id], "a"))  # as the recovery does
+        await b.write(lambda tx: runs.requeue(tx, [job.run.id], NOW, "a"))  # as recovery does
         (again,) = await b.write(lambda tx: runs.claim(tx, 10, NOW + 1, node="b"))
-        await a.write(lambda tx: runs.requeue(tx, [job.run.id], "a"))  # a's stop, late
+        await a.write(lambda tx: runs.requeue(tx, [job.run.id], NOW, "a"))  # a's stop, late
         assert await column(a, f"SELECT state || ' ' || node FROM runs WHERE id = {again.run.id}"
                             ) == ["started b"]
     finally:

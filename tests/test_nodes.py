@@ -20,7 +20,7 @@ import pytest
 
 from runnerd import config
 from runnerd.engine import nodes
-from runnerd.queue import retention
+from runnerd.queue import retention, runs
 from runnerd.store import backends, db
 
 from . import test_postgres
@@ -29,6 +29,11 @@ from .test_postgres import PgDaemon
 
 T = 1_750_000_000.0
 EVENT = "0b6c1ad0-3c8f-4b0e-9d5e-9e1a3f4c2d11"
+
+
+def fail(job: runs.Job, error: str) -> runs.Outcome:
+    """A `runs.Fail` without the engine's follow-up events (the daemon's tests have those)."""
+    return runs.Outcome(job.run, ok=False, error=error)
 
 
 def pg_connect(url: str) -> Any:
@@ -85,7 +90,8 @@ async def test_recovery_requeues_only_silent_nodes_runs(pg_url: str) -> None:
         conn.execute("INSERT INTO workers (id, pid, host, started_at, heartbeat_at, healthy, node,"
                      " stopped_at) VALUES ('w-gone', 1, 'h', %s, %s, 0, 'gone', %s)",
                      (T, now, now))
-        requeued, lost = await database.write(lambda tx: nodes.recover(tx, "me", 30.0, now))
+        requeued, lost, _ = await database.write(
+            lambda tx: nodes.recover(tx, "me", 30.0, now, fail))
         assert (requeued, lost) == (2, 2)  # dead's and gone's (stopped) runs; two silent rows
         rows = {r["id"]: r for r in conn.execute("SELECT * FROM runs").fetchall()}
         for run_id, node in ((dead, "dead"), (stopped, "gone")):
@@ -98,7 +104,46 @@ async def test_recovery_requeues_only_silent_nodes_runs(pg_url: str) -> None:
         assert beats["w-dead"]["healthy"] == 0 and beats["w-dead"]["problem"] == (
             "lost: no heartbeat")
         assert beats["w-live"]["healthy"] == 1 and beats["w-me"]["healthy"] == 1
-        assert await database.write(lambda tx: nodes.recover(tx, "me", 30.0, now)) == (0, 0)
+        assert await database.write(
+            lambda tx: nodes.recover(tx, "me", 30.0, now, fail)) == (0, 0, [])
+        conn.close()
+    finally:
+        await database.close()
+
+
+async def test_recovery_fails_a_lost_run_out_of_attempts(pg_url: str) -> None:
+    """A dead node's run whose interrupted attempt was its last is failed, not requeued (a run
+    that kills every node performing it would otherwise walk from node to node); the others
+    are requeued as before. tests/test_interrupted.py has it with real nodes."""
+    database = await migrated(pg_url)
+    try:
+        conn = pg_connect(pg_url)
+        now = T + 100
+        spent, spare, live = seed(conn, [("started", "dead"), ("started", "dead"),
+                                         ("started", "live")],
+                                  [("w-dead", "dead", now - 31), ("w-live", "live", now)])
+        for run_id, attempts in ((spent, runs.MAX_ATTEMPTS), (spare, runs.MAX_ATTEMPTS - 1),
+                                 (live, runs.MAX_ATTEMPTS)):
+            conn.execute("UPDATE runs SET attempts = %s WHERE id = %s", (attempts, run_id))
+        requeued, lost, failed = await database.write(
+            lambda tx: nodes.recover(tx, "me", 30.0, now, fail))
+        assert (requeued, lost, [o.run.id for o in failed]) == (1, 1, [spent])
+        rows = {r["id"]: r for r in conn.execute("SELECT * FROM runs").fetchall()}
+        assert (rows[spent]["state"], rows[spent]["attempts"], rows[spent]["node"],
+                rows[spent]["finished_at"]) == ("failed", runs.MAX_ATTEMPTS, "dead", now)
+        assert rows[spent]["error"] == (
+            f"interrupted on attempt {runs.MAX_ATTEMPTS} of {runs.MAX_ATTEMPTS} (the daemon "
+            f"stopped or crashed while performing it); not retried again: runnerd runs retry "
+            f"{spent} to try again")
+        assert (rows[spare]["state"], rows[spare]["attempts"], rows[spare]["error"]) == (
+            "due", runs.MAX_ATTEMPTS - 1, "node dead lost (no heartbeat for 30 s)")
+        assert rows[live]["state"] == "started"  # a live node's run is never touched
+        # The requeued run's interrupted attempt is kept; the failed one's is the run itself.
+        kept = [dict(r) for r in conn.execute("SELECT * FROM run_attempts").fetchall()]
+        assert kept == [{"run_id": spare, "attempt": runs.MAX_ATTEMPTS - 1, "started_at": T,
+                         "finished_at": now, "error": "node dead lost (no heartbeat for 30 s)"}]
+        assert await database.write(
+            lambda tx: nodes.recover(tx, "me", 30.0, now, fail)) == (0, 0, [])
         conn.close()
     finally:
         await database.close()
@@ -122,7 +167,7 @@ def _finish(conn: Any, run_id: int) -> int:
 
 def _recover(conn: Any) -> int:
     conn.execute("BEGIN")
-    return nodes.recover(tx_on(conn), "me", 30.0, T + 100)[0]
+    return nodes.recover(tx_on(conn), "me", 30.0, T + 100, fail)[0]
 
 
 @pytest.mark.parametrize("first", ["finish", "recovery"])
@@ -209,8 +254,10 @@ async def test_the_leader_steps_down_when_it_cannot_renew(pg_url: str) -> None:
     database = await migrated(pg_url)
     try:
         mono = [100.0]
-        a = nodes.Leader(database, "a", timeout=30.0, monotonic=lambda: mono[0])
-        b = nodes.Leader(database, "b", timeout=30.0, monotonic=lambda: mono[0])
+        a = nodes.Leader(database, "a", timeout=30.0, fail=fail,
+                         monotonic=lambda: mono[0])
+        b = nodes.Leader(database, "b", timeout=30.0, fail=fail,
+                         monotonic=lambda: mono[0])
         assert await a.renew() is True and a.term == 1
         assert await b.renew() is False and not b.is_leader()
         mono[0] += 15 * nodes.TRUST - 0.01

@@ -49,7 +49,7 @@ PARAMS: dict[str, Any] = {
     "held": 0, "before_id": 1 << 40,
     "kinds": '["event", "task", "action"]', "states": '["due", "succeeded"]',
     "id_hash": "ab" * 32, "csrf": "c", "cap": 3,
-    "timeout": "30", "holder": "n1", "ttl": 15.0,
+    "timeout": "30", "holder": "n1", "ttl": 15.0, "max_attempts": 5,
 }
 #: Where a query needs another value than PARAMS's.
 OVERRIDES: dict[str, dict[str, Any]] = {

@@ -253,15 +253,19 @@ async def test_manual_retry_and_cancel(database: db.Database, clock) -> None:
 async def test_requeue_started_counts_the_attempt(database: db.Database, clock) -> None:
     await add_event(database, clock())
     await database.write(lambda tx: runs.claim(tx, 1, clock(), event_runs=True))
-    assert await database.write(runs.requeue_started) == 1
+    assert await database.write(lambda tx: runs.requeue_started(tx, clock())) == 1
     jobs = await database.write(lambda tx: runs.claim(tx, 1, clock(), event_runs=True))
     assert jobs[0].run.attempts == 2
+    # The interrupted attempt is kept in run_attempts, as a retried failure's is.
+    [kept] = await database.read(lambda tx: runs.attempts(tx, jobs[0].run.id))
+    assert (kept["attempt"], kept["error"]) == (1, runs.INTERRUPTED)
+    assert kept["finished_at"] == models.iso(clock())
 
 
 async def test_finish_of_a_run_no_longer_started_is_ignored(database: db.Database, clock) -> None:
     await add_event(database, clock())
     jobs = await database.write(lambda tx: runs.claim(tx, 1, clock(), event_runs=True))
-    await database.write(runs.requeue_started)
+    await database.write(lambda tx: runs.requeue_started(tx, clock()))
     assert await database.write(lambda tx: runs.finish(
         tx, _outcome(jobs[0].run, ok=True), clock())) is None
 
@@ -343,11 +347,13 @@ def test_new_id_is_a_time_ordered_version_7_uuid() -> None:
 
 
 @pytest.mark.parametrize("name", ["claim_runs", "due_task_runs", "due_event_runs",
-                                  "promote_scheduled", "queue_counts", "oldest_due"])
+                                  "promote_scheduled", "queue_counts", "oldest_due",
+                                  "interrupted_started", "requeue_started"])
 async def test_queue_queries_read_partial_indexes_not_history(database: db.Database,
                                                               name: str) -> None:
     # Their cost must follow the queue, not the runs kept for retention: no full scan of runs.
-    params = {"now": 0.0, "limit": 10, "event_limit": 10, "node": None, **runs.PRIORITIES}
+    params = {"now": 0.0, "limit": 10, "event_limit": 10, "node": None,
+              "max_attempts": runs.MAX_ATTEMPTS, **runs.PRIORITIES}
 
     def plan(tx: db.Tx) -> list[str]:
         return [row["detail"] for row in tx.conn.execute(

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
 
+from . import helpers_servers
 from .conftest import Daemon, scrape, value, wait_until
 
 pytestmark = pytest.mark.timeout(90)
@@ -40,14 +40,8 @@ class Target(BaseHTTPRequestHandler):
 @pytest.fixture
 def target() -> Iterator[int]:
     Target.mended = False
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Target)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
+    with helpers_servers.http_server(Target) as port:
+        yield port
 
 
 def config(port: int) -> str:

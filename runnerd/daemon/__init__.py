@@ -1,5 +1,6 @@
-"""The composition root: lock, migrate, requeue orphans, record the tasks first seen, build the
-parts, supervise, stop in order.
+"""The composition root: lock, migrate, record the tasks first seen, build the parts, requeue
+orphans (or fail those out of attempts: the engine gives their failures), supervise, stop in
+order.
 
 The lock is the SQLite file's (one daemon per file), or on PostgreSQL the node's name's (several
 nodes per database, one per name: `engine.nodes` says what each node does at start-up and which
@@ -156,16 +157,18 @@ def build(reg: registry.Registry, database: db.Database, executors: actions.Regi
     """
     current = context.Current(reg)
     settings = reg.settings
-    leader = (nodes.Leader(database, settings.node, timeout=settings.node_timeout, clock=clock)
-              if nodes.shared(database) else None)
-    is_leader = leader.is_leader if leader is not None else lambda: True
-    counters = metrics.Metrics(node=settings.node, is_leader=is_leader)
+    leader: nodes.Leader | None = None  # PostgreSQL's, built with the engine it recovers for
+    counters = metrics.Metrics(node=settings.node,
+                               is_leader=lambda: leader is None or leader.is_leader())
     engine = paths.Engine(database, current.get_registry, executors, reader=reader,
                           concurrency=reg.settings.concurrency, clock=clock,
                           on_finished=counters.finished, on_routed=counters.routed,
                           node=reg.settings.node)
-    if leader is not None:
-        leader.on_requeued = engine.wake
+    if nodes.shared(database):
+        leader = nodes.Leader(database, settings.node, timeout=settings.node_timeout,
+                              fail=engine.kinds.interrupted, on_failed=counters.finished,
+                              on_requeued=engine.wake, clock=clock)
+    is_leader = leader.is_leader if leader is not None else lambda: True
     worker_ = engine.worker
     interval = heartbeat.INTERVAL if leader is None else min(
         heartbeat.INTERVAL, settings.node_timeout / 3)  # other nodes judge it by its beats
@@ -190,6 +193,19 @@ def build(reg: registry.Registry, database: db.Database, executors: actions.Regi
         context.Api(current, database, executors, clock, wake=engine.wake),
         context.Ops(current, database, clock, beat, watch, counters, ticks, wake=pinged))
     return Parts(current, engine, queue, ticks, watch, beat, counters, application, leader)
+
+
+async def orphans(database: db.Database, parts: Parts, node: str, now: float) -> None:
+    """Start-up, before the worker: the runs a crash left started requeued, or failed when that
+    was their last attempt (`nodes.requeue_orphans`, with the engine's failures), each failure
+    logged and counted as the worker's are."""
+    requeued, failed = await nodes.requeue_orphans(database, node,
+                                                   parts.engine.kinds.interrupted, now)
+    if requeued:
+        logger.warning("requeued %d run(s) left started by a crash", requeued,
+                       extra={"action": "orphans_requeued"})
+    nodes.log_failed(failed)
+    parts.metrics.finished(failed)
 
 
 class Daemon:
@@ -219,10 +235,6 @@ class Daemon:
             try:
                 await database.migrate()
                 database.watch()
-                requeued = await nodes.requeue_orphans(database, settings.node)
-                if requeued:
-                    logger.warning("requeued %d run(s) left started by a crash", requeued,
-                                   extra={"action": "orphans_requeued"})
                 await remember_tasks(database, reg, self.clock())
                 self.database = database
                 reader = database.sync_reader()
@@ -250,6 +262,7 @@ class Daemon:
                       dead_components=lambda: [] if self.stop.is_set() else [
                           name for name, task in components.items() if task.done()])
         self.parts = parts
+        await orphans(database, parts, settings.node, self.clock())
         beat, worker_ = parts.heartbeat, parts.engine.worker
         runner = listener.Runner(parts.app, settings.listen)
         loop = asyncio.get_running_loop()

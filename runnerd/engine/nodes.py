@@ -3,6 +3,9 @@
 Each node holds a session advisory lock on its name for its lifetime (`store.pg.lock`), so at
 start-up the runs its name left `started` are from its own earlier process, dead for sure: they
 go back to `due` (`requeue_orphans`). Other nodes' runs are never touched at start-up.
+Wherever a started run is found interrupted (start-up, recovery), one whose attempts reached
+`runs.MAX_ATTEMPTS` is failed instead (`runs.fail_interrupted`): a run that kills the process
+performing it is not handed from restart to restart, or from node to node, forever.
 
 One live node at a time is the leader: it holds the `leases` row 'leader', taken and renewed on
 the database's clock every `ttl / 3` (`ttl` is half of `node_timeout`), and steps down locally
@@ -14,8 +17,8 @@ action is never requeued. The janitor (retention) runs on the leader only, and t
 transaction lock besides (`retention.prune`), so two nodes that briefly both think they lead
 never prune at once; recovery is idempotent (a second leader's statement finds nothing started).
 
-On SQLite there is one daemon per file (its lock file): start-up requeues every started run, and
-that daemon is always the leader, without a lease.
+On SQLite there is one daemon per file (its lock file): start-up requeues every started run
+(fails those over the cap), and that daemon is always the leader, without a lease.
 """
 
 from __future__ import annotations
@@ -43,15 +46,32 @@ def shared(database: db.Database) -> bool:
     return database.engine == "postgres"
 
 
-async def requeue_orphans(database: db.Database, node: str) -> int:
-    """Start-up: the runs an earlier process left `started` back to `due` (their attempt counts).
-    On SQLite every started run (the lock file proves no other process runs one); on PostgreSQL
-    only this node's (its advisory lock proves its earlier process is gone), and those a
-    runnerd before nodes left without a node."""
-    if not shared(database):
-        return await database.write(runs.requeue_started)
-    return await database.write(
-        lambda tx: tx.execute("requeue_node_started", {"node": node}).rowcount)
+async def requeue_orphans(database: db.Database, node: str, fail: runs.Fail,
+                          now: float) -> tuple[int, list[runs.Outcome]]:
+    """Start-up: the runs an earlier process left `started` back to `due` (their attempt counts),
+    or failed with `fail` when that attempt was their last (`runs.fail_interrupted`). On SQLite
+    every started run (the lock file proves no other process runs one); on PostgreSQL only this
+    node's (its advisory lock proves its earlier process is gone), and those a runnerd before
+    nodes left without a node. Returns how many were requeued, and the failures recorded."""
+    if shared(database):
+        found, requeue, params = "interrupted_node_started", "requeue_node_started", {"node": node}
+    else:
+        found, requeue, params = "interrupted_started", "requeue_started", {}
+
+    def orphans(tx: db.Tx) -> tuple[int, list[runs.Outcome]]:
+        failed = runs.fail_interrupted(tx, found, params, fail, now)
+        return runs.requeued(tx, requeue, params, now), failed
+
+    return await database.write(orphans)
+
+
+def log_failed(failed: list[runs.Outcome]) -> None:
+    """One warning per run failed by `runs.fail_interrupted`."""
+    for outcome in failed:
+        run = outcome.run
+        logger.warning("run %d (%s run of task %s) failed: %s", run.id, run.kind,
+                       run.task_name, outcome.error,
+                       extra={"action": "interrupted_run_failed", "run_id": run.id})
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -71,20 +91,29 @@ def take_lease(tx: db.Tx, name: str, holder: str, ttl: float,
     return None if row is None else Lease(row["holder"], int(row["term"]), row["expires_at"])
 
 
-def recover(tx: db.Tx, node: str, timeout: float, now: float) -> tuple[int, int]:
+def recover(tx: db.Tx, node: str, timeout: float, now: float,
+            fail: runs.Fail) -> tuple[int, int, list[runs.Outcome]]:
     """The leader's recovery: the started runs of nodes (other than `node`) silent for
-    `timeout` seconds back to due, and those nodes' rows marked lost. Returns (runs, rows)."""
+    `timeout` seconds back to due, or failed with `fail` when that attempt was their last
+    (`runs.fail_interrupted`), and those nodes' rows marked lost. Returns (runs requeued, rows
+    marked, failures recorded)."""
     before = now - timeout
-    requeued = tx.execute("recover_lost_runs", {"node": node, "before": before,
-                                                "timeout": f"{timeout:g}"}).rowcount
+    failed = runs.fail_interrupted(tx, "interrupted_lost_runs",
+                                   {"node": node, "before": before}, fail, now)
+    requeued = runs.requeued(tx, "recover_lost_runs", {"node": node, "before": before,
+                                                       "timeout": f"{timeout:g}"}, now)
     lost = tx.execute("workers_lost", {"before": before}).rowcount
-    return requeued, lost
+    return requeued, lost, failed
 
 
 class Leader:
-    """Takes and renews the 'leader' lease; while it holds it, recovers dead nodes' runs."""
+    """Takes and renews the 'leader' lease; while it holds it, recovers dead nodes' runs:
+    requeued, or failed with `fail` (`recover`); `on_failed` gets those failures once
+    committed (the metrics count them), and `on_requeued` is called after either (the worker
+    has runs, or the failures' events, to take)."""
 
-    def __init__(self, database: db.Database, node: str, *, timeout: float,
+    def __init__(self, database: db.Database, node: str, *, timeout: float, fail: runs.Fail,
+                 on_failed: Callable[[list[runs.Outcome]], None] = lambda failed: None,
                  on_requeued: Callable[[], None] = lambda: None,
                  clock: Callable[[], float] = time.time,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
@@ -92,6 +121,8 @@ class Leader:
         self.node = node
         self.timeout = timeout
         self.ttl = timeout / 2
+        self.fail = fail
+        self.on_failed = on_failed
         self.on_requeued = on_requeued
         self.clock = clock
         self.monotonic = monotonic
@@ -127,14 +158,18 @@ class Leader:
         """While leader: recover dead nodes' runs."""
         if not self.is_leader():
             return
-        requeued, lost = await self.db.write(
-            lambda tx: recover(tx, self.node, self.timeout, self.clock()))
+        requeued, lost, failed = await self.db.write(
+            lambda tx: recover(tx, self.node, self.timeout, self.clock(), self.fail))
         if lost:
             logger.warning("marked %d silent node process(es) lost", lost,
                            extra={"action": "nodes_lost"})
+        log_failed(failed)
+        if failed:
+            self.on_failed(failed)
         if requeued:
             logger.warning("requeued %d run(s) of lost node(s)", requeued,
                            extra={"action": "lost_runs_requeued"})
+        if requeued or failed:
             self.on_requeued()
 
     async def run(self, stop: asyncio.Event) -> None:

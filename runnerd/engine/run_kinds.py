@@ -226,6 +226,23 @@ class Handlers:
         return runs.Outcome(run, ok=True, result=result, follow_up=follow_up,
                             finished_at=self.clock())
 
+    def interrupted(self, job: runs.Job, error: str) -> runs.Outcome:
+        """The failure of a run whose last allowed attempt was interrupted (a `runs.Fail`),
+        decided without performing it: with its kind's follow-up, as if performing it had
+        failed (mechanic/errors/action or /task; mechanic/actions/perform too when its task
+        subscribes). An event run is never left started (it is routed in the transaction that
+        finds it), so it has none."""
+        run = job.run
+        compiled = self.get_registry().tasks.get(run.task_name or "")
+        follow_up = None
+        if run.kind is RunKind.ACTION:
+            follow_up = self._action_follow_up(job, compiled,
+                                               self.executors.get(run.action_type or ""))
+        elif run.kind is RunKind.TASK:
+            follow_up = self._task_error(job, compiled)
+        return runs.Outcome(run, ok=False, error=error, follow_up=follow_up,
+                            finished_at=self.clock())
+
     def _task_error(self, job: runs.Job,
                     compiled: registry.Compiled | None) -> Callable[[models.Run], list[models.Event]]:
         """mechanic/errors/task when the task run fails (never for an error-handling task)."""

@@ -313,7 +313,7 @@ class Worker:
                 await asyncio.shield(self._turn(claim=False))
                 if interrupted:
                     await asyncio.shield(self.db.write(
-                        lambda tx: runs.requeue(tx, interrupted, self.node)))
+                        lambda tx: runs.requeue(tx, interrupted, self.clock(), self.node)))
                     logger.info("requeued %d interrupted run(s)", len(interrupted),
                                 extra={"action": "runs_requeued"})
                 break

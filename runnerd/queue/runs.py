@@ -8,6 +8,7 @@ nothing of tasks: performing an event run is a `Route` the engine passes in.
                                    ^                  |  \\--> failed --(manual retry)--> due
                                    |                  \\--> scheduled (automatic retry, backoff)
                                    \\--(crash or stop: requeue, the attempt counts)
+    started --(found after a crash with attempts = MAX_ATTEMPTS: fail_interrupted)--> failed
 
 Task runs are never claimed by the worker: it renders them while they are `due` and `finish`
 takes them straight from `due` to their final state (see `due_task_runs`). Nor are event runs:
@@ -608,14 +609,62 @@ def defer(tx: db.Tx, run_ids: Iterable[int], run_at: float) -> None:
     tx.executemany("defer_run", [{"id": i, "run_at": run_at} for i in run_ids])
 
 
-def requeue_started(tx: db.Tx) -> int:
+#: The error of an interrupted attempt in `run_attempts` when its requeue names none.
+INTERRUPTED = "interrupted: the daemon stopped or crashed while performing it"
+
+
+def requeued(tx: db.Tx, query: str, params: dict[str, Any], now: float) -> int:
+    """Run `query`, a statement that puts `started` runs back to `due` (their attempt counts)
+    and returns them; each interrupted attempt is recorded in `run_attempts` as a retried
+    failure's is, ended `now`, with the error the requeue gave the run (else INTERRUPTED).
+    Returns how many were requeued."""
+    rows = tx.all(query, params)
+    if rows:
+        tx.executemany("insert_attempt", [
+            {"run_id": row["id"], "attempt": row["attempts"], "started_at": row["started_at"],
+             "finished_at": now, "error": row["error"] or INTERRUPTED} for row in rows])
+    return len(rows)
+
+
+def requeue_started(tx: db.Tx, now: float) -> int:
     """Every `started` run back to `due` (start-up after a crash); return how many."""
-    return tx.execute("requeue_started").rowcount
+    return requeued(tx, "requeue_started", {}, now)
 
 
-def requeue(tx: db.Tx, run_ids: Iterable[int], node: str | None = None) -> None:
+#: The engine's failure of a job without performing it, given the error to record: the
+#: failure's consequences for its kind of run (`run_kinds.Handlers.interrupted`).
+Fail = Callable[[Job, str], Outcome]
+
+
+def interrupted_error(run: models.Run) -> str:
+    """The error of a run failed because its last allowed attempt was interrupted."""
+    return (f"interrupted on attempt {run.attempts} of {MAX_ATTEMPTS} (the daemon stopped or "
+            f"crashed while performing it); not retried again: runnerd runs retry {run.id} "
+            "to try again")
+
+
+def fail_interrupted(tx: db.Tx, query: str, params: dict[str, Any], fail: Fail,
+                     now: float) -> list[Outcome]:
+    """Fail the `started` runs that `query` selects with `params` among those whose attempts
+    reached MAX_ATTEMPTS: the attempt that was interrupted was their last (a run that kills
+    its process would otherwise be requeued and performed forever). Each goes through `finish`
+    with the outcome `fail` gives, as held by its node: the same consequences (task status,
+    follow-up events) as any failure of its kind. Called before the statement that requeues the
+    other started runs. Returns the outcomes recorded."""
+    rows = tx.all(query, {**params, "max_attempts": MAX_ATTEMPTS})
+    holders = {row["id"]: row["node"] for row in rows}
+    failed = []
+    for job in _jobs(tx, rows):
+        outcome = fail(job, interrupted_error(job.run))
+        if finish(tx, outcome, now, node=holders[job.run.id]) is not None:
+            failed.append(outcome)
+    return failed
+
+
+def requeue(tx: db.Tx, run_ids: Iterable[int], now: float, node: str | None = None) -> None:
     """These `started` runs back to `due` (interrupted by a stop), those `node` still holds."""
-    tx.executemany("requeue_run", [{"id": i, "node": node} for i in run_ids])
+    for run_id in run_ids:
+        requeued(tx, "requeue_run", {"id": run_id, "node": node}, now)
 
 
 def get(tx: db.Tx, run_id: int) -> models.Run:

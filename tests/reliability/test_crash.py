@@ -14,7 +14,7 @@ import threading
 import time
 from typing import Any
 
-from runnerd.queue import operator
+from runnerd.queue import operator, runs
 from runnerd.store import backends
 
 from .. import helpers_servers
@@ -126,6 +126,10 @@ def test_sigterm_with_slow_http_in_flight_requeues_and_completes_after_restart(
         states = [tuple(r) for r in d.query("SELECT id, state, attempts FROM runs "
                                             "WHERE action_type = 'http'")]
         assert requeued >= 1, f"a slow http run in flight was put back to due: {states}"
+        # Each interrupted attempt is kept, as a retried failure's is.
+        kept = d.query("SELECT a.attempt, a.error FROM run_attempts a JOIN runs r "
+                       "ON r.id = a.run_id WHERE r.action_type = 'http' AND r.state = 'due'")
+        assert [tuple(r) for r in kept] == [(1, runs.INTERRUPTED)] * requeued
         stored = {r[0] for r in d.query("SELECT webhook_request_id FROM events")}
         assert set(loader.accepted) <= stored, "every acknowledged webhook is stored"
         d.start()

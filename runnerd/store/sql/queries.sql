@@ -100,9 +100,29 @@ ON CONFLICT (run_id, attempt) DO UPDATE SET error = excluded.error,
 UPDATE runs SET state = 'scheduled', run_at = :run_at, attempts = attempts - 1
 WHERE id = :id AND state = 'started';
 
+-- name: interrupted_started
+-- Start-up (SQLite): the started runs whose last allowed attempt a crash interrupted; failed
+-- one by one (runs.fail_interrupted) before requeue_started requeues the others.
+SELECT * FROM runs WHERE state = 'started' AND attempts >= :max_attempts;
+
+-- name: interrupted_node_started
+-- Start-up on PostgreSQL: interrupted_started among the runs requeue_node_started requeues.
+SELECT * FROM runs
+WHERE state = 'started' AND (node = :node OR node IS NULL) AND attempts >= :max_attempts;
+
+-- name: interrupted_lost_runs
+-- The leader: interrupted_started among the runs recover_lost_runs requeues.
+SELECT * FROM runs
+WHERE state = 'started' AND node IS NOT NULL AND node != :node AND attempts >= :max_attempts
+  AND NOT EXISTS (SELECT 1 FROM workers
+                  WHERE workers.node = runs.node AND workers.stopped_at IS NULL
+                    AND workers.heartbeat_at >= :before);
+
 -- name: requeue_started
--- Every started run back to due (start-up: the lock file proves no other process runs them).
-UPDATE runs SET state = 'due' WHERE state = 'started';
+-- Every started run back to due (start-up: the lock file proves no other process runs them);
+-- each interrupted attempt returned for run_attempts (insert_attempt), the error is runs.py's.
+UPDATE runs SET state = 'due' WHERE state = 'started'
+RETURNING id, attempts, started_at, NULL AS error;
 
 -- name: requeue_node_started
 -- Start-up on PostgreSQL: this node's runs left started by its earlier process (the node's
@@ -111,11 +131,13 @@ UPDATE runs SET state = 'due' WHERE state = 'started';
 -- counts.
 UPDATE runs SET state = 'due', node = NULL, lease_until = NULL,
     error = 'node ' || COALESCE(node, 'unnamed') || ' restarted while the run was started'
-WHERE state = 'started' AND (node = :node OR node IS NULL);
+WHERE state = 'started' AND (node = :node OR node IS NULL)
+RETURNING id, attempts, started_at, error;
 
 -- name: recover_lost_runs
 -- The leader: the started runs of nodes other than :node with no process beating since
--- :before (killed, cut off, or stopped without requeueing) back to due; the attempt counts.
+-- :before (killed, cut off, or stopped without requeueing) back to due; the attempt counts
+-- (returned for run_attempts).
 -- One guarded statement: a finish that commits first wins, and a late finish of a run
 -- requeued here finds it no longer started (finish_run's guard).
 UPDATE runs SET state = 'due', node = NULL, lease_until = NULL,
@@ -123,14 +145,16 @@ UPDATE runs SET state = 'due', node = NULL, lease_until = NULL,
 WHERE state = 'started' AND node IS NOT NULL AND node != :node
   AND NOT EXISTS (SELECT 1 FROM workers
                   WHERE workers.node = runs.node AND workers.stopped_at IS NULL
-                    AND workers.heartbeat_at >= :before);
+                    AND workers.heartbeat_at >= :before)
+RETURNING id, attempts, started_at, error;
 
 -- name: requeue_run
 -- One started run back to due (interrupted by a stop); its attempt counts. Only while this
 -- node still holds it: a node counted dead meanwhile may have seen it recovered and started
--- again by another node.
+-- again by another node. The attempt is returned for run_attempts (the error is runs.py's).
 UPDATE runs SET state = 'due', node = NULL
-WHERE id = :id AND state = 'started' AND (node = :node OR node IS NULL);
+WHERE id = :id AND state = 'started' AND (node = :node OR node IS NULL)
+RETURNING id, attempts, started_at, NULL AS error;
 
 -- name: predecessor_actions
 -- Loop protection: the actions of this task's latest run on the parent event, in order.

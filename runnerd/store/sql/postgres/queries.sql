@@ -232,7 +232,8 @@ UPDATE runs SET state = 'due', node = NULL, lease_until = NULL,
 WHERE state = 'started' AND node IS NOT NULL AND node != :node
   AND NOT EXISTS (SELECT 1 FROM workers
                   WHERE workers.node = runs.node AND workers.stopped_at IS NULL
-                    AND workers.heartbeat_at >= :before);
+                    AND workers.heartbeat_at >= :before)
+RETURNING id, attempts, started_at, error;
 
 -- name: lease_take
 -- The database's clock: the transaction's start (a lease statement runs on its own).
