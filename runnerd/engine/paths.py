@@ -43,8 +43,9 @@ class Engine:
         self.kinds = run_kinds.Handlers(get_registry, executors, reader=reader, clock=clock)
         self.on_routed = on_routed
         self.node = node  #: this node's name (`Settings.node`): what it claims, leases, routes
-        self.worker = worker.Worker(database, self.kinds.for_kind(), self.kinds.route,
-                                    concurrency=concurrency, clock=clock,
+        self.worker = worker.Worker(database, worker.Kinds(render=self.kinds.task_run,
+                                                           perform=self.kinds.action_run),
+                                    self.kinds.route, concurrency=concurrency, clock=clock,
                                     on_finished=on_finished, on_routed=on_routed,
                                     lane=http_lane, node=node)
 
