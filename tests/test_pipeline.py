@@ -638,6 +638,39 @@ async def test_task_runs_stored_by_the_ingest_are_rendered_as_handed_over(pipeli
     assert p.parts.metrics._routed == 3
 
 
+async def test_while_the_worker_is_behind_the_ingest_hands_nothing_over(pipeline) -> None:
+    """A worker that would refuse offers (behind: older due task runs wait) is handed no jobs:
+    the ingest stores the task runs due and unleased, for fetches to take in order (on
+    PostgreSQL any node may take them); once it takes offers again, they are leased jobs."""
+    p = await pipeline("""
+        tasks:
+          - name: Keep
+            subscriptions: user/orders/ready
+            code: '{% action "cache", "set", event.data.key, event.data.n %}'
+    """)
+    engine = p.parts.engine
+
+    async def store(n: int) -> runs.Stored:
+        event = runs.new_event("user/orders/ready", {"key": f"k{n}", "n": n}, "webhook",
+                               p.clock())
+        return await p.db.write(lambda tx: engine.store_events(tx, [event], p.clock()))
+
+    assert not p.worker.takes_offers  # behind until a fetch found nothing older
+    behind = await store(1)
+    assert (behind.jobs, behind.routed) == ([], 1)
+    [waiting] = await p.runs(kind="task")
+    leases = await p.db.read(lambda tx: tx.all("run_by_id", {"id": waiting.id}))
+    assert (waiting.state.value, leases[0]["node"], leases[0]["lease_until"]) == (
+        "due", None, None)
+    assert await p.drain() == 2  # the fetch renders it (and its cache action is performed)
+    assert p.worker.takes_offers and await p.cache("k1") == 1
+    caught_up = await store(2)
+    [job] = caught_up.jobs
+    leased = await p.db.read(lambda tx: tx.one("run_by_id", {"id": job.run.id}))
+    assert leased is not None and leased["node"] == engine.node
+    assert leased["lease_until"] is not None
+
+
 async def test_a_task_run_offered_while_it_renders_is_rendered_once(tmp_path: Path, clock,
                                                                     caplog) -> None:
     """The ingest's offer and a turn's fetch may both bring a task run: it renders once."""

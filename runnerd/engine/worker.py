@@ -129,6 +129,12 @@ class Worker:
         """Runs being performed now."""
         return len(self._active)
 
+    @property
+    def takes_offers(self) -> bool:
+        """Whether `offer` would take task runs now (not behind, room in the batch): when not,
+        the ingest stores them due for a fetch instead of making jobs of them."""
+        return not self._behind and len(self._offered) < RENDER_BATCH
+
     def offer(self, jobs: list[runs.Job]) -> None:
         """Due task runs just committed (`runs.insert_events`): render them before the next turn.
 
