@@ -436,6 +436,14 @@ def no_tasks(tx: db.Tx, event: models.Event,
     return [], []
 
 
+def no_render(job: runs.Job) -> runs.Outcome:
+    raise AssertionError(f"no task run was expected: {job.run}")
+
+
+async def no_action(job: runs.Job) -> runs.Outcome:
+    raise AssertionError(f"no action run was expected: {job.run}")
+
+
 async def test_concurrency_caps_the_runs_started_at_once(tmp_path: Path, clock) -> None:
     import asyncio
 
@@ -449,8 +457,8 @@ async def test_concurrency_caps_the_runs_started_at_once(tmp_path: Path, clock) 
         await release.wait()
         return runs.Outcome(job.run, ok=True, finished_at=clock())
 
-    w = worker.Worker(database, {kind: slow for kind in models.RunKind}, no_tasks, concurrency=2,
-                      clock=clock, lane=None)
+    w = worker.Worker(database, worker.Kinds(render=no_render, perform=slow), no_tasks,
+                      concurrency=2, clock=clock, lane=None)
     events = [runs.new_event("user/cap/test", i, "cli", clock()) for i in range(5)]
     await database.write(lambda tx: runs.insert_events(tx, events, clock()))
     await database.write(lambda tx: tx.executemany("insert_run", [
@@ -497,14 +505,14 @@ async def test_task_runs_take_no_slot_and_go_from_due_to_final(tmp_path: Path, c
 
     reader = database.sync_reader()
 
-    async def render(job: runs.Job) -> runs.Outcome:
+    def render(job: runs.Job) -> runs.Outcome:
         row = reader.conn.execute("SELECT state FROM runs WHERE id = ?",
                                   (job.run.id,)).fetchone()
         seen.append((job.run.id, row["state"], w.active))
         return runs.Outcome(job.run, ok=True, finished_at=clock())
 
-    w = worker.Worker(database, {models.RunKind.ACTION: slow_action, models.RunKind.TASK: render},
-                      no_tasks, concurrency=1, clock=clock, lane=None)
+    w = worker.Worker(database, worker.Kinds(render=render, perform=slow_action), no_tasks,
+                      concurrency=1, clock=clock, lane=None)
     batches: list[list[str]] = []
     w.on_finished = lambda outcomes: batches.append([o.run.kind.value for o in outcomes])
     monkeypatch.setattr(worker, "RENDER_BATCH_SECONDS", 0.0)  # one render per turn
@@ -568,7 +576,7 @@ async def test_event_runs_coming_due_are_routed_while_actions_hold_every_slot(pi
         await release.wait()
         return runs.Outcome(job.run, ok=True, finished_at=clock())
 
-    w = worker.Worker(p.db, {**p.handlers.for_kind(), models.RunKind.ACTION: slow_action},
+    w = worker.Worker(p.db, worker.Kinds(render=p.handlers.task_run, perform=slow_action),
                       p.handlers.route, concurrency=1, clock=clock, lane=None)
     later = [await p.send("user/orders/ready", {"key": f"k{n}", "n": n}, run_at=clock() + 60)
              for n in range(3)]
@@ -630,6 +638,39 @@ async def test_task_runs_stored_by_the_ingest_are_rendered_as_handed_over(pipeli
     assert p.parts.metrics._routed == 3
 
 
+async def test_while_the_worker_is_behind_the_ingest_hands_nothing_over(pipeline) -> None:
+    """A worker that would refuse offers (behind: older due task runs wait) is handed no jobs:
+    the ingest stores the task runs due and unleased, for fetches to take in order (on
+    PostgreSQL any node may take them); once it takes offers again, they are leased jobs."""
+    p = await pipeline("""
+        tasks:
+          - name: Keep
+            subscriptions: user/orders/ready
+            code: '{% action "cache", "set", event.data.key, event.data.n %}'
+    """)
+    engine = p.parts.engine
+
+    async def store(n: int) -> runs.Stored:
+        event = runs.new_event("user/orders/ready", {"key": f"k{n}", "n": n}, "webhook",
+                               p.clock())
+        return await p.db.write(lambda tx: engine.store_events(tx, [event], p.clock()))
+
+    assert not p.worker.takes_offers  # behind until a fetch found nothing older
+    behind = await store(1)
+    assert (behind.jobs, behind.routed) == ([], 1)
+    [waiting] = await p.runs(kind="task")
+    leases = await p.db.read(lambda tx: tx.all("run_by_id", {"id": waiting.id}))
+    assert (waiting.state.value, leases[0]["node"], leases[0]["lease_until"]) == (
+        "due", None, None)
+    assert await p.drain() == 2  # the fetch renders it (and its cache action is performed)
+    assert p.worker.takes_offers and await p.cache("k1") == 1
+    caught_up = await store(2)
+    [job] = caught_up.jobs
+    leased = await p.db.read(lambda tx: tx.one("run_by_id", {"id": job.run.id}))
+    assert leased is not None and leased["node"] == engine.node
+    assert leased["lease_until"] is not None
+
+
 async def test_a_task_run_offered_while_it_renders_is_rendered_once(tmp_path: Path, clock,
                                                                     caplog) -> None:
     """The ingest's offer and a turn's fetch may both bring a task run: it renders once."""
@@ -639,7 +680,7 @@ async def test_a_task_run_offered_while_it_renders_is_rendered_once(tmp_path: Pa
     renders: list[int] = []
     stored: list[runs.Job] = []
 
-    async def render(job: runs.Job) -> runs.Outcome:
+    def render(job: runs.Job) -> runs.Outcome:
         renders.append(job.run.id)
         w.offer(stored)  # the same run, handed over while the fetched copy renders
         return runs.Outcome(job.run, ok=True, finished_at=clock())
@@ -648,8 +689,8 @@ async def test_a_task_run_offered_while_it_renders_is_rendered_once(tmp_path: Pa
               now: float) -> tuple[list[str], list[dict[str, Any]]]:
         return ["t"], [runs.run_row(models.RunKind.TASK, event.id, now, task_name="t")]
 
-    w = worker.Worker(database, {models.RunKind.TASK: render}, route, concurrency=2,
-                      clock=clock, lane=None)
+    w = worker.Worker(database, worker.Kinds(render=render, perform=no_action), route,
+                      concurrency=2, clock=clock, lane=None)
     try:
         assert await w.run_until_idle() == 0  # caught up: offers are taken from now on
         event = runs.new_event("user/once/test", None, "webhook", clock())
@@ -674,12 +715,12 @@ async def test_offers_wait_behind_older_due_task_runs(tmp_path: Path, clock,
     await database.migrate()
     order: list[int] = []
 
-    async def render(job: runs.Job) -> runs.Outcome:
+    def render(job: runs.Job) -> runs.Outcome:
         order.append(job.run.id)
         return runs.Outcome(job.run, ok=True, finished_at=clock())
 
-    w = worker.Worker(database, {models.RunKind.TASK: render}, no_tasks, concurrency=2,
-                      clock=clock, lane=None)
+    w = worker.Worker(database, worker.Kinds(render=render, perform=no_action), no_tasks,
+                      concurrency=2, clock=clock, lane=None)
     monkeypatch.setattr(worker, "RENDER_BATCH", 2)
     event = runs.new_event("user/order/test", None, "cli", clock())
     await database.write(lambda tx: runs.insert_events(tx, [event], clock()))
@@ -706,6 +747,38 @@ async def test_offers_wait_behind_older_due_task_runs(tmp_path: Path, clock,
         assert order[-1] == latest.run.id and w.handed_over == 1
     finally:
         await database.close()
+
+
+async def test_a_render_that_crashes_fails_its_task_run_and_the_worker_goes_on(
+        tmp_path: Path, clock, caplog) -> None:
+    """A bug in the renderer (not a template error) fails that task run with its exception;
+    the next task run renders as usual."""
+    database = await db.Database(tmp_path / "crash.db").open()
+    await database.migrate()
+    event = runs.new_event("user/crash/test", None, "cli", clock())
+    await database.write(lambda tx: runs.insert_events(tx, [event], clock()))
+    await database.write(lambda tx: tx.executemany("insert_run", [
+        runs.run_row(models.RunKind.TASK, event.id, clock(), task_name=name)
+        for name in ("boom", "fine")]))
+    await database.write(lambda tx: tx.conn.execute(
+        "UPDATE runs SET state = 'succeeded' WHERE kind = 'event'"))
+
+    def render(job: runs.Job) -> runs.Outcome:
+        if job.run.task_name == "boom":
+            raise KeyError("a bug")
+        return runs.Outcome(job.run, ok=True, finished_at=clock())
+
+    w = worker.Worker(database, worker.Kinds(render=render, perform=no_action), no_tasks,
+                      concurrency=2, clock=clock, lane=None)
+    try:
+        assert await w.run_until_idle() == 2
+        rows = await database.read(lambda tx: tx.conn.execute(
+            "SELECT task_name, state, error FROM runs WHERE kind = 'task' ORDER BY id").fetchall())
+    finally:
+        await database.close()
+    assert [tuple(r) for r in rows] == [("boom", "failed", "internal error: KeyError('a bug')"),
+                                        ("fine", "succeeded", None)]
+    assert "crashed" in caplog.text
 
 
 async def test_removed_tasks_fail_their_waiting_runs_and_retry_uses_current_code(

@@ -227,11 +227,11 @@ async def test_a_render_reading_an_unreachable_database_is_retried_not_failed(
                          finished_at=None)
         template = renderer.compile('{% log cache["n"] %}', name="demo")
         assert renderer.render(template, {"cache": cache.View(reader, 0.0)}).logs == [None]
-        assert (await handlers.task_run(runs.Job(run, event))).ok
+        assert handlers.task_run(runs.Job(run, event)).ok
         own_server.halt("fast")
         with pytest.raises(errors.DatabaseError, match=re.escape(database.label)):
             renderer.render(template, {"cache": cache.View(reader, 0.0)})
-        outcome = await handlers.task_run(runs.Job(run, event))
+        outcome = handlers.task_run(runs.Job(run, event))
         assert not outcome.ok and outcome.retryable, outcome.error
         assert outcome.error is not None and outcome.error.startswith("not rendered: ")
         own_server.resume()

@@ -460,6 +460,29 @@ def test_growing_numbers_are_capped() -> None:
     assert "limit exceeded: output_bytes (1000)" in render_error(r, source)
 
 
+def nested(depth: int, innermost: Any) -> Any:
+    """`innermost` (a container: the deepest level) inside arrays, `depth` levels in all."""
+    value = innermost
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("innermost", [[], ["x"], {}, {"k": None}])
+def test_values_nested_past_the_json_depth_are_refused_at_the_boundary(
+        renderer: render.Renderer, innermost: Any) -> None:
+    """The depth check runs only for values measured large enough to be that deep: exactly
+    MAX_JSON_DEPTH levels pass, one more is refused, whatever the innermost container."""
+    depth = models.MAX_JSON_DEPTH
+    ok, deep = nested(depth, innermost), nested(depth + 1, innermost)
+    assert run(renderer, "{% log v %}", v=ok).logs == [ok]
+    assert render_error(renderer, "{% log v %}", v=deep) == (
+        f"line 1: log: a value nested more than {depth} levels deep")
+    # An action's options and meta are checked together, one level deeper than the options.
+    assert actions(renderer, '{% action "echo", v %}', v=nested(depth - 1, innermost))
+    assert "nested more than" in render_error(renderer, '{% action "echo", v %}', v=ok)
+
+
 def test_limit_errors_name_the_loop_line() -> None:
     r = limited(loop_iterations=50)
     source = "{% if true %}\n  {% for i in (1..100) %}{% endfor %}\n{% endif %}"

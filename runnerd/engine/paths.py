@@ -43,16 +43,19 @@ class Engine:
         self.kinds = run_kinds.Handlers(get_registry, executors, reader=reader, clock=clock)
         self.on_routed = on_routed
         self.node = node  #: this node's name (`Settings.node`): what it claims, leases, routes
-        self.worker = worker.Worker(database, self.kinds.for_kind(), self.kinds.route,
-                                    concurrency=concurrency, clock=clock,
+        self.worker = worker.Worker(database, worker.Kinds(render=self.kinds.task_run,
+                                                           perform=self.kinds.action_run),
+                                    self.kinds.route, concurrency=concurrency, clock=clock,
                                     on_finished=on_finished, on_routed=on_routed,
                                     lane=http_lane, node=node)
 
     def store_events(self, tx: db.Tx, events: Sequence[models.Event], now: float) -> runs.Stored:
         """Fast path 1, the ingest's transaction function: store a webhook batch and route the
         events due now in the same transaction (`run_kinds.Handlers.route`); the task runs it
-        hands over are stored leased to this node."""
-        return runs.insert_events(tx, events, now, self.kinds.route, node=self.node)
+        hands over are stored leased to this node. While the worker is behind (it would refuse
+        them) none are handed over: they are stored due, and its fetches take them in order."""
+        return runs.insert_events(tx, events, now, self.kinds.route, node=self.node,
+                                  hand_over=self.worker.takes_offers)
 
     def events_stored(self, stored: runs.Stored) -> None:
         """Fast path 2, once the ingest's batch is committed: count its routed event runs and

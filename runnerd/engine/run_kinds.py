@@ -45,10 +45,6 @@ class Handlers:
         self.reader = reader
         self.clock = clock
 
-    def for_kind(self) -> dict[RunKind, Callable[[runs.Job], Any]]:
-        """The runs the worker performs as jobs (event runs are routed: `route`)."""
-        return {RunKind.TASK: self.task_run, RunKind.ACTION: self.action_run}
-
     def route(self, tx: db.Tx, event: models.Event,
               now: float) -> tuple[list[str], list[dict[str, Any]]]:
         """Perform an event run: the event filters, then one task run per enabled subscribed
@@ -98,7 +94,7 @@ class Handlers:
                               cache.View(None if preview else self.reader, now),
                               preview=preview)
 
-    async def task_run(self, job: runs.Job) -> runs.Outcome:
+    def task_run(self, job: runs.Job) -> runs.Outcome:
         """Render the task; only a render with no error creates its action runs. A database
         that cannot be read while rendering (the cache, the loop protection's lookup: a
         PostgreSQL server gone) is not the task's fault: the run is retried later."""

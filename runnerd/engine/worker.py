@@ -9,7 +9,8 @@ worker renders them before its next turn instead of fetching them in it. Event r
 and are never claimed: routing is a lookup in memory, so the turn's transaction routes the due
 ones with the engine's `route` (`runs.route_due`) and fetches their task runs with the others;
 slow action runs holding every slot hold up neither. The worker performs no run itself: it gets
-a handler per run kind it performs (task, action), the event router and a lane function. It
+`Kinds` (how a task run is rendered, synchronously, and how an action run is performed), the
+event router and a lane function. It
 wakes when the webhook, the scheduler or a finished run says there is work, and polls so that
 scheduled runs and retries come due.
 
@@ -28,9 +29,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 
 from runnerd import errors, models
 from runnerd.queue import runs
@@ -39,11 +41,13 @@ from runnerd.store import db
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[runs.Job], Awaitable[runs.Outcome]]
+Render = Callable[[runs.Job], runs.Outcome]
 Lane = Callable[[models.Run], "str | None"]
 
 #: How often the worker looks for scheduled runs that came due, at the latest.
 POLL_SECONDS = 0.25
-#: A handler that does not finish in this time fails (each action has its own, shorter timeout).
+#: An action run's handler that does not finish in this time fails (each action has its own,
+#: shorter timeout; a render is limited by `limits.render_seconds`).
 RUN_TIMEOUT = 900.0
 #: A run handed back because its lane is full waits this long before it is due again.
 DEFER_SECONDS = 0.5
@@ -62,13 +66,24 @@ def default_lane_cap(concurrency: int) -> int:
     return max(1, (concurrency + 1) // 2)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Kinds:
+    """What the worker does with the runs it takes (event runs are routed: `runs.Route`)."""
+
+    #: a task run: pure CPU, called on the event loop's thread (nothing to await, so no timeout
+    #: could interrupt it: the renderer keeps to `limits.render_seconds` itself)
+    render: Render
+    #: a claimed action run, awaited in a slot for at most RUN_TIMEOUT
+    perform: Handler
+
+
 class Worker:
     """Claims, performs and finishes runs."""
 
     def __init__(
         self,
         database: db.Database,
-        handlers: Mapping[models.RunKind, Handler],
+        kinds: Kinds,
         route: runs.Route,
         *,
         concurrency: int,
@@ -82,7 +97,7 @@ class Worker:
     ) -> None:
         self.db = database
         self.node = node  #: the node name its claims, leases and finishes are made as
-        self.handlers = handlers  #: task and action runs (event runs are routed: `route`)
+        self.kinds = kinds
         self.route = route
         self.on_routed = on_routed
         self.concurrency = concurrency
@@ -113,6 +128,12 @@ class Worker:
     def active(self) -> int:
         """Runs being performed now."""
         return len(self._active)
+
+    @property
+    def takes_offers(self) -> bool:
+        """Whether `offer` would take task runs now (not behind, room in the batch): when not,
+        the ingest stores them due for a fetch instead of making jobs of them."""
+        return not self._behind and len(self._offered) < RENDER_BATCH
 
     def offer(self, jobs: list[runs.Job]) -> None:
         """Due task runs just committed (`runs.insert_events`): render them before the next turn.
@@ -221,7 +242,7 @@ class Worker:
                 self._behind = True
                 self._held.difference_update(left.run.id for left in jobs[i:])
                 return i
-            self._done.append(await self._outcome(runs.begin(job, self.clock())))
+            self._done.append(self._rendered(runs.begin(job, self.clock())))
             self.rendered += 1
             await asyncio.sleep(0)  # let requests and started runs move between renders
         return len(jobs)
@@ -257,21 +278,32 @@ class Worker:
             jobs = runs.claim(tx, len(handed_back), now, node=self.node)
         return kept, task_jobs, routed
 
+    def _rendered(self, job: runs.Job) -> runs.Outcome:
+        """A task run's outcome; a crash becomes a failed outcome."""
+        try:
+            return self.kinds.render(job)
+        except Exception as exc:  # a bug in the renderer must not kill the worker
+            return self._crashed(job.run, exc)
+
     async def _outcome(self, job: runs.Job) -> runs.Outcome:
-        """The run's handler, with a time limit; a crash or a timeout becomes a failed outcome."""
+        """An action run's outcome, with a time limit; a crash or a timeout becomes a failed
+        outcome."""
         run = job.run
         try:
             async with asyncio.timeout(RUN_TIMEOUT):
-                return await self.handlers[run.kind](job)
+                return await self.kinds.perform(job)
         except TimeoutError:
             return runs.Outcome(run, ok=False, error=f"run timed out after {RUN_TIMEOUT:.0f}s",
                                 retryable=True, finished_at=self.clock())
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug in a handler must not kill the worker
-            logger.exception("run %s crashed", run.id, extra={"action": "run_crashed"})
-            return runs.Outcome(run, ok=False, error=f"internal error: {exc!r}",
-                                finished_at=self.clock())
+            return self._crashed(run, exc)
+
+    def _crashed(self, run: models.Run, exc: Exception) -> runs.Outcome:
+        logger.exception("run %s crashed", run.id, extra={"action": "run_crashed"})
+        return runs.Outcome(run, ok=False, error=f"internal error: {exc!r}",
+                            finished_at=self.clock())
 
     async def _perform(self, job: runs.Job, lane: str | None = None) -> None:
         try:

@@ -114,9 +114,12 @@ class State:
         value sharing one array many times over would copy for ever), or that nests deeper than
         runnerd takes JSON anywhere (`models.MAX_JSON_DEPTH`)."""
         room = self.sink.limit - self.sink.size
-        if filters.sizes.data(room, value) > room:
+        size = filters.sizes.data(room, value)
+        if size > room:
             raise Limit("output_bytes", self.limits.output_bytes, token)
-        if models.too_deep(value):  # stored, it could not be read back safely
+        # Each level of nesting counts at least 2 in `size` (an empty array 1), so only a value
+        # measured above 2 × MAX_JSON_DEPTH can nest too deep: most values skip the walk.
+        if size > 2 * models.MAX_JSON_DEPTH and models.too_deep(value):
             raise TagError(f"{what}: a value nested more than {models.MAX_JSON_DEPTH} levels "
                            "deep", token=token)
 

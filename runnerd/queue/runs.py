@@ -186,15 +186,18 @@ NOTHING_ROUTED = Stored([], 0)
 
 
 def insert_events(tx: db.Tx, events: Iterable[models.Event], now: float,
-                  route: Route | None = None, *, node: str | None = None) -> Stored:
+                  route: Route | None = None, *, node: str | None = None,
+                  hand_over: bool = True) -> Stored:
     """Store events, each with its event run (due now or at the event's `run_at`).
 
     With `route` (the engine's ingest), an event due now is routed in this same transaction:
     its event run is stored `succeeded` with its task runs, saving the worker a turn per
     event. Routing is pure CPU (the registry's subscription index), so the result is the same
-    as when the worker routes the event run a moment later (`route_due`). The task runs handed
-    back as `Stored.jobs` are stored leased to `node` (the ingest's), so no other node renders
-    them while this node's worker does.
+    as when the worker routes the event run a moment later (`route_due`). With `hand_over`,
+    the due task runs of events without a parent are handed back as `Stored.jobs`, stored
+    leased to `node` (the ingest's), so no other node renders them while this node's worker
+    does; without it (the worker is behind and would refuse them: `Worker.takes_offers`) they
+    are stored due like the rest, for a fetch to take in the queue's order.
     """
     events = list(events)
     if not events:
@@ -221,13 +224,15 @@ def insert_events(tx: db.Tx, events: Iterable[models.Event], now: float,
         task_runs, ended = _perform_route(tx, route, e, now, follow)
         rows.append(performed_event_run(e, ended, now, node))
         for row in task_runs:
-            if row["state"] == _DUE and e.parent_id is None:  # its Job needs no ancestors
+            if hand_over and row["state"] == _DUE and e.parent_id is None:  # no ancestors
                 ready.append((row, e))
             else:
                 rows.append(row)
         routed += 1
     tx.executemany("insert_run", rows)
     insert_events(tx, follow, now)  # routed by the worker's next turn
+    if not ready:
+        return Stored([], routed)
     lease_until = now + TASK_LEASE_SECONDS  # handed over leased to this node
     leased = [{**row, "node": node, "lease_until": lease_until, "error": None} for row, _ in ready]
     ids = tx.inserted_ids("insert_run", leased)  # a job needs its run's id
