@@ -20,7 +20,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from runnerd import errors, models
@@ -61,8 +61,12 @@ class Heartbeat:
         interval: float = INTERVAL,
         lag_threshold: float = LAG_THRESHOLD,
         node: str | None = None,
+        still_named: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         self.db = database
+        #: before each beat: whether this process is still the node it beats as (PostgreSQL:
+        #: its name's lock kept, `Daemon.keep_name`); once False it beats no more
+        self.still_named = still_named
         self.notifier = notifier
         self.active_runs = active_runs
         self.db_writable = db_writable
@@ -182,7 +186,8 @@ class Heartbeat:
                 try:
                     await asyncio.wait_for(stop.wait(), timeout=self.interval)
                 except TimeoutError:
-                    await self.beat(self.clock())
+                    if self.still_named is None or await self.still_named():
+                        await self.beat(self.clock())
         finally:
             probe.cancel()
             with contextlib.suppress(asyncio.CancelledError):
