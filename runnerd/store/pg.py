@@ -12,7 +12,8 @@ which errors mean "the database cannot be used" (`psycopg.OperationalError`).
 
 Several nodes share one database (SPEC §14): `lock` holds a session advisory lock on the node's
 name for the node's lifetime, taken again after a server restart (`NameLock.keep`), so two live
-nodes never share a name (the SQLite lock file keeps one daemon per file). `backup` writes a pg_dump archive.
+nodes never share a name (the SQLite lock file keeps one daemon per file). `backup` writes a
+pg_dump archive.
 
 A connection lost under a running daemon (the server stopped or restarted, the backend
 terminated) is re-opened by itself (`Link`): each database thread's connection, and the event
@@ -21,6 +22,8 @@ attempts while the server stays away; meanwhile every statement fails at once wi
 `psycopg.OperationalError` (a DatabaseError upstairs: webhooks, pings and /api answer 503).
 `Outage` logs one line when the server is lost and one when it is back, not one per attempt.
 A new connection starts with nothing prepared: psycopg prepares statements per connection again.
+An attempt to connect gives up after CONNECT_TIMEOUT seconds unless the URL sets
+`connect_timeout` (libpq's default waits forever on a server that never answers).
 """
 
 from __future__ import annotations
@@ -172,12 +175,26 @@ class PgQueries(db.Tx):
         self.pg.close()
 
 
+#: Seconds a connection attempt may take, unless the URL's `connect_timeout=` (or libpq's
+#: PGCONNECT_TIMEOUT) says otherwise: libpq waits forever by default (psycopg 130 s), so a
+#: server that never answers would hang start-up, and each reconnect on a database thread.
+CONNECT_TIMEOUT = 10
+
+
+def _timeout(url: str) -> dict[str, Any]:
+    """The connection parameter runnerd adds to `url`: CONNECT_TIMEOUT, unless set."""
+    if "connect_timeout" in conninfo.conninfo_to_dict(url) or "PGCONNECT_TIMEOUT" in os.environ:
+        return {}
+    return {"connect_timeout": CONNECT_TIMEOUT}
+
+
 def connect(url: str, *, readonly: bool = False, name: str = "runnerd") -> psycopg.Connection[Any]:
     """A connection in autocommit (runnerd writes BEGIN and COMMIT) giving `PgRow`s; booleans
-    bound as integers (the schema's flags are INTEGER, as on SQLite)."""
+    bound as integers (the schema's flags are INTEGER, as on SQLite); an attempt gives up after
+    CONNECT_TIMEOUT seconds unless the URL says otherwise."""
     conn: psycopg.Connection[Any] = psycopg.connect(
         url, autocommit=True, row_factory=_rows,
-        application_name=f"{name} pid {os.getpid()}")
+        application_name=f"{name} pid {os.getpid()}", **_timeout(url))
     conn.adapters.register_dumper(bool, Int2Dumper)
     if readonly:
         conn.execute("SET default_transaction_read_only = on")
@@ -508,7 +525,7 @@ def backup(url: str, target: str | os.PathLike[str]) -> int:
     if pg_dump is None:
         raise errors.DatabaseError("backup failed: pg_dump is not installed (Debian: apt-get "
                                    "install postgresql-client)")
-    params = conninfo.conninfo_to_dict(url)
+    params = {**_timeout(url), **conninfo.conninfo_to_dict(url)}
     password = params.pop("password", None)
     env = {**os.environ, **({"PGPASSWORD": str(password)} if password is not None else {})}
 
