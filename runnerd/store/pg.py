@@ -43,7 +43,9 @@ from typing import Any, TypeVar, cast
 
 import psycopg
 from psycopg import conninfo
+from psycopg.abc import Buffer
 from psycopg.types.numeric import Int2Dumper
+from psycopg.types.string import StrDumperUnknown
 
 from runnerd import errors
 from runnerd.store import db, dbfiles, sql
@@ -188,14 +190,28 @@ def _timeout(url: str) -> dict[str, Any]:
     return {"connect_timeout": CONNECT_TIMEOUT}
 
 
+class _TextDumper(StrDumperUnknown):
+    """Strings as psycopg binds them by default, but a NUL character, which PostgreSQL's text
+    cannot hold (SQLite's can), as U+FFFD instead of a DataError that would undo the whole
+    transaction (a worker turn, a batch of webhooks). Only plain text can hold one (an error
+    message, an email's text, a ping's body, all possibly from event data): JSON columns hold
+    `\\u0000` escapes, so event data, options, results and cache values stay as they came."""
+
+    def dump(self, obj: str) -> Buffer | None:
+        """The text in the connection's encoding."""
+        return super().dump(obj.replace("\0", "\ufffd") if "\0" in obj else obj)
+
+
 def connect(url: str, *, readonly: bool = False, name: str = "runnerd") -> psycopg.Connection[Any]:
     """A connection in autocommit (runnerd writes BEGIN and COMMIT) giving `PgRow`s; booleans
-    bound as integers (the schema's flags are INTEGER, as on SQLite); an attempt gives up after
+    bound as integers (the schema's flags are INTEGER, as on SQLite), NULs in text as U+FFFD
+    (`_TextDumper`); an attempt gives up after
     CONNECT_TIMEOUT seconds unless the URL says otherwise."""
     conn: psycopg.Connection[Any] = psycopg.connect(
         url, autocommit=True, row_factory=_rows,
         application_name=f"{name} pid {os.getpid()}", **_timeout(url))
     conn.adapters.register_dumper(bool, Int2Dumper)
+    conn.adapters.register_dumper(str, _TextDumper)
     if readonly:
         conn.execute("SET default_transaction_read_only = on")
     return conn
