@@ -320,3 +320,26 @@ def test_a_node_whose_name_was_taken_during_an_outage_stops_with_one_line(
     finally:
         if twin.proc is not None and twin.proc.poll() is None:
             twin.kill()
+
+
+def test_the_console_answers_503_with_retry_after_while_the_server_is_down(
+        daemon: PgDaemon, own_server: helpers_postgres.Server) -> None:
+    """As webhooks, pings and /api: the problem page with `Retry-After: 5`."""
+    from .console_client import Client
+
+    d = daemon
+    c = Client(d.port)
+    assert c.login("t0ken")[0] == 303
+    assert c.get("/console/runs")[0] == 200
+    own_server.halt("fast")
+    for path in ("/console/", "/console/runs", "/console/queue"):
+        status, headers, body = c.get(path)
+        assert status == 503 and headers.get("Retry-After") == "5", (path, status, headers)
+        assert "database" in body, body
+    anonymous = Client(d.port)
+    status, headers, _ = anonymous.login("t0ken")  # the sessions are in the database too
+    assert status == 503 and headers.get("Retry-After") == "5", (status, headers)
+    own_server.resume()
+    wait_until(lambda: c.get("/console/runs")[0] == 200, timeout=30,
+               message="the console back without a restart")
+    assert d.stop() == 0, d.logs()
