@@ -3,7 +3,7 @@ parts, supervise, stop in order.
 
 The lock is the SQLite file's (one daemon per file), or on PostgreSQL the node's name's (several
 nodes per database, one per name: `engine.nodes` says what each node does at start-up and which
-one leads).
+one leads), which the heartbeat keeps across server restarts (`Daemon.keep_name`).
 
 Shutdown order on SIGTERM/SIGINT: the HTTP listener stops accepting and drains its requests, then
 the ingest queue commits what it holds, the scheduler stops, the worker stops claiming and gives

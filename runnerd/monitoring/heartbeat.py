@@ -8,6 +8,8 @@ its files are still the ones the daemon opened (not deleted or replaced: `Databa
 The database problem says why when it is known (the beat's error, or a PostgreSQL server
 unreachable: `Database.unreachable`, both naming the database); the next beat written clears
 it: a server back after an outage needs no restart.
+On PostgreSQL each beat first checks that the node still holds its name (`still_named`): a
+node whose name another process took stops, rather than beat under that name.
 `WATCHDOG=1` goes to systemd only on a healthy beat, so a daemon that stays unhealthy for
 `WatchdogSec` is restarted; with `WATCHDOG_USEC` set, beats come at least twice per period.
 """
