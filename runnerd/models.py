@@ -124,7 +124,8 @@ def parse_json(text: str | bytes) -> Any:
     """Strict JSON (RFC 8259), the rule for every body and argument runnerd is given.
 
     ValueError, whose text says why, for anything else: NaN and Infinity, a number that only
-    fits as infinity (1e400), nesting deeper than MAX_JSON_DEPTH.
+    fits as infinity (1e400), nesting deeper than MAX_JSON_DEPTH, a lone surrogate (`"\\ud800"`:
+    no Unicode character, so no UTF-8 text can hold it, nor PostgreSQL's jsonb).
     """
     try:
         value = _loads(text)
@@ -135,7 +136,27 @@ def parse_json(text: str | bytes) -> Any:
         text.count(b"[") + text.count(b"{"))
     if opened > MAX_JSON_DEPTH and too_deep(value):
         raise ValueError(f"nested more than {MAX_JSON_DEPTH} levels deep")
+    if _may_hold_surrogates(text) and (lone := _lone_surrogate(value)) is not None:
+        raise ValueError(f"\\u{ord(lone):04x} is a lone surrogate, not a Unicode character")
     return value
+
+
+def _may_hold_surrogates(text: str | bytes) -> bool:
+    """Whether a JSON text may hold a lone surrogate: it has a \\ud escape, or may have one
+    encoded (a str with non-ASCII, bytes with 0xED: U+D000..U+DFFF's first byte). The usual body
+    has neither, found at memchr speed; only the others are encoded once to be sure."""
+    if isinstance(text, bytes):
+        return b"\\ud" in text or b"\\uD" in text or b"\xed" in text
+    return "\\ud" in text or "\\uD" in text or not text.isascii()
+
+
+def _lone_surrogate(value: Any) -> str | None:
+    """The first lone surrogate in `value`'s strings and keys (None: there is none)."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return exc.object[exc.start]
+    return None
 
 
 def _loads(text: str | bytes) -> Any:

@@ -317,16 +317,19 @@ def test_webhook_json_is_stored_as_received_and_overflow_is_text(make_daemon) ->
           - {name: orders, topic: user/orders/ready}
         tasks: []
     """).start()
-    body = '{"id": 1, "note": "caf\\u00e9 \\ud800", "big": 12345678901234567890, "x": 1.5e3}'
+    body = ('{"id": 1, "note": "caf\\u00e9 \\ud83d\\ude00", "big": 12345678901234567890,'
+            ' "x": 1.5e3}')
     assert d.request("POST", "/webhooks/orders", body)[0] == 204
     text = {"Content-Type": "text/plain"}
     assert d.request("POST", "/webhooks/orders", '{"n": 1e400}', text)[0] == 204
     assert d.request("POST", "/webhooks/orders", b'\xef\xbb\xbf{"bom": true}')[0] == 204
+    assert d.request("POST", "/webhooks/orders", '{"note": "\\ud800"}', text)[0] == 204
     rows = [r[0] for r in d.query("SELECT data FROM events ORDER BY created_at")]
     assert rows[0] == body  # byte for byte, whitespace included
     assert json.loads(rows[0])["big"] == 12345678901234567890
     assert json.loads(rows[1]) == '{"n": 1e400}'  # not a finite number: the body as text
     assert json.loads(rows[2]) == {"bom": True} and not rows[2].startswith("\ufeff")
+    assert json.loads(rows[3]) == '{"note": "\\ud800"}'  # a lone surrogate: text too
     valid = ("json_valid(data)" if d.pg_url is None
              else "CAST(CAST(data AS json) IS NOT NULL AS int)")
     assert all(r[0] == 1 for r in d.query(f"SELECT {valid} FROM events"))

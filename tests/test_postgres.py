@@ -411,3 +411,43 @@ async def test_retention_pages_through_trees_alike_on_both_engines(
         await lite.close()
         await pg.close()
 
+
+
+@pytest.fixture
+def silent_server() -> Any:
+    """A TCP port on 127.0.0.1 that takes connections (the kernel completes the handshake) but
+    never answers a byte: a blackholed PostgreSQL server."""
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0), backlog=16) as listening:
+        yield listening.getsockname()[1]
+
+
+def test_a_connection_gets_runnerds_connect_timeout_unless_the_url_sets_one(
+        pg_url: str) -> None:
+    from runnerd.store import pg
+
+    with pg.connect(pg_url) as conn:
+        assert conn.info.get_parameters()["connect_timeout"] == str(pg.CONNECT_TIMEOUT)
+    with pg.connect(pg_url + "&connect_timeout=3") as conn:
+        assert conn.info.get_parameters()["connect_timeout"] == "3"
+
+
+def test_a_server_that_never_answers_is_given_up_on(silent_server: int,
+                                                    tmp_path: Path) -> None:
+    """Without a URL's connect_timeout, runnerd's (psycopg alone waits 130 s, libpq forever:
+    longer than this test may run); with one, the URL's, and `runnerd run` exits 1 with one
+    line."""
+    import psycopg
+
+    from runnerd.store import pg
+
+    with pytest.raises(psycopg.OperationalError, match="timeout"):
+        pg.connect(f"postgresql://runnerd@127.0.0.1:{silent_server}/runnerd")
+    url = f"postgresql://runnerd@127.0.0.1:{silent_server}/runnerd?connect_timeout=2"
+    path = tmp_path / "runnerd.yaml"
+    path.write_text(f"database: {url}\n")
+    done = subprocess.run([sys.executable, "-m", "runnerd", "run", "-c", str(path)],
+                          capture_output=True, text=True, timeout=50)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert f"cannot open database {url}: " in done.stderr and "timeout" in done.stderr

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import re
+import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -241,3 +243,103 @@ async def test_a_render_reading_an_unreachable_database_is_retried_not_failed(
         reader.close()
     finally:
         await database.close()
+
+
+def _name_lock_holders(d: PgDaemon) -> list[str]:
+    """The application names of the sessions holding an advisory lock on the daemon's database
+    other than the migrations' (a node's name's lock: `store.pg.lock`)."""
+    from runnerd.store import pg
+
+    return [r["name"] for r in d.query(
+        "SELECT a.application_name AS name FROM pg_locks l JOIN pg_stat_activity a"
+        " ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted"
+        " AND a.datname = current_database()"
+        " AND (l.classid::bigint << 32 | l.objid::bigint) <> ?", (pg.MIGRATE_LOCK,))]
+
+
+def _twin(d: PgDaemon, tmp_path: Path) -> PgDaemon:
+    """A second daemon with the same configuration (so the same node name) and database."""
+    home = tmp_path / "twin"
+    home.mkdir()
+    return PgDaemon(home, CONFIG, d.database)
+
+
+@pytest.mark.parametrize("mode", ["fast", "immediate"])
+def test_the_name_lock_is_taken_again_after_a_server_restart(
+        daemon: PgDaemon, own_server: helpers_postgres.Server, tmp_path: Path,
+        mode: str) -> None:
+    """A restart ends the lock's session; the node takes its name again once the server is
+    back, so a second process with the same name is refused as at start-up."""
+    d = daemon
+    assert d.proc is not None
+    mine = [f"runnerd node {socket.gethostname()} pid {d.proc.pid}"]
+    assert _name_lock_holders(d) == mine
+    own_server.halt(mode)
+    own_server.resume()
+    wait_until(lambda: _name_lock_holders(d) == mine, timeout=30,
+               message="the name's lock held again")
+    twin = _twin(d, tmp_path)
+    done = subprocess.run([sys.executable, "-m", "runnerd", "run", "-c", str(twin.config)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert f"(pid {d.proc.pid} on {socket.gethostname()}) is already running" in done.stderr
+    assert d.request("GET", "/health")[0] == 200
+    assert sum("lost its name's lock" in line for line in d.log_lines()) == 1, d.logs()
+    assert d.stop() == 0, d.logs()
+
+
+def test_a_node_whose_name_was_taken_during_an_outage_stops_with_one_line(
+        daemon: PgDaemon, own_server: helpers_postgres.Server, tmp_path: Path) -> None:
+    """The node is frozen (SIGSTOP) across the restart while a second process starts with its
+    name: woken, it finds the name taken and stops in order, exit 1, naming the other."""
+    d = daemon
+    assert d.proc is not None
+    assert d.post_json("/webhooks/orders", {"i": 0})[0] == 204
+    d.wait_runs("kind = 'action' AND action_type = 'echo' AND state = 'succeeded'", 1)
+    d.proc.send_signal(signal.SIGSTOP)
+    try:
+        own_server.halt("fast")
+        own_server.resume()
+        twin = _twin(d, tmp_path).start()
+    finally:
+        d.proc.send_signal(signal.SIGCONT)
+    try:
+        rc = d.proc.wait(timeout=40)
+        assert rc == 1, d.logs()
+        assert twin.proc is not None
+        last = d.log_lines()[-1]
+        assert last == (f"runnerd: another runnerd node named {socket.gethostname()!r} "
+                        f"(pid {twin.proc.pid} on {socket.gethostname()}) is already running "
+                        f"on {db.redact(d.database)}"), d.logs()
+        assert twin.post_json("/webhooks/orders", {"i": 1})[0] == 204  # the name's one node
+        twin.wait_runs("kind = 'action' AND action_type = 'echo' AND state = 'succeeded'", 2)
+        assert _name_lock_holders(d) == [f"runnerd node {socket.gethostname()} pid "
+                                         f"{twin.proc.pid}"]
+        assert twin.request("GET", "/health")[0] == 200
+        assert twin.stop() == 0, twin.logs()
+    finally:
+        if twin.proc is not None and twin.proc.poll() is None:
+            twin.kill()
+
+
+def test_the_console_answers_503_with_retry_after_while_the_server_is_down(
+        daemon: PgDaemon, own_server: helpers_postgres.Server) -> None:
+    """As webhooks, pings and /api: the problem page with `Retry-After: 5`."""
+    from .console_client import Client
+
+    d = daemon
+    c = Client(d.port)
+    assert c.login("t0ken")[0] == 303
+    assert c.get("/console/runs")[0] == 200
+    own_server.halt("fast")
+    for path in ("/console/", "/console/runs", "/console/queue"):
+        status, headers, body = c.get(path)
+        assert status == 503 and headers.get("Retry-After") == "5", (path, status, headers)
+        assert "database" in body, body
+    anonymous = Client(d.port)
+    status, headers, _ = anonymous.login("t0ken")  # the sessions are in the database too
+    assert status == 503 and headers.get("Retry-After") == "5", (status, headers)
+    own_server.resume()
+    wait_until(lambda: c.get("/console/runs")[0] == 200, timeout=30,
+               message="the console back without a restart")
+    assert d.stop() == 0, d.logs()

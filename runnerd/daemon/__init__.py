@@ -4,7 +4,7 @@ order.
 
 The lock is the SQLite file's (one daemon per file), or on PostgreSQL the node's name's (several
 nodes per database, one per name: `engine.nodes` says what each node does at start-up and which
-one leads).
+one leads), which the heartbeat keeps across server restarts (`Daemon.keep_name`).
 
 Shutdown order on SIGTERM/SIGINT: the HTTP listener stops accepting and drains its requests, then
 the ingest queue commits what it holds, the scheduler stops, the worker stops claiming and gives
@@ -24,7 +24,7 @@ import logging
 import signal
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
@@ -40,6 +40,9 @@ from runnerd.queue import ingest, runs, taskstatus
 from runnerd.store import backends, db, dbfiles
 from runnerd.tasks import registry
 from runnerd.web import app, context, listener
+
+if TYPE_CHECKING:
+    from runnerd.store import pg
 
 logger = logging.getLogger(__name__)
 
@@ -150,10 +153,12 @@ class Parts:
 def build(reg: registry.Registry, database: db.Database, executors: actions.Registry,
           reader: db.Reader | None, *, clock: Callable[[], float],
           notifier: sd_notify.Notifier, environ: Mapping[str, str],
-          dead_components: Callable[[], list[str]] = list) -> Parts:
+          dead_components: Callable[[], list[str]] = list,
+          still_named: Callable[[], Awaitable[bool]] | None = None) -> Parts:
     """Every part of the daemon, each built with what it uses (the tests build theirs here).
 
-    `reader`: the event loop's read-only connection (cache reads while rendering).
+    `reader`: the event loop's read-only connection (cache reads while rendering);
+    `still_named`: the heartbeat's check of the node's name (`Daemon.keep_name`).
     """
     current = context.Current(reg)
     settings = reg.settings
@@ -176,7 +181,7 @@ def build(reg: registry.Registry, database: db.Database, executors: actions.Regi
                                interval=heartbeat.watchdog_interval(environ, interval),
                                active_runs=lambda: worker_.active,
                                db_writable=lambda: worker_.healthy,
-                               dead_components=dead_components)
+                               dead_components=dead_components, still_named=still_named)
     queue = ingest.Ingest(database, store=engine.store_events, on_stored=engine.events_stored,
                           clock=clock)
     ticks = scheduler.Scheduler(database, current.get_registry, on_fire=engine.wake,
@@ -220,6 +225,9 @@ class Daemon:
         self.notifier = sd_notify.Notifier(environ.get("NOTIFY_SOCKET"))
         self.parts: Parts | None = None
         self.database: db.Database | None = None
+        #: why the daemon stopped by itself (another process took its node's name): raised
+        #: once it has stopped in order
+        self.failure: errors.RunnerdError | None = None
         #: the reloads' writes of the tasks they see first (held: asyncio keeps weak references)
         self._remembering: set[asyncio.Task[None]] = set()
 
@@ -227,7 +235,8 @@ class Daemon:
         """Run until a signal; return the exit code."""
         reg = load(self.path, self.environ)
         settings = reg.settings
-        with backends.lock_database(settings.database, settings.database_url, settings.node):
+        with backends.lock_database(settings.database, settings.database_url,
+                                    settings.node) as name_lock:
             if settings.database_url is None:
                 dbfiles.remove_stale_partials(settings.database.parent)
             database = await backends.open_database(settings.database, settings.database_url).open()
@@ -243,24 +252,44 @@ class Daemon:
                 async with guard.client_session(policy, timeout) as session:
                     executors = action_executors.build(settings, session, policy)
                     try:
-                        await self._serve(reg, database, executors, reader)
+                        await self._serve(reg, database, executors, reader, name_lock)
                     finally:
                         await executors.close()
             finally:
                 if reader is not None:
                     reader.close()
                 await database.close()
+        if self.failure is not None:
+            raise self.failure
         return 0
 
+    def keep_name(self, name_lock: pg.NameLock) -> Callable[[], Awaitable[bool]]:
+        """The heartbeat's check that this process still holds its node's name (PostgreSQL):
+        the lock is taken again after a server restart (on a thread: it may connect); if
+        another process took the name meanwhile, the daemon stops in order and exits 1 naming
+        it (`failure`), rather than run two nodes under one name."""
+        async def keep() -> bool:
+            try:
+                await asyncio.to_thread(name_lock.keep)  # not held while the server is away:
+            except errors.AlreadyRunning as exc:  # beat on, the beat's failure says why
+                logger.error("%s: stopping", exc.message, extra={"action": "node_name_taken"})
+                self.failure = exc
+                self.stop.set()
+                return False
+            return True
+        return keep
+
     async def _serve(self, reg: registry.Registry, database: db.Database,
-                     executors: actions.Registry, reader: db.Reader) -> None:
+                     executors: actions.Registry, reader: db.Reader,
+                     name_lock: pg.NameLock | None) -> None:
         settings = reg.settings
         halt = asyncio.Event()
         components: dict[str, asyncio.Task[None]] = {}
         parts = build(reg, database, executors, reader, clock=self.clock,
                       notifier=self.notifier, environ=self.environ,
                       dead_components=lambda: [] if self.stop.is_set() else [
-                          name for name, task in components.items() if task.done()])
+                          name for name, task in components.items() if task.done()],
+                      still_named=None if name_lock is None else self.keep_name(name_lock))
         self.parts = parts
         await orphans(database, parts, settings.node, self.clock())
         beat, worker_ = parts.heartbeat, parts.engine.worker

@@ -8,6 +8,8 @@ its files are still the ones the daemon opened (not deleted or replaced: `Databa
 The database problem says why when it is known (the beat's error, or a PostgreSQL server
 unreachable: `Database.unreachable`, both naming the database); the next beat written clears
 it: a server back after an outage needs no restart.
+On PostgreSQL each beat first checks that the node still holds its name (`still_named`): a
+node whose name another process took stops, rather than beat under that name.
 `WATCHDOG=1` goes to systemd only on a healthy beat, so a daemon that stays unhealthy for
 `WatchdogSec` is restarted; with `WATCHDOG_USEC` set, beats come at least twice per period.
 """
@@ -20,7 +22,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from runnerd import errors, models
@@ -61,8 +63,12 @@ class Heartbeat:
         interval: float = INTERVAL,
         lag_threshold: float = LAG_THRESHOLD,
         node: str | None = None,
+        still_named: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         self.db = database
+        #: before each beat: whether this process is still the node it beats as (PostgreSQL:
+        #: its name's lock kept, `Daemon.keep_name`); once False it beats no more
+        self.still_named = still_named
         self.notifier = notifier
         self.active_runs = active_runs
         self.db_writable = db_writable
@@ -182,7 +188,8 @@ class Heartbeat:
                 try:
                     await asyncio.wait_for(stop.wait(), timeout=self.interval)
                 except TimeoutError:
-                    await self.beat(self.clock())
+                    if self.still_named is None or await self.still_named():
+                        await self.beat(self.clock())
         finally:
             probe.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from runnerd.store import db
+
+if TYPE_CHECKING:
+    from runnerd.store import pg
 
 
 def open_database(path: Path, url: str | None) -> db.Database:
@@ -23,9 +27,10 @@ def open_database(path: Path, url: str | None) -> db.Database:
 
 
 def lock_database(path: Path, url: str | None,
-                  node: str) -> contextlib.AbstractContextManager[None]:
-    """The daemon's hold on its database: the SQLite file's `lock` (one daemon per file), or
-    on a URL `pg.lock` on the node's name (one live node per name)."""
+                  node: str) -> contextlib.AbstractContextManager[pg.NameLock | None]:
+    """The daemon's hold on its database: the SQLite file's `lock` (one daemon per file: never
+    lost, so None), or on a URL `pg.lock` on the node's name (one live node per name: the
+    `NameLock`, to be kept while the node runs)."""
     if url is None:
         return db.lock(path)
     from runnerd.store import pg  # see open_database

@@ -11,8 +11,9 @@ place of the ones that differ, parameters rewritten to psycopg's style), the mig
 which errors mean "the database cannot be used" (`psycopg.OperationalError`).
 
 Several nodes share one database (SPEC §14): `lock` holds a session advisory lock on the node's
-name for the node's lifetime, so two live nodes never share a name (the SQLite lock file keeps
-one daemon per file). `backup` writes a pg_dump archive.
+name for the node's lifetime, taken again after a server restart (`NameLock.keep`), so two live
+nodes never share a name (the SQLite lock file keeps one daemon per file). `backup` writes a
+pg_dump archive.
 
 A connection lost under a running daemon (the server stopped or restarted, the backend
 terminated) is re-opened by itself (`Link`): each database thread's connection, and the event
@@ -21,6 +22,8 @@ attempts while the server stays away; meanwhile every statement fails at once wi
 `psycopg.OperationalError` (a DatabaseError upstairs: webhooks, pings and /api answer 503).
 `Outage` logs one line when the server is lost and one when it is back, not one per attempt.
 A new connection starts with nothing prepared: psycopg prepares statements per connection again.
+An attempt to connect gives up after CONNECT_TIMEOUT seconds unless the URL sets
+`connect_timeout` (libpq's default waits forever on a server that never answers).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import logging
 import os
 import select
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -39,7 +43,9 @@ from typing import Any, TypeVar, cast
 
 import psycopg
 from psycopg import conninfo
+from psycopg.abc import Buffer
 from psycopg.types.numeric import Int2Dumper
+from psycopg.types.string import StrDumperUnknown
 
 from runnerd import errors
 from runnerd.store import db, dbfiles, sql
@@ -171,13 +177,41 @@ class PgQueries(db.Tx):
         self.pg.close()
 
 
+#: Seconds a connection attempt may take, unless the URL's `connect_timeout=` (or libpq's
+#: PGCONNECT_TIMEOUT) says otherwise: libpq waits forever by default (psycopg 130 s), so a
+#: server that never answers would hang start-up, and each reconnect on a database thread.
+CONNECT_TIMEOUT = 10
+
+
+def _timeout(url: str) -> dict[str, Any]:
+    """The connection parameter runnerd adds to `url`: CONNECT_TIMEOUT, unless set."""
+    if "connect_timeout" in conninfo.conninfo_to_dict(url) or "PGCONNECT_TIMEOUT" in os.environ:
+        return {}
+    return {"connect_timeout": CONNECT_TIMEOUT}
+
+
+class _TextDumper(StrDumperUnknown):
+    """Strings as psycopg binds them by default, but a NUL character, which PostgreSQL's text
+    cannot hold (SQLite's can), as U+FFFD instead of a DataError that would undo the whole
+    transaction (a worker turn, a batch of webhooks). Only plain text can hold one (an error
+    message, an email's text, a ping's body, all possibly from event data): JSON columns hold
+    `\\u0000` escapes, so event data, options, results and cache values stay as they came."""
+
+    def dump(self, obj: str) -> Buffer | None:
+        """The text in the connection's encoding."""
+        return super().dump(obj.replace("\0", "\ufffd") if "\0" in obj else obj)
+
+
 def connect(url: str, *, readonly: bool = False, name: str = "runnerd") -> psycopg.Connection[Any]:
     """A connection in autocommit (runnerd writes BEGIN and COMMIT) giving `PgRow`s; booleans
-    bound as integers (the schema's flags are INTEGER, as on SQLite)."""
+    bound as integers (the schema's flags are INTEGER, as on SQLite), NULs in text as U+FFFD
+    (`_TextDumper`); an attempt gives up after
+    CONNECT_TIMEOUT seconds unless the URL says otherwise."""
     conn: psycopg.Connection[Any] = psycopg.connect(
         url, autocommit=True, row_factory=_rows,
-        application_name=f"{name} pid {os.getpid()}")
+        application_name=f"{name} pid {os.getpid()}", **_timeout(url))
     conn.adapters.register_dumper(bool, Int2Dumper)
+    conn.adapters.register_dumper(str, _TextDumper)
     if readonly:
         conn.execute("SET default_transaction_read_only = on")
     return conn
@@ -507,7 +541,7 @@ def backup(url: str, target: str | os.PathLike[str]) -> int:
     if pg_dump is None:
         raise errors.DatabaseError("backup failed: pg_dump is not installed (Debian: apt-get "
                                    "install postgresql-client)")
-    params = conninfo.conninfo_to_dict(url)
+    params = {**_timeout(url), **conninfo.conninfo_to_dict(url)}
     password = params.pop("password", None)
     env = {**os.environ, **({"PGPASSWORD": str(password)} if password is not None else {})}
 
@@ -529,40 +563,99 @@ def backup(url: str, target: str | os.PathLike[str]) -> int:
 _NODE_KEY = "hashtextextended('runnerd node ' || %(node)s, 0)"
 
 
+class NameLock:
+    """The session advisory lock on a node's name, on a connection of its own (`lock`).
+
+    A server restart (or a terminated backend) ends that session and so the lock: `keep`, called
+    periodically (the heartbeat), notices the lost connection and takes the lock again once the
+    server is back, or raises AlreadyRunning if another process took the name meanwhile."""
+
+    def __init__(self, url: str, node: str) -> None:
+        self.url = url
+        self.node = node
+        self.conn: psycopg.Connection[Any] | None = None
+        self._lost = False  # the lost lock was logged, not yet taken again
+
+    def take(self) -> None:
+        """Open the connection and take the lock; AlreadyRunning naming the other node (its pid
+        and host from `workers`) if a live process has the name; DatabaseError if the server
+        cannot be reached."""
+        try:
+            conn = connect(self.url, name=f"runnerd node {self.node}")
+        except psycopg.Error as exc:
+            raise errors.DatabaseError(
+                f"cannot open database {db.redact(self.url)}: {_first_line(exc)}") from exc
+        try:
+            row = conn.execute(f"SELECT pg_try_advisory_lock({_NODE_KEY}) AS ok",
+                               {"node": self.node}).fetchone()
+            if row is None or not row["ok"]:
+                raise errors.AlreadyRunning(
+                    f"another runnerd node named {self.node!r} ({_holder(conn, self.node)}) is "
+                    f"already running on {db.redact(self.url)}")
+        except BaseException:
+            conn.close()
+            raise
+        self.conn = conn
+
+    def keep(self) -> bool:
+        """Whether the lock is held: nothing to do while its connection is open (one poll(2),
+        no round trip); once the server ended it, take the lock again (False while the server
+        cannot be reached: the next call tries again). AlreadyRunning if another process holds
+        the name now: this node must stop."""
+        if self.conn is not None and not _closed_by_server(self.conn):
+            return True
+        if not self._lost:
+            self._lost = True
+            logger.error("node %r lost its name's lock with its connection; taking it again "
+                         "when the server is back", self.node, extra={"action": "node_lock_lost"})
+        self.close()
+        try:
+            self.take()
+        except errors.AlreadyRunning:
+            raise
+        except errors.DatabaseError:  # the server is not back yet
+            return False
+        self._lost = False
+        logger.warning("node %r holds its name's lock again", self.node,
+                       extra={"action": "node_lock_retaken"})
+        return True
+
+    def close(self) -> None:
+        """Close the connection (the lock goes with it)."""
+        if self.conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                self.conn.close()
+            self.conn = None
+
+
 @contextlib.contextmanager
-def lock(url: str, node: str) -> Iterator[None]:
-    """Hold the session advisory lock on the name `node` for the node's lifetime; AlreadyRunning
-    naming the other node (its pid and host from `workers`) if a live node has that name."""
+def lock(url: str, node: str) -> Iterator[NameLock]:
+    """Hold the lock on the name `node` for the node's lifetime (`NameLock`): AlreadyRunning if
+    a live node has that name."""
+    held = NameLock(url, node)
+    held.take()
     try:
-        conn = connect(url, name=f"runnerd node {node}")
-    except psycopg.Error as exc:
-        raise errors.DatabaseError(
-            f"cannot open database {db.redact(url)}: {_first_line(exc)}") from exc
-    try:
-        row = conn.execute(f"SELECT pg_try_advisory_lock({_NODE_KEY}) AS ok",
-                           {"node": node}).fetchone()
-        if row is None or not row["ok"]:
-            raise errors.AlreadyRunning(
-                f"another runnerd node named {node!r} ({_holder(conn, node)}) is already "
-                f"running on {db.redact(url)}")
-        yield
+        yield held
     finally:
-        conn.close()
+        held.close()
 
 
 def _holder(conn: psycopg.Connection[Any], node: str) -> str:
-    """"pid N on HOST" of the live node named `node`: its latest `workers` row (before its
-    first beat: the pid in its lock connection's application_name)."""
+    """"pid N on HOST" of the other live process named `node`: its latest `workers` row, not
+    this process's (before its first beat: the pid in its lock connection's
+    application_name)."""
     exists = conn.execute("SELECT to_regclass('workers') IS NOT NULL AS ok").fetchone()
     found = conn.execute(
         "SELECT pid, host FROM workers WHERE node = %(node)s AND stopped_at IS NULL"
-        " ORDER BY heartbeat_at DESC LIMIT 1", {"node": node}).fetchone() if (
+        " AND NOT (pid = %(pid)s AND host = %(host)s)"
+        " ORDER BY heartbeat_at DESC LIMIT 1",
+        {"node": node, "pid": os.getpid(), "host": socket.gethostname()}).fetchone() if (
         exists and exists["ok"]) else None
     if found is not None:
         return f"pid {found['pid']} on {found['host']}"
     prefix = f"runnerd node {node} pid "
     for row in conn.execute("SELECT application_name AS name FROM pg_stat_activity"
                             " WHERE application_name LIKE 'runnerd node %%'").fetchall():
-        if row["name"].startswith(prefix):
+        if row["name"].startswith(prefix) and row["name"] != f"{prefix}{os.getpid()}":
             return f"pid {row['name'].removeprefix(prefix)}, starting"
     return "starting"

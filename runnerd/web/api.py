@@ -61,7 +61,7 @@ async def _body(request: web.Request) -> Any:
     raw = await webhooks.read_body(request, request.app[VIEW].config.settings.listen)
     if not raw.strip():
         return {}
-    try:  # the webhooks' rule: no NaN, no 1e400, not too deep
+    try:  # the webhooks' rule: no NaN, no 1e400, no lone surrogate, not too deep
         return models.parse_json(raw)
     except ValueError as exc:
         raise errors.InvalidInput(f"the request body is not valid JSON: {exc}") from None

@@ -120,7 +120,7 @@ def timestamp_error(timestamp: str, now: float, tolerance: float) -> str | None:
 def json_or_none(body: bytes) -> tuple[bool, Any]:
     """(True, the value) when `body` is strict JSON (`models.parse_json`), else (False, None).
 
-    NaN, Infinity or 1e400 make a body text, like any other non-JSON.
+    NaN, Infinity, 1e400 or a lone surrogate make a body text, like any other non-JSON.
     """
     try:
         return True, models.parse_json(body)

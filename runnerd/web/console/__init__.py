@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from runnerd import errors
-from runnerd.web import context
+from runnerd.web import context, webhooks
 from runnerd.web.console import access, forms, pages, render
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -59,8 +59,10 @@ def _enabled(handler: Handler) -> Handler:
             status = 404 if isinstance(exc, errors.NotFound) else 400
             return render.page(request, "problem.html", {"message": exc.message},
                                status=status)
-        except errors.DatabaseError as exc:
-            return render.page(request, "problem.html", {"message": exc.message}, status=503)
+        except errors.DatabaseError as exc:  # retry later, as webhooks, pings and /api say
+            page = render.page(request, "problem.html", {"message": exc.message}, status=503)
+            page.headers.update(webhooks.RETRY_AFTER)
+            return page
 
     return enabled
 
