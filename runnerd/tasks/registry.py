@@ -102,6 +102,11 @@ class Compiled:
     subscriptions: tuple[Subscription, ...]
     #: option keys whose values hold Liquid, rendered per event before the code
     liquid_options: tuple[str, ...] = ()
+    #: every topic the task subscribes to (asked of every action run: set once)
+    topics: frozenset[str] = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "topics", frozenset(s.topic for s in self.subscriptions))
 
     @property
     def name(self) -> str:
@@ -112,11 +117,6 @@ class Compiled:
     def id(self) -> str:
         """The task's stable UUID."""
         return self.task.id
-
-    @property
-    def topics(self) -> frozenset[str]:
-        """Every topic the task subscribes to."""
-        return frozenset(s.topic for s in self.subscriptions)
 
     @property
     def only_errors(self) -> bool:
