@@ -275,26 +275,22 @@ class Run:
     @classmethod
     def from_row(cls, row: Columns) -> Run:
         """Build from a `runs` row."""
-        return cls(
-            id=row["id"],
-            kind=RunKind(row["kind"]),
-            state=RunState(row["state"]),
-            priority=row["priority"],
-            run_at=row["run_at"],
-            event_id=row["event_id"],
-            task_name=row["task_name"],
-            action_type=row["action_type"],
-            options=loads(row["options"]),
-            meta=loads(row["meta"]),
-            perform_event=bool(row["perform_event"]),
-            result=loads(row["result"]),
-            error=row["error"],
-            attempts=row["attempts"],
-            created_at=row["created_at"],
-            started_at=row["started_at"],
-            finished_at=row["finished_at"],
-            task_run_id=row["task_run_id"],
-        )
+        return cls(row["id"], RunKind(row["kind"]), RunState(row["state"]), row["priority"],
+                   row["run_at"], row["event_id"], row["task_name"], row["action_type"],
+                   loads(row["options"]), loads(row["meta"]), bool(row["perform_event"]),
+                   loads(row["result"]), row["error"], row["attempts"], row["created_at"],
+                   row["started_at"], row["finished_at"], row["task_run_id"])
+
+    def evolve(self, **changes: Any) -> Run:
+        """A copy with `changes` (field: value): `dataclasses.replace` without its per-call
+        look at the fields and keyword call, on the worker's path (each run is copied as it
+        starts and as it ends)."""
+        new = object.__new__(Run)
+        for name, get, put in _RUN_SLOTS:
+            put(new, changes.pop(name) if name in changes else get(self))
+        if changes:
+            raise TypeError(f"Run has no field {next(iter(changes))!r}")
+        return new
 
     def to_json(self) -> dict[str, Any]:
         """The run as the CLI and the API show it (JSON columns decoded)."""
@@ -317,6 +313,12 @@ class Run:
             "finished_at": iso(self.finished_at),
             "task_run_id": self.task_run_id,
         }
+
+
+#: (name, read, write) of each field of Run, in order: the slots `Run.evolve` copies (writing
+#: through the slot, as a frozen dataclass's own __init__ does).
+_RUN_SLOTS = tuple((f.name, getattr(Run, f.name).__get__, getattr(Run, f.name).__set__)
+                   for f in dataclasses.fields(Run))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

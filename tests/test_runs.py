@@ -403,3 +403,20 @@ async def test_concurrent_writes_share_a_commit_and_fail_alone(database: db.Data
     refused = await asyncio.gather(database.write(good(3)), database.write(good(4)),
                                    return_exceptions=True)
     assert all(isinstance(r, errors.DatabaseError) for r in refused), refused
+
+
+def test_run_evolve_is_dataclasses_replace() -> None:
+    """`Run.evolve` (the worker's copy of a run) gives what `dataclasses.replace` gives, for a
+    change of any field, and refuses a name that is not a field."""
+    import dataclasses
+
+    run = models.Run(7, models.RunKind.TASK, models.RunState.DUE, 2, 1.0, "e", "t", None,
+                     {"o": 1}, None, True, None, None, 1, 0.5, None, None, task_run_id=3)
+    for field, value in zip([f.name for f in dataclasses.fields(models.Run)],
+                            [8, models.RunKind.ACTION, models.RunState.FAILED, 3, 2.0, "f", "u",
+                             "echo", [1], {"m": 2}, False, {"r": 1}, "boom", 2, 0.7, 0.8, 0.9,
+                             4], strict=True):
+        assert run.evolve(**{field: value}) == dataclasses.replace(run, **{field: value})
+    assert run.evolve() == run and run.evolve() is not run
+    with pytest.raises(TypeError, match="no field 'nope'"):
+        run.evolve(nope=1)

@@ -326,7 +326,7 @@ def due_task_runs(tx: db.Tx, limit: int, now: float, node: str | None = None) ->
 
 def begin(job: Job, now: float) -> Job:
     """A due task run's attempt, started now (written when the run is finished)."""
-    run = dataclasses.replace(job.run, attempts=job.run.attempts + 1, started_at=now)
+    run = job.run.evolve(attempts=job.run.attempts + 1, started_at=now)
     return Job(run, job.event, job.parent)
 
 
@@ -514,8 +514,8 @@ def _stale(run: models.Run) -> None:
 def _final(outcome: Outcome, state: RunState, result: Any, error: str | None,
            now: float) -> models.Run:
     """The run as its finish recorded it."""
-    return dataclasses.replace(outcome.run, state=state, result=result, error=error,
-                               finished_at=outcome.finished_at or now)
+    return outcome.run.evolve(state=state, result=result, error=error,
+                              finished_at=outcome.finished_at or now)
 
 
 def _finished(tx: db.Tx, moved: Sequence[tuple[Outcome, models.Run]], now: float,
