@@ -447,15 +447,15 @@ def bench(plan: Plan, tmp: Path, procs: Procs, huey_workers: int) -> tuple[list[
     b_ratio = ratio(median(ours_b), median(huey_b))
     rows.append(Row(
         "b", "end to end, empty db (pipelines/s)", ours_b, "/s", huey_b, "SqliteHuey no-op",
-        b_ratio, "≥ 1.5×", b_ratio >= 1.5 if not math.isnan(b_ratio) else None,
-        note=(f"{plan.e2e_events} webhooks → event run → task run (20-line Liquid) → cache "
+        b_ratio, "", None,
+        note=(f"not judged: SPEC §12's target is in runs (the next row); {plan.e2e_events} webhooks → event run → task run (20-line Liquid) → cache "
               f"action; figure = finished action runs / (last action finished − first event "
               f"accepted), from the database (3 runs each: "
               f"{median([x['runs_per_s'] for x in raw['e2e']]):.0f} runs/s). "
               f"Huey: {plan.huey_tasks} no-op tasks enqueued first (not timed), then a "
               f"{huey_workers}-thread consumer timed until the last completed.")))
     # SPEC §12 compares runs/s: a pipeline is 3 runs (event, task, action), a huey task is 1.
-    # Both readings are printed; the row above (pipelines) is the stricter one.
+    # Both readings are printed; the runs are judged, as SPEC names them.
     runs_b = [x["runs_per_s"] for x in raw["e2e"]]
     runs_ratio = ratio(median(runs_b), median(huey_b))
     rows.append(Row(
