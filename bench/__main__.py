@@ -166,11 +166,12 @@ class Noise:
         except OSError:
             return time.monotonic(), math.nan, math.nan
 
-    def mark(self) -> float:
-        """Other processes' CPU since the last mark, in cores (1.0 = one core fully busy)."""
+    def mark(self, ours: float = 0.0) -> float:
+        """Other processes' CPU since the last mark, in cores (1.0 = one core fully busy);
+        `ours`: CPU seconds of processes the bench started outside its process tree."""
         now = self._sample()
         wall = now[0] - self.last[0]
-        foreign = (now[1] - self.last[1]) - (now[2] - self.last[2])
+        foreign = (now[1] - self.last[1]) - (now[2] - self.last[2]) - ours
         self.last = now
         return max(0.0, foreign / wall) if wall > 0 else math.nan
 
@@ -505,7 +506,7 @@ def bench(plan: Plan, tmp: Path, procs: Procs, huey_workers: int) -> tuple[list[
     if plan.pg_events:
         pg_rows, raw["postgres"] = bench_postgres(plan, tmp, procs, e2e_once, log)
         rows += pg_rows
-        foreign["g"] = foreign["h"] = noise.mark()
+        foreign["g"] = foreign["h"] = noise.mark(raw["postgres"].get("server_cpu_s", 0.0))
     seen: set[str] = set()
     for row in rows:
         share = foreign.get(row.key, 0.0)
