@@ -93,7 +93,11 @@ def test_healthchecks_ping_scheme(make_daemon: Any) -> None:
     # Retention prunes pings older than retention_days.
     age_pings(d, 400 * 86400)
     out = json.loads(d.cli("prune", "--json", check=True).stdout)
-    assert out["monitor_pings_pruned"] == 8 and history(d) == []
+    assert history(d) == []
+    # On PostgreSQL the daemon leads a moment after it starts, and its first janitor pass may
+    # come between the ageing and the command: then the janitor pruned them, and says so.
+    assert out["monitor_pings_pruned"] == 8 or (
+        out["monitor_pings_pruned"] == 0 and "monitor_pings_pruned 8" in d.logs()), out
     assert d.stop() == 0
 
 
