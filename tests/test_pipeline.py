@@ -604,16 +604,20 @@ async def test_event_runs_coming_due_are_routed_while_actions_hold_every_slot(pi
     assert [r.state.value for r in await p.runs(kind="action")] == ["succeeded"] * 4
 
 
+#: A task that keeps each event's `n` under its `key` (a cache action, performed in place).
+KEEP = """
+    tasks:
+      - name: Keep
+        subscriptions: user/orders/ready
+        code: '{% action "cache", "set", event.data.key, event.data.n %}'
+"""
+
+
 async def test_task_runs_stored_by_the_ingest_are_rendered_as_handed_over(pipeline,
                                                                          clock) -> None:
     import asyncio
 
-    p = await pipeline("""
-        tasks:
-          - name: Keep
-            subscriptions: user/orders/ready
-            code: '{% action "cache", "set", event.data.key, event.data.n %}'
-    """)
+    p = await pipeline(KEEP)
     ing = p.parts.ingest
     assert await p.drain() == 0  # a worker takes offers once a fetch found nothing older
     stop = asyncio.Event()
@@ -642,12 +646,7 @@ async def test_while_the_worker_is_behind_the_ingest_hands_nothing_over(pipeline
     """A worker that would refuse offers (behind: older due task runs wait) is handed no jobs:
     the ingest stores the task runs due and unleased, for fetches to take in order (on
     PostgreSQL any node may take them); once it takes offers again, they are leased jobs."""
-    p = await pipeline("""
-        tasks:
-          - name: Keep
-            subscriptions: user/orders/ready
-            code: '{% action "cache", "set", event.data.key, event.data.n %}'
-    """)
+    p = await pipeline(KEEP)
     engine = p.parts.engine
 
     async def store(n: int) -> runs.Stored:
