@@ -344,8 +344,10 @@ UPDATE task_status SET alerted_at = :now, alerted_state = :state, flaps = 0 WHER
 UPDATE task_status SET flaps = flaps + 1 WHERE name = :name;
 
 -- name: task_work
--- A task's work for an event (taskstatus.work_outcome): its task run, and its action runs that
--- are not final yet (due, started, scheduled for a retry) or failed.
+-- A task's work for an event (taskstatus.work_outcome): its task run (:id is always one: the
+-- query does not test the kind, so the primary key is the only way in, whatever the planner
+-- knows of the table), and its action runs that are not final yet (due, started, scheduled
+-- for a retry) or failed.
 SELECT t.state AS task_state, t.error AS task_error,
        (SELECT COUNT(*) FROM runs a WHERE a.event_id = t.event_id AND a.task_run_id = t.id
           AND a.state NOT IN ('succeeded', 'failed')) AS pending,
@@ -353,7 +355,7 @@ SELECT t.state AS task_state, t.error AS task_error,
                || COALESCE(a.error, '')
           FROM runs a WHERE a.event_id = t.event_id AND a.task_run_id = t.id
           AND a.state = 'failed' ORDER BY a.id LIMIT 1) AS action_error
-FROM runs t WHERE t.id = :id AND t.kind = 'task';
+FROM runs t WHERE t.id = :id;
 
 -- name: status_metrics
 -- /metrics: every monitor's state and latest report; every task's latest success (a row that is
