@@ -225,7 +225,8 @@ def rows(raw: dict[str, Any], two_nodes_missing: str | None) -> list[Row]:
             "SQLite", g_ratio, "≥ 50 %", g_ratio >= 0.5 if not math.isnan(g_ratio) else None,
             note=(f"the b pipeline on a node whose database is a PostgreSQL server "
                   f"({raw.get('postgres_version', '?')}, same machine, Unix socket, fsync on, "
-                  "unpinned) vs a SQLite daemon, interleaved repetitions on fresh databases.")),
+                  "unpinned) vs a SQLite daemon, interleaved repetitions on one fresh database "
+                  "each.")),
         Row("g", "PostgreSQL: runnerd CPU a pipeline", ours_cpu, "ms", lite_cpu,
             "on SQLite", ratio(median(ours_cpu), median(lite_cpu)),
             note="user + system CPU of the node process over the repetitions above."),
