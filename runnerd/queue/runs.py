@@ -483,9 +483,9 @@ def finish_all(tx: db.Tx, outcomes: Sequence[Outcome], now: float,
     sent = []
     for outcome in together:
         state = RunState.SUCCEEDED if outcome.ok else RunState.FAILED
-        sent.append((outcome, state, tx.execute("finish_run", {
-            **_was(outcome.run, node), "state": str(state), "error": outcome.error,
-            "result": models.dumps(outcome.result), "now": outcome.finished_at or now})))
+        sent.append((outcome, state, _send_finish(tx, _was(outcome.run, node), state,
+                                                  outcome.result, outcome.error,
+                                                  outcome.finished_at or now)))
     moved = []
     for outcome, state, update in sent:
         if update.rowcount > 0:
@@ -500,9 +500,16 @@ def _moved(tx: db.Tx, was: dict[str, Any], state: RunState, result: Any, error: 
     """Move the run to its final state unless it left the state it was read in. A run this
     transaction stored (`check` False: a child performed in place) cannot have, so the answer
     is not waited for (a round trip on PostgreSQL)."""
-    moved = tx.execute("finish_run", {**was, "state": str(state), "error": error,
-                                      "result": models.dumps(result), "now": finished_at})
+    moved = _send_finish(tx, was, state, result, error, finished_at)
     return not check or moved.rowcount > 0
+
+
+def _send_finish(tx: db.Tx, was: dict[str, Any], state: RunState, result: Any,
+                 error: str | None, finished_at: float) -> db.Result:
+    """The conditional update to the final state (`finish_run`), sent; its row count says
+    whether the run was still as `was` read it (on PostgreSQL, reading it waits)."""
+    return tx.execute("finish_run", {**was, "state": str(state), "error": error,
+                                     "result": models.dumps(result), "now": finished_at})
 
 
 def _stale(run: models.Run) -> None:
