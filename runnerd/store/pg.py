@@ -597,13 +597,13 @@ class NameLock:
             raise
         self.conn = conn
 
-    def keep(self) -> bool:
-        """Whether the lock is held: nothing to do while its connection is open (one poll(2),
-        no round trip); once the server ended it, take the lock again (False while the server
-        cannot be reached: the next call tries again). AlreadyRunning if another process holds
-        the name now: this node must stop."""
+    def keep(self) -> None:
+        """Keep the lock: nothing to do while its connection is open (one poll(2), no round
+        trip); once the server ended it, take the lock again (while the server cannot be
+        reached, the next call tries again). AlreadyRunning if another process holds the name
+        now: this node must stop."""
         if self.conn is not None and not _closed_by_server(self.conn):
-            return True
+            return
         if not self._lost:
             self._lost = True
             logger.error("node %r lost its name's lock with its connection; taking it again "
@@ -611,14 +611,13 @@ class NameLock:
         self.close()
         try:
             self.take()
-        except errors.AlreadyRunning:
+        except errors.AlreadyRunning:  # a DatabaseError too, but not one to wait out
             raise
         except errors.DatabaseError:  # the server is not back yet
-            return False
+            return
         self._lost = False
         logger.warning("node %r holds its name's lock again", self.node,
                        extra={"action": "node_lock_retaken"})
-        return True
 
     def close(self) -> None:
         """Close the connection (the lock goes with it)."""
