@@ -253,7 +253,7 @@ async def test_manual_retry_and_cancel(database: db.Database, clock) -> None:
 async def test_requeue_started_counts_the_attempt(database: db.Database, clock) -> None:
     await add_event(database, clock())
     await database.write(lambda tx: runs.claim(tx, 1, clock(), event_runs=True))
-    assert await database.write(lambda tx: runs.requeue_started(tx, clock())) == 1
+    assert await database.write(lambda tx: runs.requeued(tx, "requeue_started", {}, clock())) == 1
     jobs = await database.write(lambda tx: runs.claim(tx, 1, clock(), event_runs=True))
     assert jobs[0].run.attempts == 2
     # The interrupted attempt is kept in run_attempts, as a retried failure's is.
@@ -265,7 +265,7 @@ async def test_requeue_started_counts_the_attempt(database: db.Database, clock) 
 async def test_finish_of_a_run_no_longer_started_is_ignored(database: db.Database, clock) -> None:
     await add_event(database, clock())
     jobs = await database.write(lambda tx: runs.claim(tx, 1, clock(), event_runs=True))
-    await database.write(lambda tx: runs.requeue_started(tx, clock()))
+    await database.write(lambda tx: runs.requeued(tx, "requeue_started", {}, clock()))
     assert await database.write(lambda tx: runs.finish(
         tx, _outcome(jobs[0].run, ok=True), clock())) is None
 

@@ -638,11 +638,6 @@ def requeued(tx: db.Tx, query: str, params: dict[str, Any], now: float) -> int:
     return len(rows)
 
 
-def requeue_started(tx: db.Tx, now: float) -> int:
-    """Every `started` run back to `due` (start-up after a crash); return how many."""
-    return requeued(tx, "requeue_started", {}, now)
-
-
 #: The engine's failure of a job without performing it, given the error to record: the
 #: failure's consequences for its kind of run (`run_kinds.Handlers.interrupted`).
 Fail = Callable[[Job, str], Outcome]
