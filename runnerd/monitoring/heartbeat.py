@@ -201,6 +201,12 @@ class Heartbeat:
                 pass
 
 
+def alive(row: db.Row, now: float, timeout: float) -> bool:
+    """Whether a `workers` row is a live process: not stopped, and beat within `timeout`
+    seconds (`node_timeout`)."""
+    return row["stopped_at"] is None and now - row["heartbeat_at"] <= timeout
+
+
 def rows(tx: db.Tx, now: float, timeout: float) -> list[dict[str, Any]]:
     """`runnerd workers`: every row, newest first, with ages in seconds; `alive` when it has not
     stopped and beat within `timeout` seconds (`node_timeout`)."""
@@ -208,7 +214,7 @@ def rows(tx: db.Tx, now: float, timeout: float) -> list[dict[str, Any]]:
     for r in tx.all("workers_all"):
         out.append({
             "id": r["id"], "node": r["node"], "pid": r["pid"], "host": r["host"],
-            "alive": r["stopped_at"] is None and now - r["heartbeat_at"] <= timeout,
+            "alive": alive(r, now, timeout),
             "started_at": models.iso(r["started_at"]),
             "heartbeat_at": models.iso(r["heartbeat_at"]),
             "heartbeat_age_seconds": round(now - r["heartbeat_at"], 1),

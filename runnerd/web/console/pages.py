@@ -13,7 +13,7 @@ from aiohttp import web
 
 from runnerd import errors, models
 from runnerd.config import cron
-from runnerd.monitoring import pings
+from runnerd.monitoring import heartbeat, pings
 from runnerd.queue import operator, runs, taskstatus
 from runnerd.store import db
 from runnerd.tasks import options as task_options
@@ -294,6 +294,6 @@ async def queue(request: web.Request) -> web.StreamResponse:
         "workers": [{"id": w["id"], "node": w["node"] or w["host"], "healthy": bool(w["healthy"]),
                      "problem": w["problem"] or "", "active": w["active_runs"],
                      "beat": render.when(w["heartbeat_at"], now),
-                     "stale": w["stopped_at"] is None and now - w["heartbeat_at"] > timeout,
+                     "stale": w["stopped_at"] is None and not heartbeat.alive(w, now, timeout),
                      "stopped": render.when(w["stopped_at"], now) if w["stopped_at"] else None,
                      "started": render.when(w["started_at"], now)} for w in workers]})
